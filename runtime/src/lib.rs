@@ -1,1 +1,18 @@
-//! stub
+//! Squid Mesh: an embedded durable workflow runtime whose steps run as sandboxed
+//! WebAssembly components.
+//!
+//! A host application adds this crate, points it at its own database, registers approved
+//! actions by key, starts workflows and runs workers. There is no separate server.
+//!
+//! This crate is organised as:
+//!
+//! - [`actions`]: the action registry (key -> pinned component, limits, capabilities), the
+//!   wasmtime sandbox that runs components, and the native built-in step kinds.
+#![deny(missing_docs)]
+
+pub mod actions;
+
+pub use actions::{
+    ActionError, ActionHost, ActionKey, ActionLimits, ActionRegistry, ActionTarget, Builtin,
+    Capabilities, Digest, HostConfig, Invocation, StepContext, StepError, StepOutcome,
+};
