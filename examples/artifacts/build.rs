@@ -19,7 +19,13 @@ fn main() {
         .to_path_buf();
     let actions_dir = root.join("examples/actions");
 
-    for watched in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml", "examples/actions", "Cargo.toml"] {
+    for watched in [
+        "wit",
+        "guest-sdk/src",
+        "guest-sdk/Cargo.toml",
+        "examples/actions",
+        "Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -63,14 +69,18 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cargo can be spawned to build the example actions");
+    let status = cmd
+        .status()
+        .expect("cargo can be spawned to build the example actions");
     assert!(
         status.success(),
         "building the example actions failed; is the target installed? run `rustup target add wasm32-wasip2`"
     );
 
     let mut generated = String::new();
-    let mut all = String::from("/// Every example action: (crate directory name, component path).\npub const ALL: &[(&str, &str)] = &[\n");
+    let mut all = String::from(
+        "/// Every example action: (crate directory name, component path).\npub const ALL: &[(&str, &str)] = &[\n",
+    );
     for (package, name) in &crates {
         let file = target_dir
             .join("wasm32-wasip2/guest")

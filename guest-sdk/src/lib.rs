@@ -266,8 +266,11 @@ pub mod __private {
         };
         let output = A::run(&ctx, input).map_err(ActionError::into_wit)?;
         let output = serde_json::to_value(&output).map_err(|err| {
-            ActionError::fatal("invalid_output", format!("output cannot be serialized: {err}"))
-                .into_wit()
+            ActionError::fatal(
+                "invalid_output",
+                format!("output cannot be serialized: {err}"),
+            )
+            .into_wit()
         })?;
         if !output.is_object() {
             return Err(ActionError::fatal(

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 
-use super::types::{Diagnostics, Invocation, LogLevel, LogRecord, StepContext, StepOutcome, Suspension};
+use super::types::{
+    Diagnostics, Invocation, LogLevel, LogRecord, StepContext, StepOutcome, Suspension,
+};
 
 /// A native step kind and its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap, UpdateDeadline,
 };
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::builtin::emit;
@@ -262,7 +263,9 @@ impl ActionHost {
             true => match Engine::new(&engine_config(&config, true)) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
-                    tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
+                    tracing::warn!(
+                        "pooling allocator unavailable ({e:#}); using on-demand allocation"
+                    );
                     (Self::plain_engine(&config)?, false)
                 }
             },
@@ -270,7 +273,8 @@ impl ActionHost {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(config_error)?;
-        bindings::Action::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(config_error)?;
+        bindings::Action::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(config_error)?;
         let cache_dir = match &config.cache_dir {
             Some(dir) => {
                 let mut hasher = std::hash::DefaultHasher::new();
@@ -320,7 +324,10 @@ impl ActionHost {
     /// Any [`RegisteredAction::verify`] error, [`ActionError::InvalidComponent`] when the
     /// component does not implement the action world, or [`ActionError::InvalidLimits`] when
     /// its memory cap exceeds the host's maximum.
-    pub async fn register(&self, action: RegisteredAction) -> Result<ActionDescription, ActionError> {
+    pub async fn register(
+        &self,
+        action: RegisteredAction,
+    ) -> Result<ActionDescription, ActionError> {
         action.verify()?;
         self.check_host_limits(&action)?;
         let (prepared, _) = self.prepared(&action).await?;
@@ -336,7 +343,10 @@ impl ActionHost {
     ///
     /// Resolution errors ([`ActionError::UnknownAction`], [`ActionError::Disabled`]) and load
     /// errors ([`ActionError::DigestMismatch`], [`ActionError::InvalidComponent`], ...).
-    pub async fn prepare(&self, key: &ActionKey) -> Result<(ActionDescription, LoadSource), ActionError> {
+    pub async fn prepare(
+        &self,
+        key: &ActionKey,
+    ) -> Result<(ActionDescription, LoadSource), ActionError> {
         let action = self.registry.resolve(key)?;
         let (prepared, source) = self.prepared(&action).await?;
         Ok((self.describe_prepared(&action, &prepared).await?, source))
@@ -381,9 +391,16 @@ impl ActionHost {
         Ok(())
     }
 
-    async fn prepared(&self, action: &RegisteredAction) -> Result<(Arc<Prepared>, LoadSource), ActionError> {
+    async fn prepared(
+        &self,
+        action: &RegisteredAction,
+    ) -> Result<(Arc<Prepared>, LoadSource), ActionError> {
         let cell = {
-            let mut compiled = self.inner.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            let mut compiled = self
+                .inner
+                .compiled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             compiled.entry(action.digest).or_default().clone()
         };
         if let Some(prepared) = cell.get() {
@@ -535,7 +552,10 @@ impl ActionHost {
             .map(|budget| budget.saturating_sub(store.get_fuel().unwrap_or(0)));
         drop(store);
         let diagnostics = capture.finish();
-        for (stream, text) in [("stdout", &diagnostics.stdout), ("stderr", &diagnostics.stderr)] {
+        for (stream, text) in [
+            ("stdout", &diagnostics.stdout),
+            ("stderr", &diagnostics.stderr),
+        ] {
             if !text.is_empty() {
                 tracing::debug!(
                     target: "squid_mesh::action",
@@ -583,18 +603,25 @@ fn classify_trap(
     if memory_hit {
         return StepError::sandbox(
             StepErrorKind::MemoryLimit,
-            format!("action tried to grow its memory past {} bytes", limits.memory_bytes),
+            format!(
+                "action tried to grow its memory past {} bytes",
+                limits.memory_bytes
+            ),
         );
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => timeout_error(limits.timeout_ms),
         Some(Trap::OutOfFuel) => StepError::sandbox(
             StepErrorKind::FuelExhausted,
-            format!("action used up its fuel budget of {}", limits.fuel.unwrap_or(0)),
+            format!(
+                "action used up its fuel budget of {}",
+                limits.fuel.unwrap_or(0)
+            ),
         ),
-        Some(Trap::StackOverflow) => {
-            StepError::sandbox(StepErrorKind::StackOverflow, "action exhausted its call stack")
-        }
+        Some(Trap::StackOverflow) => StepError::sandbox(
+            StepErrorKind::StackOverflow,
+            "action exhausted its call stack",
+        ),
         trap => {
             let reason = trap.map_or_else(|| format!("{e:#}"), |t| t.to_string());
             let stderr = capture.stderr_tail(1024);
@@ -635,17 +662,24 @@ fn success_outcome(max_bytes: u64, success: wit_types::StepSuccess) -> StepOutco
 }
 
 fn error_outcome(max_bytes: u64, error: wit_types::StepError) -> StepOutcome {
-    let size = error.code.len() + error.message.len() + error.details.as_ref().map_or(0, String::len);
+    let size =
+        error.code.len() + error.message.len() + error.details.as_ref().map_or(0, String::len);
     if size as u64 > max_bytes {
         return StepOutcome::Failed(too_large(size, max_bytes));
     }
     let code_ok = !error.code.is_empty()
         && error.code.len() <= 128
-        && error.code.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
+        && error
+            .code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
     if !code_ok {
         return StepOutcome::Failed(StepError::sandbox(
             StepErrorKind::InvalidOutput,
-            format!("step error code {:?} must be 1-128 characters from A-Z a-z 0-9 . _ - :", error.code),
+            format!(
+                "step error code {:?} must be 1-128 characters from A-Z a-z 0-9 . _ - :",
+                error.code
+            ),
         ));
     }
     let details = match error.details {
@@ -655,7 +689,10 @@ fn error_outcome(max_bytes: u64, error: wit_types::StepError) -> StepOutcome {
             _ => {
                 return StepOutcome::Failed(StepError::sandbox(
                     StepErrorKind::InvalidOutput,
-                    format!("step error {} has details that are not a JSON object", error.code),
+                    format!(
+                        "step error {} has details that are not a JSON object",
+                        error.code
+                    ),
                 ));
             }
         },
@@ -702,22 +739,36 @@ fn build_wasi(action: &RegisteredAction, capture: &Capture) -> Result<WasiCtx, A
         } else {
             FsPerms::ReadWrite
         };
-        b.preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| ActionError::InvalidCapability {
+        b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+            ActionError::InvalidCapability {
                 key: action.key.clone(),
-                message: format!("cannot open granted directory {}: {e:#}", dir.host.display()),
-            })?;
+                message: format!(
+                    "cannot open granted directory {}: {e:#}",
+                    dir.host.display()
+                ),
+            }
+        })?;
     }
-    let allowed: Vec<_> = caps.network.iter().filter_map(|a| parse_addr_pattern(a)).collect();
+    let allowed: Vec<_> = caps
+        .network
+        .iter()
+        .filter_map(|a| parse_addr_pattern(a))
+        .collect();
     let sockets = !allowed.is_empty();
     b.allow_tcp(sockets);
     b.allow_udp(sockets);
     b.allow_ip_name_lookup(caps.dns);
     let allowed = Arc::new(allowed);
-    b.socket_addr_check(move |addr, _use| {
-        let ok = allowed
-            .iter()
-            .any(|(ip, port)| *ip == addr.ip() && port.is_none_or(|p| p == addr.port()));
+    b.socket_addr_check(move |addr, use_| {
+        // Connecting binds implicitly to the wildcard address on an ephemeral port; that is
+        // part of an allowed outbound connection, not a listener.
+        let implicit_bind = matches!(use_, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+            && addr.ip().is_unspecified()
+            && addr.port() == 0;
+        let ok = implicit_bind
+            || allowed
+                .iter()
+                .any(|(ip, port)| *ip == addr.ip() && port.is_none_or(|p| p == addr.port()));
         Box::pin(async move { ok })
     });
     Ok(b.build())
@@ -725,7 +776,9 @@ fn build_wasi(action: &RegisteredAction, capture: &Capture) -> Result<WasiCtx, A
 
 impl Inner {
     fn cache_path(&self, digest: Digest) -> Option<PathBuf> {
-        self.cache_dir.as_ref().map(|d| d.join(format!("{}.cwasm", digest.hex())))
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.cwasm", digest.hex())))
     }
 
     /// Loads a component: from the disk cache when possible, else by compiling its
@@ -738,10 +791,11 @@ impl Inner {
             }
         }
         let bytes = action.source.load_verified(&action.key, action.digest)?;
-        let component = Component::new(&self.engine, &*bytes).map_err(|e| ActionError::InvalidComponent {
-            key: action.key.clone(),
-            message: format!("{e:#}"),
-        })?;
+        let component =
+            Component::new(&self.engine, &*bytes).map_err(|e| ActionError::InvalidComponent {
+                key: action.key.clone(),
+                message: format!("{e:#}"),
+            })?;
         let prepared = self.pre(action, &component)?;
         if let Some(path) = &cached {
             if let Err(e) = write_artifact(&component, path) {
@@ -770,7 +824,11 @@ impl Inner {
         }
     }
 
-    fn pre(&self, action: &RegisteredAction, component: &Component) -> Result<Prepared, ActionError> {
+    fn pre(
+        &self,
+        action: &RegisteredAction,
+        component: &Component,
+    ) -> Result<Prepared, ActionError> {
         let invalid = |e: wasmtime::Error| ActionError::InvalidComponent {
             key: action.key.clone(),
             message: format!("{e:#}"),

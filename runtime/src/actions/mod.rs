@@ -22,11 +22,9 @@ mod types;
 
 pub use builtin::Builtin;
 pub use host::{ActionHost, HostConfig, LoadSource};
-pub use registry::{
-    ActionRegistry, ComponentSource, Manifest, ManifestAction, RegisteredAction,
-};
+pub use registry::{ActionRegistry, ComponentSource, Manifest, ManifestAction, RegisteredAction};
 pub use types::{
-    ActionDescription, ActionError, ActionKey, ActionLimits, ActionTarget, Capabilities, Digest,
-    Diagnostics, DirGrant, Invocation, LogLevel, LogRecord, StepContext, StepError, StepErrorKind,
-    StepOutcome, Suspension,
+    ActionDescription, ActionError, ActionKey, ActionLimits, ActionTarget, Capabilities,
+    Diagnostics, Digest, DirGrant, Invocation, LogLevel, LogRecord, StepContext, StepError,
+    StepErrorKind, StepOutcome, Suspension,
 };

@@ -87,15 +87,19 @@ impl Capture {
     pub(crate) fn stderr_tail(&self, max: usize) -> String {
         let inner = self.lock();
         let start = inner.stderr.len().saturating_sub(max);
-        String::from_utf8_lossy(&inner.stderr[start..]).trim().to_owned()
+        String::from_utf8_lossy(&inner.stderr[start..])
+            .trim()
+            .to_owned()
     }
 
     /// Everything captured so far.
     pub(crate) fn finish(&self) -> Diagnostics {
         let mut inner = self.lock();
         let mut diagnostics = std::mem::take(&mut inner.diagnostics);
-        diagnostics.stdout = String::from_utf8_lossy(&std::mem::take(&mut inner.stdout)).into_owned();
-        diagnostics.stderr = String::from_utf8_lossy(&std::mem::take(&mut inner.stderr)).into_owned();
+        diagnostics.stdout =
+            String::from_utf8_lossy(&std::mem::take(&mut inner.stdout)).into_owned();
+        diagnostics.stderr =
+            String::from_utf8_lossy(&std::mem::take(&mut inner.stderr)).into_owned();
         diagnostics
     }
 }

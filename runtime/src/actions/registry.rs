@@ -266,9 +266,7 @@ impl ActionRegistry {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ActionKey, Arc<RegisteredAction>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ActionKey, Arc<RegisteredAction>>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -373,8 +371,7 @@ impl Manifest {
     /// directory of `manifest_path`.
     pub fn resolve(&self, manifest_path: &Path) -> Vec<RegisteredAction> {
         let base = manifest_path.parent().unwrap_or(Path::new("."));
-        self
-            .actions
+        self.actions
             .iter()
             .map(|a| RegisteredAction {
                 key: a.key.clone(),

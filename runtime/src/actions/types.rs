@@ -29,7 +29,10 @@ impl ActionKey {
     pub fn new(key: impl Into<String>) -> Result<Self, ActionError> {
         let key = key.into();
         let valid_char = |c: char| c.is_ascii_alphanumeric() || "._-:/".contains(c);
-        let starts_well = key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let starts_well = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         if key.len() > 128 || !starts_well || !key.chars().all(valid_char) {
             return Err(ActionError::InvalidKey { key });
         }
@@ -401,7 +404,9 @@ pub enum ActionTarget {
 #[non_exhaustive]
 pub enum ActionError {
     /// The key has characters outside the allowed set or a bad length.
-    #[error("invalid action key {key:?}: use 1-128 characters from A-Z a-z 0-9 . _ - : /, starting with a letter or digit")]
+    #[error(
+        "invalid action key {key:?}: use 1-128 characters from A-Z a-z 0-9 . _ - : /, starting with a letter or digit"
+    )]
     InvalidKey {
         /// The rejected key.
         key: String,
@@ -425,7 +430,9 @@ pub enum ActionError {
         key: ActionKey,
     },
     /// The component's bytes do not match the pinned digest.
-    #[error("component of action {key} does not match its pinned digest: expected {expected}, found {actual}")]
+    #[error(
+        "component of action {key} does not match its pinned digest: expected {expected}, found {actual}"
+    )]
     DigestMismatch {
         /// The key.
         key: ActionKey,

@@ -45,7 +45,10 @@ impl Action for ChargePayment {
             panic!("{message}");
         }
         if charge.amount_cents <= 0 {
-            return Err(ActionError::fatal("invalid_amount", "amount must be positive"));
+            return Err(ActionError::fatal(
+                "invalid_amount",
+                "amount must be positive",
+            ));
         }
         if charge.decline {
             return Err(ActionError::fatal("card_declined", "the card was declined")
@@ -53,7 +56,8 @@ impl Action for ChargePayment {
         }
         if ctx.attempt() < charge.succeed_on_attempt {
             log::warn(&format!("gateway unavailable on attempt {}", ctx.attempt()));
-            let mut err = ActionError::retryable("gateway_unavailable", "the payment gateway is unavailable");
+            let mut err =
+                ActionError::retryable("gateway_unavailable", "the payment gateway is unavailable");
             if let Some(ms) = charge.retry_after_ms {
                 err = err.retry_after(Duration::from_millis(ms));
             }
@@ -61,7 +65,10 @@ impl Action for ChargePayment {
         }
         // The idempotency key is stable across redeliveries, so a gateway would see one charge.
         let charge_id = format!("ch_{}", fnv1a(ctx.idempotency_key()));
-        log::info(&format!("charged {} cents as {charge_id}", charge.amount_cents));
+        log::info(&format!(
+            "charged {} cents as {charge_id}",
+            charge.amount_cents
+        ));
         Ok(Charged {
             charge_id,
             order_id: charge.order_id,

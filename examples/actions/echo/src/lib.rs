@@ -1,7 +1,11 @@
-//! `echo`: returns its input unchanged. With `print_lines` it writes to standard output and
-//! with `log_lines` it logs through the host, to exercise the host's output bounds.
+//! `echo`: returns its input unchanged.
+//!
+//! A few optional input fields make it probe its sandbox, so tests can show what an action
+//! can and cannot reach: `print_lines` writes to standard output, `log_lines` logs through
+//! the host, `env_var` reads an environment variable, `read_file` reads a file and `connect`
+//! opens a TCP connection. Each probe's result is added to the output.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use squid_mesh_guest::{Action, ActionError, Context, log};
 
 struct Echo;
@@ -14,13 +18,32 @@ impl Action for Echo {
 
     fn run(_ctx: &Context, input: Map<String, Value>) -> Result<Map<String, Value>, ActionError> {
         let count = |key: &str| input.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
         for i in 0..count("print_lines") {
             println!("echo line {i}");
         }
         for i in 0..count("log_lines") {
             log::info(&format!("echo log {i}"));
         }
-        Ok(input)
+        let mut output = input.clone();
+        if let Some(name) = text("env_var") {
+            output.insert("env_value".into(), json!(std::env::var(name).ok()));
+        }
+        if let Some(path) = text("read_file") {
+            let result = match std::fs::read_to_string(path) {
+                Ok(contents) => json!({ "ok": contents }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            output.insert("file".into(), result);
+        }
+        if let Some(addr) = text("connect") {
+            let result = match std::net::TcpStream::connect(addr) {
+                Ok(_) => json!({ "ok": true }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            output.insert("connect_result".into(), result);
+        }
+        Ok(output)
     }
 }
 

@@ -26,9 +26,15 @@ impl Action for RefundPayment {
 
     fn run(ctx: &Context, refund: Refund) -> Result<Refunded, ActionError> {
         if !refund.charge_id.starts_with("ch_") {
-            return Err(ActionError::fatal("unknown_charge", format!("no charge {}", refund.charge_id)));
+            return Err(ActionError::fatal(
+                "unknown_charge",
+                format!("no charge {}", refund.charge_id),
+            ));
         }
-        log::info(&format!("refunding {} cents of {}", refund.amount_cents, refund.charge_id));
+        log::info(&format!(
+            "refunding {} cents of {}",
+            refund.amount_cents, refund.charge_id
+        ));
         Ok(Refunded {
             refund_id: format!("re_{}", &refund.charge_id[3..]),
             charge_id: refund.charge_id,

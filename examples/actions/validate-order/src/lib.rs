@@ -41,7 +41,10 @@ impl Action for ValidateOrder {
 
     fn run(ctx: &Context, order: Order) -> Result<Validated, ActionError> {
         if order.items.is_empty() {
-            return Err(ActionError::fatal("empty_order", "an order needs at least one line"));
+            return Err(ActionError::fatal(
+                "empty_order",
+                "an order needs at least one line",
+            ));
         }
         let mut total: i64 = 0;
         let mut count: i64 = 0;
@@ -49,7 +52,10 @@ impl Action for ValidateOrder {
             if line.quantity <= 0 || line.unit_price_cents < 0 {
                 return Err(ActionError::fatal(
                     "invalid_line",
-                    format!("line {i} ({}) has a non-positive quantity or a negative price", line.sku),
+                    format!(
+                        "line {i} ({}) has a non-positive quantity or a negative price",
+                        line.sku
+                    ),
                 )
                 .with_details(serde_json::json!({ "line": i, "sku": line.sku })));
             }
@@ -61,7 +67,10 @@ impl Action for ValidateOrder {
             count += line.quantity;
         }
         if order.currency.len() != 3 {
-            return Err(ActionError::fatal("invalid_currency", "currency must be an ISO 4217 code"));
+            return Err(ActionError::fatal(
+                "invalid_currency",
+                "currency must be an ISO 4217 code",
+            ));
         }
         log::info(&format!(
             "order {} valid for run {}: {count} items, {total} {}",

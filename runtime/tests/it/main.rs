@@ -1,0 +1,7 @@
+//! Integration tests of the `squid-mesh` crate: real components built from source, real
+//! files, hand-written WAT for misbehaving guests.
+
+mod actions;
+mod registry;
+mod support;
+mod wat;
