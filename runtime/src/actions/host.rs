@@ -785,10 +785,10 @@ impl Inner {
     /// (digest-verified) bytes and writing the artifact to the cache.
     fn load(&self, action: &RegisteredAction) -> Result<(Prepared, LoadSource), ActionError> {
         let cached = self.cache_path(action.digest);
-        if let Some(path) = &cached {
-            if let Some(component) = self.deserialize_cached(path) {
-                return Ok((self.pre(action, &component)?, LoadSource::DiskCache));
-            }
+        if let Some(path) = &cached
+            && let Some(component) = self.deserialize_cached(path)
+        {
+            return Ok((self.pre(action, &component)?, LoadSource::DiskCache));
         }
         let bytes = action.source.load_verified(&action.key, action.digest)?;
         let component =
@@ -797,10 +797,10 @@ impl Inner {
                 message: format!("{e:#}"),
             })?;
         let prepared = self.pre(action, &component)?;
-        if let Some(path) = &cached {
-            if let Err(e) = write_artifact(&component, path) {
-                tracing::warn!(path = %path.display(), "cannot write compiled component to cache: {e}");
-            }
+        if let Some(path) = &cached
+            && let Err(e) = write_artifact(&component, path)
+        {
+            tracing::warn!(path = %path.display(), "cannot write compiled component to cache: {e}");
         }
         Ok((prepared, LoadSource::Compiled))
     }
