@@ -6,11 +6,17 @@
 //!
 //! This crate is organised as:
 //!
+//! - [`spec`]: workflow specs (builder, JSON/TOML, validation, fingerprint). Pure.
+//! - [`plan`]: what runs next (payload, input mapping, routes, retries). Pure.
 //! - [`actions`]: the action registry (key -> pinned component, limits, capabilities), the
 //!   wasmtime sandbox that runs components, and the native built-in step kinds.
+//! - [`clock`]: injected time.
 #![deny(missing_docs)]
 
 pub mod actions;
+pub mod clock;
+pub mod plan;
+pub mod spec;
 
 pub use actions::{
     ActionError, ActionHost, ActionKey, ActionLimits, ActionRegistry, ActionTarget, Builtin,

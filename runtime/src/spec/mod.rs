@@ -1,0 +1,485 @@
+//! Workflow specs: the declarative graph a run executes.
+//!
+//! Every workflow is a [`WorkflowSpec`] value, written with the builder
+//! ([`WorkflowSpec::builder`]) or read from JSON or TOML, so a spec file is a workflow and an
+//! editor can produce one at run time. [`WorkflowSpec::validate`] reports every problem at
+//! once; [`WorkflowSpec::fingerprint`] identifies the executable shape. Pure: no IO.
+
+mod builder;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::actions::{ActionKey, Builtin};
+
+pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder, WorkflowBuilder};
+pub use validate::{SpecProblem, valid_name};
+
+/// A workflow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// Name of the workflow (`[A-Za-z0-9][A-Za-z0-9_.-]*`).
+    pub name: String,
+    /// Operator label of this revision, shown in inspection; it does not affect execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// How runs start; the first is the default.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSpec>,
+    /// The steps, in declaration order.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// Routes between steps (transition mode). Empty in dependency mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<TransitionSpec>,
+}
+
+/// A way to start runs, with the payload it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Name of the trigger.
+    pub name: String,
+    /// Manual or cron.
+    #[serde(flatten)]
+    pub kind: TriggerKind,
+    /// Fields of the payload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload: Vec<FieldSpec>,
+}
+
+/// What fires a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// Started by a call (or a signal).
+    Manual,
+    /// Started on a cron schedule evaluated in a time zone.
+    Cron {
+        /// Cron expression (5 or 6 fields).
+        cron: String,
+        /// IANA time zone, for example `Europe/Paris`.
+        timezone: String,
+    },
+}
+
+/// A payload field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Field name.
+    pub name: String,
+    /// Type the value must have.
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Whether a value (or a default) is required. Default true.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// Literal default, used when the field is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// Computed default for string fields: today's date or the current instant, ISO-8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_from: Option<DynamicDefault>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Types of payload fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// A JSON string.
+    String,
+    /// A JSON integer.
+    Integer,
+    /// Any JSON number.
+    Float,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON object.
+    Map,
+    /// A JSON array.
+    List,
+}
+
+impl FieldType {
+    /// Whether `v` has this type.
+    pub fn accepts(self, v: &Value) -> bool {
+        match self {
+            Self::String => v.is_string(),
+            Self::Integer => v.is_i64() || v.is_u64(),
+            Self::Float => v.is_number(),
+            Self::Boolean => v.is_boolean(),
+            Self::Map => v.is_object(),
+            Self::List => v.is_array(),
+        }
+    }
+
+    /// The type's name as written in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Float => "float",
+            Self::Boolean => "boolean",
+            Self::Map => "map",
+            Self::List => "list",
+        }
+    }
+}
+
+/// Defaults computed when a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DynamicDefault {
+    /// Today's date in UTC, `YYYY-MM-DD`.
+    Today,
+    /// The current instant, RFC 3339 in UTC.
+    Now,
+}
+
+/// A step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Step name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, not `complete`).
+    pub name: String,
+    /// The registered action this step runs (exclusive with `builtin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionKey>,
+    /// The built-in kind this step runs (exclusive with `action`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+    /// How the step's input is taken from what the run knows; everything when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputMapping>,
+    /// Key the output is stored under in the run's context; merged at the top when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Retry policy; no retries when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Informational deadline of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DeadlineSpec>,
+    /// Action that undoes this step when the run fails later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<ActionKey>,
+    /// The step's effect cannot be undone: replay needs explicit approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub irreversible: bool,
+    /// Whether the step's effect can be compensated (default true; false when irreversible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensatable: Option<bool>,
+    /// Steps that must complete first (dependency mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+}
+
+impl StepSpec {
+    /// Whether this is a manual gate (`pause` or `approval`).
+    pub fn is_manual(&self) -> bool {
+        matches!(self.builtin, Some(Builtin::Pause | Builtin::Approval))
+    }
+
+    /// Whether replaying a run that completed this step needs explicit approval.
+    pub fn needs_replay_review(&self) -> bool {
+        self.irreversible || self.compensatable == Some(false)
+    }
+}
+
+/// How a step's input is built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InputMapping {
+    /// Copy these top-level keys (missing keys are left out).
+    Keys(Vec<String>),
+    /// Each target key takes the value at a path; a missing path fails the run.
+    Paths(BTreeMap<String, Vec<String>>),
+}
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total attempts, including the first (at least 1).
+    pub max_attempts: u32,
+    /// Delay between attempts; none means retry at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+}
+
+/// Delay before attempt n+1, from the attempt n that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Shape of the delay curve.
+    pub kind: BackoffKind,
+    /// First delay, in milliseconds.
+    pub min_ms: u64,
+    /// Largest delay, in milliseconds.
+    pub max_ms: u64,
+    /// Spread each delay uniformly over [delay/2, delay] (deterministic per runnable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jitter: bool,
+}
+
+/// Backoff curves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackoffKind {
+    /// `min * 2^(n-1)`, capped at max.
+    Exponential,
+    /// `min * n`, capped at max.
+    Linear,
+    /// Always `min`.
+    Constant,
+}
+
+/// An informational deadline, evaluated by the read side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineSpec {
+    /// The step is due this many milliseconds after it was planned (positive).
+    pub within_ms: u64,
+    /// It is "due soon" this many milliseconds before it is due (less than `within_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_soon_ms: Option<u64>,
+    /// It is escalated this many milliseconds after it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_ms: Option<u64>,
+    /// Label of the escalation (default `diagnostic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
+}
+
+/// Outcome a transition leaves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The step succeeded.
+    Ok,
+    /// The step failed (after its retries).
+    Error,
+}
+
+/// Name of the pseudo-step that completes the run.
+pub const COMPLETE: &str = "complete";
+
+/// A route from one step's outcome to a step or to completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionSpec {
+    /// Source step.
+    pub from: String,
+    /// Outcome it applies to.
+    pub on: Outcome,
+    /// Target step, or `complete`.
+    pub to: String,
+    /// Only taken when this holds; conditional routes are tried in declaration order, then
+    /// the unconditional one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    /// Recovery label of an error route (for example `compensation` or `undo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<String>,
+}
+
+/// A test on a value of the run's context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Path of keys into the context.
+    pub path: Vec<String>,
+    /// Holds when the value equals this JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    /// Holds when the value is a number greater than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greater_than: Option<f64>,
+    /// Holds when the value is a number less than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub less_than: Option<f64>,
+}
+
+impl Condition {
+    /// Whether the condition holds against `context`. A missing path or a non-number for a
+    /// comparison never matches.
+    pub fn holds(&self, context: &Value) -> bool {
+        let Some(value) = lookup(context, &self.path) else {
+            return false;
+        };
+        if let Some(expected) = &self.equals {
+            return value == expected;
+        }
+        let Some(n) = value.as_f64() else {
+            return false;
+        };
+        if let Some(bound) = self.greater_than {
+            return n > bound;
+        }
+        if let Some(bound) = self.less_than {
+            return n < bound;
+        }
+        false
+    }
+}
+
+/// The value at `path` inside `value`, if every key exists.
+pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.as_object()?.get(key))
+}
+
+/// The two mutually exclusive shapes of a workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Steps are linked by `on ok|error` transitions from one entry step.
+    Transitions,
+    /// Steps declare `after` dependencies; roots run in parallel.
+    Dependencies,
+}
+
+/// Errors reading a spec from text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecParseError {
+    /// The JSON is malformed or does not match the spec's shape.
+    #[error("invalid workflow spec JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The TOML is malformed or does not match the spec's shape.
+    #[error("invalid workflow spec TOML: {0}")]
+    Toml(#[from] toml::de::Error),
+}
+
+impl WorkflowSpec {
+    /// Starts a builder.
+    pub fn builder(name: impl Into<String>) -> WorkflowBuilder {
+        WorkflowBuilder::new(name)
+    }
+
+    /// Parses a spec from JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecParseError::Json`] naming the line and column.
+    pub fn from_json(text: &str) -> Result<Self, SpecParseError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Parses a spec from TOML.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecParseError::Toml`] naming the location.
+    pub fn from_toml(text: &str) -> Result<Self, SpecParseError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The spec as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a spec always serializes to JSON")
+    }
+
+    /// The spec as TOML.
+    ///
+    /// # Errors
+    ///
+    /// When a literal (a `null` default, say) has no TOML form.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+
+    /// The step named `name`.
+    pub fn step(&self, name: &str) -> Option<&StepSpec> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The trigger named `name`, or the first when `name` is `None`.
+    pub fn trigger(&self, name: Option<&str>) -> Option<&TriggerSpec> {
+        match name {
+            Some(n) => self.triggers.iter().find(|t| t.name == n),
+            None => self.triggers.first(),
+        }
+    }
+
+    /// Transition or dependency mode.
+    pub fn mode(&self) -> Mode {
+        if self.steps.iter().any(|s| !s.after.is_empty()) {
+            Mode::Dependencies
+        } else {
+            Mode::Transitions
+        }
+    }
+
+    /// The steps a run starts with: the entry step in transition mode, every root in
+    /// dependency mode.
+    pub fn entry_steps(&self) -> Vec<&StepSpec> {
+        match self.mode() {
+            Mode::Dependencies => self.steps.iter().filter(|s| s.after.is_empty()).collect(),
+            Mode::Transitions => self
+                .steps
+                .iter()
+                .filter(|s| !self.transitions.iter().any(|t| t.to == s.name))
+                .take(1)
+                .collect(),
+        }
+    }
+
+    /// Routes leaving `step` on `on`: conditional ones in declaration order, then the
+    /// unconditional fallback.
+    pub fn routes(&self, step: &str, on: Outcome) -> Vec<(usize, &TransitionSpec)> {
+        let mut conditional = Vec::new();
+        let mut fallback = Vec::new();
+        for (i, t) in self.transitions.iter().enumerate() {
+            if t.from == step && t.on == on {
+                if t.condition.is_some() {
+                    conditional.push((i, t));
+                } else {
+                    fallback.push((i, t));
+                }
+            }
+        }
+        conditional.extend(fallback);
+        conditional
+    }
+
+    /// A stable fingerprint of the executable shape: steps (name, action, input, output,
+    /// retry, dependencies, compensation) and transitions. Labels, triggers, payload fields
+    /// and deadlines do not change it.
+    pub fn fingerprint(&self) -> String {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mut after = s.after.clone();
+                after.sort();
+                json!({
+                    "name": s.name,
+                    "action": s.action,
+                    "builtin": s.builtin,
+                    "input": s.input,
+                    "output": s.output,
+                    "retry": s.retry,
+                    "after": after,
+                    "compensate": s.compensate,
+                })
+            })
+            .collect();
+        let transitions: Vec<Value> = self
+            .transitions
+            .iter()
+            .map(|t| json!({"from": t.from, "on": t.on, "to": t.to, "condition": t.condition, "recovery": t.recovery}))
+            .collect();
+        let shape = json!({"steps": steps, "transitions": transitions});
+        hex::encode(Sha256::digest(shape.to_string().as_bytes()))
+    }
+}
