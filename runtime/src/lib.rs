@@ -15,8 +15,15 @@
 
 pub mod actions;
 pub mod clock;
+pub mod engine;
+pub mod journal;
 pub mod plan;
 pub mod spec;
+pub mod store;
+
+pub use engine::{Engine, EngineBuilder, EngineError, ExecuteOptions, RunSnapshot, StartOptions};
+pub use journal::{RunId, RunStatus};
+pub use spec::WorkflowSpec;
 
 pub use actions::{
     ActionError, ActionHost, ActionKey, ActionLimits, ActionRegistry, ActionTarget, Builtin,

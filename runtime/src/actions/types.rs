@@ -234,6 +234,9 @@ pub enum StepErrorKind {
     InvalidOutput,
     /// The action returned more bytes than its limit allows.
     OutputTooLarge,
+    /// The step could not run: its pinned definition or action is no longer available
+    /// (unknown or disabled key, digest changed). The run fails closed.
+    Unavailable,
 }
 
 impl StepErrorKind {
@@ -249,6 +252,7 @@ impl StepErrorKind {
             Self::Trap => "trap",
             Self::InvalidOutput => "invalid_output",
             Self::OutputTooLarge => "output_too_large",
+            Self::Unavailable => "action_unavailable",
         }
     }
 }

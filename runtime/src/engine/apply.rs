@@ -1,0 +1,308 @@
+//! Applying a recorded outcome to a run: the pure part (what to plan, route, retry, end) and
+//! writing its result in the caller's transaction.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{Definition, Result, now_us, planned_row, to_json};
+use crate::actions::{StepOutcome, Suspension};
+use crate::clock::Timestamp;
+use crate::engine::EngineError;
+use crate::journal::{Fact, ManualGate, PlannedRunnable, RunStatus};
+use crate::plan::{self, RetryDecision, StepState};
+use crate::spec::{Mode, Outcome};
+use crate::store::{AttemptRow, RunRow, StoreTx};
+
+pub(super) struct Applier<'a> {
+    def: Option<&'a Definition>,
+    now: Timestamp,
+    run_id: String,
+    input: Map<String, Value>,
+    context: Map<String, Value>,
+    steps: BTreeMap<String, StepState>,
+    manual: Option<ManualGate>,
+    new_gate: bool,
+    error: Option<Value>,
+    terminal: Option<RunStatus>,
+    pub(super) facts: Vec<Fact>,
+    planned: Vec<PlannedRunnable>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(run: &RunRow, what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
+        what: format!("{what} of run {}", run.run_id),
+        message: e.to_string(),
+    })
+}
+
+impl<'a> Applier<'a> {
+    pub(super) fn new(def: &'a Definition, run: &RunRow, now: Timestamp) -> Result<Self> {
+        let mut a = Self::orphan(run, now)?;
+        a.def = Some(def);
+        Ok(a)
+    }
+
+    /// An applier without a definition: it can only end the run.
+    pub(super) fn orphan(run: &RunRow, now: Timestamp) -> Result<Self> {
+        Ok(Self {
+            def: None,
+            now,
+            run_id: run.run_id.clone(),
+            input: parse(run, "input", &run.input)?,
+            context: parse(run, "context", &run.context)?,
+            steps: parse(run, "steps", &run.steps)?,
+            manual: run.manual.as_deref().map(|m| parse(run, "manual gate", m)).transpose()?,
+            new_gate: false,
+            error: run.error.as_deref().map(|e| parse(run, "error", e)).transpose()?,
+            terminal: None,
+            facts: Vec::new(),
+            planned: Vec::new(),
+        })
+    }
+
+    fn known(&self) -> Value {
+        plan::knowledge(&self.input, &self.context)
+    }
+
+    /// Plans the entry step (transition mode) or every root (dependency mode).
+    pub(super) fn plan_entry(&mut self) {
+        let Some(def) = self.def else { return };
+        let entries: Vec<String> = def.spec.entry_steps().iter().map(|s| s.name.clone()).collect();
+        for step in entries {
+            self.plan_step(&step, self.now, 1, None);
+        }
+    }
+
+    fn plan_step(&mut self, name: &str, visible_at: Timestamp, attempt: u32, input: Option<Map<String, Value>>) {
+        let Some(def) = self.def else { return };
+        let Some(step) = def.spec.step(name) else {
+            self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {name} is not in the pinned definition")}));
+            return;
+        };
+        let input = match input {
+            Some(i) => i,
+            None => match plan::map_input(step, &self.known()) {
+                Ok(i) => i,
+                Err(missing) => {
+                    self.fail_run(json!({
+                        "code": "missing_input_path",
+                        "message": format!("input path {} of step {} does not resolve: {} is missing", missing.path.join("."), missing.step, missing.missing_at),
+                        "retryable": false,
+                        "step": missing.step,
+                        "target": missing.target,
+                        "path": missing.path,
+                        "missing_at": missing.missing_at,
+                    }));
+                    return;
+                }
+            },
+        };
+        self.steps.insert(name.to_owned(), StepState::Planned);
+        self.planned.push(PlannedRunnable {
+            runnable_key: format!("{}:{}:{}", self.run_id, name, attempt),
+            step: name.to_owned(),
+            attempt,
+            visible_at,
+            input,
+        });
+    }
+
+    pub(super) fn fail_run(&mut self, error: Value) {
+        if self.terminal.is_none() {
+            self.terminal = Some(RunStatus::Failed);
+            self.error = Some(error);
+            self.manual = None;
+        }
+    }
+
+    fn complete_run(&mut self) {
+        if self.terminal.is_none() {
+            self.terminal = Some(RunStatus::Completed);
+            self.manual = None;
+        }
+    }
+
+    /// Applies `outcome` to the run and settles `attempt`.
+    pub(super) fn apply(&mut self, attempt: &mut AttemptRow, outcome: StepOutcome) {
+        attempt.due_at = None;
+        attempt.updated_at = now_us(self.now);
+        let Some(def) = self.def else { return };
+        let Some(step) = def.spec.step(&attempt.step) else {
+            attempt.status = "failed".into();
+            self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {} is not in the pinned definition", attempt.step)}));
+            return;
+        };
+        let step_name = step.name.clone();
+        let attempt_no = u32::try_from(attempt.attempt).unwrap_or(u32::MAX);
+        match outcome {
+            StepOutcome::Succeeded { output, continue_after_ms } => {
+                attempt.status = "succeeded".into();
+                let patch = plan::shape_output(step, output);
+                for (k, v) in &patch {
+                    self.context.insert(k.clone(), v.clone());
+                }
+                self.steps.insert(step_name.clone(), StepState::Completed);
+                let visible = self.now.plus_millis(continue_after_ms.unwrap_or(0));
+                let mut route = None;
+                match def.spec.mode() {
+                    Mode::Transitions => match plan::select_route(&def.spec, &step_name, Outcome::Ok, &self.known()) {
+                        Some(r) => {
+                            match &r.to {
+                                Some(to) => self.plan_step(to, visible, 1, None),
+                                None => self.complete_run(),
+                            }
+                            route = Some(r);
+                        }
+                        // A step without ok routes is a final step: the run completes.
+                        None => self.complete_run(),
+                    },
+                    Mode::Dependencies => {
+                        let ready: Vec<String> = plan::ready_steps(&def.spec, &self.steps).iter().map(|s| s.name.clone()).collect();
+                        for name in &ready {
+                            self.plan_step(name, visible, 1, None);
+                        }
+                        let done = def.spec.steps.iter().all(|s| self.steps.get(&s.name) == Some(&StepState::Completed));
+                        if done {
+                            self.complete_run();
+                        }
+                    }
+                }
+                self.facts.push(Fact::RunnableApplied {
+                    runnable_key: attempt.runnable_key.clone(),
+                    step: step_name,
+                    attempt_status: "succeeded".into(),
+                    step_state: Some(StepState::Completed),
+                    context_patch: patch,
+                    route,
+                });
+            }
+            StepOutcome::Failed(error) => {
+                attempt.status = "failed".into();
+                let decision = plan::retry_decision(step.retry.as_ref(), attempt_no, error.retryable, error.retry_after_ms, &attempt.runnable_key);
+                if let RetryDecision::Retry { delay_ms } = decision {
+                    let input: Map<String, Value> = serde_json::from_str(&attempt.input).unwrap_or_default();
+                    self.plan_step(&step_name, self.now.plus_millis(delay_ms), attempt_no.saturating_add(1), Some(input));
+                    self.facts.push(Fact::RunnableApplied {
+                        runnable_key: attempt.runnable_key.clone(),
+                        step: step_name,
+                        attempt_status: "failed".into(),
+                        step_state: None,
+                        context_patch: Map::new(),
+                        route: None,
+                    });
+                    return;
+                }
+                self.steps.insert(step_name.clone(), StepState::Failed);
+                let mut failure = json!({
+                    "step": step_name,
+                    "runnable_key": attempt.runnable_key,
+                    "attempt": attempt_no,
+                    "kind": error.kind,
+                    "code": error.code,
+                    "message": error.message,
+                    "retryable": error.retryable,
+                });
+                if let Some(details) = &error.details {
+                    failure["details"] = Value::Object(details.clone());
+                }
+                let route = match def.spec.mode() {
+                    Mode::Transitions => plan::select_route(&def.spec, &step_name, Outcome::Error, &self.known()),
+                    Mode::Dependencies => None,
+                };
+                match &route {
+                    Some(r) => match &r.to {
+                        Some(to) => self.plan_step(to, self.now, 1, None),
+                        None => self.complete_run(),
+                    },
+                    None => self.fail_run(failure),
+                }
+                self.facts.push(Fact::RunnableApplied {
+                    runnable_key: attempt.runnable_key.clone(),
+                    step: step_name,
+                    attempt_status: "failed".into(),
+                    step_state: Some(StepState::Failed),
+                    context_patch: Map::new(),
+                    route,
+                });
+            }
+            StepOutcome::Suspended(kind) => {
+                attempt.status = "suspended".into();
+                let target = |on| {
+                    plan::select_route(&def.spec, &step_name, on, &self.known()).and_then(|r| r.to)
+                };
+                let gate = ManualGate {
+                    step: step_name.clone(),
+                    kind,
+                    ok_target: target(Outcome::Ok),
+                    error_target: match kind {
+                        Suspension::Approval => target(Outcome::Error),
+                        Suspension::Pause => None,
+                    },
+                    output_key: step.output.clone(),
+                    paused_at: self.now,
+                };
+                self.facts.push(Fact::RunnableApplied {
+                    runnable_key: attempt.runnable_key.clone(),
+                    step: step_name,
+                    attempt_status: "suspended".into(),
+                    step_state: None,
+                    context_patch: Map::new(),
+                    route: None,
+                });
+                self.manual = Some(gate);
+                self.new_gate = true;
+            }
+        }
+    }
+
+    /// Writes the planned attempts, the run row and the facts.
+    pub(super) async fn write<T: StoreTx>(mut self, tx: &mut T, run: &mut RunRow) -> Result<()> {
+        let now = self.now;
+        if self.terminal.is_some() {
+            for p in &self.planned {
+                if p.attempt == 1 {
+                    self.steps.remove(&p.step);
+                }
+            }
+            self.planned.clear();
+        }
+        if !self.planned.is_empty() {
+            for p in &self.planned {
+                tx.insert_attempt(&planned_row(run, p, now)).await?;
+            }
+            self.facts.push(Fact::RunnablesPlanned {
+                runnables: std::mem::take(&mut self.planned),
+            });
+        }
+        if self.new_gate
+            && let Some(gate) = &self.manual
+        {
+            self.facts.push(Fact::ManualStepPaused { gate: gate.clone() });
+        }
+        let status = match self.terminal {
+            Some(terminal) => {
+                tx.close_open_attempts(&run.run_id, "cancelled", now_us(now)).await?;
+                self.facts.push(Fact::RunTerminal {
+                    status: terminal,
+                    error: self.error.clone(),
+                });
+                terminal
+            }
+            None if self.manual.is_some() => RunStatus::Paused,
+            None if self.steps.values().any(|s| *s == StepState::Planned) => RunStatus::Running,
+            None => RunStatus::Idle,
+        };
+        run.status = status.as_str().into();
+        run.context = to_json(&self.context);
+        run.steps = to_json(&self.steps);
+        run.manual = self.manual.as_ref().map(to_json);
+        run.error = self.error.as_ref().map(to_json);
+        run.updated_at = now_us(now);
+        run.revision += i64::try_from(self.facts.len()).unwrap_or(0);
+        tx.update_run(run).await?;
+        let facts: Vec<(String, String)> = self.facts.iter().map(|f| (f.kind().to_owned(), to_json(f))).collect();
+        tx.append_facts(&run.run_id, &facts, now_us(now)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Errors of the engine's public calls.
+
+use crate::actions::ActionError;
+use crate::spec::SpecProblem;
+use crate::store::StoreError;
+
+/// Why an engine call failed. [`EngineError::code`] is stable; [`EngineError::is_retryable`]
+/// says whether calling again may succeed; invalid input carries every problem with its path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The workflow spec is invalid.
+    #[error("invalid workflow spec: {}", join(.0))]
+    InvalidSpec(Vec<SpecProblem>),
+    /// The payload does not match the trigger's fields.
+    #[error("invalid payload: {}", join(.0))]
+    InvalidPayload(Vec<SpecProblem>),
+    /// An option is invalid.
+    #[error("invalid option {}", join(.0))]
+    InvalidOption(Vec<SpecProblem>),
+    /// No workflow is registered under the name.
+    #[error("workflow {name} is not registered")]
+    UnknownWorkflow {
+        /// The name.
+        name: String,
+    },
+    /// The workflow has no such trigger.
+    #[error("workflow {workflow} has no trigger {trigger:?}")]
+    UnknownTrigger {
+        /// The workflow.
+        workflow: String,
+        /// The trigger asked for.
+        trigger: String,
+    },
+    /// No run has this id.
+    #[error("run {run_id} not found")]
+    RunNotFound {
+        /// The id.
+        run_id: String,
+    },
+    /// The run id is not a UUID.
+    #[error("malformed run id {value:?}: expected a UUID")]
+    InvalidRunId {
+        /// What was given.
+        value: String,
+    },
+    /// A run with this id or idempotency key exists with a different payload.
+    #[error("run {run_id} conflicts: {message}")]
+    IdempotencyConflict {
+        /// The run.
+        run_id: String,
+        /// What differs.
+        message: String,
+    },
+    /// This worker's claim no longer holds; its outcome was discarded and changed nothing.
+    #[error("stale claim on {runnable_key}: {reason}")]
+    StaleClaim {
+        /// The attempt.
+        runnable_key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The action host failed.
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored value could not be read back.
+    #[error("corrupt {what}: {message}")]
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// Raised by the `crash_after_record` test hook.
+    #[doc(hidden)]
+    #[error("simulated crash after recording an outcome")]
+    SimulatedCrash,
+}
+
+fn join(problems: &[SpecProblem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl From<sqlx::Error> for EngineError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(e))
+    }
+}
+
+impl EngineError {
+    pub(crate) fn invalid_option(path: &str, message: &str) -> Self {
+        Self::InvalidOption(vec![SpecProblem {
+            path: path.to_owned(),
+            code: "invalid_option".to_owned(),
+            message: message.to_owned(),
+        }])
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::InvalidOption(_) => "invalid_option",
+            Self::UnknownWorkflow { .. } => "unknown_workflow",
+            Self::UnknownTrigger { .. } => "unknown_trigger",
+            Self::RunNotFound { .. } => "run_not_found",
+            Self::InvalidRunId { .. } => "invalid_run_id",
+            Self::IdempotencyConflict { .. } => "idempotency_conflict",
+            Self::StaleClaim { .. } => "stale_claim",
+            Self::Action(e) => e.code(),
+            Self::Store(_) => "store_error",
+            Self::Corrupt { .. } => "corrupt_state",
+            Self::SimulatedCrash => "simulated_crash",
+        }
+    }
+
+    /// Whether calling again may succeed without changing the input.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Action(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+            Self::StaleClaim { .. } | Self::SimulatedCrash => true,
+            _ => false,
+        }
+    }
+
+    /// The problems of invalid input (spec, payload, option), each with a path.
+    pub fn problems(&self) -> &[SpecProblem] {
+        match self {
+            Self::InvalidSpec(p) | Self::InvalidPayload(p) | Self::InvalidOption(p) => p,
+            _ => &[],
+        }
+    }
+}

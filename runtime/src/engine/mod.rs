@@ -1,0 +1,936 @@
+//! The engine: the public handle hosts use to start runs and execute them.
+//!
+//! It composes the pure modules (`spec`, `plan`, `journal`) with the store and the action
+//! host. The execution protocol (DESIGN.md section 4): **claim** the oldest due attempt in one
+//! transaction, **run** its action outside any transaction (heartbeating the lease if asked),
+//! then **complete** in one transaction that checks the fence (same claim, lease not expired,
+//! run not ended), records the outcome and applies it: successors, retry, error route, or the
+//! end of the run. A step costs two commits.
+
+mod apply;
+mod error;
+mod snapshot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::actions::{
+    ActionHost, ActionKey, ActionRegistry, ActionTarget, Digest, HostConfig, StepContext,
+    StepError, StepErrorKind, StepOutcome,
+};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::journal::{Fact, PlannedRunnable, Projection, RunId, RunStatus};
+use crate::plan;
+use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
+use crate::store::{
+    AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous,
+};
+
+pub use error::EngineError;
+pub use snapshot::{AttemptView, RunSnapshot};
+
+use apply::Applier;
+
+/// Result of engine calls.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A workflow, by registered name or as a spec value.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkflowRef<'a> {
+    /// A workflow registered with [`Engine::register_workflow`].
+    Name(&'a str),
+    /// A spec value (for example written at run time by an editor).
+    Spec(&'a WorkflowSpec),
+}
+
+impl<'a> From<&'a str> for WorkflowRef<'a> {
+    fn from(name: &'a str) -> Self {
+        Self::Name(name)
+    }
+}
+
+impl<'a> From<&'a WorkflowSpec> for WorkflowRef<'a> {
+    fn from(spec: &'a WorkflowSpec) -> Self {
+        Self::Spec(spec)
+    }
+}
+
+/// Options of [`Engine::start`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Use this run id (starting twice with the same id and payload returns the same run).
+    pub run_id: Option<RunId>,
+    /// Derive the run id from this key: the same key and payload return the same run, the
+    /// same key with a different payload is a conflict.
+    pub idempotency_key: Option<String>,
+    /// Queue for the run's attempts (default: the engine's default queue).
+    pub queue: Option<String>,
+}
+
+/// Options of [`Engine::execute_next`].
+#[derive(Debug, Clone)]
+pub struct ExecuteOptions {
+    /// Queue to take work from (default: the engine's default queue).
+    pub queue: Option<String>,
+    /// Identity of the worker, recorded on claims.
+    pub owner_id: String,
+    /// How long a claim holds before another worker may take the attempt over.
+    pub lease_for: Duration,
+    /// Extend the lease at this interval while the step runs; if the claim is lost the step
+    /// is interrupted and its result discarded.
+    pub heartbeat_interval: Option<Duration>,
+    /// Test hook: commit the recorded outcome and stop before applying it, as a crash
+    /// between the two would.
+    #[doc(hidden)]
+    pub crash_after_record: bool,
+}
+
+impl Default for ExecuteOptions {
+    fn default() -> Self {
+        Self {
+            queue: None,
+            owner_id: "squid-mesh".into(),
+            lease_for: Duration::from_secs(300),
+            heartbeat_interval: None,
+            crash_after_record: false,
+        }
+    }
+}
+
+/// The pinned, content-addressed form of a workflow a run executes: the spec and the digest
+/// of every action it references, as resolved when the run started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// The spec.
+    pub spec: WorkflowSpec,
+    /// Action key -> digest at start time.
+    pub actions: BTreeMap<ActionKey, Digest>,
+}
+
+impl Definition {
+    fn body(&self) -> String {
+        serde_json::to_string(self).expect("a definition always serializes")
+    }
+}
+
+#[derive(Debug, Clone)]
+enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Runs `$body` with `$s` bound to the concrete store.
+macro_rules! with_store {
+    ($engine:expr, $s:ident => $body:expr) => {
+        match &$engine.inner.store {
+            AnyStore::Sqlite($s) => $body,
+            AnyStore::Postgres($s) => $body,
+        }
+    };
+}
+
+/// The engine handle. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: AnyStore,
+    host: ActionHost,
+    clock: Arc<dyn Clock>,
+    default_queue: String,
+    workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
+    definitions: Mutex<HashMap<String, Arc<Definition>>>,
+}
+
+/// Where the engine keeps its state.
+#[derive(Debug, Clone)]
+enum DatabaseConfig {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    database: Option<DatabaseConfig>,
+    registry: Option<ActionRegistry>,
+    host: Option<ActionHost>,
+    host_config: HostConfig,
+    clock: Arc<dyn Clock>,
+    default_queue: String,
+    migrate: bool,
+    synchronous: Synchronous,
+    pg_schema: String,
+    pg_max_connections: u32,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            database: None,
+            registry: None,
+            host: None,
+            host_config: HostConfig::default(),
+            clock: Arc::new(SystemClock),
+            default_queue: "default".into(),
+            migrate: true,
+            synchronous: Synchronous::Full,
+            pg_schema: "squid_mesh".into(),
+            pg_max_connections: 16,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Keeps state in the SQLite file at `path` (created if missing).
+    #[must_use]
+    pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
+        self.database = Some(DatabaseConfig::Sqlite(path.into()));
+        self
+    }
+
+    /// Keeps state in Postgres at `url`.
+    #[must_use]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.database = Some(DatabaseConfig::Postgres(url.into()));
+        self
+    }
+
+    /// `postgres://...` or `postgresql://...` selects Postgres; `sqlite://PATH` or a plain
+    /// path selects SQLite.
+    #[must_use]
+    pub fn database_url(self, url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            self.postgres(url)
+        } else {
+            self.sqlite(url.strip_prefix("sqlite://").unwrap_or(url))
+        }
+    }
+
+    /// Postgres schema holding the tables (default `squid_mesh`).
+    #[must_use]
+    pub fn postgres_schema(mut self, schema: impl Into<String>) -> Self {
+        self.pg_schema = schema.into();
+        self
+    }
+
+    /// Most Postgres connections (default 16).
+    #[must_use]
+    pub fn postgres_max_connections(mut self, n: u32) -> Self {
+        self.pg_max_connections = n;
+        self
+    }
+
+    /// SQLite durability (default [`Synchronous::Full`]).
+    #[must_use]
+    pub fn synchronous(mut self, level: Synchronous) -> Self {
+        self.synchronous = level;
+        self
+    }
+
+    /// The registry actions resolve through (default: empty).
+    #[must_use]
+    pub fn registry(mut self, registry: ActionRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// A ready action host (its registry is used); otherwise one is built from the registry
+    /// and [`EngineBuilder::host_config`].
+    #[must_use]
+    pub fn action_host(mut self, host: ActionHost) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// Settings of the action host built by the engine.
+    #[must_use]
+    pub fn host_config(mut self, config: HostConfig) -> Self {
+        self.host_config = config;
+        self
+    }
+
+    /// The clock (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Queue used when none is given (default `default`).
+    #[must_use]
+    pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
+        self.default_queue = queue.into();
+        self
+    }
+
+    /// Whether `build` applies migrations (default true).
+    #[must_use]
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Connects, migrates and returns the engine.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidOption`] without a database or with a bad queue name,
+    /// [`EngineError::Store`] when the database cannot be opened or migrated,
+    /// [`EngineError::Action`] when the action host cannot be built.
+    pub async fn build(self) -> Result<Engine> {
+        if !valid_name(&self.default_queue) {
+            return Err(EngineError::invalid_option("default_queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+        }
+        let store = match self.database {
+            None => return Err(EngineError::invalid_option("database", "set a SQLite path or a Postgres URL")),
+            Some(DatabaseConfig::Sqlite(path)) => AnyStore::Sqlite(SqliteStore::open(&path, self.synchronous).await?),
+            Some(DatabaseConfig::Postgres(url)) => {
+                AnyStore::Postgres(PostgresStore::connect(&url, &self.pg_schema, self.pg_max_connections).await?)
+            }
+        };
+        if self.migrate {
+            match &store {
+                AnyStore::Sqlite(s) => s.migrate().await?,
+                AnyStore::Postgres(s) => s.migrate().await?,
+            }
+        }
+        let host = match self.host {
+            Some(h) => h,
+            None => ActionHost::new(self.registry.unwrap_or_default(), self.host_config)?,
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                host,
+                clock: self.clock,
+                default_queue: self.default_queue,
+                workflows: RwLock::new(BTreeMap::new()),
+                definitions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("engine values always serialize")
+}
+
+fn now_us(t: Timestamp) -> i64 {
+    t.0
+}
+
+impl Engine {
+    /// Starts a builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The action registry (shared: changes apply at once).
+    pub fn registry(&self) -> &ActionRegistry {
+        self.inner.host.registry()
+    }
+
+    /// The action host.
+    pub fn action_host(&self) -> &ActionHost {
+        &self.inner.host
+    }
+
+    /// The engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The default queue.
+    pub fn default_queue(&self) -> &str {
+        &self.inner.default_queue
+    }
+
+    /// Validates a spec against the registry and makes it startable by name.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidSpec`] with every problem.
+    pub fn register_workflow(&self, spec: WorkflowSpec) -> Result<()> {
+        spec.validate(Some(self.registry())).map_err(EngineError::InvalidSpec)?;
+        self.inner
+            .workflows
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone(), spec);
+        Ok(())
+    }
+
+    /// Names of the registered workflows.
+    pub fn workflows(&self) -> Vec<String> {
+        self.inner.workflows.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Starts a run. The payload is resolved (defaults) and validated before anything is
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::UnknownWorkflow`], [`EngineError::InvalidSpec`],
+    /// [`EngineError::UnknownTrigger`], [`EngineError::InvalidPayload`] (every problem),
+    /// [`EngineError::InvalidOption`], [`EngineError::IdempotencyConflict`] when the run id
+    /// or idempotency key names a run with a different payload, or a store error.
+    pub async fn start<'a>(
+        &self,
+        workflow: impl Into<WorkflowRef<'a>>,
+        trigger: Option<&str>,
+        payload: Value,
+        opts: StartOptions,
+    ) -> Result<RunSnapshot> {
+        let spec = match workflow.into() {
+            WorkflowRef::Spec(spec) => {
+                spec.validate(Some(self.registry())).map_err(EngineError::InvalidSpec)?;
+                spec.clone()
+            }
+            WorkflowRef::Name(name) => self
+                .inner
+                .workflows
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+                .ok_or_else(|| EngineError::UnknownWorkflow { name: name.to_owned() })?,
+        };
+        let trigger_spec = spec.trigger(trigger).ok_or_else(|| EngineError::UnknownTrigger {
+            workflow: spec.name.clone(),
+            trigger: trigger.unwrap_or_default().to_owned(),
+        })?;
+        let queue = opts.queue.clone().unwrap_or_else(|| self.inner.default_queue.clone());
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option("queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+        }
+        if let Some(key) = &opts.idempotency_key
+            && (key.is_empty() || key.len() > 512)
+        {
+            return Err(EngineError::invalid_option("idempotency_key", "must be 1-512 characters"));
+        }
+        let now = self.inner.clock.now();
+        let input = plan::resolve_payload(trigger_spec, &payload, now).map_err(EngineError::InvalidPayload)?;
+        let mut actions = BTreeMap::new();
+        for step in &spec.steps {
+            for key in step.action.iter().chain(step.compensate.iter()) {
+                let entry = self.registry().resolve(key)?;
+                actions.insert(key.clone(), entry.digest);
+            }
+        }
+        let trigger_name = trigger_spec.name.clone();
+        let definition = Definition { spec, actions };
+        let run_id = match (opts.run_id, &opts.idempotency_key) {
+            (Some(id), _) => id,
+            (None, Some(key)) => RunId::derived(&[&definition.spec.name, &trigger_name, key]),
+            (None, None) => RunId::random(),
+        };
+        with_store!(self, s => self.start_on(s, definition, trigger_name, input, queue, run_id, opts.idempotency_key, now).await)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_on<S: Store>(
+        &self,
+        store: &S,
+        definition: Definition,
+        trigger: String,
+        input: Map<String, Value>,
+        queue: String,
+        run_id: RunId,
+        idempotency_key: Option<String>,
+        now: Timestamp,
+    ) -> Result<RunSnapshot> {
+        let body = definition.body();
+        let hash = sha256_hex(&body);
+        let fingerprint = definition.spec.fingerprint();
+        let payload_hash = sha256_hex(&to_json(&(&definition.spec.name, &trigger, &input)));
+        let definition = Arc::new(definition);
+        self.cache_definition(&hash, definition.clone());
+        let mut run = RunRow {
+            run_id: run_id.to_string(),
+            workflow: definition.spec.name.clone(),
+            version: definition.spec.version.clone(),
+            fingerprint: fingerprint.clone(),
+            definition_hash: hash.clone(),
+            trigger_name: trigger.clone(),
+            queue: queue.clone(),
+            status: RunStatus::Idle.as_str().into(),
+            input: to_json(&input),
+            context: "{}".into(),
+            steps: "{}".into(),
+            manual: None,
+            error: None,
+            idempotency_key: idempotency_key.clone(),
+            payload_hash: payload_hash.clone(),
+            parent_run_id: None,
+            replayed_from: None,
+            created_at: now_us(now),
+            updated_at: now_us(now),
+            revision: 0,
+        };
+        let started = Fact::RunStarted {
+            workflow: definition.spec.name.clone(),
+            version: definition.spec.version.clone(),
+            fingerprint,
+            definition_hash: hash.clone(),
+            trigger,
+            queue,
+            input,
+            idempotency_key,
+        };
+        let mut applier = Applier::new(&definition, &run, now)?;
+        applier.facts.push(started);
+        applier.plan_entry();
+        let mut tx = store.begin_write().await?;
+        tx.insert_definition(&hash, &definition.spec.name, &run.fingerprint, &body, now_us(now)).await?;
+        if !tx.insert_run(&run).await? {
+            let existing = tx.load_run(&run.run_id, false).await?.ok_or_else(|| EngineError::Corrupt {
+                what: format!("run {run_id}"),
+                message: "insert conflicted but the run cannot be read".into(),
+            })?;
+            drop(tx);
+            if existing.payload_hash == payload_hash && existing.fingerprint == run.fingerprint {
+                return self.snapshot_on(store, run_id).await;
+            }
+            return Err(EngineError::IdempotencyConflict {
+                run_id: run_id.to_string(),
+                message: "a run with this id or idempotency key exists with a different workflow, trigger or payload".into(),
+            });
+        }
+        applier.write(&mut tx, &mut run).await?;
+        tx.commit().await?;
+        self.snapshot_on(store, run_id).await
+    }
+
+    fn cache_definition(&self, hash: &str, def: Arc<Definition>) {
+        self.inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_owned(), def);
+    }
+
+    async fn definition_in<T: StoreTx>(&self, tx: &mut T, hash: &str) -> Result<Option<Arc<Definition>>> {
+        if let Some(d) = self.inner.definitions.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
+            return Ok(Some(d.clone()));
+        }
+        let Some(body) = tx.load_definition(hash).await? else {
+            return Ok(None);
+        };
+        // A body that does not hash to its key, or does not parse, is not runnable.
+        if sha256_hex(&body) != hash {
+            return Ok(None);
+        }
+        let Ok(def) = serde_json::from_str::<Definition>(&body) else {
+            return Ok(None);
+        };
+        let def = Arc::new(def);
+        self.cache_definition(hash, def.clone());
+        Ok(Some(def))
+    }
+
+    /// Claims the oldest due attempt on the queue, runs it and applies its outcome.
+    ///
+    /// Returns the run's snapshot after any progress (also when the run failed), `None` when
+    /// nothing is due.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::StaleClaim`] when this worker's claim was lost before completion (the
+    /// outcome is discarded; another worker owns the attempt), [`EngineError::Action`] when
+    /// the action host could not run the action for a reason that may pass (the attempt is
+    /// released), [`EngineError::InvalidOption`], or a store error.
+    pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
+        let queue = opts.queue.clone().unwrap_or_else(|| self.inner.default_queue.clone());
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option("queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+        }
+        if opts.owner_id.trim().is_empty() {
+            return Err(EngineError::invalid_option("owner_id", "must not be empty"));
+        }
+        if opts.lease_for.is_zero() {
+            return Err(EngineError::invalid_option("lease_for", "must be positive"));
+        }
+        if opts.heartbeat_interval.is_some_and(|i| i < Duration::from_millis(10) || i >= opts.lease_for) {
+            return Err(EngineError::invalid_option("heartbeat_interval", "must be at least 10 ms and shorter than lease_for"));
+        }
+        with_store!(self, s => self.execute_next_on(s, &queue, &opts).await)
+    }
+
+    async fn execute_next_on<S: Store>(&self, store: &S, queue: &str, opts: &ExecuteOptions) -> Result<Option<RunSnapshot>> {
+        let now = self.inner.clock.now();
+        let mut tx = store.begin_write().await?;
+        let Some(mut attempt) = tx.next_due(queue, now_us(now)).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
+            what: format!("attempt {}", attempt.runnable_key),
+            message: "run id is not a UUID".into(),
+        })?;
+        if attempt.status == "recorded" {
+            // A crash (or a failed transaction) came between recording and applying: apply
+            // the recorded outcome now, without running the step again.
+            let mut run = self.load_run_locked(&mut tx, &attempt.run_id).await?;
+            let def = self.definition_in(&mut tx, &run.definition_hash).await?;
+            self.apply_recorded(&mut tx, &mut run, def.as_deref(), &mut attempt, now).await?;
+            tx.commit().await?;
+            return Ok(Some(self.snapshot_on(store, run_id).await?));
+        }
+        let run = tx.load_run(&attempt.run_id, false).await?.ok_or_else(|| EngineError::RunNotFound { run_id: attempt.run_id.clone() })?;
+        let redelivery = attempt.status == "claimed";
+        let mut token = [0u8; 32];
+        getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
+            what: "random claim token".into(),
+            message: e.to_string(),
+        })?;
+        let token = hex::encode(token);
+        let token_hash = sha256_hex(&token);
+        let claim_id = uuid::Uuid::new_v4().to_string();
+        let lease_until = now.plus(opts.lease_for);
+        attempt.status = "claimed".into();
+        attempt.claim_id = Some(claim_id.clone());
+        attempt.claim_token_hash = Some(token_hash.clone());
+        attempt.owner = Some(opts.owner_id.clone());
+        attempt.lease_until = Some(now_us(lease_until));
+        attempt.due_at = Some(now_us(lease_until));
+        attempt.claims += 1;
+        attempt.updated_at = now_us(now);
+        tx.update_attempt(&attempt).await?;
+        let fact = Fact::AttemptClaimed {
+            runnable_key: attempt.runnable_key.clone(),
+            claim_id: claim_id.clone(),
+            owner: opts.owner_id.clone(),
+            lease_until,
+            redelivery,
+        };
+        tx.append_facts(&attempt.run_id, &[(fact.kind().into(), to_json(&fact))], now_us(now)).await?;
+        let def = self.definition_in(&mut tx, &run.definition_hash).await?;
+        tx.commit().await?;
+
+        let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
+            Err(unavailable) => StepOutcome::Failed(unavailable),
+            Ok(target) => {
+                let ctx = StepContext {
+                    run_id: attempt.run_id.clone(),
+                    workflow: run.workflow.clone(),
+                    step: attempt.step.clone(),
+                    attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
+                    runnable_key: attempt.runnable_key.clone(),
+                    idempotency_key: attempt.runnable_key.clone(),
+                };
+                let input: Map<String, Value> = serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
+                    what: format!("input of {}", attempt.runnable_key),
+                    message: e.to_string(),
+                })?;
+                match self.invoke_with_heartbeat(store, &target, &ctx, &input, &attempt, &token_hash, opts).await? {
+                    Ok(outcome) => outcome,
+                    Err(e) if e.is_retryable() => {
+                        self.release(store, &attempt, &token_hash).await?;
+                        return Err(EngineError::Action(e));
+                    }
+                    Err(e) => StepOutcome::Failed(StepError::sandbox(StepErrorKind::Unavailable, e.to_string())),
+                }
+            }
+        };
+        self.complete(store, run_id, attempt, &token_hash, outcome, def.as_deref(), opts).await
+    }
+
+    /// The target of a step of a pinned definition, refusing an action whose registered
+    /// digest no longer matches the pin (fail closed).
+    fn resolve_target(&self, def: Option<&Definition>, step: &str) -> std::result::Result<ActionTarget, StepError> {
+        let unavailable = |code: &str, message: String| StepError {
+            code: code.to_owned(),
+            ..StepError::sandbox(StepErrorKind::Unavailable, message)
+        };
+        let Some(def) = def else {
+            return Err(unavailable("definition_unavailable", "the run's pinned workflow definition is missing or corrupt".into()));
+        };
+        let Some(spec) = def.spec.step(step) else {
+            return Err(unavailable("definition_unavailable", format!("step {step} is not in the run's pinned definition")));
+        };
+        match (&spec.action, &spec.builtin) {
+            (_, Some(b)) => Ok(ActionTarget::Builtin(b.clone())),
+            (Some(key), None) => {
+                let pinned = def.actions.get(key);
+                match self.registry().resolve(key) {
+                    Ok(entry) if Some(&entry.digest) == pinned => Ok(ActionTarget::Wasm(key.clone())),
+                    Ok(entry) => Err(unavailable(
+                        "action_digest_changed",
+                        format!("action {key} is now {} but the run pinned {}", entry.digest, pinned.map_or_else(|| "nothing".into(), ToString::to_string)),
+                    )),
+                    Err(e) => Err(unavailable("action_unavailable", e.to_string())),
+                }
+            }
+            (None, None) => Err(unavailable("definition_unavailable", format!("step {step} has no action"))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn invoke_with_heartbeat<S: Store>(
+        &self,
+        store: &S,
+        target: &ActionTarget,
+        ctx: &StepContext,
+        input: &Map<String, Value>,
+        attempt: &AttemptRow,
+        token_hash: &str,
+        opts: &ExecuteOptions,
+    ) -> Result<std::result::Result<StepOutcome, crate::actions::ActionError>> {
+        let invoke = self.inner.host.invoke(target, ctx, input);
+        let Some(interval) = opts.heartbeat_interval else {
+            return Ok(invoke.await.map(|i| i.outcome));
+        };
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let beat = {
+            let store = store.clone();
+            let clock = self.inner.clock.clone();
+            let key = attempt.runnable_key.clone();
+            let claim_id = attempt.claim_id.clone().unwrap_or_default();
+            let token_hash = token_hash.to_owned();
+            let lease_for = opts.lease_for;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let now = clock.now();
+                    let held = store
+                        .heartbeat(&key, &claim_id, &token_hash, now_us(now), now_us(now.plus(lease_for)))
+                        .await;
+                    // A store error is not proof the claim is gone; keep trying until the
+                    // lease says otherwise.
+                    if matches!(held, Ok(false)) {
+                        let _ = lost_tx.send(());
+                        return;
+                    }
+                }
+            })
+        };
+        let result = tokio::select! {
+            r = invoke => Some(r),
+            _ = lost_rx => None,
+        };
+        beat.abort();
+        let _ = beat.await;
+        match result {
+            Some(r) => Ok(r.map(|i| i.outcome)),
+            None => Err(EngineError::StaleClaim {
+                runnable_key: attempt.runnable_key.clone(),
+                reason: "the lease was lost while the step ran; the step was interrupted".into(),
+            }),
+        }
+    }
+
+    /// Gives a claimed attempt back (the host could not run it for a passing reason).
+    async fn release<S: Store>(&self, store: &S, attempt: &AttemptRow, token_hash: &str) -> Result<()> {
+        let now = self.inner.clock.now();
+        let mut tx = store.begin_write().await?;
+        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await?
+            && cur.status == "claimed"
+            && cur.claim_id == attempt.claim_id
+            && cur.claim_token_hash.as_deref() == Some(token_hash)
+        {
+            let retry_at = now.plus(Duration::from_secs(1));
+            cur.status = "scheduled".into();
+            cur.visible_at = now_us(retry_at);
+            cur.due_at = Some(now_us(retry_at));
+            cur.claim_id = None;
+            cur.claim_token_hash = None;
+            cur.lease_until = None;
+            cur.updated_at = now_us(now);
+            tx.update_attempt(&cur).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete<S: Store>(
+        &self,
+        store: &S,
+        run_id: RunId,
+        attempt: AttemptRow,
+        token_hash: &str,
+        outcome: StepOutcome,
+        def: Option<&Definition>,
+        opts: &ExecuteOptions,
+    ) -> Result<Option<RunSnapshot>> {
+        let now = self.inner.clock.now();
+        let mut tx = store.begin_write().await?;
+        let mut run = self.load_run_locked(&mut tx, &attempt.run_id).await?;
+        let mut cur = tx
+            .load_attempt(&attempt.runnable_key, true)
+            .await?
+            .ok_or_else(|| EngineError::Corrupt { what: format!("attempt {}", attempt.runnable_key), message: "vanished".into() })?;
+        let stale = |reason: &str| EngineError::StaleClaim {
+            runnable_key: attempt.runnable_key.clone(),
+            reason: reason.to_owned(),
+        };
+        if cur.status == "cancelled" {
+            return Err(stale("the run ended while the step ran; its outcome is discarded"));
+        }
+        if cur.status != "claimed" || cur.claim_id != attempt.claim_id || cur.claim_token_hash.as_deref() != Some(token_hash) {
+            return Err(stale("another worker took the attempt over after this claim's lease expired"));
+        }
+        if cur.lease_until.is_none_or(|l| l <= now_us(now)) {
+            return Err(stale("the lease expired before the step completed"));
+        }
+        cur.status = "recorded".into();
+        cur.outcome = Some(to_json(&outcome));
+        cur.due_at = Some(now_us(now));
+        cur.updated_at = now_us(now);
+        let recorded = Fact::AttemptRecorded {
+            runnable_key: cur.runnable_key.clone(),
+            claim_id: cur.claim_id.clone(),
+            outcome,
+        };
+        tx.append_facts(&cur.run_id, &[(recorded.kind().into(), to_json(&recorded))], now_us(now)).await?;
+        if opts.crash_after_record {
+            tx.update_attempt(&cur).await?;
+            tx.commit().await?;
+            return Err(EngineError::SimulatedCrash);
+        }
+        self.apply_recorded(&mut tx, &mut run, def, &mut cur, now).await?;
+        tx.commit().await?;
+        Ok(Some(self.snapshot_on(store, run_id).await?))
+    }
+
+    async fn load_run_locked<T: StoreTx>(&self, tx: &mut T, run_id: &str) -> Result<RunRow> {
+        tx.load_run(run_id, true).await?.ok_or_else(|| EngineError::RunNotFound { run_id: run_id.to_owned() })
+    }
+
+    /// Applies a recorded outcome and writes everything it implies in the caller's
+    /// transaction.
+    async fn apply_recorded<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        run: &mut RunRow,
+        def: Option<&Definition>,
+        attempt: &mut AttemptRow,
+        now: Timestamp,
+    ) -> Result<()> {
+        let outcome: StepOutcome = serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| EngineError::Corrupt {
+            what: format!("outcome of {}", attempt.runnable_key),
+            message: e.to_string(),
+        })?;
+        let mut applier = match def {
+            Some(def) => Applier::new(def, run, now)?,
+            None => {
+                // Without its definition the run cannot go on: fail it closed.
+                let mut a = Applier::orphan(run, now)?;
+                a.fail_run(serde_json::json!({
+                    "code": "definition_unavailable",
+                    "message": "the run's pinned workflow definition is missing or corrupt",
+                    "step": attempt.step,
+                }));
+                attempt.status = "failed".into();
+                attempt.due_at = None;
+                attempt.updated_at = now_us(now);
+                tx.update_attempt(attempt).await?;
+                return a.write(tx, run).await;
+            }
+        };
+        applier.apply(attempt, outcome);
+        tx.update_attempt(attempt).await?;
+        applier.write(tx, run).await
+    }
+
+    /// The snapshot of a run.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::RunNotFound`] or a store error.
+    pub async fn snapshot(&self, run_id: RunId) -> Result<RunSnapshot> {
+        with_store!(self, s => self.snapshot_on(s, run_id).await)
+    }
+
+    async fn snapshot_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<RunSnapshot> {
+        let mut tx = store.begin_read().await?;
+        let id = run_id.to_string();
+        let run = tx.load_run(&id, false).await?.ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let attempts = tx.run_attempts(&id).await?;
+        let next_visible = tx.next_visible(&id).await?;
+        drop(tx);
+        RunSnapshot::from_rows(run, attempts, next_visible)
+    }
+
+    /// The journal of a run, oldest first, with the time each fact was written.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::RunNotFound`] or a store error.
+    pub async fn journal(&self, run_id: RunId) -> Result<Vec<(Timestamp, Fact)>> {
+        with_store!(self, s => self.journal_on(s, run_id).await)
+    }
+
+    async fn journal_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<Vec<(Timestamp, Fact)>> {
+        let mut tx = store.begin_read().await?;
+        let id = run_id.to_string();
+        if tx.load_run(&id, false).await?.is_none() {
+            return Err(EngineError::RunNotFound { run_id: id });
+        }
+        let rows = tx.facts(&id).await?;
+        rows.into_iter()
+            .map(|r| {
+                let fact: Fact = serde_json::from_str(&r.data).map_err(|e| EngineError::Corrupt {
+                    what: format!("journal fact {} of run {}", r.id, r.run_id),
+                    message: e.to_string(),
+                })?;
+                Ok((Timestamp(r.occurred_at), fact))
+            })
+            .collect()
+    }
+
+    /// Rebuilds a run from its journal and compares it with the derived rows; returns the
+    /// differences (empty when they agree).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::RunNotFound`] or a store error.
+    pub async fn verify_run(&self, run_id: RunId) -> Result<Vec<String>> {
+        let facts = self.journal(run_id).await?;
+        let rebuilt = Projection::fold(facts.iter().map(|(_, f)| f));
+        let snap = self.snapshot(run_id).await?;
+        Ok(rebuilt.diff(&snap.projection()))
+    }
+}
+
+impl From<Vec<SpecProblem>> for EngineError {
+    fn from(problems: Vec<SpecProblem>) -> Self {
+        Self::InvalidSpec(problems)
+    }
+}
+
+pub(crate) fn planned_row(run: &RunRow, r: &PlannedRunnable, now: Timestamp) -> AttemptRow {
+    AttemptRow {
+        runnable_key: r.runnable_key.clone(),
+        run_id: run.run_id.clone(),
+        step: r.step.clone(),
+        attempt: i64::from(r.attempt),
+        queue: run.queue.clone(),
+        status: "scheduled".into(),
+        visible_at: now_us(r.visible_at),
+        due_at: Some(now_us(r.visible_at)),
+        claim_id: None,
+        claim_token_hash: None,
+        owner: None,
+        lease_until: None,
+        claims: 0,
+        input: to_json(&r.input),
+        outcome: None,
+        created_at: now_us(now),
+        updated_at: now_us(now),
+    }
+}

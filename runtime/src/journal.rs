@@ -1,0 +1,334 @@
+//! The journal: the facts of a run, and the projection that folds them into its state.
+//!
+//! Facts are the source of truth; the `runs` and `attempts` rows are derived from them in the
+//! same transaction. [`Projection::fold`] rebuilds a run from its facts alone, so the derived
+//! rows can always be checked ([`Projection::diff`]). Pure: no IO.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::actions::{StepOutcome, Suspension};
+use crate::clock::Timestamp;
+use crate::plan::{Route, StepState};
+
+/// Identifier of a run: a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub uuid::Uuid);
+
+impl RunId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// A deterministic id derived from `parts` (SHA-256 over length-prefixed parts, formatted
+    /// as a version-5-style UUID), so the same idempotency key always names the same run.
+    pub fn derived(parts: &[&str]) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(format!("{}:{p}|", p.len()).as_bytes());
+        }
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x50;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Work is planned or in flight.
+    Running,
+    /// Nothing is planned and the run has not ended.
+    Idle,
+    /// Stopped at a manual gate.
+    Paused,
+    /// Ended successfully.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Ended by cancellation.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Idle => "idle",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "idle" => Self::Idle,
+            "paused" => Self::Paused,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A runnable planned for execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedRunnable {
+    /// `<run_id>:<step>:<attempt>`; also the idempotency key handed to the action.
+    pub runnable_key: String,
+    /// Step name.
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Not claimable before this instant.
+    pub visible_at: Timestamp,
+    /// The step's input.
+    pub input: Map<String, Value>,
+}
+
+/// A manual gate the run is stopped at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualGate {
+    /// The gate step.
+    pub step: String,
+    /// Pause or approval.
+    pub kind: Suspension,
+    /// Where an ok resolution goes (`None` completes the run), captured at pause time.
+    pub ok_target: Option<String>,
+    /// Where a rejection goes (`None` completes the run), captured at pause time.
+    pub error_target: Option<String>,
+    /// Key the decision is stored under.
+    pub output_key: Option<String>,
+    /// When the run paused.
+    pub paused_at: Timestamp,
+}
+
+/// One fact of a run's journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fact {
+    /// The run was created.
+    RunStarted {
+        /// Workflow name.
+        workflow: String,
+        /// Version label.
+        version: Option<String>,
+        /// Fingerprint of the executable shape.
+        fingerprint: String,
+        /// Hash of the pinned definition.
+        definition_hash: String,
+        /// Trigger name.
+        trigger: String,
+        /// Queue.
+        queue: String,
+        /// Resolved payload.
+        input: Map<String, Value>,
+        /// Idempotency key of the start, if any.
+        idempotency_key: Option<String>,
+    },
+    /// Runnables were planned.
+    RunnablesPlanned {
+        /// The runnables.
+        runnables: Vec<PlannedRunnable>,
+    },
+    /// A worker claimed an attempt.
+    AttemptClaimed {
+        /// Which attempt.
+        runnable_key: String,
+        /// The claim's id (the token stays with the worker).
+        claim_id: String,
+        /// Worker identity.
+        owner: String,
+        /// Lease end.
+        lease_until: Timestamp,
+        /// Whether an earlier claim of this attempt expired.
+        redelivery: bool,
+    },
+    /// An attempt's outcome was recorded.
+    AttemptRecorded {
+        /// Which attempt.
+        runnable_key: String,
+        /// The claim that produced it.
+        claim_id: Option<String>,
+        /// The outcome.
+        outcome: StepOutcome,
+    },
+    /// A recorded outcome was applied to the run.
+    RunnableApplied {
+        /// Which attempt.
+        runnable_key: String,
+        /// Its step.
+        step: String,
+        /// Final status of the attempt: `succeeded`, `failed` or `suspended`.
+        attempt_status: String,
+        /// New state of the step, when the outcome changed it.
+        step_state: Option<StepState>,
+        /// Merged into the run's context.
+        context_patch: Map<String, Value>,
+        /// Route taken (transition mode).
+        route: Option<Route>,
+    },
+    /// The run stopped at a manual gate.
+    ManualStepPaused {
+        /// The gate.
+        gate: ManualGate,
+    },
+    /// The run ended.
+    RunTerminal {
+        /// Completed, failed or cancelled.
+        status: RunStatus,
+        /// The error of a failed run.
+        error: Option<Value>,
+    },
+}
+
+impl Fact {
+    /// The fact's kind as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunStarted { .. } => "run_started",
+            Self::RunnablesPlanned { .. } => "runnables_planned",
+            Self::AttemptClaimed { .. } => "attempt_claimed",
+            Self::AttemptRecorded { .. } => "attempt_recorded",
+            Self::RunnableApplied { .. } => "runnable_applied",
+            Self::ManualStepPaused { .. } => "manual_step_paused",
+            Self::RunTerminal { .. } => "run_terminal",
+        }
+    }
+}
+
+/// A run's state, folded from its facts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Projection {
+    /// Status.
+    pub status: Option<RunStatus>,
+    /// Outputs merged in the order applied.
+    pub context: Map<String, Value>,
+    /// State of every step that was planned.
+    pub steps: BTreeMap<String, StepState>,
+    /// Status of every attempt, by runnable key.
+    pub attempts: BTreeMap<String, String>,
+    /// The open manual gate.
+    pub manual: Option<ManualGate>,
+    /// The error of a failed run.
+    pub error: Option<Value>,
+}
+
+impl Projection {
+    /// Folds facts, oldest first.
+    pub fn fold<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Self {
+        let mut p = Self::default();
+        for fact in facts {
+            match fact {
+                Fact::RunStarted { .. } => p.status = Some(RunStatus::Idle),
+                Fact::RunnablesPlanned { runnables } => {
+                    for r in runnables {
+                        p.attempts.insert(r.runnable_key.clone(), "scheduled".into());
+                        p.steps.insert(r.step.clone(), StepState::Planned);
+                    }
+                }
+                Fact::AttemptClaimed { runnable_key, .. } => {
+                    p.attempts.insert(runnable_key.clone(), "claimed".into());
+                }
+                Fact::AttemptRecorded { runnable_key, .. } => {
+                    p.attempts.insert(runnable_key.clone(), "recorded".into());
+                }
+                Fact::RunnableApplied { runnable_key, step, attempt_status, step_state, context_patch, .. } => {
+                    p.attempts.insert(runnable_key.clone(), attempt_status.clone());
+                    if let Some(state) = step_state {
+                        p.steps.insert(step.clone(), *state);
+                    }
+                    for (k, v) in context_patch {
+                        p.context.insert(k.clone(), v.clone());
+                    }
+                }
+                Fact::ManualStepPaused { gate } => {
+                    p.manual = Some(gate.clone());
+                }
+                Fact::RunTerminal { status, error } => {
+                    p.status = Some(*status);
+                    p.error = error.clone();
+                    p.manual = None;
+                    for s in p.attempts.values_mut() {
+                        if s == "scheduled" || s == "claimed" {
+                            *s = "cancelled".into();
+                        }
+                    }
+                }
+            }
+        }
+        if p.status.is_some_and(|s| !s.is_terminal()) {
+            p.status = Some(if p.manual.is_some() {
+                RunStatus::Paused
+            } else if p.steps.values().any(|s| *s == StepState::Planned) {
+                RunStatus::Running
+            } else {
+                RunStatus::Idle
+            });
+        }
+        p
+    }
+
+    /// Differences between this projection and another (empty when they agree).
+    pub fn diff(&self, derived: &Projection) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.status != derived.status {
+            out.push(format!("status: journal says {:?}, rows say {:?}", self.status, derived.status));
+        }
+        if self.context != derived.context {
+            out.push(format!(
+                "context: journal says {}, rows say {}",
+                Value::Object(self.context.clone()),
+                Value::Object(derived.context.clone())
+            ));
+        }
+        if self.steps != derived.steps {
+            out.push(format!("steps: journal says {:?}, rows say {:?}", self.steps, derived.steps));
+        }
+        if self.attempts != derived.attempts {
+            out.push(format!("attempts: journal says {:?}, rows say {:?}", self.attempts, derived.attempts));
+        }
+        if self.manual != derived.manual {
+            out.push(format!("manual gate: journal says {:?}, rows say {:?}", self.manual, derived.manual));
+        }
+        if self.error != derived.error {
+            out.push(format!("error: journal says {:?}, rows say {:?}", self.error, derived.error));
+        }
+        out
+    }
+}

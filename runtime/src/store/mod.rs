@@ -1,0 +1,366 @@
+//! Storage: the only module that speaks SQL.
+//!
+//! One [`Store`] trait (begin a read or write transaction, heartbeat a claim) and one
+//! [`StoreTx`] trait (the statements of a transaction), implemented for SQLite and Postgres
+//! with sqlx. The SQL text is shared: both dialects accept `$n` parameters, `RETURNING` and
+//! partial indexes; the only differences (row locks, `SKIP LOCKED`, the write transaction's
+//! `BEGIN IMMEDIATE`) are passed to one macro that writes both implementations.
+
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteStore, Synchronous};
+
+/// A storage failure. Every one is worth retrying except a failed migration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database reported an error or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {what}: {message}")]
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying may succeed (connection trouble, contention).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Database(_))
+    }
+}
+
+/// Result of storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One row of `runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub(crate) run_id: String,
+    pub(crate) workflow: String,
+    pub(crate) version: Option<String>,
+    pub(crate) fingerprint: String,
+    pub(crate) definition_hash: String,
+    pub(crate) trigger_name: String,
+    pub(crate) queue: String,
+    pub(crate) status: String,
+    pub(crate) input: String,
+    pub(crate) context: String,
+    pub(crate) steps: String,
+    pub(crate) manual: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) payload_hash: String,
+    pub(crate) parent_run_id: Option<String>,
+    pub(crate) replayed_from: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) revision: i64,
+}
+
+/// One row of `attempts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub(crate) runnable_key: String,
+    pub(crate) run_id: String,
+    pub(crate) step: String,
+    pub(crate) attempt: i64,
+    pub(crate) queue: String,
+    pub(crate) status: String,
+    pub(crate) visible_at: i64,
+    pub(crate) due_at: Option<i64>,
+    pub(crate) claim_id: Option<String>,
+    pub(crate) claim_token_hash: Option<String>,
+    pub(crate) owner: Option<String>,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) claims: i64,
+    pub(crate) input: String,
+    pub(crate) outcome: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+/// One journal fact as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactRow {
+    pub(crate) id: i64,
+    pub(crate) run_id: String,
+    pub(crate) kind: String,
+    pub(crate) data: String,
+    pub(crate) occurred_at: i64,
+}
+
+/// A database holding Squid Mesh's tables.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The transaction type.
+    type Tx: StoreTx;
+
+    /// Applies the embedded migrations.
+    fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Begins a transaction that will write (SQLite: `BEGIN IMMEDIATE` on the writer).
+    fn begin_write(&self) -> impl Future<Output = StoreResult<Self::Tx>> + Send;
+
+    /// Begins a transaction that only reads (SQLite: on the read pool).
+    fn begin_read(&self) -> impl Future<Output = StoreResult<Self::Tx>> + Send;
+
+    /// Extends a claim's lease if the claim still holds; returns whether it did.
+    fn heartbeat(
+        &self,
+        runnable_key: &str,
+        claim_id: &str,
+        token_hash: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+}
+
+/// The statements of one transaction.
+pub trait StoreTx: Send {
+    /// Commits.
+    fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Stores a definition body under its hash, if absent.
+    fn insert_definition(&mut self, hash: &str, workflow: &str, fingerprint: &str, body: &str, now: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The body of a definition.
+    fn load_definition(&mut self, hash: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// Inserts a run; false when the id exists already.
+    fn insert_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Loads a run, locking its row for the rest of the transaction when `lock` is set.
+    fn load_run(&mut self, run_id: &str, lock: bool) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    /// Writes the mutable columns of a run.
+    fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Appends facts to a run's journal.
+    fn append_facts(&mut self, run_id: &str, facts: &[(String, String)], at: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The journal of a run, oldest first.
+    fn facts(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Vec<FactRow>>> + Send;
+    /// Inserts an attempt.
+    fn insert_attempt(&mut self, attempt: &AttemptRow) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Loads an attempt, locking it when `lock` is set.
+    fn load_attempt(&mut self, runnable_key: &str, lock: bool) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    /// Writes the mutable columns of an attempt.
+    fn update_attempt(&mut self, attempt: &AttemptRow) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The attempts of a run, oldest first.
+    fn run_attempts(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
+    /// The oldest attempt on `queue` due at `now` (visible, lease expired, or recorded but not
+    /// applied), locked and skipped by concurrent claimers where the database can.
+    fn next_due(&mut self, queue: &str, now: i64) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    /// Settles every open attempt of a run with `status` (the run ended).
+    fn close_open_attempts(&mut self, run_id: &str, status: &str, now: i64) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// The earliest `visible_at` among the run's scheduled attempts.
+    fn next_visible(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
+}
+
+const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
+const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, created_at, updated_at";
+
+macro_rules! run_from_row {
+    ($r:expr) => {{
+        use sqlx::Row as _;
+        let r = $r;
+        RunRow {
+            run_id: r.try_get("run_id")?,
+            workflow: r.try_get("workflow")?,
+            version: r.try_get("version")?,
+            fingerprint: r.try_get("fingerprint")?,
+            definition_hash: r.try_get("definition_hash")?,
+            trigger_name: r.try_get("trigger_name")?,
+            queue: r.try_get("queue")?,
+            status: r.try_get("status")?,
+            input: r.try_get("input")?,
+            context: r.try_get("context")?,
+            steps: r.try_get("steps")?,
+            manual: r.try_get("manual")?,
+            error: r.try_get("error")?,
+            idempotency_key: r.try_get("idempotency_key")?,
+            payload_hash: r.try_get("payload_hash")?,
+            parent_run_id: r.try_get("parent_run_id")?,
+            replayed_from: r.try_get("replayed_from")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            revision: r.try_get("revision")?,
+        }
+    }};
+}
+
+macro_rules! attempt_from_row {
+    ($r:expr) => {{
+        use sqlx::Row as _;
+        let r = $r;
+        AttemptRow {
+            runnable_key: r.try_get("runnable_key")?,
+            run_id: r.try_get("run_id")?,
+            step: r.try_get("step")?,
+            attempt: r.try_get("attempt")?,
+            queue: r.try_get("queue")?,
+            status: r.try_get("status")?,
+            visible_at: r.try_get("visible_at")?,
+            due_at: r.try_get("due_at")?,
+            claim_id: r.try_get("claim_id")?,
+            claim_token_hash: r.try_get("claim_token_hash")?,
+            owner: r.try_get("owner")?,
+            lease_until: r.try_get("lease_until")?,
+            claims: r.try_get("claims")?,
+            input: r.try_get("input")?,
+            outcome: r.try_get("outcome")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        }
+    }};
+}
+
+/// Writes `StoreTx` for `sqlx::Transaction<'static, $db>`. `$lock` is appended to
+/// single-row reads that lock, `$skip` to the queue read.
+macro_rules! impl_store_tx {
+    ($db:ty, lock = $lock:literal, skip = $skip:literal) => {
+        impl StoreTx for sqlx::Transaction<'static, $db> {
+            async fn commit(self) -> StoreResult<()> {
+                sqlx::Transaction::commit(self).await?;
+                Ok(())
+            }
+
+            async fn insert_definition(&mut self, hash: &str, workflow: &str, fingerprint: &str, body: &str, now: i64) -> StoreResult<()> {
+                sqlx::query("INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING")
+                    .bind(hash).bind(workflow).bind(fingerprint).bind(body).bind(now)
+                    .execute(&mut **self).await?;
+                Ok(())
+            }
+
+            async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
+                let body: Option<(String,)> = sqlx::query_as("SELECT body FROM definitions WHERE hash = $1")
+                    .bind(hash).fetch_optional(&mut **self).await?;
+                Ok(body.map(|b| b.0))
+            }
+
+            async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
+                let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT (run_id) DO NOTHING"
+                )))
+                .bind(&run.run_id).bind(&run.workflow).bind(&run.version).bind(&run.fingerprint)
+                .bind(&run.definition_hash).bind(&run.trigger_name).bind(&run.queue).bind(&run.status)
+                .bind(&run.input).bind(&run.context).bind(&run.steps).bind(&run.manual).bind(&run.error)
+                .bind(&run.idempotency_key).bind(&run.payload_hash).bind(&run.parent_run_id)
+                .bind(&run.replayed_from).bind(run.created_at).bind(run.updated_at).bind(run.revision)
+                .execute(&mut **self).await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{}", if lock { $lock } else { "" });
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_optional(&mut **self).await?;
+                Ok(match row { Some(r) => Some(run_from_row!(&r)), None => None })
+            }
+
+            async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
+                sqlx::query("UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8 WHERE run_id = $1")
+                    .bind(&run.run_id).bind(&run.status).bind(&run.context).bind(&run.steps)
+                    .bind(&run.manual).bind(&run.error).bind(run.updated_at).bind(run.revision)
+                    .execute(&mut **self).await?;
+                Ok(())
+            }
+
+            async fn append_facts(&mut self, run_id: &str, facts: &[(String, String)], at: i64) -> StoreResult<()> {
+                for (kind, data) in facts {
+                    sqlx::query("INSERT INTO journal (run_id, kind, data, occurred_at) VALUES ($1, $2, $3, $4)")
+                        .bind(run_id).bind(kind).bind(data).bind(at)
+                        .execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+
+            async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
+                let rows = sqlx::query("SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id")
+                    .bind(run_id).fetch_all(&mut **self).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    use sqlx::Row as _;
+                    out.push(FactRow {
+                        id: r.try_get("id")?,
+                        run_id: r.try_get("run_id")?,
+                        kind: r.try_get("kind")?,
+                        data: r.try_get("data")?,
+                        occurred_at: r.try_get("occurred_at")?,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                )))
+                .bind(&a.runnable_key).bind(&a.run_id).bind(&a.step).bind(a.attempt).bind(&a.queue)
+                .bind(&a.status).bind(a.visible_at).bind(a.due_at).bind(&a.claim_id)
+                .bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until).bind(a.claims)
+                .bind(&a.input).bind(&a.outcome).bind(a.created_at).bind(a.updated_at)
+                .execute(&mut **self).await?;
+                Ok(())
+            }
+
+            async fn load_attempt(&mut self, runnable_key: &str, lock: bool) -> StoreResult<Option<AttemptRow>> {
+                let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE runnable_key = $1{}", if lock { $lock } else { "" });
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(runnable_key).fetch_optional(&mut **self).await?;
+                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+            }
+
+            async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+                sqlx::query("UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1")
+                    .bind(&a.runnable_key).bind(&a.status).bind(a.visible_at).bind(a.due_at)
+                    .bind(&a.claim_id).bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until)
+                    .bind(a.claims).bind(&a.outcome).bind(a.updated_at)
+                    .execute(&mut **self).await?;
+                Ok(())
+            }
+
+            async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY created_at, runnable_key"
+                )))
+                .bind(run_id).fetch_all(&mut **self).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    out.push(attempt_from_row!(r));
+                }
+                Ok(out)
+            }
+
+            async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
+                let sql = format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1{}",
+                    $skip
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(queue).bind(now).fetch_optional(&mut **self).await?;
+                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+            }
+
+            async fn close_open_attempts(&mut self, run_id: &str, status: &str, now: i64) -> StoreResult<u64> {
+                let done = sqlx::query("UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')")
+                    .bind(run_id).bind(status).bind(now)
+                    .execute(&mut **self).await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn next_visible(&mut self, run_id: &str) -> StoreResult<Option<i64>> {
+                let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(visible_at) FROM attempts WHERE run_id = $1 AND status = 'scheduled'")
+                    .bind(run_id).fetch_one(&mut **self).await?;
+                Ok(row.0)
+            }
+        }
+    };
+}
+
+impl_store_tx!(sqlx::Sqlite, lock = "", skip = "");
+impl_store_tx!(sqlx::Postgres, lock = " FOR UPDATE", skip = " FOR UPDATE SKIP LOCKED");
+
+/// Extends a lease in one statement, fenced by claim id, token hash and expiry.
+const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";
