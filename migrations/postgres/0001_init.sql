@@ -43,6 +43,7 @@ CREATE TABLE attempts (
     run_id           TEXT NOT NULL REFERENCES runs (run_id),
     step             TEXT NOT NULL,
     attempt          BIGINT NOT NULL,
+    seq              BIGINT NOT NULL,    -- journal position of the fact that planned it
     queue            TEXT NOT NULL,
     status           TEXT NOT NULL,
     visible_at       BIGINT NOT NULL,

@@ -27,7 +27,10 @@ impl Timestamp {
     /// This instant plus `d` (saturating).
     #[must_use]
     pub fn plus(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// This instant plus `ms` milliseconds (saturating).

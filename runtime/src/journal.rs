@@ -258,7 +258,8 @@ impl Projection {
                 Fact::RunStarted { .. } => p.status = Some(RunStatus::Idle),
                 Fact::RunnablesPlanned { runnables } => {
                     for r in runnables {
-                        p.attempts.insert(r.runnable_key.clone(), "scheduled".into());
+                        p.attempts
+                            .insert(r.runnable_key.clone(), "scheduled".into());
                         p.steps.insert(r.step.clone(), StepState::Planned);
                     }
                 }
@@ -268,8 +269,16 @@ impl Projection {
                 Fact::AttemptRecorded { runnable_key, .. } => {
                     p.attempts.insert(runnable_key.clone(), "recorded".into());
                 }
-                Fact::RunnableApplied { runnable_key, step, attempt_status, step_state, context_patch, .. } => {
-                    p.attempts.insert(runnable_key.clone(), attempt_status.clone());
+                Fact::RunnableApplied {
+                    runnable_key,
+                    step,
+                    attempt_status,
+                    step_state,
+                    context_patch,
+                    ..
+                } => {
+                    p.attempts
+                        .insert(runnable_key.clone(), attempt_status.clone());
                     if let Some(state) = step_state {
                         p.steps.insert(step.clone(), *state);
                     }
@@ -308,7 +317,10 @@ impl Projection {
     pub fn diff(&self, derived: &Projection) -> Vec<String> {
         let mut out = Vec::new();
         if self.status != derived.status {
-            out.push(format!("status: journal says {:?}, rows say {:?}", self.status, derived.status));
+            out.push(format!(
+                "status: journal says {:?}, rows say {:?}",
+                self.status, derived.status
+            ));
         }
         if self.context != derived.context {
             out.push(format!(
@@ -318,16 +330,28 @@ impl Projection {
             ));
         }
         if self.steps != derived.steps {
-            out.push(format!("steps: journal says {:?}, rows say {:?}", self.steps, derived.steps));
+            out.push(format!(
+                "steps: journal says {:?}, rows say {:?}",
+                self.steps, derived.steps
+            ));
         }
         if self.attempts != derived.attempts {
-            out.push(format!("attempts: journal says {:?}, rows say {:?}", self.attempts, derived.attempts));
+            out.push(format!(
+                "attempts: journal says {:?}, rows say {:?}",
+                self.attempts, derived.attempts
+            ));
         }
         if self.manual != derived.manual {
-            out.push(format!("manual gate: journal says {:?}, rows say {:?}", self.manual, derived.manual));
+            out.push(format!(
+                "manual gate: journal says {:?}, rows say {:?}",
+                self.manual, derived.manual
+            ));
         }
         if self.error != derived.error {
-            out.push(format!("error: journal says {:?}, rows say {:?}", self.error, derived.error));
+            out.push(format!(
+                "error: journal says {:?}, rows say {:?}",
+                self.error, derived.error
+            ));
         }
         out
     }

@@ -31,7 +31,11 @@ pub fn resolve_payload(
         message,
     };
     let Some(given) = payload.as_object() else {
-        return Err(vec![problem("payload".into(), "invalid_payload", "the payload must be a JSON object".into())]);
+        return Err(vec![problem(
+            "payload".into(),
+            "invalid_payload",
+            "the payload must be a JSON object".into(),
+        )]);
     };
     let mut problems = Vec::new();
     let mut resolved = given.clone();
@@ -39,9 +43,12 @@ pub fn resolve_payload(
         if !resolved.contains_key(&field.name) {
             let default = match (&field.default, field.default_from) {
                 (Some(v), _) => Some(v.clone()),
-                (None, Some(DynamicDefault::Today)) => {
-                    Some(Value::String(now.to_datetime().date_naive().format("%Y-%m-%d").to_string()))
-                }
+                (None, Some(DynamicDefault::Today)) => Some(Value::String(
+                    now.to_datetime()
+                        .date_naive()
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                )),
                 (None, Some(DynamicDefault::Now)) => Some(Value::String(now.to_rfc3339())),
                 (None, None) => None,
             };
@@ -64,7 +71,11 @@ pub fn resolve_payload(
         .collect();
     unknown.sort();
     for k in unknown {
-        problems.push(problem(format!("payload.{k}"), "unknown_field", format!("field {k} is not declared by trigger {}", trigger.name)));
+        problems.push(problem(
+            format!("payload.{k}"),
+            "unknown_field",
+            format!("field {k} is not declared by trigger {}", trigger.name),
+        ));
     }
     for field in &trigger.payload {
         if let Some(v) = resolved.get(&field.name)
@@ -77,7 +88,11 @@ pub fn resolve_payload(
             ));
         }
     }
-    if problems.is_empty() { Ok(resolved) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Everything a run knows: its input, with the context (outputs merged in the order they
@@ -171,7 +186,12 @@ pub struct Route {
 
 /// The first matching route for `step` on `outcome`: conditional routes in declaration
 /// order, then the unconditional fallback.
-pub fn select_route(spec: &WorkflowSpec, step: &str, outcome: Outcome, known: &Value) -> Option<Route> {
+pub fn select_route(
+    spec: &WorkflowSpec,
+    step: &str,
+    outcome: Outcome,
+    known: &Value,
+) -> Option<Route> {
     spec.routes(step, outcome)
         .into_iter()
         .find(|(_, t)| t.condition.as_ref().is_none_or(|c| c.holds(known)))
@@ -196,11 +216,18 @@ pub enum StepState {
 
 /// Steps that are ready in a dependency-mode run: not yet planned, with every dependency
 /// completed. Unlike phase-ordered schedulers, a step never waits for unrelated siblings.
-pub fn ready_steps<'a>(spec: &'a WorkflowSpec, states: &BTreeMap<String, StepState>) -> Vec<&'a StepSpec> {
+pub fn ready_steps<'a>(
+    spec: &'a WorkflowSpec,
+    states: &BTreeMap<String, StepState>,
+) -> Vec<&'a StepSpec> {
     spec.steps
         .iter()
         .filter(|s| !states.contains_key(&s.name))
-        .filter(|s| s.after.iter().all(|d| states.get(d) == Some(&StepState::Completed)))
+        .filter(|s| {
+            s.after
+                .iter()
+                .all(|d| states.get(d) == Some(&StepState::Completed))
+        })
         .collect()
 }
 
@@ -244,7 +271,9 @@ pub fn retry_decision(
     };
     let n = u64::from(attempt.max(1));
     let raw = match b.kind {
-        BackoffKind::Exponential => b.min_ms.saturating_mul(1u64.checked_shl((n - 1).min(63) as u32).unwrap_or(u64::MAX)),
+        BackoffKind::Exponential => b
+            .min_ms
+            .saturating_mul(1u64.checked_shl((n - 1).min(63) as u32).unwrap_or(u64::MAX)),
         BackoffKind::Linear => b.min_ms.saturating_mul(n),
         BackoffKind::Constant => b.min_ms,
     };
@@ -273,9 +302,20 @@ mod tests {
             .field(Field::new("d", FieldType::String).default_from(DynamicDefault::Today))
             .into();
         let now = Timestamp::from_millis(1_764_072_000_000); // 2025-11-25T12:00:00Z
-        let problems = resolve_payload(&trigger, &json!({"b": "nope", "z": 1}), now).expect_err("invalid");
-        let got: Vec<_> = problems.iter().map(|p| (p.path.as_str(), p.code.as_str())).collect();
-        assert_eq!(got, [("payload.a", "missing_field"), ("payload.z", "unknown_field"), ("payload.b", "invalid_type")]);
+        let problems =
+            resolve_payload(&trigger, &json!({"b": "nope", "z": 1}), now).expect_err("invalid");
+        let got: Vec<_> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.code.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("payload.a", "missing_field"),
+                ("payload.z", "unknown_field"),
+                ("payload.b", "invalid_type")
+            ]
+        );
         let ok = resolve_payload(&trigger, &json!({"a": "x", "b": 2}), now).expect("valid");
         assert_eq!(ok["c"], json!("x"));
         assert_eq!(ok["d"], json!("2025-11-25"));
@@ -286,22 +326,67 @@ mod tests {
     fn backoff_curves_and_retry_after() {
         let policy = |kind, jitter| RetryPolicy {
             max_attempts: 5,
-            backoff: Some(Backoff { kind, min_ms: 100, max_ms: 1000, jitter }),
+            backoff: Some(Backoff {
+                kind,
+                min_ms: 100,
+                max_ms: 1000,
+                jitter,
+            }),
         };
-        let delays = |p: &RetryPolicy| (1..=5).map(|n| retry_decision(Some(p), n, true, None, "k")).collect::<Vec<_>>();
+        let delays = |p: &RetryPolicy| {
+            (1..=5)
+                .map(|n| retry_decision(Some(p), n, true, None, "k"))
+                .collect::<Vec<_>>()
+        };
         use RetryDecision::*;
         assert_eq!(
             delays(&policy(BackoffKind::Exponential, false)),
-            [Retry { delay_ms: 100 }, Retry { delay_ms: 200 }, Retry { delay_ms: 400 }, Retry { delay_ms: 800 }, Exhausted]
+            [
+                Retry { delay_ms: 100 },
+                Retry { delay_ms: 200 },
+                Retry { delay_ms: 400 },
+                Retry { delay_ms: 800 },
+                Exhausted
+            ]
         );
-        assert_eq!(delays(&policy(BackoffKind::Linear, false))[2], Retry { delay_ms: 300 });
-        assert_eq!(delays(&policy(BackoffKind::Constant, false))[3], Retry { delay_ms: 100 });
-        let Retry { delay_ms } = retry_decision(Some(&policy(BackoffKind::Exponential, true)), 4, true, None, "run:s:4") else {
+        assert_eq!(
+            delays(&policy(BackoffKind::Linear, false))[2],
+            Retry { delay_ms: 300 }
+        );
+        assert_eq!(
+            delays(&policy(BackoffKind::Constant, false))[3],
+            Retry { delay_ms: 100 }
+        );
+        let Retry { delay_ms } = retry_decision(
+            Some(&policy(BackoffKind::Exponential, true)),
+            4,
+            true,
+            None,
+            "run:s:4",
+        ) else {
             panic!("retries")
         };
         assert!((400..=800).contains(&delay_ms));
-        assert_eq!(retry_decision(Some(&policy(BackoffKind::Constant, false)), 1, true, Some(42), "k"), Retry { delay_ms: 42 });
-        assert_eq!(retry_decision(Some(&policy(BackoffKind::Constant, false)), 1, false, None, "k"), NotRetryable);
+        assert_eq!(
+            retry_decision(
+                Some(&policy(BackoffKind::Constant, false)),
+                1,
+                true,
+                Some(42),
+                "k"
+            ),
+            Retry { delay_ms: 42 }
+        );
+        assert_eq!(
+            retry_decision(
+                Some(&policy(BackoffKind::Constant, false)),
+                1,
+                false,
+                None,
+                "k"
+            ),
+            NotRetryable
+        );
         assert_eq!(retry_decision(None, 1, true, None, "k"), Exhausted);
     }
 
@@ -327,10 +412,20 @@ mod tests {
     fn input_mapping_selects_keys_and_paths() {
         let known = json!({"a": 1, "order": {"total": 5}});
         let keys = Step::action("s", "k").input(["a", "missing"]).into();
-        assert_eq!(map_input(&keys, &known).expect("keys"), json!({"a": 1}).as_object().cloned().expect("object"));
-        let paths: StepSpec = Step::action("s", "k").input_path("amount", ["order", "total"]).into();
-        assert_eq!(map_input(&paths, &known).expect("paths")["amount"], json!(5));
-        let missing: StepSpec = Step::action("s", "k").input_path("x", ["order", "tax", "rate"]).into();
+        assert_eq!(
+            map_input(&keys, &known).expect("keys"),
+            json!({"a": 1}).as_object().cloned().expect("object")
+        );
+        let paths: StepSpec = Step::action("s", "k")
+            .input_path("amount", ["order", "total"])
+            .into();
+        assert_eq!(
+            map_input(&paths, &known).expect("paths")["amount"],
+            json!(5)
+        );
+        let missing: StepSpec = Step::action("s", "k")
+            .input_path("x", ["order", "tax", "rate"])
+            .into();
         let err = map_input(&missing, &known).expect_err("missing");
         assert_eq!(err.missing_at, "tax");
     }

@@ -52,9 +52,17 @@ impl<'a> Applier<'a> {
             input: parse(run, "input", &run.input)?,
             context: parse(run, "context", &run.context)?,
             steps: parse(run, "steps", &run.steps)?,
-            manual: run.manual.as_deref().map(|m| parse(run, "manual gate", m)).transpose()?,
+            manual: run
+                .manual
+                .as_deref()
+                .map(|m| parse(run, "manual gate", m))
+                .transpose()?,
             new_gate: false,
-            error: run.error.as_deref().map(|e| parse(run, "error", e)).transpose()?,
+            error: run
+                .error
+                .as_deref()
+                .map(|e| parse(run, "error", e))
+                .transpose()?,
             terminal: None,
             facts: Vec::new(),
             planned: Vec::new(),
@@ -68,13 +76,24 @@ impl<'a> Applier<'a> {
     /// Plans the entry step (transition mode) or every root (dependency mode).
     pub(super) fn plan_entry(&mut self) {
         let Some(def) = self.def else { return };
-        let entries: Vec<String> = def.spec.entry_steps().iter().map(|s| s.name.clone()).collect();
+        let entries: Vec<String> = def
+            .spec
+            .entry_steps()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         for step in entries {
             self.plan_step(&step, self.now, 1, None);
         }
     }
 
-    fn plan_step(&mut self, name: &str, visible_at: Timestamp, attempt: u32, input: Option<Map<String, Value>>) {
+    fn plan_step(
+        &mut self,
+        name: &str,
+        visible_at: Timestamp,
+        attempt: u32,
+        input: Option<Map<String, Value>>,
+    ) {
         let Some(def) = self.def else { return };
         let Some(step) = def.spec.step(name) else {
             self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {name} is not in the pinned definition")}));
@@ -136,7 +155,10 @@ impl<'a> Applier<'a> {
         let step_name = step.name.clone();
         let attempt_no = u32::try_from(attempt.attempt).unwrap_or(u32::MAX);
         match outcome {
-            StepOutcome::Succeeded { output, continue_after_ms } => {
+            StepOutcome::Succeeded {
+                output,
+                continue_after_ms,
+            } => {
                 attempt.status = "succeeded".into();
                 let patch = plan::shape_output(step, output);
                 for (k, v) in &patch {
@@ -146,23 +168,33 @@ impl<'a> Applier<'a> {
                 let visible = self.now.plus_millis(continue_after_ms.unwrap_or(0));
                 let mut route = None;
                 match def.spec.mode() {
-                    Mode::Transitions => match plan::select_route(&def.spec, &step_name, Outcome::Ok, &self.known()) {
-                        Some(r) => {
-                            match &r.to {
-                                Some(to) => self.plan_step(to, visible, 1, None),
-                                None => self.complete_run(),
+                    Mode::Transitions => {
+                        match plan::select_route(&def.spec, &step_name, Outcome::Ok, &self.known())
+                        {
+                            Some(r) => {
+                                match &r.to {
+                                    Some(to) => self.plan_step(to, visible, 1, None),
+                                    None => self.complete_run(),
+                                }
+                                route = Some(r);
                             }
-                            route = Some(r);
+                            // A step without ok routes is a final step: the run completes.
+                            None => self.complete_run(),
                         }
-                        // A step without ok routes is a final step: the run completes.
-                        None => self.complete_run(),
-                    },
+                    }
                     Mode::Dependencies => {
-                        let ready: Vec<String> = plan::ready_steps(&def.spec, &self.steps).iter().map(|s| s.name.clone()).collect();
+                        let ready: Vec<String> = plan::ready_steps(&def.spec, &self.steps)
+                            .iter()
+                            .map(|s| s.name.clone())
+                            .collect();
                         for name in &ready {
                             self.plan_step(name, visible, 1, None);
                         }
-                        let done = def.spec.steps.iter().all(|s| self.steps.get(&s.name) == Some(&StepState::Completed));
+                        let done = def
+                            .spec
+                            .steps
+                            .iter()
+                            .all(|s| self.steps.get(&s.name) == Some(&StepState::Completed));
                         if done {
                             self.complete_run();
                         }
@@ -179,10 +211,22 @@ impl<'a> Applier<'a> {
             }
             StepOutcome::Failed(error) => {
                 attempt.status = "failed".into();
-                let decision = plan::retry_decision(step.retry.as_ref(), attempt_no, error.retryable, error.retry_after_ms, &attempt.runnable_key);
+                let decision = plan::retry_decision(
+                    step.retry.as_ref(),
+                    attempt_no,
+                    error.retryable,
+                    error.retry_after_ms,
+                    &attempt.runnable_key,
+                );
                 if let RetryDecision::Retry { delay_ms } = decision {
-                    let input: Map<String, Value> = serde_json::from_str(&attempt.input).unwrap_or_default();
-                    self.plan_step(&step_name, self.now.plus_millis(delay_ms), attempt_no.saturating_add(1), Some(input));
+                    let input: Map<String, Value> =
+                        serde_json::from_str(&attempt.input).unwrap_or_default();
+                    self.plan_step(
+                        &step_name,
+                        self.now.plus_millis(delay_ms),
+                        attempt_no.saturating_add(1),
+                        Some(input),
+                    );
                     self.facts.push(Fact::RunnableApplied {
                         runnable_key: attempt.runnable_key.clone(),
                         step: step_name,
@@ -207,7 +251,9 @@ impl<'a> Applier<'a> {
                     failure["details"] = Value::Object(details.clone());
                 }
                 let route = match def.spec.mode() {
-                    Mode::Transitions => plan::select_route(&def.spec, &step_name, Outcome::Error, &self.known()),
+                    Mode::Transitions => {
+                        plan::select_route(&def.spec, &step_name, Outcome::Error, &self.known())
+                    }
                     Mode::Dependencies => None,
                 };
                 match &route {
@@ -268,8 +314,9 @@ impl<'a> Applier<'a> {
             self.planned.clear();
         }
         if !self.planned.is_empty() {
+            let seq = run.revision + i64::try_from(self.facts.len()).unwrap_or(0) + 1;
             for p in &self.planned {
-                tx.insert_attempt(&planned_row(run, p, now)).await?;
+                tx.insert_attempt(&planned_row(run, p, seq, now)).await?;
             }
             self.facts.push(Fact::RunnablesPlanned {
                 runnables: std::mem::take(&mut self.planned),
@@ -278,11 +325,13 @@ impl<'a> Applier<'a> {
         if self.new_gate
             && let Some(gate) = &self.manual
         {
-            self.facts.push(Fact::ManualStepPaused { gate: gate.clone() });
+            self.facts
+                .push(Fact::ManualStepPaused { gate: gate.clone() });
         }
         let status = match self.terminal {
             Some(terminal) => {
-                tx.close_open_attempts(&run.run_id, "cancelled", now_us(now)).await?;
+                tx.close_open_attempts(&run.run_id, "cancelled", now_us(now))
+                    .await?;
                 self.facts.push(Fact::RunTerminal {
                     status: terminal,
                     error: self.error.clone(),
@@ -301,7 +350,11 @@ impl<'a> Applier<'a> {
         run.updated_at = now_us(now);
         run.revision += i64::try_from(self.facts.len()).unwrap_or(0);
         tx.update_run(run).await?;
-        let facts: Vec<(String, String)> = self.facts.iter().map(|f| (f.kind().to_owned(), to_json(f))).collect();
+        let facts: Vec<(String, String)> = self
+            .facts
+            .iter()
+            .map(|f| (f.kind().to_owned(), to_json(f)))
+            .collect();
         tx.append_facts(&run.run_id, &facts, now_us(now)).await?;
         Ok(())
     }

@@ -81,7 +81,11 @@ pub enum EngineError {
 }
 
 fn join(problems: &[SpecProblem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<sqlx::Error> for EngineError {

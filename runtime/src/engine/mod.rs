@@ -28,9 +28,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::journal::{Fact, PlannedRunnable, Projection, RunId, RunStatus};
 use crate::plan;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
-use crate::store::{
-    AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous,
-};
+use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous};
 
 pub use error::EngineError;
 pub use snapshot::{AttemptView, RunSnapshot};
@@ -289,14 +287,24 @@ impl EngineBuilder {
     /// [`EngineError::Action`] when the action host cannot be built.
     pub async fn build(self) -> Result<Engine> {
         if !valid_name(&self.default_queue) {
-            return Err(EngineError::invalid_option("default_queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+            return Err(EngineError::invalid_option(
+                "default_queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
         }
         let store = match self.database {
-            None => return Err(EngineError::invalid_option("database", "set a SQLite path or a Postgres URL")),
-            Some(DatabaseConfig::Sqlite(path)) => AnyStore::Sqlite(SqliteStore::open(&path, self.synchronous).await?),
-            Some(DatabaseConfig::Postgres(url)) => {
-                AnyStore::Postgres(PostgresStore::connect(&url, &self.pg_schema, self.pg_max_connections).await?)
+            None => {
+                return Err(EngineError::invalid_option(
+                    "database",
+                    "set a SQLite path or a Postgres URL",
+                ));
             }
+            Some(DatabaseConfig::Sqlite(path)) => {
+                AnyStore::Sqlite(SqliteStore::open(&path, self.synchronous).await?)
+            }
+            Some(DatabaseConfig::Postgres(url)) => AnyStore::Postgres(
+                PostgresStore::connect(&url, &self.pg_schema, self.pg_max_connections).await?,
+            ),
         };
         if self.migrate {
             match &store {
@@ -365,7 +373,8 @@ impl Engine {
     ///
     /// [`EngineError::InvalidSpec`] with every problem.
     pub fn register_workflow(&self, spec: WorkflowSpec) -> Result<()> {
-        spec.validate(Some(self.registry())).map_err(EngineError::InvalidSpec)?;
+        spec.validate(Some(self.registry()))
+            .map_err(EngineError::InvalidSpec)?;
         self.inner
             .workflows
             .write()
@@ -376,7 +385,13 @@ impl Engine {
 
     /// Names of the registered workflows.
     pub fn workflows(&self) -> Vec<String> {
-        self.inner.workflows.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.inner
+            .workflows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Starts a run. The payload is resolved (defaults) and validated before anything is
@@ -397,7 +412,8 @@ impl Engine {
     ) -> Result<RunSnapshot> {
         let spec = match workflow.into() {
             WorkflowRef::Spec(spec) => {
-                spec.validate(Some(self.registry())).map_err(EngineError::InvalidSpec)?;
+                spec.validate(Some(self.registry()))
+                    .map_err(EngineError::InvalidSpec)?;
                 spec.clone()
             }
             WorkflowRef::Name(name) => self
@@ -407,23 +423,37 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(name)
                 .cloned()
-                .ok_or_else(|| EngineError::UnknownWorkflow { name: name.to_owned() })?,
+                .ok_or_else(|| EngineError::UnknownWorkflow {
+                    name: name.to_owned(),
+                })?,
         };
-        let trigger_spec = spec.trigger(trigger).ok_or_else(|| EngineError::UnknownTrigger {
-            workflow: spec.name.clone(),
-            trigger: trigger.unwrap_or_default().to_owned(),
-        })?;
-        let queue = opts.queue.clone().unwrap_or_else(|| self.inner.default_queue.clone());
+        let trigger_spec = spec
+            .trigger(trigger)
+            .ok_or_else(|| EngineError::UnknownTrigger {
+                workflow: spec.name.clone(),
+                trigger: trigger.unwrap_or_default().to_owned(),
+            })?;
+        let queue = opts
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.inner.default_queue.clone());
         if !valid_name(&queue) {
-            return Err(EngineError::invalid_option("queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
         }
         if let Some(key) = &opts.idempotency_key
             && (key.is_empty() || key.len() > 512)
         {
-            return Err(EngineError::invalid_option("idempotency_key", "must be 1-512 characters"));
+            return Err(EngineError::invalid_option(
+                "idempotency_key",
+                "must be 1-512 characters",
+            ));
         }
         let now = self.inner.clock.now();
-        let input = plan::resolve_payload(trigger_spec, &payload, now).map_err(EngineError::InvalidPayload)?;
+        let input = plan::resolve_payload(trigger_spec, &payload, now)
+            .map_err(EngineError::InvalidPayload)?;
         let mut actions = BTreeMap::new();
         for step in &spec.steps {
             for key in step.action.iter().chain(step.compensate.iter()) {
@@ -495,12 +525,22 @@ impl Engine {
         applier.facts.push(started);
         applier.plan_entry();
         let mut tx = store.begin_write().await?;
-        tx.insert_definition(&hash, &definition.spec.name, &run.fingerprint, &body, now_us(now)).await?;
+        tx.insert_definition(
+            &hash,
+            &definition.spec.name,
+            &run.fingerprint,
+            &body,
+            now_us(now),
+        )
+        .await?;
         if !tx.insert_run(&run).await? {
-            let existing = tx.load_run(&run.run_id, false).await?.ok_or_else(|| EngineError::Corrupt {
-                what: format!("run {run_id}"),
-                message: "insert conflicted but the run cannot be read".into(),
-            })?;
+            let existing =
+                tx.load_run(&run.run_id, false)
+                    .await?
+                    .ok_or_else(|| EngineError::Corrupt {
+                        what: format!("run {run_id}"),
+                        message: "insert conflicted but the run cannot be read".into(),
+                    })?;
             drop(tx);
             if existing.payload_hash == payload_hash && existing.fingerprint == run.fingerprint {
                 return self.snapshot_on(store, run_id).await;
@@ -523,8 +563,18 @@ impl Engine {
             .insert(hash.to_owned(), def);
     }
 
-    async fn definition_in<T: StoreTx>(&self, tx: &mut T, hash: &str) -> Result<Option<Arc<Definition>>> {
-        if let Some(d) = self.inner.definitions.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
+    async fn definition_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        hash: &str,
+    ) -> Result<Option<Arc<Definition>>> {
+        if let Some(d) = self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+        {
             return Ok(Some(d.clone()));
         }
         let Some(body) = tx.load_definition(hash).await? else {
@@ -554,9 +604,15 @@ impl Engine {
     /// the action host could not run the action for a reason that may pass (the attempt is
     /// released), [`EngineError::InvalidOption`], or a store error.
     pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
-        let queue = opts.queue.clone().unwrap_or_else(|| self.inner.default_queue.clone());
+        let queue = opts
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.inner.default_queue.clone());
         if !valid_name(&queue) {
-            return Err(EngineError::invalid_option("queue", "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*"));
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
         }
         if opts.owner_id.trim().is_empty() {
             return Err(EngineError::invalid_option("owner_id", "must not be empty"));
@@ -564,13 +620,24 @@ impl Engine {
         if opts.lease_for.is_zero() {
             return Err(EngineError::invalid_option("lease_for", "must be positive"));
         }
-        if opts.heartbeat_interval.is_some_and(|i| i < Duration::from_millis(10) || i >= opts.lease_for) {
-            return Err(EngineError::invalid_option("heartbeat_interval", "must be at least 10 ms and shorter than lease_for"));
+        if opts
+            .heartbeat_interval
+            .is_some_and(|i| i < Duration::from_millis(10) || i >= opts.lease_for)
+        {
+            return Err(EngineError::invalid_option(
+                "heartbeat_interval",
+                "must be at least 10 ms and shorter than lease_for",
+            ));
         }
         with_store!(self, s => self.execute_next_on(s, &queue, &opts).await)
     }
 
-    async fn execute_next_on<S: Store>(&self, store: &S, queue: &str, opts: &ExecuteOptions) -> Result<Option<RunSnapshot>> {
+    async fn execute_next_on<S: Store>(
+        &self,
+        store: &S,
+        queue: &str,
+        opts: &ExecuteOptions,
+    ) -> Result<Option<RunSnapshot>> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
         let Some(mut attempt) = tx.next_due(queue, now_us(now)).await? else {
@@ -586,11 +653,17 @@ impl Engine {
             // the recorded outcome now, without running the step again.
             let mut run = self.load_run_locked(&mut tx, &attempt.run_id).await?;
             let def = self.definition_in(&mut tx, &run.definition_hash).await?;
-            self.apply_recorded(&mut tx, &mut run, def.as_deref(), &mut attempt, now).await?;
+            self.apply_recorded(&mut tx, &mut run, def.as_deref(), &mut attempt, now)
+                .await?;
             tx.commit().await?;
             return Ok(Some(self.snapshot_on(store, run_id).await?));
         }
-        let run = tx.load_run(&attempt.run_id, false).await?.ok_or_else(|| EngineError::RunNotFound { run_id: attempt.run_id.clone() })?;
+        let run =
+            tx.load_run(&attempt.run_id, false)
+                .await?
+                .ok_or_else(|| EngineError::RunNotFound {
+                    run_id: attempt.run_id.clone(),
+                })?;
         let redelivery = attempt.status == "claimed";
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
@@ -617,7 +690,12 @@ impl Engine {
             lease_until,
             redelivery,
         };
-        tx.append_facts(&attempt.run_id, &[(fact.kind().into(), to_json(&fact))], now_us(now)).await?;
+        tx.append_facts(
+            &attempt.run_id,
+            &[(fact.kind().into(), to_json(&fact))],
+            now_us(now),
+        )
+        .await?;
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;
         tx.commit().await?;
 
@@ -632,50 +710,93 @@ impl Engine {
                     runnable_key: attempt.runnable_key.clone(),
                     idempotency_key: attempt.runnable_key.clone(),
                 };
-                let input: Map<String, Value> = serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
-                    what: format!("input of {}", attempt.runnable_key),
-                    message: e.to_string(),
-                })?;
-                match self.invoke_with_heartbeat(store, &target, &ctx, &input, &attempt, &token_hash, opts).await? {
+                let input: Map<String, Value> =
+                    serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
+                        what: format!("input of {}", attempt.runnable_key),
+                        message: e.to_string(),
+                    })?;
+                match self
+                    .invoke_with_heartbeat(
+                        store,
+                        &target,
+                        &ctx,
+                        &input,
+                        &attempt,
+                        &token_hash,
+                        opts,
+                    )
+                    .await?
+                {
                     Ok(outcome) => outcome,
                     Err(e) if e.is_retryable() => {
                         self.release(store, &attempt, &token_hash).await?;
                         return Err(EngineError::Action(e));
                     }
-                    Err(e) => StepOutcome::Failed(StepError::sandbox(StepErrorKind::Unavailable, e.to_string())),
+                    Err(e) => StepOutcome::Failed(StepError::sandbox(
+                        StepErrorKind::Unavailable,
+                        e.to_string(),
+                    )),
                 }
             }
         };
-        self.complete(store, run_id, attempt, &token_hash, outcome, def.as_deref(), opts).await
+        self.complete(
+            store,
+            run_id,
+            attempt,
+            &token_hash,
+            outcome,
+            def.as_deref(),
+            opts,
+        )
+        .await
     }
 
     /// The target of a step of a pinned definition, refusing an action whose registered
     /// digest no longer matches the pin (fail closed).
-    fn resolve_target(&self, def: Option<&Definition>, step: &str) -> std::result::Result<ActionTarget, StepError> {
+    fn resolve_target(
+        &self,
+        def: Option<&Definition>,
+        step: &str,
+    ) -> std::result::Result<ActionTarget, StepError> {
         let unavailable = |code: &str, message: String| StepError {
             code: code.to_owned(),
             ..StepError::sandbox(StepErrorKind::Unavailable, message)
         };
         let Some(def) = def else {
-            return Err(unavailable("definition_unavailable", "the run's pinned workflow definition is missing or corrupt".into()));
+            return Err(unavailable(
+                "definition_unavailable",
+                "the run's pinned workflow definition is missing or corrupt".into(),
+            ));
         };
         let Some(spec) = def.spec.step(step) else {
-            return Err(unavailable("definition_unavailable", format!("step {step} is not in the run's pinned definition")));
+            return Err(unavailable(
+                "definition_unavailable",
+                format!("step {step} is not in the run's pinned definition"),
+            ));
         };
         match (&spec.action, &spec.builtin) {
             (_, Some(b)) => Ok(ActionTarget::Builtin(b.clone())),
             (Some(key), None) => {
                 let pinned = def.actions.get(key);
                 match self.registry().resolve(key) {
-                    Ok(entry) if Some(&entry.digest) == pinned => Ok(ActionTarget::Wasm(key.clone())),
+                    Ok(entry) if Some(&entry.digest) == pinned => {
+                        Ok(ActionTarget::Wasm(key.clone()))
+                    }
                     Ok(entry) => Err(unavailable(
                         "action_digest_changed",
-                        format!("action {key} is now {} but the run pinned {}", entry.digest, pinned.map_or_else(|| "nothing".into(), ToString::to_string)),
+                        format!(
+                            "action {key} is now {} but the run pinned {}",
+                            entry.digest,
+                            pinned.map_or_else(|| "nothing".into(), ToString::to_string)
+                        ),
                     )),
                     Err(e) => Err(unavailable("action_unavailable", e.to_string())),
                 }
             }
-            (None, None) => Err(unavailable("definition_unavailable", format!("step {step} has no action"))),
+            (None, None) => Err(unavailable(
+                "definition_unavailable",
+                format!("step {step} has no action"),
+            )),
         }
     }
 
@@ -707,7 +828,13 @@ impl Engine {
                     tokio::time::sleep(interval).await;
                     let now = clock.now();
                     let held = store
-                        .heartbeat(&key, &claim_id, &token_hash, now_us(now), now_us(now.plus(lease_for)))
+                        .heartbeat(
+                            &key,
+                            &claim_id,
+                            &token_hash,
+                            now_us(now),
+                            now_us(now.plus(lease_for)),
+                        )
                         .await;
                     // A store error is not proof the claim is gone; keep trying until the
                     // lease says otherwise.
@@ -734,7 +861,12 @@ impl Engine {
     }
 
     /// Gives a claimed attempt back (the host could not run it for a passing reason).
-    async fn release<S: Store>(&self, store: &S, attempt: &AttemptRow, token_hash: &str) -> Result<()> {
+    async fn release<S: Store>(
+        &self,
+        store: &S,
+        attempt: &AttemptRow,
+        token_hash: &str,
+    ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
         if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await?
@@ -773,16 +905,26 @@ impl Engine {
         let mut cur = tx
             .load_attempt(&attempt.runnable_key, true)
             .await?
-            .ok_or_else(|| EngineError::Corrupt { what: format!("attempt {}", attempt.runnable_key), message: "vanished".into() })?;
+            .ok_or_else(|| EngineError::Corrupt {
+                what: format!("attempt {}", attempt.runnable_key),
+                message: "vanished".into(),
+            })?;
         let stale = |reason: &str| EngineError::StaleClaim {
             runnable_key: attempt.runnable_key.clone(),
             reason: reason.to_owned(),
         };
         if cur.status == "cancelled" {
-            return Err(stale("the run ended while the step ran; its outcome is discarded"));
+            return Err(stale(
+                "the run ended while the step ran; its outcome is discarded",
+            ));
         }
-        if cur.status != "claimed" || cur.claim_id != attempt.claim_id || cur.claim_token_hash.as_deref() != Some(token_hash) {
-            return Err(stale("another worker took the attempt over after this claim's lease expired"));
+        if cur.status != "claimed"
+            || cur.claim_id != attempt.claim_id
+            || cur.claim_token_hash.as_deref() != Some(token_hash)
+        {
+            return Err(stale(
+                "another worker took the attempt over after this claim's lease expired",
+            ));
         }
         if cur.lease_until.is_none_or(|l| l <= now_us(now)) {
             return Err(stale("the lease expired before the step completed"));
@@ -796,19 +938,29 @@ impl Engine {
             claim_id: cur.claim_id.clone(),
             outcome,
         };
-        tx.append_facts(&cur.run_id, &[(recorded.kind().into(), to_json(&recorded))], now_us(now)).await?;
+        tx.append_facts(
+            &cur.run_id,
+            &[(recorded.kind().into(), to_json(&recorded))],
+            now_us(now),
+        )
+        .await?;
         if opts.crash_after_record {
             tx.update_attempt(&cur).await?;
             tx.commit().await?;
             return Err(EngineError::SimulatedCrash);
         }
-        self.apply_recorded(&mut tx, &mut run, def, &mut cur, now).await?;
+        self.apply_recorded(&mut tx, &mut run, def, &mut cur, now)
+            .await?;
         tx.commit().await?;
         Ok(Some(self.snapshot_on(store, run_id).await?))
     }
 
     async fn load_run_locked<T: StoreTx>(&self, tx: &mut T, run_id: &str) -> Result<RunRow> {
-        tx.load_run(run_id, true).await?.ok_or_else(|| EngineError::RunNotFound { run_id: run_id.to_owned() })
+        tx.load_run(run_id, true)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound {
+                run_id: run_id.to_owned(),
+            })
     }
 
     /// Applies a recorded outcome and writes everything it implies in the caller's
@@ -821,10 +973,13 @@ impl Engine {
         attempt: &mut AttemptRow,
         now: Timestamp,
     ) -> Result<()> {
-        let outcome: StepOutcome = serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| EngineError::Corrupt {
-            what: format!("outcome of {}", attempt.runnable_key),
-            message: e.to_string(),
-        })?;
+        let outcome: StepOutcome =
+            serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| {
+                EngineError::Corrupt {
+                    what: format!("outcome of {}", attempt.runnable_key),
+                    message: e.to_string(),
+                }
+            })?;
         let mut applier = match def {
             Some(def) => Applier::new(def, run, now)?,
             None => {
@@ -859,7 +1014,10 @@ impl Engine {
     async fn snapshot_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<RunSnapshot> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        let run = tx.load_run(&id, false).await?.ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let run = tx
+            .load_run(&id, false)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;
         let next_visible = tx.next_visible(&id).await?;
         drop(tx);
@@ -875,7 +1033,11 @@ impl Engine {
         with_store!(self, s => self.journal_on(s, run_id).await)
     }
 
-    async fn journal_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<Vec<(Timestamp, Fact)>> {
+    async fn journal_on<S: Store>(
+        &self,
+        store: &S,
+        run_id: RunId,
+    ) -> Result<Vec<(Timestamp, Fact)>> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
         if tx.load_run(&id, false).await?.is_none() {
@@ -884,10 +1046,11 @@ impl Engine {
         let rows = tx.facts(&id).await?;
         rows.into_iter()
             .map(|r| {
-                let fact: Fact = serde_json::from_str(&r.data).map_err(|e| EngineError::Corrupt {
-                    what: format!("journal fact {} of run {}", r.id, r.run_id),
-                    message: e.to_string(),
-                })?;
+                let fact: Fact =
+                    serde_json::from_str(&r.data).map_err(|e| EngineError::Corrupt {
+                        what: format!("journal fact {} of run {}", r.id, r.run_id),
+                        message: e.to_string(),
+                    })?;
                 Ok((Timestamp(r.occurred_at), fact))
             })
             .collect()
@@ -913,12 +1076,18 @@ impl From<Vec<SpecProblem>> for EngineError {
     }
 }
 
-pub(crate) fn planned_row(run: &RunRow, r: &PlannedRunnable, now: Timestamp) -> AttemptRow {
+pub(crate) fn planned_row(
+    run: &RunRow,
+    r: &PlannedRunnable,
+    seq: i64,
+    now: Timestamp,
+) -> AttemptRow {
     AttemptRow {
         runnable_key: r.runnable_key.clone(),
         run_id: run.run_id.clone(),
         step: r.step.clone(),
         attempt: i64::from(r.attempt),
+        seq,
         queue: run.queue.clone(),
         status: "scheduled".into(),
         visible_at: now_us(r.visible_at),

@@ -88,13 +88,21 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, run_id: &str, text: &str) -
 }
 
 impl RunSnapshot {
-    pub(super) fn from_rows(run: RunRow, attempts: Vec<AttemptRow>, next_visible: Option<i64>) -> Result<Self> {
+    pub(super) fn from_rows(
+        run: RunRow,
+        attempts: Vec<AttemptRow>,
+        next_visible: Option<i64>,
+    ) -> Result<Self> {
         let id = run.run_id.clone();
         let attempts = attempts
             .into_iter()
             .map(|a| {
                 Ok(AttemptView {
-                    outcome: a.outcome.as_deref().map(|o| parse("outcome", &id, o)).transpose()?,
+                    outcome: a
+                        .outcome
+                        .as_deref()
+                        .map(|o| parse("outcome", &id, o))
+                        .transpose()?,
                     input: parse("attempt input", &id, &a.input)?,
                     runnable_key: a.runnable_key,
                     step: a.step,
@@ -108,7 +116,10 @@ impl RunSnapshot {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            run_id: id.parse().map_err(|_| EngineError::Corrupt { what: "run id".into(), message: id.clone() })?,
+            run_id: id.parse().map_err(|_| EngineError::Corrupt {
+                what: "run id".into(),
+                message: id.clone(),
+            })?,
             status: RunStatus::parse(&run.status).ok_or_else(|| EngineError::Corrupt {
                 what: format!("status of run {id}"),
                 message: run.status.clone(),
@@ -116,8 +127,16 @@ impl RunSnapshot {
             input: parse("input", &id, &run.input)?,
             context: parse("context", &id, &run.context)?,
             steps: parse("steps", &id, &run.steps)?,
-            manual: run.manual.as_deref().map(|m| parse("manual gate", &id, m)).transpose()?,
-            error: run.error.as_deref().map(|e| parse("error", &id, e)).transpose()?,
+            manual: run
+                .manual
+                .as_deref()
+                .map(|m| parse("manual gate", &id, m))
+                .transpose()?,
+            error: run
+                .error
+                .as_deref()
+                .map(|e| parse("error", &id, e))
+                .transpose()?,
             workflow: run.workflow,
             version: run.version,
             fingerprint: run.fingerprint,
@@ -149,7 +168,11 @@ impl RunSnapshot {
             status: Some(self.status),
             context: self.context.clone(),
             steps: self.steps.clone(),
-            attempts: self.attempts.iter().map(|a| (a.runnable_key.clone(), a.status.clone())).collect(),
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| (a.runnable_key.clone(), a.status.clone()))
+                .collect(),
             manual: self.manual.clone(),
             error: self.error.clone(),
         }

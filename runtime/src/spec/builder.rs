@@ -120,7 +120,11 @@ impl Trigger {
     }
 
     /// A trigger started on a cron schedule in a time zone.
-    pub fn cron(name: impl Into<String>, cron: impl Into<String>, timezone: impl Into<String>) -> TriggerBuilder {
+    pub fn cron(
+        name: impl Into<String>,
+        cron: impl Into<String>,
+        timezone: impl Into<String>,
+    ) -> TriggerBuilder {
         TriggerBuilder {
             trigger: TriggerSpec {
                 name: name.into(),
@@ -240,7 +244,11 @@ pub struct StepBuilder {
 pub struct Step;
 
 impl Step {
-    fn with(name: impl Into<String>, action: Option<ActionKey>, builtin: Option<Builtin>) -> StepBuilder {
+    fn with(
+        name: impl Into<String>,
+        action: Option<ActionKey>,
+        builtin: Option<Builtin>,
+    ) -> StepBuilder {
         StepBuilder {
             step: StepSpec {
                 name: name.into(),
@@ -275,7 +283,11 @@ impl Step {
     }
 
     /// A built-in `log` step.
-    pub fn log(name: impl Into<String>, level: LogLevel, message: impl Into<String>) -> StepBuilder {
+    pub fn log(
+        name: impl Into<String>,
+        level: LogLevel,
+        message: impl Into<String>,
+    ) -> StepBuilder {
         Self::with(
             name,
             None,
@@ -305,7 +317,9 @@ impl StepBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.step.input = Some(InputMapping::Keys(keys.into_iter().map(Into::into).collect()));
+        self.step.input = Some(InputMapping::Keys(
+            keys.into_iter().map(Into::into).collect(),
+        ));
         self
     }
 
@@ -322,7 +336,8 @@ impl StepBuilder {
                 paths.insert(target.into(), path);
             }
             _ => {
-                self.step.input = Some(InputMapping::Paths(BTreeMap::from([(target.into(), path)])));
+                self.step.input =
+                    Some(InputMapping::Paths(BTreeMap::from([(target.into(), path)])));
             }
         }
         self
@@ -347,7 +362,14 @@ impl StepBuilder {
 
     /// Retries with a backoff curve.
     #[must_use]
-    pub fn retry_with(mut self, max_attempts: u32, kind: BackoffKind, min_ms: u64, max_ms: u64, jitter: bool) -> Self {
+    pub fn retry_with(
+        mut self,
+        max_attempts: u32,
+        kind: BackoffKind,
+        min_ms: u64,
+        max_ms: u64,
+        jitter: bool,
+    ) -> Self {
         self.step.retry = Some(RetryPolicy {
             max_attempts,
             backoff: Some(Backoff {
@@ -363,7 +385,13 @@ impl StepBuilder {
     /// Retries with exponential backoff and no jitter.
     #[must_use]
     pub fn retry_exponential(self, max_attempts: u32, min_ms: u64, max_ms: u64) -> Self {
-        self.retry_with(max_attempts, BackoffKind::Exponential, min_ms, max_ms, false)
+        self.retry_with(
+            max_attempts,
+            BackoffKind::Exponential,
+            min_ms,
+            max_ms,
+            false,
+        )
     }
 
     /// Sets an informational deadline.
@@ -470,7 +498,13 @@ impl TransitionSpec {
         self.when(path, None, None, Some(bound))
     }
 
-    fn when<I, S>(mut self, path: I, equals: Option<Value>, greater_than: Option<f64>, less_than: Option<f64>) -> Self
+    fn when<I, S>(
+        mut self,
+        path: I,
+        equals: Option<Value>,
+        greater_than: Option<f64>,
+        less_than: Option<f64>,
+    ) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,

@@ -40,22 +40,90 @@ pub struct WorkflowSpec {
 }
 
 /// A way to start runs, with the payload it accepts.
+///
+/// As data: `{ name, type = "manual" | "cron", cron?, timezone?, payload? }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawTrigger", into = "RawTrigger")]
 pub struct TriggerSpec {
     /// Name of the trigger.
     pub name: String,
     /// Manual or cron.
-    #[serde(flatten)]
     pub kind: TriggerKind,
     /// Fields of the payload.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<FieldSpec>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    name: String,
+    #[serde(rename = "type")]
+    trigger_type: RawTriggerType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    payload: Vec<FieldSpec>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawTriggerType {
+    Manual,
+    Cron,
+}
+
+impl TryFrom<RawTrigger> for TriggerSpec {
+    type Error = String;
+    fn try_from(raw: RawTrigger) -> Result<Self, String> {
+        let kind = match (raw.trigger_type, raw.cron, raw.timezone) {
+            (RawTriggerType::Manual, None, None) => TriggerKind::Manual,
+            (RawTriggerType::Manual, _, _) => {
+                return Err(format!(
+                    "manual trigger {} takes no cron or timezone",
+                    raw.name
+                ));
+            }
+            (RawTriggerType::Cron, Some(cron), Some(timezone)) => {
+                TriggerKind::Cron { cron, timezone }
+            }
+            (RawTriggerType::Cron, _, _) => {
+                return Err(format!(
+                    "cron trigger {} needs both cron and timezone",
+                    raw.name
+                ));
+            }
+        };
+        Ok(Self {
+            name: raw.name,
+            kind,
+            payload: raw.payload,
+        })
+    }
+}
+
+impl From<TriggerSpec> for RawTrigger {
+    fn from(t: TriggerSpec) -> Self {
+        let (trigger_type, cron, timezone) = match t.kind {
+            TriggerKind::Manual => (RawTriggerType::Manual, None, None),
+            TriggerKind::Cron { cron, timezone } => {
+                (RawTriggerType::Cron, Some(cron), Some(timezone))
+            }
+        };
+        Self {
+            name: t.name,
+            trigger_type,
+            cron,
+            timezone,
+            payload: t.payload,
+        }
+    }
 }
 
 /// What fires a trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     /// Started by a call (or a signal).
     Manual,
@@ -335,7 +403,8 @@ impl Condition {
 
 /// The value at `path` inside `value`, if every key exists.
 pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, key| v.as_object()?.get(key))
+    path.iter()
+        .try_fold(value, |v, key| v.as_object()?.get(key))
 }
 
 /// The two mutually exclusive shapes of a workflow.

@@ -55,7 +55,14 @@ impl WorkflowSpec {
     pub fn validate(&self, registry: Option<&ActionRegistry>) -> Result<(), Vec<SpecProblem>> {
         let mut p = Problems::default();
         if !valid_name(&self.name) {
-            p.add("name", "invalid_name", format!("workflow name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*", self.name));
+            p.add(
+                "name",
+                "invalid_name",
+                format!(
+                    "workflow name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+                    self.name
+                ),
+            );
         }
         self.check_triggers(&mut p);
         self.check_steps(&mut p, registry);
@@ -68,50 +75,105 @@ impl WorkflowSpec {
 
     fn check_triggers(&self, p: &mut Problems) {
         if self.triggers.is_empty() {
-            p.add("triggers", "missing_trigger", "a workflow needs at least one trigger");
+            p.add(
+                "triggers",
+                "missing_trigger",
+                "a workflow needs at least one trigger",
+            );
         }
         let mut names = BTreeSet::new();
         let mut field_types: HashMap<&str, FieldType> = HashMap::new();
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}]");
             if !valid_name(&t.name) {
-                p.add(format!("{at}.name"), "invalid_name", format!("trigger name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*", t.name));
+                p.add(
+                    format!("{at}.name"),
+                    "invalid_name",
+                    format!(
+                        "trigger name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+                        t.name
+                    ),
+                );
             }
             if !names.insert(&t.name) {
-                p.add(format!("{at}.name"), "duplicate_trigger", format!("trigger {} is declared twice", t.name));
+                p.add(
+                    format!("{at}.name"),
+                    "duplicate_trigger",
+                    format!("trigger {} is declared twice", t.name),
+                );
             }
             if let super::TriggerKind::Cron { cron, timezone } = &t.kind {
                 if let Err(e) = croner::Cron::from_str(cron) {
-                    p.add(format!("{at}.cron"), "invalid_cron", format!("cron expression {cron:?} is invalid: {e}"));
+                    p.add(
+                        format!("{at}.cron"),
+                        "invalid_cron",
+                        format!("cron expression {cron:?} is invalid: {e}"),
+                    );
                 }
                 if chrono_tz::Tz::from_str(timezone).is_err() {
-                    p.add(format!("{at}.timezone"), "invalid_timezone", format!("time zone {timezone:?} is not an IANA zone name"));
+                    p.add(
+                        format!("{at}.timezone"),
+                        "invalid_timezone",
+                        format!("time zone {timezone:?} is not an IANA zone name"),
+                    );
                 }
             }
             let mut fields = BTreeSet::new();
             for (j, f) in t.payload.iter().enumerate() {
                 let fat = format!("{at}.payload[{j}]");
                 if !valid_name(&f.name) {
-                    p.add(format!("{fat}.name"), "invalid_name", format!("field name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*", f.name));
+                    p.add(
+                        format!("{fat}.name"),
+                        "invalid_name",
+                        format!(
+                            "field name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+                            f.name
+                        ),
+                    );
                 }
                 if !fields.insert(&f.name) {
-                    p.add(format!("{fat}.name"), "duplicate_field", format!("field {} is declared twice", f.name));
+                    p.add(
+                        format!("{fat}.name"),
+                        "duplicate_field",
+                        format!("field {} is declared twice", f.name),
+                    );
                 }
                 if let Some(prev) = field_types.insert(&f.name, f.field_type)
                     && prev != f.field_type
                 {
-                    p.add(format!("{fat}.type"), "conflicting_field_type", format!("field {} is a {} here and a {} in another trigger", f.name, f.field_type.name(), prev.name()));
+                    p.add(
+                        format!("{fat}.type"),
+                        "conflicting_field_type",
+                        format!(
+                            "field {} is a {} here and a {} in another trigger",
+                            f.name,
+                            f.field_type.name(),
+                            prev.name()
+                        ),
+                    );
                 }
                 if let Some(d) = &f.default
                     && !f.field_type.accepts(d)
                 {
-                    p.add(format!("{fat}.default"), "invalid_default", format!("default {d} is not a {}", f.field_type.name()));
+                    p.add(
+                        format!("{fat}.default"),
+                        "invalid_default",
+                        format!("default {d} is not a {}", f.field_type.name()),
+                    );
                 }
                 if f.default_from.is_some() && f.field_type != FieldType::String {
-                    p.add(format!("{fat}.default_from"), "invalid_default", "computed defaults (today, now) are only for string fields");
+                    p.add(
+                        format!("{fat}.default_from"),
+                        "invalid_default",
+                        "computed defaults (today, now) are only for string fields",
+                    );
                 }
                 if f.default.is_some() && f.default_from.is_some() {
-                    p.add(format!("{fat}.default_from"), "invalid_default", "give either default or default_from, not both");
+                    p.add(
+                        format!("{fat}.default_from"),
+                        "invalid_default",
+                        "give either default or default_from, not both",
+                    );
                 }
             }
         }
@@ -119,7 +181,11 @@ impl WorkflowSpec {
 
     fn check_steps(&self, p: &mut Problems, registry: Option<&ActionRegistry>) {
         if self.steps.is_empty() {
-            p.add("steps", "missing_steps", "a workflow needs at least one step");
+            p.add(
+                "steps",
+                "missing_steps",
+                "a workflow needs at least one step",
+            );
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.steps.iter().enumerate() {
@@ -128,30 +194,58 @@ impl WorkflowSpec {
                 p.add(format!("{at}.name"), "invalid_name", format!("step name {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* and not be `complete`", s.name));
             }
             if !names.insert(s.name.as_str()) {
-                p.add(format!("{at}.name"), "duplicate_step", format!("step {} is declared twice", s.name));
+                p.add(
+                    format!("{at}.name"),
+                    "duplicate_step",
+                    format!("step {} is declared twice", s.name),
+                );
             }
             match (&s.action, &s.builtin) {
-                (Some(_), Some(_)) | (None, None) => p.add(&at, "invalid_step_kind", "a step runs exactly one of a valid `action` key or a `builtin`"),
+                (Some(_), Some(_)) | (None, None) => p.add(
+                    &at,
+                    "invalid_step_kind",
+                    "a step runs exactly one of a valid `action` key or a `builtin`",
+                ),
                 (Some(key), None) => {
                     if let Some(registry) = registry {
                         check_key(p, registry, &format!("{at}.action"), key);
                     }
                 }
                 (None, Some(b)) => match b {
-                    Builtin::Wait { duration_ms: 0 } => p.add(format!("{at}.builtin.duration_ms"), "invalid_builtin", "a wait needs a positive duration_ms"),
-                    Builtin::Log { message, .. } if message.trim().is_empty() => p.add(format!("{at}.builtin.message"), "invalid_builtin", "a log step needs a non-empty message"),
+                    Builtin::Wait { duration_ms: 0 } => p.add(
+                        format!("{at}.builtin.duration_ms"),
+                        "invalid_builtin",
+                        "a wait needs a positive duration_ms",
+                    ),
+                    Builtin::Log { message, .. } if message.trim().is_empty() => p.add(
+                        format!("{at}.builtin.message"),
+                        "invalid_builtin",
+                        "a log step needs a non-empty message",
+                    ),
                     _ => {}
                 },
             }
             match &s.input {
-                Some(InputMapping::Keys(keys)) if keys.is_empty() => p.add(format!("{at}.input"), "invalid_input_mapping", "an input key list must not be empty"),
+                Some(InputMapping::Keys(keys)) if keys.is_empty() => p.add(
+                    format!("{at}.input"),
+                    "invalid_input_mapping",
+                    "an input key list must not be empty",
+                ),
                 Some(InputMapping::Paths(paths)) => {
                     if paths.is_empty() {
-                        p.add(format!("{at}.input"), "invalid_input_mapping", "an input path map must not be empty");
+                        p.add(
+                            format!("{at}.input"),
+                            "invalid_input_mapping",
+                            "an input path map must not be empty",
+                        );
                     }
                     for (target, path) in paths {
                         if path.is_empty() || target.is_empty() {
-                            p.add(format!("{at}.input.{target}"), "invalid_input_mapping", "an input path needs a target and at least one key");
+                            p.add(
+                                format!("{at}.input.{target}"),
+                                "invalid_input_mapping",
+                                "an input path needs a target and at least one key",
+                            );
                         }
                     }
                 }
@@ -160,38 +254,74 @@ impl WorkflowSpec {
             if let Some(out) = &s.output
                 && out.is_empty()
             {
-                p.add(format!("{at}.output"), "invalid_output_key", "the output key must not be empty");
+                p.add(
+                    format!("{at}.output"),
+                    "invalid_output_key",
+                    "the output key must not be empty",
+                );
             }
             if let Some(r) = &s.retry {
                 if r.max_attempts == 0 {
-                    p.add(format!("{at}.retry.max_attempts"), "invalid_retry", "max_attempts counts the first attempt and must be at least 1");
+                    p.add(
+                        format!("{at}.retry.max_attempts"),
+                        "invalid_retry",
+                        "max_attempts counts the first attempt and must be at least 1",
+                    );
                 }
                 if let Some(b) = &r.backoff {
                     if b.min_ms == 0 {
-                        p.add(format!("{at}.retry.backoff.min_ms"), "invalid_backoff", "min_ms must be positive");
+                        p.add(
+                            format!("{at}.retry.backoff.min_ms"),
+                            "invalid_backoff",
+                            "min_ms must be positive",
+                        );
                     }
                     if b.max_ms < b.min_ms {
-                        p.add(format!("{at}.retry.backoff.max_ms"), "invalid_backoff", "max_ms must be at least min_ms");
+                        p.add(
+                            format!("{at}.retry.backoff.max_ms"),
+                            "invalid_backoff",
+                            "max_ms must be at least min_ms",
+                        );
                     }
                 }
             }
             if let Some(d) = &s.deadline {
                 if d.within_ms == 0 {
-                    p.add(format!("{at}.deadline.within_ms"), "invalid_deadline", "within_ms must be positive");
+                    p.add(
+                        format!("{at}.deadline.within_ms"),
+                        "invalid_deadline",
+                        "within_ms must be positive",
+                    );
                 }
                 if d.due_soon_ms.is_some_and(|soon| soon >= d.within_ms) {
-                    p.add(format!("{at}.deadline.due_soon_ms"), "invalid_deadline", "due_soon_ms must be less than within_ms");
+                    p.add(
+                        format!("{at}.deadline.due_soon_ms"),
+                        "invalid_deadline",
+                        "due_soon_ms must be less than within_ms",
+                    );
                 }
             }
             if s.irreversible && s.compensatable == Some(true) {
-                p.add(format!("{at}.compensatable"), "conflicting_recovery", "an irreversible step cannot be compensatable");
+                p.add(
+                    format!("{at}.compensatable"),
+                    "conflicting_recovery",
+                    "an irreversible step cannot be compensatable",
+                );
             }
             if let Some(key) = &s.compensate {
                 if s.irreversible || s.compensatable == Some(false) {
-                    p.add(format!("{at}.compensate"), "conflicting_recovery", "a step with a compensation cannot be irreversible or non-compensatable");
+                    p.add(
+                        format!("{at}.compensate"),
+                        "conflicting_recovery",
+                        "a step with a compensation cannot be irreversible or non-compensatable",
+                    );
                 }
                 if s.is_manual() {
-                    p.add(format!("{at}.compensate"), "conflicting_recovery", "manual gates have nothing to compensate");
+                    p.add(
+                        format!("{at}.compensate"),
+                        "conflicting_recovery",
+                        "manual gates have nothing to compensate",
+                    );
                 }
                 if let Some(registry) = registry {
                     check_key(p, registry, &format!("{at}.compensate"), key);
@@ -201,7 +331,11 @@ impl WorkflowSpec {
     }
 
     fn step_index(&self) -> BTreeMap<&str, usize> {
-        self.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect()
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect()
     }
 
     fn check_transitions(&self, p: &mut Problems) {
@@ -211,32 +345,64 @@ impl WorkflowSpec {
         for (i, t) in self.transitions.iter().enumerate() {
             let at = format!("transitions[{i}]");
             if !index.contains_key(t.from.as_str()) {
-                p.add(format!("{at}.from"), "unknown_step", format!("transition from unknown step {}", t.from));
+                p.add(
+                    format!("{at}.from"),
+                    "unknown_step",
+                    format!("transition from unknown step {}", t.from),
+                );
             }
             if t.to != COMPLETE && !index.contains_key(t.to.as_str()) {
-                p.add(format!("{at}.to"), "unknown_step", format!("transition to unknown step {} (use `complete` to end the run)", t.to));
+                p.add(
+                    format!("{at}.to"),
+                    "unknown_step",
+                    format!(
+                        "transition to unknown step {} (use `complete` to end the run)",
+                        t.to
+                    ),
+                );
             }
             if t.recovery.is_some() && t.on == Outcome::Ok {
-                p.add(format!("{at}.recovery"), "invalid_recovery", "a recovery label belongs on an error route");
+                p.add(
+                    format!("{at}.recovery"),
+                    "invalid_recovery",
+                    "a recovery label belongs on an error route",
+                );
             }
             match &t.condition {
                 None => {
                     if !seen_fallback.insert((t.from.as_str(), t.on)) {
-                        p.add(&at, "duplicate_transition", format!("{} already has an unconditional {:?} route", t.from, t.on));
+                        p.add(
+                            &at,
+                            "duplicate_transition",
+                            format!("{} already has an unconditional {:?} route", t.from, t.on),
+                        );
                     }
                 }
                 Some(c) => {
-                    let ops = usize::from(c.equals.is_some()) + usize::from(c.greater_than.is_some()) + usize::from(c.less_than.is_some());
+                    let ops = usize::from(c.equals.is_some())
+                        + usize::from(c.greater_than.is_some())
+                        + usize::from(c.less_than.is_some());
                     if ops != 1 || c.path.is_empty() {
                         p.add(format!("{at}.condition"), "invalid_condition", "a condition needs a non-empty path and exactly one of equals, greater_than, less_than");
                     }
                     let key = serde_json::to_string(c).unwrap_or_default();
-                    if seen_conditions.iter().any(|(f, o, k)| *f == t.from && *o == t.on && *k == key) {
-                        p.add(&at, "duplicate_transition", format!("{} has the same condition twice", t.from));
+                    if seen_conditions
+                        .iter()
+                        .any(|(f, o, k)| *f == t.from && *o == t.on && *k == key)
+                    {
+                        p.add(
+                            &at,
+                            "duplicate_transition",
+                            format!("{} has the same condition twice", t.from),
+                        );
                     }
                     seen_conditions.push((&t.from, t.on, key));
                     if self.step(&t.from).is_some_and(super::StepSpec::is_manual) {
-                        p.add(format!("{at}.condition"), "invalid_condition", "routes from manual gates cannot have conditions");
+                        p.add(
+                            format!("{at}.condition"),
+                            "invalid_condition",
+                            "routes from manual gates cannot have conditions",
+                        );
                     }
                 }
             }
@@ -253,7 +419,14 @@ impl WorkflowSpec {
                 let err = !self.routes(&s.name, Outcome::Error).is_empty();
                 if !(ok && err) {
                     let i = index[s.name.as_str()];
-                    p.add(format!("steps[{i}]"), "approval_routes", format!("approval step {} needs both an ok and an error route", s.name));
+                    p.add(
+                        format!("steps[{i}]"),
+                        "approval_routes",
+                        format!(
+                            "approval step {} needs both an ok and an error route",
+                            s.name
+                        ),
+                    );
                 }
             }
         }
@@ -277,47 +450,102 @@ impl WorkflowSpec {
             .filter(|t| t.to != COMPLETE)
             .map(|t| (t.from.as_str(), t.to.as_str()))
             .collect();
-        if let Some(cycle) = find_cycle(&self.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), &edges) {
-            p.add("transitions", "cycle", format!("transitions form a cycle: {}", cycle.join(" -> ")));
+        if let Some(cycle) = find_cycle(
+            &self
+                .steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            &edges,
+        ) {
+            p.add(
+                "transitions",
+                "cycle",
+                format!("transitions form a cycle: {}", cycle.join(" -> ")),
+            );
         }
     }
 
     fn check_dependencies(&self, p: &mut Problems) {
         let index = self.step_index();
         if !self.transitions.is_empty() {
-            p.add("transitions", "mixed_modes", "a workflow uses either transitions or `after` dependencies, not both");
+            p.add(
+                "transitions",
+                "mixed_modes",
+                "a workflow uses either transitions or `after` dependencies, not both",
+            );
         }
         let mut edges = Vec::new();
         for (i, s) in self.steps.iter().enumerate() {
             if s.is_manual() {
-                p.add(format!("steps[{i}].builtin"), "manual_step_in_dependency_mode", "pause and approval gates need transition mode");
+                p.add(
+                    format!("steps[{i}].builtin"),
+                    "manual_step_in_dependency_mode",
+                    "pause and approval gates need transition mode",
+                );
             }
             let mut seen = BTreeSet::new();
             for (j, dep) in s.after.iter().enumerate() {
                 let at = format!("steps[{i}].after[{j}]");
                 if dep == &s.name {
-                    p.add(&at, "self_dependency", format!("step {} depends on itself", s.name));
+                    p.add(
+                        &at,
+                        "self_dependency",
+                        format!("step {} depends on itself", s.name),
+                    );
                 } else if !index.contains_key(dep.as_str()) {
-                    p.add(&at, "unknown_step", format!("step {} depends on unknown step {dep}", s.name));
+                    p.add(
+                        &at,
+                        "unknown_step",
+                        format!("step {} depends on unknown step {dep}", s.name),
+                    );
                 } else {
                     edges.push((dep.as_str(), s.name.as_str()));
                 }
                 if !seen.insert(dep) {
-                    p.add(&at, "duplicate_dependency", format!("step {} lists {dep} twice", s.name));
+                    p.add(
+                        &at,
+                        "duplicate_dependency",
+                        format!("step {} lists {dep} twice", s.name),
+                    );
                 }
             }
         }
-        if let Some(cycle) = find_cycle(&self.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), &edges) {
-            p.add("steps", "cycle", format!("dependencies form a cycle: {}", cycle.join(" -> ")));
+        if let Some(cycle) = find_cycle(
+            &self
+                .steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            &edges,
+        ) {
+            p.add(
+                "steps",
+                "cycle",
+                format!("dependencies form a cycle: {}", cycle.join(" -> ")),
+            );
         }
     }
 }
 
-fn check_key(p: &mut Problems, registry: &ActionRegistry, path: &str, key: &crate::actions::ActionKey) {
+fn check_key(
+    p: &mut Problems,
+    registry: &ActionRegistry,
+    path: &str,
+    key: &crate::actions::ActionKey,
+) {
     match registry.resolve(key) {
         Ok(_) => {}
-        Err(ActionError::Disabled { .. }) => p.add(path, "disabled_action", format!("action {key} is disabled in the registry")),
-        Err(_) => p.add(path, "unknown_action", format!("action {key} is not registered")),
+        Err(ActionError::Disabled { .. }) => p.add(
+            path,
+            "disabled_action",
+            format!("action {key} is disabled in the registry"),
+        ),
+        Err(_) => p.add(
+            path,
+            "unknown_action",
+            format!("action {key} is not registered"),
+        ),
     }
 }
 
@@ -329,7 +557,12 @@ fn find_cycle<'a>(nodes: &[&'a str], edges: &[(&'a str, &'a str)]) -> Option<Vec
     }
     // 0 = unvisited, 1 = on the stack, 2 = done
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();
-    fn visit<'a>(n: &'a str, next: &BTreeMap<&str, Vec<&'a str>>, state: &mut BTreeMap<&'a str, u8>, stack: &mut Vec<&'a str>) -> Option<Vec<&'a str>> {
+    fn visit<'a>(
+        n: &'a str,
+        next: &BTreeMap<&str, Vec<&'a str>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<&'a str>> {
         state.insert(n, 1);
         stack.push(n);
         for m in next.get(n).into_iter().flatten() {
@@ -369,7 +602,12 @@ mod tests {
     use crate::spec::{Step, Transition, Trigger};
 
     fn codes(spec: &WorkflowSpec) -> Vec<String> {
-        spec.validate(None).err().unwrap_or_default().into_iter().map(|p| p.code).collect()
+        spec.validate(None)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.code)
+            .collect()
     }
 
     #[test]
@@ -381,7 +619,10 @@ mod tests {
             .on_ok("a", "ghost")
             .build();
         let problems = spec.validate(None).expect_err("invalid");
-        let got: Vec<(&str, &str)> = problems.iter().map(|p| (p.path.as_str(), p.code.as_str())).collect();
+        let got: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.code.as_str()))
+            .collect();
         for expected in [
             ("name", "invalid_name"),
             ("triggers", "missing_trigger"),
@@ -449,6 +690,9 @@ mod tests {
             .step(Step::action("a", "missing.action"))
             .build();
         let problems = spec.validate(Some(&registry)).expect_err("unknown");
-        assert_eq!((problems[0].path.as_str(), problems[0].code.as_str()), ("steps[0].action", "unknown_action"));
+        assert_eq!(
+            (problems[0].path.as_str(), problems[0].code.as_str()),
+            ("steps[0].action", "unknown_action")
+        );
     }
 }

@@ -76,6 +76,7 @@ pub struct AttemptRow {
     pub(crate) run_id: String,
     pub(crate) step: String,
     pub(crate) attempt: i64,
+    pub(crate) seq: i64,
     pub(crate) queue: String,
     pub(crate) status: String,
     pub(crate) visible_at: i64,
@@ -131,38 +132,82 @@ pub trait StoreTx: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
     /// Stores a definition body under its hash, if absent.
-    fn insert_definition(&mut self, hash: &str, workflow: &str, fingerprint: &str, body: &str, now: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    fn insert_definition(
+        &mut self,
+        hash: &str,
+        workflow: &str,
+        fingerprint: &str,
+        body: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The body of a definition.
-    fn load_definition(&mut self, hash: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    fn load_definition(
+        &mut self,
+        hash: &str,
+    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
     /// Inserts a run; false when the id exists already.
     fn insert_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Loads a run, locking its row for the rest of the transaction when `lock` is set.
-    fn load_run(&mut self, run_id: &str, lock: bool) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    fn load_run(
+        &mut self,
+        run_id: &str,
+        lock: bool,
+    ) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
     /// Writes the mutable columns of a run.
     fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends facts to a run's journal.
-    fn append_facts(&mut self, run_id: &str, facts: &[(String, String)], at: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    fn append_facts(
+        &mut self,
+        run_id: &str,
+        facts: &[(String, String)],
+        at: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The journal of a run, oldest first.
     fn facts(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Vec<FactRow>>> + Send;
     /// Inserts an attempt.
-    fn insert_attempt(&mut self, attempt: &AttemptRow) -> impl Future<Output = StoreResult<()>> + Send;
+    fn insert_attempt(
+        &mut self,
+        attempt: &AttemptRow,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Loads an attempt, locking it when `lock` is set.
-    fn load_attempt(&mut self, runnable_key: &str, lock: bool) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    fn load_attempt(
+        &mut self,
+        runnable_key: &str,
+        lock: bool,
+    ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
     /// Writes the mutable columns of an attempt.
-    fn update_attempt(&mut self, attempt: &AttemptRow) -> impl Future<Output = StoreResult<()>> + Send;
+    fn update_attempt(
+        &mut self,
+        attempt: &AttemptRow,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The attempts of a run, oldest first.
-    fn run_attempts(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
+    fn run_attempts(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
     /// The oldest attempt on `queue` due at `now` (visible, lease expired, or recorded but not
     /// applied), locked and skipped by concurrent claimers where the database can.
-    fn next_due(&mut self, queue: &str, now: i64) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    fn next_due(
+        &mut self,
+        queue: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
     /// Settles every open attempt of a run with `status` (the run ended).
-    fn close_open_attempts(&mut self, run_id: &str, status: &str, now: i64) -> impl Future<Output = StoreResult<u64>> + Send;
+    fn close_open_attempts(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
     /// The earliest `visible_at` among the run's scheduled attempts.
-    fn next_visible(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
+    fn next_visible(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
 }
 
 const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
-const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, created_at, updated_at";
+const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, created_at, updated_at";
 
 macro_rules! run_from_row {
     ($r:expr) => {{
@@ -202,6 +247,7 @@ macro_rules! attempt_from_row {
             run_id: r.try_get("run_id")?,
             step: r.try_get("step")?,
             attempt: r.try_get("attempt")?,
+            seq: r.try_get("seq")?,
             queue: r.try_get("queue")?,
             status: r.try_get("status")?,
             visible_at: r.try_get("visible_at")?,
@@ -297,9 +343,9 @@ macro_rules! impl_store_tx {
 
             async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                 )))
-                .bind(&a.runnable_key).bind(&a.run_id).bind(&a.step).bind(a.attempt).bind(&a.queue)
+                .bind(&a.runnable_key).bind(&a.run_id).bind(&a.step).bind(a.attempt).bind(a.seq).bind(&a.queue)
                 .bind(&a.status).bind(a.visible_at).bind(a.due_at).bind(&a.claim_id)
                 .bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until).bind(a.claims)
                 .bind(&a.input).bind(&a.outcome).bind(a.created_at).bind(a.updated_at)
@@ -324,7 +370,7 @@ macro_rules! impl_store_tx {
 
             async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY created_at, runnable_key"
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY seq, runnable_key"
                 )))
                 .bind(run_id).fetch_all(&mut **self).await?;
                 let mut out = Vec::with_capacity(rows.len());
@@ -360,7 +406,11 @@ macro_rules! impl_store_tx {
 }
 
 impl_store_tx!(sqlx::Sqlite, lock = "", skip = "");
-impl_store_tx!(sqlx::Postgres, lock = " FOR UPDATE", skip = " FOR UPDATE SKIP LOCKED");
+impl_store_tx!(
+    sqlx::Postgres,
+    lock = " FOR UPDATE",
+    skip = " FOR UPDATE SKIP LOCKED"
+);
 
 /// Extends a lease in one statement, fenced by claim id, token hash and expiry.
 const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";

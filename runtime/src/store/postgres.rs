@@ -23,8 +23,13 @@ impl PostgresStore {
     /// When the URL is invalid, the schema name is not an identifier, or the server cannot
     /// be reached.
     pub async fn connect(url: &str, schema: &str, max_connections: u32) -> StoreResult<Self> {
-        let ident_ok = schema.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        let ident_ok = schema
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
             && schema.len() <= 63;
         if !ident_ok {
             return Err(StoreError::Corrupt {
@@ -53,10 +58,15 @@ impl Store for PostgresStore {
     type Tx = sqlx::Transaction<'static, Postgres>;
 
     async fn migrate(&self) -> StoreResult<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema)))
-            .execute(&self.pool)
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            self.schema
+        )))
+        .execute(&self.pool)
+        .await?;
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&self.pool).await?;
         Ok(())
     }
 
@@ -68,7 +78,14 @@ impl Store for PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
-    async fn heartbeat(&self, runnable_key: &str, claim_id: &str, token_hash: &str, now: i64, lease_until: i64) -> StoreResult<bool> {
+    async fn heartbeat(
+        &self,
+        runnable_key: &str,
+        claim_id: &str,
+        token_hash: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(HEARTBEAT_SQL)
             .bind(runnable_key)
             .bind(claim_id)

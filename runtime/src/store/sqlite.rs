@@ -63,7 +63,9 @@ impl Store for SqliteStore {
     type Tx = sqlx::Transaction<'static, Sqlite>;
 
     async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("../migrations/sqlite").run(&self.writer).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -75,7 +77,14 @@ impl Store for SqliteStore {
         Ok(self.readers.begin().await?)
     }
 
-    async fn heartbeat(&self, runnable_key: &str, claim_id: &str, token_hash: &str, now: i64, lease_until: i64) -> StoreResult<bool> {
+    async fn heartbeat(
+        &self,
+        runnable_key: &str,
+        claim_id: &str,
+        token_hash: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(HEARTBEAT_SQL)
             .bind(runnable_key)
             .bind(claim_id)

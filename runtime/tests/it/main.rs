@@ -2,6 +2,8 @@
 //! files, hand-written WAT for misbehaving guests.
 
 mod actions;
+mod backends;
+mod engine;
 mod registry;
 mod support;
 mod wat;

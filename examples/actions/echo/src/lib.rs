@@ -1,7 +1,7 @@
 //! `echo`: returns its input unchanged.
 //!
 //! A few optional input fields make it probe its sandbox, so tests can show what an action
-//! can and cannot reach: `print_lines` writes to standard output, `log_lines` logs through
+//! can and cannot reach: `sleep_ms` sleeps (a slow step), `print_lines` writes to standard output, `log_lines` logs through
 //! the host, `env_var` reads an environment variable, `read_file` reads a file and `connect`
 //! opens a TCP connection. Each probe's result is added to the output.
 
@@ -19,6 +19,9 @@ impl Action for Echo {
     fn run(_ctx: &Context, input: Map<String, Value>) -> Result<Map<String, Value>, ActionError> {
         let count = |key: &str| input.get(key).and_then(Value::as_u64).unwrap_or(0);
         let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
+        if count("sleep_ms") > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(count("sleep_ms")));
+        }
         for i in 0..count("print_lines") {
             println!("echo line {i}");
         }

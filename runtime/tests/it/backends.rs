@@ -1,0 +1,125 @@
+//! Runs a test body against every database: a fresh SQLite file and a fresh Postgres schema.
+//!
+//! Postgres comes from `SQUID_MESH_PG_URL` (set by `scripts/test`), else the local server
+//! at 127.0.0.1:5432. In CI (`CI=true`) an unreachable Postgres fails the test; elsewhere
+//! the Postgres half is skipped with a loud message.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use squid_mesh::actions::{ActionRegistry, HostConfig};
+use squid_mesh::clock::{ManualClock, Timestamp};
+use squid_mesh::{Engine, EngineBuilder};
+
+/// 2026-11-25T12:00:00Z.
+pub const T0: Timestamp = Timestamp(1_795_608_000_000_000);
+
+/// Where a test's engine keeps its state; build more engines on it to simulate restarts.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl Db {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres { .. } => "postgres",
+        }
+    }
+
+    pub fn builder(&self, registry: &ActionRegistry, clock: &ManualClock) -> EngineBuilder {
+        let b = Engine::builder()
+            .registry(registry.clone())
+            .clock(clock.clone())
+            .host_config(HostConfig {
+                cache_dir: Some(crate::support::shared_cache()),
+                ..HostConfig::default()
+            });
+        match self {
+            Db::Sqlite(path) => b.sqlite(path),
+            Db::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),
+        }
+    }
+
+    pub async fn engine(&self, registry: &ActionRegistry, clock: &ManualClock) -> Engine {
+        self.builder(registry, clock)
+            .build()
+            .await
+            .expect("engine builds")
+    }
+}
+
+fn pg_url() -> Option<String> {
+    if std::env::var_os("SQUID_MESH_SKIP_POSTGRES").is_some()
+        && std::env::var("CI").as_deref() != Ok("true")
+    {
+        return None;
+    }
+    Some(
+        std::env::var("SQUID_MESH_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    )
+}
+
+async fn pg_reachable(url: &str) -> bool {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect(url).await {
+        Ok(c) => {
+            let _ = c.close().await;
+            true
+        }
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL is required in CI but {url} refused: {e}");
+            }
+            eprintln!(
+                "\n!!!!! SKIPPING POSTGRES: {url} is not reachable ({e}); start it or run scripts/test !!!!!\n"
+            );
+            false
+        }
+    }
+}
+
+/// Runs `body` once per database with a fresh manual clock at [`T0`].
+pub async fn each<F, Fut>(body: F)
+where
+    F: Fn(Db, ManualClock) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    body(
+        Db::Sqlite(dir.path().join("squid.db")),
+        ManualClock::new(T0),
+    )
+    .await;
+    let Some(url) = pg_url() else {
+        eprintln!("\n!!!!! SKIPPING POSTGRES: SQUID_MESH_SKIP_POSTGRES is set !!!!!\n");
+        return;
+    };
+    if !pg_reachable(&url).await {
+        return;
+    }
+    let schema = format!("sm_test_{}", uuid_hex());
+    body(
+        Db::Postgres {
+            url: url.clone(),
+            schema: schema.clone(),
+        },
+        ManualClock::new(T0),
+    )
+    .await;
+    use sqlx::Connection as _;
+    if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}
+
+fn uuid_hex() -> String {
+    squid_mesh::RunId::random().to_string().replace('-', "")
+}

@@ -1,0 +1,973 @@
+//! The durable engine on SQLite and Postgres: every scenario runs on both.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use squid_mesh::actions::{ActionRegistry, LogLevel, StepOutcome};
+use squid_mesh::clock::ManualClock;
+use squid_mesh::engine::ExecuteOptions;
+use squid_mesh::journal::Fact;
+use squid_mesh::spec::{Field, FieldType, Step, Transition, Trigger, WorkflowSpec};
+use squid_mesh::{Engine, EngineError, RunSnapshot, RunStatus, StartOptions};
+use squid_mesh_example_artifacts as artifacts;
+
+use crate::backends::{Db, T0, each};
+use crate::support::file_action;
+
+fn registry() -> ActionRegistry {
+    let registry = ActionRegistry::new();
+    for (k, path) in [
+        ("orders.validate", artifacts::VALIDATE_ORDER),
+        ("payments.charge", artifacts::CHARGE_PAYMENT),
+        ("payments.refund", artifacts::REFUND_PAYMENT),
+        ("echo", artifacts::ECHO),
+    ] {
+        registry
+            .register(file_action(k, path.as_ref()))
+            .expect("example action registers");
+    }
+    registry
+}
+
+fn order() -> Value {
+    json!({"order_id": "o-1", "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}]})
+}
+
+fn linear() -> WorkflowSpec {
+    WorkflowSpec::builder("checkout")
+        .version("v1")
+        .trigger(Trigger::manual("manual").string("order_id").list("items"))
+        .step(Step::action("validate", "orders.validate").output("validation"))
+        .step(
+            Step::action("charge", "payments.charge")
+                .input_path("order_id", ["order_id"])
+                .input_path("amount_cents", ["validation", "total_cents"])
+                .output("payment"),
+        )
+        .on_ok("validate", "charge")
+        .on_ok("charge", "complete")
+        .build()
+}
+
+fn opts(owner: &str) -> ExecuteOptions {
+    ExecuteOptions {
+        owner_id: owner.into(),
+        ..ExecuteOptions::default()
+    }
+}
+
+/// Executes until nothing is due; returns how many steps ran.
+async fn drain(engine: &Engine) -> usize {
+    let mut n = 0;
+    while engine
+        .execute_next(opts("w"))
+        .await
+        .expect("execute_next")
+        .is_some()
+    {
+        n += 1;
+        assert!(n < 100, "runaway run");
+    }
+    n
+}
+
+async fn assert_consistent(engine: &Engine, run: &RunSnapshot) {
+    let diff = engine.verify_run(run.run_id).await.expect("verify");
+    assert!(diff.is_empty(), "journal and rows disagree: {diff:#?}");
+}
+
+async fn kinds(engine: &Engine, run: &RunSnapshot) -> Vec<&'static str> {
+    engine
+        .journal(run.run_id)
+        .await
+        .expect("journal")
+        .iter()
+        .map(|(_, f)| f.kind())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linear_run_completes_with_outputs_under_their_keys() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let run = engine
+            .start("checkout", None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        assert_eq!(run.status, RunStatus::Running, "{}", db.name());
+        assert_eq!(run.attempts.len(), 1);
+        assert_eq!(run.version.as_deref(), Some("v1"));
+
+        let after_validate = engine
+            .execute_next(opts("w1"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(
+            after_validate.context["validation"]["total_cents"],
+            json!(900)
+        );
+        let charge = &after_validate.attempts_of("charge")[0];
+        assert_eq!(
+            charge.input,
+            json!({"order_id": "o-1", "amount_cents": 900})
+                .as_object()
+                .cloned()
+                .expect("object")
+        );
+
+        let done = engine
+            .execute_next(opts("w1"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(done.status, RunStatus::Completed);
+        assert!(
+            done.context["payment"]["charge_id"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("ch_"))
+        );
+        assert!(engine.execute_next(opts("w1")).await.expect("ok").is_none());
+        assert_eq!(
+            kinds(&engine, &done).await,
+            [
+                "run_started",
+                "runnables_planned",
+                "attempt_claimed",
+                "attempt_recorded",
+                "runnable_applied",
+                "runnables_planned",
+                "attempt_claimed",
+                "attempt_recorded",
+                "runnable_applied",
+                "run_terminal"
+            ]
+        );
+        assert_consistent(&engine, &done).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_backoff_and_the_actions_retry_after() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = WorkflowSpec::builder("flaky")
+            .trigger(
+                Trigger::manual("m")
+                    .string("order_id")
+                    .integer("amount_cents")
+                    .integer("succeed_on_attempt")
+                    .field(Field::new("retry_after_ms", FieldType::Integer).optional()),
+            )
+            .step(Step::action("charge", "payments.charge").retry_exponential(4, 100, 1_000))
+            .build();
+        let run = engine
+            .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 3}), StartOptions::default())
+            .await
+            .expect("starts");
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 1");
+        let second = s.attempts_of("charge")[1];
+        assert_eq!((second.attempt, second.status.as_str()), (2, "scheduled"));
+        assert_eq!(second.visible_at, T0.plus_millis(100), "{}", db.name());
+        assert_eq!(second.runnable_key, format!("{}:charge:2", run.run_id));
+        assert!(engine.execute_next(opts("w")).await.expect("ok").is_none(), "not visible before the backoff");
+        clock.advance(Duration::from_millis(100));
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 2");
+        assert_eq!(s.attempts_of("charge")[2].visible_at, T0.plus_millis(100 + 200));
+        clock.advance(Duration::from_millis(200));
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 3");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_eq!(s.context["attempt"], json!(3));
+        assert_consistent(&engine, &s).await;
+
+        // retry-after from the action overrides the backoff.
+        let run = engine
+            .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2, "retry_after_ms": 5000}), StartOptions::default())
+            .await
+            .expect("starts");
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 1");
+        assert_eq!(s.run_id, run.run_id);
+        assert_eq!(s.attempts_of("charge")[1].visible_at, clock_now(&clock).plus_millis(5000));
+    })
+    .await;
+}
+
+fn clock_now(clock: &ManualClock) -> squid_mesh::clock::Timestamp {
+    use squid_mesh::clock::Clock as _;
+    clock.now()
+}
+
+fn charge_spec(error_route: bool) -> WorkflowSpec {
+    let mut b = WorkflowSpec::builder(if error_route {
+        "charge_or_notify"
+    } else {
+        "charge_only"
+    })
+    .trigger(
+        Trigger::manual("m")
+            .string("order_id")
+            .integer("amount_cents")
+            .integer("succeed_on_attempt"),
+    )
+    .step(
+        Step::action("charge", "payments.charge")
+            .retry(2)
+            .output("payment"),
+    )
+    .on_ok("charge", "complete");
+    if error_route {
+        b = b
+            .step(Step::log(
+                "notify",
+                LogLevel::Warn,
+                "payment failed; notifying the customer",
+            ))
+            .transition(Transition::on_error("charge", "notify").recovery("compensation"));
+    }
+    b.build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_fail_the_run_or_take_the_error_route() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let payload = json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 9});
+
+        let failing = charge_spec(false);
+        let run = engine
+            .start(&failing, None, payload.clone(), StartOptions::default())
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+        let error = s.error.clone().expect("error");
+        assert_eq!(
+            (
+                error["code"].as_str(),
+                error["attempt"].as_u64(),
+                error["step"].as_str()
+            ),
+            (Some("gateway_unavailable"), Some(2), Some("charge"))
+        );
+        assert_eq!(s.attempts_of("charge").len(), 2);
+        assert!(s.attempts_of("notify").is_empty());
+        assert_consistent(&engine, &s).await;
+
+        let routed = charge_spec(true);
+        let run = engine
+            .start(&routed, None, payload.clone(), StartOptions::default())
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_eq!(s.attempts_of("notify")[0].status, "succeeded");
+        let applied = engine
+            .journal(run.run_id)
+            .await
+            .expect("journal")
+            .into_iter()
+            .find_map(|(_, f)| match f {
+                Fact::RunnableApplied {
+                    route: Some(r),
+                    step,
+                    ..
+                } if step == "charge" => Some(r),
+                _ => None,
+            });
+        assert_eq!(
+            applied.and_then(|r| r.recovery),
+            Some("compensation".into())
+        );
+        assert_consistent(&engine, &s).await;
+
+        // A non-retryable error skips the retries.
+        let declined = json!({"order_id": "o", "amount_cents": -1, "succeed_on_attempt": 0});
+        let run = engine
+            .start(&failing, None, declined, StartOptions::default())
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.attempts_of("charge").len(), 1);
+        assert_eq!(s.error.expect("error")["code"], json!("invalid_amount"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_route_in_declaration_order_with_a_fallback() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = WorkflowSpec::builder("routing")
+            .trigger(Trigger::manual("m").string("order_id").list("items"))
+            .step(Step::action("validate", "orders.validate").output("validation"))
+            .step(Step::log("big", LogLevel::Info, "big order"))
+            .step(Step::log("small", LogLevel::Info, "small order"))
+            .transition(Transition::on_ok("validate", "big").when_greater_than(["validation", "total_cents"], 1000.0))
+            .on_ok("validate", "small")
+            .on_ok("big", "complete")
+            .on_ok("small", "complete")
+            .build();
+        let big = json!({"order_id": "b", "items": [{"sku": "x", "quantity": 3, "unit_price_cents": 500}]});
+        for (payload, expected) in [(order(), "small"), (big, "big")] {
+            let run = engine.start(&spec, None, payload, StartOptions::default()).await.expect("starts");
+            drain(&engine).await;
+            let s = engine.snapshot(run.run_id).await.expect("snapshot");
+            assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+            let ran: Vec<&str> = s.attempts.iter().map(|a| a.step.as_str()).collect();
+            assert_eq!(ran, ["validate", expected]);
+        }
+    })
+    .await;
+}
+
+/// Three roots and a join. With `fail_b`, root `b` charges without an order and fails
+/// non-retryably.
+fn fan_out(fail_b: bool) -> WorkflowSpec {
+    WorkflowSpec::builder(if fail_b { "fan_fail" } else { "fan" })
+        .trigger(Trigger::manual("m"))
+        .step(Step::action("a", "echo").output("a"))
+        .step(Step::action("b", if fail_b { "payments.charge" } else { "echo" }).output("b"))
+        .step(Step::action("c", "echo").output("c"))
+        .step(
+            Step::action("join", "echo")
+                .after(["a", "b", "c"])
+                .output("joined"),
+        )
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_roots_run_in_parallel_and_the_join_waits_for_all() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let run = engine
+            .start(&fan_out(false), None, json!({}), StartOptions::default())
+            .await
+            .expect("starts");
+        let visible: Vec<&str> = run
+            .attempts
+            .iter()
+            .filter(|a| a.visible_at == T0)
+            .map(|a| a.step.as_str())
+            .collect();
+        assert_eq!(
+            visible,
+            ["a", "b", "c"],
+            "every root is visible at once ({})",
+            db.name()
+        );
+
+        // Two workers drain the run concurrently.
+        let workers: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|owner| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let mut ran = 0;
+                    loop {
+                        match engine.execute_next(opts(owner)).await {
+                            Ok(Some(_)) => ran += 1,
+                            Ok(None) => break,
+                            Err(e) => panic!("{owner}: {e}"),
+                        }
+                    }
+                    ran
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w.await.expect("worker");
+        }
+        assert_eq!(total, 4);
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        let join = s.attempts_of("join");
+        assert_eq!(join.len(), 1, "the join runs exactly once");
+        let roots_done = s
+            .attempts
+            .iter()
+            .filter(|a| a.step != "join")
+            .all(|a| a.status == "succeeded");
+        assert!(roots_done);
+        // The join saw every root's output.
+        for k in ["a", "b", "c"] {
+            assert!(join[0].input.contains_key(k), "join input lacks {k}");
+        }
+        assert_consistent(&engine, &s).await;
+
+        // A failed dependency fails the run; the join never runs.
+        let run = engine
+            .start(&fan_out(true), None, json!({}), StartOptions::default())
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Failed);
+        assert!(s.attempts_of("join").is_empty());
+        assert_consistent(&engine, &s).await;
+    })
+    .await;
+}
+
+fn slow() -> WorkflowSpec {
+    WorkflowSpec::builder("slow")
+        .trigger(Trigger::manual("m").integer("sleep_ms"))
+        .step(Step::action("nap", "echo").output("nap"))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let run = engine
+            .start(
+                &slow(),
+                None,
+                json!({"sleep_ms": 400}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        let short = ExecuteOptions {
+            owner_id: "late".into(),
+            lease_for: Duration::from_secs(1),
+            ..ExecuteOptions::default()
+        };
+        let late = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.execute_next(short).await })
+        };
+        // Let the late worker claim, then expire its lease.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        clock.advance(Duration::from_secs(2));
+        let redelivered = engine
+            .execute_next(opts("rescuer"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(redelivered.status, RunStatus::Completed, "{}", db.name());
+        let attempt = &redelivered.attempts[0];
+        assert_eq!(
+            (attempt.attempt, attempt.claims, attempt.owner.as_deref()),
+            (1, 2, Some("rescuer"))
+        );
+        assert_eq!(
+            attempt.runnable_key,
+            format!("{}:nap:1", run.run_id),
+            "same attempt, same idempotency key"
+        );
+
+        let err = late.await.expect("task").expect_err("fenced");
+        assert!(matches!(err, EngineError::StaleClaim { .. }), "{err}");
+        let after = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(after, redelivered, "the late completion changed nothing");
+        let recorded = engine
+            .journal(run.run_id)
+            .await
+            .expect("journal")
+            .iter()
+            .filter(|(_, f)| f.kind() == "attempt_recorded")
+            .count();
+        assert_eq!(recorded, 1);
+        assert_consistent(&engine, &after).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_step_alive() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let run = engine
+            .start(
+                &slow(),
+                None,
+                json!({"sleep_ms": 700}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        let beating = ExecuteOptions {
+            owner_id: "steady".into(),
+            lease_for: Duration::from_secs(1),
+            heartbeat_interval: Some(Duration::from_millis(40)),
+            ..ExecuteOptions::default()
+        };
+        let worker = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.execute_next(beating).await })
+        };
+        // Time runs fast: 3 s of engine time pass while the step sleeps 0.7 s, well past the
+        // 1 s lease, yet no one else may take the attempt.
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            clock.advance(Duration::from_millis(200));
+            assert!(
+                engine
+                    .execute_next(opts("thief"))
+                    .await
+                    .expect("ok")
+                    .is_none(),
+                "{}",
+                db.name()
+            );
+        }
+        let done = worker.await.expect("task").expect("ok").expect("progress");
+        assert_eq!(done.status, RunStatus::Completed);
+        assert_eq!(done.attempts[0].claims, 1);
+        assert_eq!(done.run_id, run.run_id);
+
+        // Without heartbeats the same step loses its claim to another worker.
+        let run = engine
+            .start(
+                &slow(),
+                None,
+                json!({"sleep_ms": 700}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        let lazy = ExecuteOptions {
+            owner_id: "lazy".into(),
+            lease_for: Duration::from_secs(1),
+            ..ExecuteOptions::default()
+        };
+        let worker = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.execute_next(lazy).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        clock.advance(Duration::from_secs(2));
+        let taken = engine
+            .execute_next(opts("thief"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(taken.attempts[0].owner.as_deref(), Some("thief"));
+        assert!(worker.await.expect("task").is_err());
+        assert_eq!(taken.run_id, run.run_id);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_completion_and_application_is_applied_without_rerunning() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let run = engine
+            .start("checkout", None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        let crash = ExecuteOptions {
+            crash_after_record: true,
+            ..opts("doomed")
+        };
+        let err = engine.execute_next(crash).await.expect_err("crashed");
+        assert!(matches!(err, EngineError::SimulatedCrash));
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.attempts[0].status, "recorded", "{}", db.name());
+        assert!(matches!(
+            s.attempts[0].outcome,
+            Some(StepOutcome::Succeeded { .. })
+        ));
+
+        // A restarted worker applies the recorded outcome; the step does not run again.
+        let restarted = db.engine(&registry(), &clock).await;
+        let s = restarted
+            .execute_next(opts("next"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(s.attempts[0].status, "succeeded");
+        assert_eq!(s.attempts[0].claims, 1);
+        assert_eq!(s.attempts_of("charge")[0].status, "scheduled");
+        let claims = restarted
+            .journal(run.run_id)
+            .await
+            .expect("journal")
+            .iter()
+            .filter(|(_, f)| f.kind() == "attempt_claimed")
+            .count();
+        assert_eq!(claims, 1);
+        drain(&restarted).await;
+        let s = restarted.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_consistent(&restarted, &s).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_an_engine_restart() {
+    each(|db, clock| async move {
+        let run_id = {
+            let engine = db.engine(&registry(), &clock).await;
+            let spec = WorkflowSpec::builder("waiting")
+                .trigger(Trigger::manual("m").string("order_id").list("items"))
+                .step(Step::action("validate", "orders.validate").output("validation"))
+                .step(Step::wait("cool_off", Duration::from_millis(1_500)))
+                .step(
+                    Step::action("charge", "payments.charge")
+                        .input_path("order_id", ["order_id"])
+                        .input_path("amount_cents", ["validation", "total_cents"]),
+                )
+                .on_ok("validate", "cool_off")
+                .on_ok("cool_off", "charge")
+                .build();
+            let run = engine
+                .start(&spec, None, order(), StartOptions::default())
+                .await
+                .expect("starts");
+            engine
+                .execute_next(opts("w"))
+                .await
+                .expect("ok")
+                .expect("validate");
+            let s = engine
+                .execute_next(opts("w"))
+                .await
+                .expect("ok")
+                .expect("wait");
+            // The wait delays its successor durably, to the millisecond.
+            assert_eq!(
+                s.attempts_of("charge")[0].visible_at,
+                T0.plus_millis(1_500),
+                "{}",
+                db.name()
+            );
+            run.run_id
+        };
+        // A new engine (as after a process restart) on the same database finishes the run.
+        let engine = db.engine(&registry(), &clock).await;
+        assert!(
+            engine.execute_next(opts("w")).await.expect("ok").is_none(),
+            "still waiting"
+        );
+        clock.advance(Duration::from_millis(1_499));
+        assert!(
+            engine.execute_next(opts("w")).await.expect("ok").is_none(),
+            "1 ms early"
+        );
+        clock.advance(Duration::from_millis(1));
+        let s = engine
+            .execute_next(opts("w"))
+            .await
+            .expect("ok")
+            .expect("charge");
+        assert_eq!(s.run_id, run_id);
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_consistent(&engine, &s).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_are_idempotent_by_key_and_by_run_id() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let keyed = || StartOptions {
+            idempotency_key: Some("order-o-1".into()),
+            ..StartOptions::default()
+        };
+        let first = engine
+            .start("checkout", None, order(), keyed())
+            .await
+            .expect("starts");
+        let again = engine
+            .start("checkout", None, order(), keyed())
+            .await
+            .expect("same run");
+        assert_eq!(first.run_id, again.run_id, "{}", db.name());
+        assert_eq!(again.attempts.len(), 1, "nothing was planned twice");
+        let other = json!({"order_id": "o-2", "items": []});
+        let err = engine
+            .start("checkout", None, other.clone(), keyed())
+            .await
+            .expect_err("conflict");
+        assert_eq!(err.code(), "idempotency_conflict");
+
+        let by_id = StartOptions {
+            run_id: Some(first.run_id),
+            ..StartOptions::default()
+        };
+        assert_eq!(
+            engine
+                .start("checkout", None, order(), by_id.clone())
+                .await
+                .expect("same")
+                .run_id,
+            first.run_id
+        );
+        assert_eq!(
+            engine
+                .start("checkout", None, other, by_id)
+                .await
+                .expect_err("conflict")
+                .code(),
+            "idempotency_conflict"
+        );
+        assert_eq!(
+            engine.journal(first.run_id).await.expect("journal").len(),
+            2
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let keyed = StartOptions {
+            idempotency_key: Some("k".into()),
+            ..StartOptions::default()
+        };
+        let err = engine
+            .start(
+                "checkout",
+                None,
+                json!({"items": "many", "colour": "red"}),
+                keyed,
+            )
+            .await
+            .expect_err("invalid");
+        assert_eq!(err.code(), "invalid_payload", "{}", db.name());
+        let problems: Vec<(&str, &str)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.path.as_str(), p.code.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                ("payload.order_id", "missing_field"),
+                ("payload.colour", "unknown_field"),
+                ("payload.items", "invalid_type")
+            ]
+        );
+        let would_be = squid_mesh::RunId::derived(&["checkout", "manual", "k"]);
+        assert_eq!(
+            engine
+                .snapshot(would_be)
+                .await
+                .expect_err("nothing written")
+                .code(),
+            "run_not_found"
+        );
+
+        assert_eq!(
+            engine
+                .start("nope", None, json!({}), StartOptions::default())
+                .await
+                .expect_err("unknown")
+                .code(),
+            "unknown_workflow"
+        );
+        assert_eq!(
+            engine
+                .start("checkout", Some("cron"), order(), StartOptions::default())
+                .await
+                .expect_err("unknown")
+                .code(),
+            "unknown_trigger"
+        );
+        let bad_queue = StartOptions {
+            queue: Some("no spaces".into()),
+            ..StartOptions::default()
+        };
+        assert_eq!(
+            engine
+                .start("checkout", None, order(), bad_queue)
+                .await
+                .expect_err("queue")
+                .code(),
+            "invalid_option"
+        );
+        let bad_lease = ExecuteOptions {
+            lease_for: Duration::ZERO,
+            ..ExecuteOptions::default()
+        };
+        assert_eq!(
+            engine
+                .execute_next(bad_lease)
+                .await
+                .expect_err("lease")
+                .problems()[0]
+                .path,
+            "lease_for"
+        );
+        let broken = WorkflowSpec::builder("broken")
+            .trigger(Trigger::manual("m"))
+            .step(Step::action("a", "not.registered"))
+            .build();
+        let err = engine
+            .start(&broken, None, json!({}), StartOptions::default())
+            .await
+            .expect_err("spec");
+        assert_eq!(
+            (err.code(), err.problems()[0].code.as_str()),
+            ("invalid_spec", "unknown_action")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_path_fails_the_run_with_a_structured_error() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = WorkflowSpec::builder("mapping")
+            .trigger(Trigger::manual("m").string("order_id").list("items"))
+            .step(Step::action("validate", "orders.validate").output("validation"))
+            .step(
+                Step::action("charge", "payments.charge")
+                    .input_path("amount_cents", ["validation", "tax", "cents"]),
+            )
+            .on_ok("validate", "charge")
+            .build();
+        let run = engine
+            .start(&spec, None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        let s = engine
+            .execute_next(opts("w"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+        let e = s.error.clone().expect("error");
+        assert_eq!(e["code"], json!("missing_input_path"));
+        assert_eq!(e["step"], json!("charge"));
+        assert_eq!(e["missing_at"], json!("tax"));
+        assert_eq!(e["path"], json!(["validation", "tax", "cents"]));
+        assert!(s.attempts_of("charge").is_empty());
+        assert_eq!(s.run_id, run.run_id);
+        assert_consistent(&engine, &s).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_executes_its_pinned_definition_and_fails_closed_when_it_cannot() {
+    each(|db, clock| async move {
+        let reg = registry();
+        let engine = db.engine(&reg, &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let run = engine
+            .start("checkout", None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        // The host's code changes: the workflow now has a different shape.
+        let v2 = WorkflowSpec::builder("checkout")
+            .version("v2")
+            .trigger(Trigger::manual("manual").string("order_id").list("items"))
+            .step(Step::action("only", "echo"))
+            .build();
+        engine.register_workflow(v2).expect("valid");
+        let s = engine
+            .execute_next(opts("w"))
+            .await
+            .expect("ok")
+            .expect("validate");
+        assert_eq!(
+            s.attempts_of("charge").len(),
+            1,
+            "the pinned v1 plans charge ({})",
+            db.name()
+        );
+
+        // The charge action is replaced by a different component: the run fails closed.
+        reg.register(file_action("payments.charge", artifacts::ECHO.as_ref()))
+            .expect("re-registers");
+        let s = engine
+            .execute_next(opts("w"))
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(s.status, RunStatus::Failed);
+        let e = s.error.expect("error");
+        assert_eq!(e["code"], json!("action_digest_changed"));
+        assert_eq!(e["retryable"], json!(false));
+        assert_eq!(s.run_id, run.run_id);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_file_is_a_workflow() {
+    let toml = r#"
+name = "from_file"
+version = "1"
+
+[[triggers]]
+name = "manual"
+type = "manual"
+
+[[triggers.payload]]
+name = "greeting"
+type = "string"
+default = "hello"
+
+[[steps]]
+name = "say"
+builtin = { kind = "log", message = "hi" }
+
+[[steps]]
+name = "pause_a_bit"
+builtin = { kind = "wait", duration_ms = 250 }
+
+[[steps]]
+name = "echo"
+action = "echo"
+input = ["greeting"]
+
+[[transitions]]
+from = "say"
+on = "ok"
+to = "pause_a_bit"
+
+[[transitions]]
+from = "pause_a_bit"
+on = "ok"
+to = "echo"
+"#;
+    let spec = WorkflowSpec::from_toml(toml).expect("parses");
+    assert_eq!(
+        WorkflowSpec::from_json(&spec.to_json()).expect("round trip"),
+        spec
+    );
+    spec.validate(Some(&registry())).expect("valid");
+    each(|db: Db, clock| {
+        let spec = spec.clone();
+        async move {
+            let engine = db.engine(&registry(), &clock).await;
+            let run = engine
+                .start(&spec, None, json!({}), StartOptions::default())
+                .await
+                .expect("starts");
+            drain(&engine).await;
+            clock.advance(Duration::from_millis(250));
+            drain(&engine).await;
+            let s = engine.snapshot(run.run_id).await.expect("snapshot");
+            assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+            assert_eq!(
+                s.attempts_of("echo")[0].input,
+                json!({"greeting": "hello"})
+                    .as_object()
+                    .cloned()
+                    .expect("object")
+            );
+        }
+    })
+    .await;
+}
