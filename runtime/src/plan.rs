@@ -298,8 +298,8 @@ mod tests {
         let trigger: TriggerSpec = Trigger::manual("m")
             .string("a")
             .integer("b")
-            .field(Field::new("c", FieldType::String).default_value(json!("x")))
-            .field(Field::new("d", FieldType::String).default_from(DynamicDefault::Today))
+            .field(Field::of("c", FieldType::String).default_value(json!("x")))
+            .field(Field::of("d", FieldType::String).default_from(DynamicDefault::Today))
             .into();
         let now = Timestamp::from_millis(1_764_072_000_000); // 2025-11-25T12:00:00Z
         let problems =

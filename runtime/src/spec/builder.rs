@@ -147,7 +147,7 @@ impl TriggerBuilder {
     }
 
     fn typed(self, name: impl Into<String>, field_type: FieldType) -> Self {
-        self.field(Field::new(name, field_type))
+        self.field(Field::of(name, field_type))
     }
 
     /// Adds a required string field.
@@ -199,7 +199,7 @@ pub struct Field;
 
 impl Field {
     /// A required field of the given type.
-    pub fn new(name: impl Into<String>, field_type: FieldType) -> FieldSpec {
+    pub fn of(name: impl Into<String>, field_type: FieldType) -> FieldSpec {
         FieldSpec {
             name: name.into(),
             field_type,
@@ -448,15 +448,15 @@ pub struct Transition;
 impl Transition {
     /// `from` succeeded: go to `to` (a step or `complete`).
     pub fn on_ok(from: &str, to: &str) -> TransitionSpec {
-        Self::new(from, Outcome::Ok, to)
+        Self::route(from, Outcome::Ok, to)
     }
 
     /// `from` failed after its retries: go to `to` (a step or `complete`).
     pub fn on_error(from: &str, to: &str) -> TransitionSpec {
-        Self::new(from, Outcome::Error, to)
+        Self::route(from, Outcome::Error, to)
     }
 
-    fn new(from: &str, on: Outcome, to: &str) -> TransitionSpec {
+    fn route(from: &str, on: Outcome, to: &str) -> TransitionSpec {
         TransitionSpec {
             from: from.to_owned(),
             on,

@@ -159,7 +159,7 @@ async fn retries_follow_the_backoff_and_the_actions_retry_after() {
                     .string("order_id")
                     .integer("amount_cents")
                     .integer("succeed_on_attempt")
-                    .field(Field::new("retry_after_ms", FieldType::Integer).optional()),
+                    .field(Field::of("retry_after_ms", FieldType::Integer).optional()),
             )
             .step(Step::action("charge", "payments.charge").retry_exponential(4, 100, 1_000))
             .build();
