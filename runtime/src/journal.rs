@@ -49,10 +49,17 @@ impl fmt::Display for RunId {
     }
 }
 
+/// A string that is not a run id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed run id {0:?}: expected a UUID")]
+pub struct InvalidRunId(pub String);
+
 impl FromStr for RunId {
-    type Err = uuid::Error;
+    type Err = InvalidRunId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self)
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| InvalidRunId(s.to_owned()))
     }
 }
 

@@ -88,6 +88,12 @@ fn join(problems: &[SpecProblem]) -> String {
         .join("; ")
 }
 
+impl From<crate::journal::InvalidRunId> for EngineError {
+    fn from(e: crate::journal::InvalidRunId) -> Self {
+        Self::InvalidRunId { value: e.0 }
+    }
+}
+
 impl From<sqlx::Error> for EngineError {
     fn from(e: sqlx::Error) -> Self {
         Self::Store(StoreError::Database(e))

@@ -971,3 +971,52 @@ to = "echo"
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_claim_every_attempt_exactly_once() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = WorkflowSpec::builder("one_step")
+            .trigger(Trigger::manual("m"))
+            .step(Step::action("echo", "echo"))
+            .build();
+        let mut runs = Vec::new();
+        for _ in 0..40 {
+            runs.push(
+                engine
+                    .start(&spec, None, json!({}), StartOptions::default())
+                    .await
+                    .expect("starts")
+                    .run_id,
+            );
+        }
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while engine
+                        .execute_next(opts(&format!("w{i}")))
+                        .await
+                        .expect("execute_next")
+                        .is_some()
+                    {
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w.await.expect("worker");
+        }
+        assert_eq!(total, 40, "{}", db.name());
+        for run in runs {
+            let s = engine.snapshot(run).await.expect("snapshot");
+            assert_eq!(s.status, RunStatus::Completed);
+            assert_eq!(s.attempts[0].claims, 1, "claimed once");
+        }
+    })
+    .await;
+}
