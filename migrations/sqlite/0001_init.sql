@@ -22,6 +22,7 @@ CREATE TABLE runs (
     context         TEXT NOT NULL,
     steps           TEXT NOT NULL,
     manual          TEXT,
+    compensation    TEXT,
     error           TEXT,
     idempotency_key TEXT,
     payload_hash    TEXT NOT NULL,
@@ -69,3 +70,25 @@ CREATE TABLE journal (
     occurred_at BIGINT NOT NULL
 );
 CREATE INDEX journal_by_run ON journal (run_id, id);
+
+-- Receipts of control commands that carried an idempotency key: repeating the command
+-- returns the recorded result and writes nothing.
+CREATE TABLE commands (
+    idempotency_key TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    run_id          TEXT NOT NULL,
+    result_run_id   TEXT NOT NULL,
+    created_at      BIGINT NOT NULL
+);
+
+-- Child runs by (parent run, parent step, child key): the same key from the same step names
+-- the same child, across retries of the parent step.
+CREATE TABLE child_runs (
+    parent_run_id TEXT NOT NULL,
+    parent_step   TEXT NOT NULL,
+    child_key     TEXT NOT NULL,
+    child_run_id  TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    PRIMARY KEY (parent_run_id, parent_step, child_key)
+);
+CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;

@@ -145,6 +145,57 @@ pub struct ManualGate {
     pub paused_at: Timestamp,
 }
 
+/// The link from a child run to the step that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent run.
+    pub run_id: String,
+    /// The parent step.
+    pub step: String,
+    /// The parent attempt's runnable key.
+    pub runnable_key: String,
+    /// The child key.
+    pub child_key: String,
+}
+
+/// A received control command, as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandReceipt {
+    /// Signal id.
+    pub signal_id: String,
+    /// `start`, `resume`, `approve`, `reject`, `cancel`, `replay`...
+    pub command: String,
+    /// Idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Who issued it.
+    pub actor: Option<Value>,
+    /// Comment.
+    pub comment: Option<String>,
+    /// Arguments, redacted.
+    pub payload: Map<String, Value>,
+    /// Metadata, redacted.
+    pub metadata: Map<String, Value>,
+    /// When it was issued.
+    pub occurred_at: Timestamp,
+}
+
+/// Progress and outcome of a failed run's saga compensation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensation {
+    /// `compensating`, `compensated` or `partially_compensated`.
+    pub status: String,
+    /// The failure that started it.
+    pub failure: Value,
+    /// Steps still to undo, next first.
+    pub pending: Vec<String>,
+    /// Steps undone, in order.
+    pub compensated: Vec<String>,
+    /// Steps left as they were because a compensation failed.
+    pub not_compensated: Vec<String>,
+    /// The step whose compensation failed.
+    pub failed: Option<String>,
+}
+
 /// One fact of a run's journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -167,6 +218,44 @@ pub enum Fact {
         input: Map<String, Value>,
         /// Idempotency key of the start, if any.
         idempotency_key: Option<String>,
+        /// The run this one replays.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replayed_from: Option<String>,
+        /// The parent run and step of a child run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentLink>,
+    },
+    /// A control command was received (its effect is in the same transaction).
+    CommandReceived {
+        /// The command, with secret-looking metadata redacted.
+        command: CommandReceipt,
+    },
+    /// A manual gate was resolved.
+    ManualStepResolved {
+        /// The gate step.
+        step: String,
+        /// `resumed`, `approved` or `rejected`.
+        action: String,
+        /// Merged into the context (the decision, under the gate's output key).
+        context_patch: Map<String, Value>,
+        /// Where the run went (`None`: it completed).
+        target: Option<String>,
+    },
+    /// The run's saga compensation advanced.
+    CompensationUpdated {
+        /// The compensation state after this change.
+        state: Compensation,
+    },
+    /// A child run was started from one of this run's steps.
+    ChildRunStarted {
+        /// The parent step.
+        step: String,
+        /// The key naming the child within the step.
+        child_key: String,
+        /// The child run.
+        child_run_id: String,
+        /// The child's workflow.
+        workflow: String,
     },
     /// Runnables were planned.
     RunnablesPlanned {
@@ -235,6 +324,10 @@ impl Fact {
             Self::RunnableApplied { .. } => "runnable_applied",
             Self::ManualStepPaused { .. } => "manual_step_paused",
             Self::RunTerminal { .. } => "run_terminal",
+            Self::CommandReceived { .. } => "command_received",
+            Self::ManualStepResolved { .. } => "manual_step_resolved",
+            Self::CompensationUpdated { .. } => "compensation_updated",
+            Self::ChildRunStarted { .. } => "child_run_started",
         }
     }
 }
@@ -254,6 +347,8 @@ pub struct Projection {
     pub manual: Option<ManualGate>,
     /// The error of a failed run.
     pub error: Option<Value>,
+    /// Saga compensation state.
+    pub compensation: Option<Compensation>,
 }
 
 impl Projection {
@@ -295,6 +390,35 @@ impl Projection {
                 }
                 Fact::ManualStepPaused { gate } => {
                     p.manual = Some(gate.clone());
+                }
+                Fact::CommandReceived { .. } | Fact::ChildRunStarted { .. } => {}
+                Fact::ManualStepResolved {
+                    step,
+                    action,
+                    context_patch,
+                    ..
+                } => {
+                    p.manual = None;
+                    let state = if action == "rejected" {
+                        StepState::Failed
+                    } else {
+                        StepState::Completed
+                    };
+                    p.steps.insert(step.clone(), state);
+                    for (k, v) in context_patch {
+                        p.context.insert(k.clone(), v.clone());
+                    }
+                }
+                Fact::CompensationUpdated { state } => {
+                    if p.compensation.is_none() {
+                        // Compensation starts by abandoning the forward steps still open.
+                        for s in p.attempts.values_mut() {
+                            if s == "scheduled" || s == "claimed" {
+                                *s = "cancelled".into();
+                            }
+                        }
+                    }
+                    p.compensation = Some(state.clone());
                 }
                 Fact::RunTerminal { status, error } => {
                     p.status = Some(*status);
@@ -352,6 +476,12 @@ impl Projection {
             out.push(format!(
                 "manual gate: journal says {:?}, rows say {:?}",
                 self.manual, derived.manual
+            ));
+        }
+        if self.compensation != derived.compensation {
+            out.push(format!(
+                "compensation: journal says {:?}, rows say {:?}",
+                self.compensation, derived.compensation
             ));
         }
         if self.error != derived.error {

@@ -9,7 +9,7 @@ use super::{Definition, Result, now_us, planned_row, to_json};
 use crate::actions::{StepOutcome, Suspension};
 use crate::clock::Timestamp;
 use crate::engine::EngineError;
-use crate::journal::{Fact, ManualGate, PlannedRunnable, RunStatus};
+use crate::journal::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable, RunStatus};
 use crate::plan::{self, RetryDecision, StepState};
 use crate::spec::{Mode, Outcome};
 use crate::store::{AttemptRow, RunRow, StoreTx};
@@ -27,7 +27,24 @@ pub(super) struct Applier<'a> {
     terminal: Option<RunStatus>,
     pub(super) facts: Vec<Fact>,
     planned: Vec<PlannedRunnable>,
+    compensation: Option<Compensation>,
+    compensation_changed: bool,
+    cancel_open: bool,
+    /// Succeeded attempts of the run, newest first (loaded when an outcome may need them).
+    pub(super) completed: Vec<CompletedStep>,
 }
+
+/// A step attempt that succeeded, for compensation.
+#[derive(Debug, Clone)]
+pub(super) struct CompletedStep {
+    pub(super) step: String,
+    pub(super) runnable_key: String,
+    pub(super) input: Value,
+    pub(super) output: Value,
+}
+
+/// Prefix of the step names of compensation runnables.
+pub(super) const COMPENSATE: &str = "compensate:";
 
 fn parse<T: serde::de::DeserializeOwned>(run: &RunRow, what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
@@ -66,6 +83,14 @@ impl<'a> Applier<'a> {
             terminal: None,
             facts: Vec::new(),
             planned: Vec::new(),
+            compensation: run
+                .compensation
+                .as_deref()
+                .map(|c| parse(run, "compensation", c))
+                .transpose()?,
+            compensation_changed: false,
+            cancel_open: false,
+            completed: Vec::new(),
         })
     }
 
@@ -147,6 +172,11 @@ impl<'a> Applier<'a> {
         attempt.due_at = None;
         attempt.updated_at = now_us(self.now);
         let Some(def) = self.def else { return };
+        if let Some(origin) = attempt.step.strip_prefix(COMPENSATE) {
+            let origin = origin.to_owned();
+            self.apply_compensation(attempt, &origin, outcome);
+            return;
+        }
         let Some(step) = def.spec.step(&attempt.step) else {
             attempt.status = "failed".into();
             self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {} is not in the pinned definition", attempt.step)}));
@@ -261,7 +291,7 @@ impl<'a> Applier<'a> {
                         Some(to) => self.plan_step(to, self.now, 1, None),
                         None => self.complete_run(),
                     },
-                    None => self.fail_run(failure),
+                    None => self.fail_or_compensate(failure),
                 }
                 self.facts.push(Fact::RunnableApplied {
                     runnable_key: attempt.runnable_key.clone(),
@@ -302,6 +332,211 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Records a command receipt.
+    pub(super) fn receive(&mut self, receipt: CommandReceipt) {
+        self.facts.push(Fact::CommandReceived { command: receipt });
+    }
+
+    /// The open manual gate.
+    pub(super) fn gate(&self) -> Option<&ManualGate> {
+        self.manual.as_ref()
+    }
+
+    /// Ends the run as cancelled.
+    pub(super) fn cancel(&mut self) {
+        if self.terminal.is_none() {
+            self.terminal = Some(RunStatus::Cancelled);
+            self.manual = None;
+        }
+    }
+
+    /// Resolves the open gate: the decision becomes the step's output, and the run goes to the
+    /// target captured when it paused.
+    pub(super) fn resolve_gate(
+        &mut self,
+        gate: &ManualGate,
+        action: &str,
+        result: Map<String, Value>,
+    ) {
+        let patch = match &gate.output_key {
+            Some(key) => Map::from_iter([(key.clone(), Value::Object(result))]),
+            None => result,
+        };
+        for (k, v) in &patch {
+            self.context.insert(k.clone(), v.clone());
+        }
+        let rejected = action == "rejected";
+        self.steps.insert(
+            gate.step.clone(),
+            if rejected {
+                StepState::Failed
+            } else {
+                StepState::Completed
+            },
+        );
+        self.manual = None;
+        let target = if rejected {
+            gate.error_target.clone()
+        } else {
+            gate.ok_target.clone()
+        };
+        match &target {
+            Some(to) => self.plan_step(to, self.now, 1, None),
+            None => self.complete_run(),
+        }
+        self.facts.push(Fact::ManualStepResolved {
+            step: gate.step.clone(),
+            action: action.to_owned(),
+            context_patch: patch,
+            target,
+        });
+    }
+
+    /// A step failed for good with no error route: undo the completed steps that declare a
+    /// compensation, newest first, or fail the run when there are none.
+    fn fail_or_compensate(&mut self, failure: Value) {
+        let Some(def) = self.def else {
+            self.fail_run(failure);
+            return;
+        };
+        let mut pending: Vec<String> = Vec::new();
+        for c in &self.completed {
+            let declares = def
+                .spec
+                .step(&c.step)
+                .is_some_and(|s| s.compensate.is_some());
+            if declares && !pending.contains(&c.step) {
+                pending.push(c.step.clone());
+            }
+        }
+        if pending.is_empty() {
+            self.fail_run(failure);
+            return;
+        }
+        self.compensation = Some(Compensation {
+            status: "compensating".into(),
+            failure,
+            pending,
+            compensated: Vec::new(),
+            not_compensated: Vec::new(),
+            failed: None,
+        });
+        self.compensation_changed = true;
+        self.cancel_open = true;
+        self.plan_next_compensation();
+    }
+
+    fn plan_next_compensation(&mut self) {
+        let Some(state) = &self.compensation else {
+            return;
+        };
+        let Some(origin) = state.pending.first().cloned() else {
+            let failure = state.failure.clone();
+            if let Some(state) = &mut self.compensation {
+                state.status = "compensated".into();
+            }
+            self.compensation_changed = true;
+            self.fail_run(failure);
+            return;
+        };
+        let source = self.completed.iter().find(|c| c.step == origin);
+        let input = json!({
+            "source": {"run_id": self.run_id, "failure": state.failure},
+            "step": {
+                "name": origin,
+                "runnable_key": source.map(|c| c.runnable_key.clone()),
+                "input": source.map_or(Value::Null, |c| c.input.clone()),
+                "output": source.map_or(Value::Null, |c| c.output.clone()),
+            },
+        });
+        let Value::Object(input) = input else { return };
+        self.plan_compensation(&origin, 1, input, self.now);
+    }
+
+    fn plan_compensation(
+        &mut self,
+        origin: &str,
+        attempt: u32,
+        input: Map<String, Value>,
+        visible_at: Timestamp,
+    ) {
+        let name = format!("{COMPENSATE}{origin}");
+        self.steps.insert(name.clone(), StepState::Planned);
+        self.planned.push(PlannedRunnable {
+            runnable_key: format!("{}:{}:{}", self.run_id, name, attempt),
+            step: name,
+            attempt,
+            visible_at,
+            input,
+        });
+    }
+
+    fn apply_compensation(&mut self, attempt: &mut AttemptRow, origin: &str, outcome: StepOutcome) {
+        let attempt_no = u32::try_from(attempt.attempt).unwrap_or(u32::MAX);
+        let (status, state) = match outcome {
+            StepOutcome::Succeeded { .. } => {
+                if let Some(c) = &mut self.compensation {
+                    c.pending.retain(|p| p != origin);
+                    c.compensated.push(origin.to_owned());
+                }
+                self.compensation_changed = true;
+                self.plan_next_compensation();
+                ("succeeded", Some(StepState::Completed))
+            }
+            StepOutcome::Failed(error) => {
+                let policy = self
+                    .def
+                    .and_then(|d| d.spec.step(origin))
+                    .and_then(|s| s.compensate_retry.clone());
+                match plan::retry_decision(
+                    policy.as_ref(),
+                    attempt_no,
+                    error.retryable,
+                    error.retry_after_ms,
+                    &attempt.runnable_key,
+                ) {
+                    RetryDecision::Retry { delay_ms } => {
+                        let input: Map<String, Value> =
+                            serde_json::from_str(&attempt.input).unwrap_or_default();
+                        self.plan_compensation(
+                            origin,
+                            attempt_no.saturating_add(1),
+                            input,
+                            self.now.plus_millis(delay_ms),
+                        );
+                        ("failed", None)
+                    }
+                    _ => {
+                        let mut failure = Value::Null;
+                        if let Some(c) = &mut self.compensation {
+                            c.status = "partially_compensated".into();
+                            c.failed = Some(origin.to_owned());
+                            c.pending.retain(|p| p != origin);
+                            c.not_compensated = std::mem::take(&mut c.pending);
+                            failure = c.failure.clone();
+                        }
+                        self.compensation_changed = true;
+                        self.fail_run(failure);
+                        ("failed", Some(StepState::Failed))
+                    }
+                }
+            }
+            StepOutcome::Suspended(_) => ("failed", Some(StepState::Failed)),
+        };
+        attempt.status = status.into();
+        if let Some(state) = state {
+            self.steps.insert(attempt.step.clone(), state);
+        }
+        self.facts.push(Fact::RunnableApplied {
+            runnable_key: attempt.runnable_key.clone(),
+            step: attempt.step.clone(),
+            attempt_status: status.into(),
+            step_state: state,
+            context_patch: Map::new(),
+            route: None,
+        });
+    }
+
     /// Writes the planned attempts, the run row and the facts.
     pub(super) async fn write<T: StoreTx>(mut self, tx: &mut T, run: &mut RunRow) -> Result<()> {
         let now = self.now;
@@ -313,6 +548,10 @@ impl<'a> Applier<'a> {
             }
             self.planned.clear();
         }
+        if self.cancel_open {
+            tx.close_open_attempts(&run.run_id, "cancelled", now_us(now))
+                .await?;
+        }
         if !self.planned.is_empty() {
             let seq = run.revision + i64::try_from(self.facts.len()).unwrap_or(0) + 1;
             for p in &self.planned {
@@ -320,6 +559,13 @@ impl<'a> Applier<'a> {
             }
             self.facts.push(Fact::RunnablesPlanned {
                 runnables: std::mem::take(&mut self.planned),
+            });
+        }
+        if self.compensation_changed
+            && let Some(state) = &self.compensation
+        {
+            self.facts.push(Fact::CompensationUpdated {
+                state: state.clone(),
             });
         }
         if self.new_gate
@@ -346,6 +592,7 @@ impl<'a> Applier<'a> {
         run.context = to_json(&self.context);
         run.steps = to_json(&self.steps);
         run.manual = self.manual.as_ref().map(to_json);
+        run.compensation = self.compensation.as_ref().map(to_json);
         run.error = self.error.as_ref().map(to_json);
         run.updated_at = now_us(now);
         run.revision += i64::try_from(self.facts.len()).unwrap_or(0);

@@ -52,6 +52,44 @@ pub enum EngineError {
         /// What differs.
         message: String,
     },
+    /// The command does not apply to the run in its current state.
+    #[error("run {run_id} is {status}: cannot {command}")]
+    InvalidTransition {
+        /// The run.
+        run_id: String,
+        /// Its status.
+        status: String,
+        /// The refused command.
+        command: String,
+    },
+    /// The run is paused at a gate of another kind (resume on an approval, approve on a pause).
+    #[error("run {run_id} is paused at {kind} step {step}: {command} does not apply")]
+    WrongManualStep {
+        /// The run.
+        run_id: String,
+        /// The gate step.
+        step: String,
+        /// `pause` or `approval`.
+        kind: String,
+        /// The refused command.
+        command: String,
+    },
+    /// Replay would repeat irreversible effects; pass `allow_irreversible` to proceed.
+    #[error("replaying run {run_id} needs explicit approval: it completed irreversible or non-compensatable steps {}", .steps.join(", "))]
+    UnsafeReplay {
+        /// The source run.
+        run_id: String,
+        /// The steps that make it unsafe.
+        steps: Vec<String>,
+    },
+    /// The step context does not match a running attempt of the parent run.
+    #[error("stale step context for run {run_id}: {message}")]
+    StaleStepContext {
+        /// The parent run.
+        run_id: String,
+        /// What does not match.
+        message: String,
+    },
     /// This worker's claim no longer holds; its outcome was discarded and changed nothing.
     #[error("stale claim on {runnable_key}: {reason}")]
     StaleClaim {
@@ -121,6 +159,10 @@ impl EngineError {
             Self::InvalidRunId { .. } => "invalid_run_id",
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::StaleClaim { .. } => "stale_claim",
+            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::WrongManualStep { .. } => "wrong_manual_step",
+            Self::UnsafeReplay { .. } => "unsafe_replay",
+            Self::StaleStepContext { .. } => "stale_step_context",
             Self::Action(e) => e.code(),
             Self::Store(_) => "store_error",
             Self::Corrupt { .. } => "corrupt_state",

@@ -7,8 +7,20 @@
 //! run not ended), records the outcome and applies it: successors, retry, error route, or the
 //! end of the run. A step costs two commits.
 
+/// Runs `$body` with `$s` bound to the concrete store.
+macro_rules! with_store {
+    ($engine:expr, $s:ident => $body:expr) => {
+        match &$engine.inner.store {
+            $crate::engine::AnyStore::Sqlite($s) => $body,
+            $crate::engine::AnyStore::Postgres($s) => $body,
+        }
+    };
+}
+
 mod apply;
+mod control;
 mod error;
+pub mod signal;
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,12 +37,16 @@ use crate::actions::{
     StepError, StepErrorKind, StepOutcome,
 };
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::journal::{Fact, PlannedRunnable, Projection, RunId, RunStatus};
+use crate::journal::{
+    CommandReceipt, Fact, ParentLink, PlannedRunnable, Projection, RunId, RunStatus,
+};
 use crate::plan;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
 use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous};
 
+pub use control::{ChildOptions, CommandOptions, ReplayOptions};
 pub use error::EngineError;
+pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
 use apply::Applier;
@@ -87,6 +103,19 @@ pub struct ExecuteOptions {
     /// between the two would.
     #[doc(hidden)]
     pub crash_after_record: bool,
+    /// Test hook: after the claim commits, signal `claimed` and wait for `proceed`.
+    #[doc(hidden)]
+    pub after_claim: Option<AfterClaim>,
+}
+
+/// Test hook of [`ExecuteOptions::after_claim`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct AfterClaim {
+    /// Notified once the claim is committed.
+    pub claimed: Arc<tokio::sync::Notify>,
+    /// Awaited before the step runs.
+    pub proceed: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ExecuteOptions {
@@ -97,7 +126,46 @@ impl Default for ExecuteOptions {
             lease_for: Duration::from_secs(300),
             heartbeat_interval: None,
             crash_after_record: false,
+            after_claim: None,
         }
+    }
+}
+
+/// Everything a new run is created from.
+struct NewRun {
+    definition: Arc<Definition>,
+    trigger: String,
+    input: Map<String, Value>,
+    queue: String,
+    run_id: RunId,
+    idempotency_key: Option<String>,
+    replayed_from: Option<String>,
+    parent: Option<ParentLink>,
+    receipt: CommandReceipt,
+    /// (idempotency key, command kind, source run) of a keyed command that creates the run.
+    command_key: Option<(String, String, String)>,
+    now: Timestamp,
+}
+
+/// The journaled form of a signal, redacted.
+pub(crate) fn receipt(signal: &Signal) -> CommandReceipt {
+    let redacted = |m: &Map<String, Value>| match signal::redact(&Value::Object(m.clone())) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let payload = redacted(&signal.payload);
+    CommandReceipt {
+        signal_id: signal.id.clone(),
+        command: signal.kind.as_str().to_owned(),
+        idempotency_key: signal.idempotency_key.clone(),
+        actor: payload.get("actor").cloned(),
+        comment: payload
+            .get("comment")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        payload,
+        metadata: redacted(&signal.metadata),
+        occurred_at: signal.occurred_at,
     }
 }
 
@@ -121,16 +189,6 @@ impl Definition {
 enum AnyStore {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
-}
-
-/// Runs `$body` with `$s` bound to the concrete store.
-macro_rules! with_store {
-    ($engine:expr, $s:ident => $body:expr) => {
-        match &$engine.inner.store {
-            AnyStore::Sqlite($s) => $body,
-            AnyStore::Postgres($s) => $body,
-        }
-    };
 }
 
 /// The engine handle. Cheap to clone; clones share everything.
@@ -410,7 +468,32 @@ impl Engine {
         payload: Value,
         opts: StartOptions,
     ) -> Result<RunSnapshot> {
-        let spec = match workflow.into() {
+        let now = self.inner.clock.now();
+        let mut signal = Signal::new(SignalKind::Start, None, now);
+        signal.idempotency_key = opts.idempotency_key.clone();
+        let new = self.prepare_start(
+            workflow.into(),
+            trigger,
+            &payload,
+            opts,
+            now,
+            receipt(&signal),
+        )?;
+        self.start_new(new).await
+    }
+
+    /// Resolves a start: spec, trigger, payload (defaults, validation), queue, run id and the
+    /// pinned definition. Writes nothing.
+    fn prepare_start(
+        &self,
+        workflow: WorkflowRef<'_>,
+        trigger: Option<&str>,
+        payload: &Value,
+        opts: StartOptions,
+        now: Timestamp,
+        receipt: CommandReceipt,
+    ) -> Result<NewRun> {
+        let spec = match workflow {
             WorkflowRef::Spec(spec) => {
                 spec.validate(Some(self.registry()))
                     .map_err(EngineError::InvalidSpec)?;
@@ -451,8 +534,7 @@ impl Engine {
                 "must be 1-512 characters",
             ));
         }
-        let now = self.inner.clock.now();
-        let input = plan::resolve_payload(trigger_spec, &payload, now)
+        let input = plan::resolve_payload(trigger_spec, payload, now)
             .map_err(EngineError::InvalidPayload)?;
         let mut actions = BTreeMap::new();
         for step in &spec.steps {
@@ -468,26 +550,43 @@ impl Engine {
             (None, Some(key)) => RunId::derived(&[&definition.spec.name, &trigger_name, key]),
             (None, None) => RunId::random(),
         };
-        with_store!(self, s => self.start_on(s, definition, trigger_name, input, queue, run_id, opts.idempotency_key, now).await)
+        Ok(NewRun {
+            definition: Arc::new(definition),
+            trigger: trigger_name,
+            input,
+            queue,
+            run_id,
+            idempotency_key: opts.idempotency_key,
+            replayed_from: None,
+            parent: None,
+            receipt,
+            command_key: None,
+            now,
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn start_on<S: Store>(
-        &self,
-        store: &S,
-        definition: Definition,
-        trigger: String,
-        input: Map<String, Value>,
-        queue: String,
-        run_id: RunId,
-        idempotency_key: Option<String>,
-        now: Timestamp,
-    ) -> Result<RunSnapshot> {
+    async fn start_new(&self, new: NewRun) -> Result<RunSnapshot> {
+        with_store!(self, s => self.start_on(s, new).await)
+    }
+
+    async fn start_on<S: Store>(&self, store: &S, new: NewRun) -> Result<RunSnapshot> {
+        let NewRun {
+            definition,
+            trigger,
+            input,
+            queue,
+            run_id,
+            idempotency_key,
+            replayed_from,
+            parent,
+            receipt,
+            command_key,
+            now,
+        } = new;
         let body = definition.body();
         let hash = sha256_hex(&body);
         let fingerprint = definition.spec.fingerprint();
         let payload_hash = sha256_hex(&to_json(&(&definition.spec.name, &trigger, &input)));
-        let definition = Arc::new(definition);
         self.cache_definition(&hash, definition.clone());
         let mut run = RunRow {
             run_id: run_id.to_string(),
@@ -502,11 +601,12 @@ impl Engine {
             context: "{}".into(),
             steps: "{}".into(),
             manual: None,
+            compensation: None,
             error: None,
             idempotency_key: idempotency_key.clone(),
             payload_hash: payload_hash.clone(),
-            parent_run_id: None,
-            replayed_from: None,
+            parent_run_id: parent.as_ref().map(|p| p.run_id.clone()),
+            replayed_from: replayed_from.clone(),
             created_at: now_us(now),
             updated_at: now_us(now),
             revision: 0,
@@ -520,11 +620,62 @@ impl Engine {
             queue,
             input,
             idempotency_key,
+            replayed_from,
+            parent: parent.clone(),
         };
         let mut applier = Applier::new(&definition, &run, now)?;
+        applier
+            .facts
+            .push(Fact::CommandReceived { command: receipt });
         applier.facts.push(started);
         applier.plan_entry();
         let mut tx = store.begin_write().await?;
+        if let Some((key, kind, source)) = &command_key
+            && let Some(done) = self.repeated_command(&mut tx, key, kind, source).await?
+        {
+            drop(tx);
+            return self.snapshot_on(store, done).await;
+        }
+        if let Some(link) = &parent {
+            let mut parent_row = self.load_run_locked(&mut tx, &link.run_id).await?;
+            if RunStatus::parse(&parent_row.status).is_some_and(RunStatus::is_terminal) {
+                return Err(EngineError::InvalidTransition {
+                    run_id: link.run_id.clone(),
+                    status: parent_row.status.clone(),
+                    command: "start_child".into(),
+                });
+            }
+            if let Some(existing) = tx
+                .load_child(&link.run_id, &link.step, &link.child_key)
+                .await?
+            {
+                drop(tx);
+                return self.snapshot_on(store, existing.parse()?).await;
+            }
+            tx.insert_child(
+                &link.run_id,
+                &link.step,
+                &link.child_key,
+                &run.run_id,
+                now_us(now),
+            )
+            .await?;
+            let fact = Fact::ChildRunStarted {
+                step: link.step.clone(),
+                child_key: link.child_key.clone(),
+                child_run_id: run.run_id.clone(),
+                workflow: definition.spec.name.clone(),
+            };
+            parent_row.revision += 1;
+            parent_row.updated_at = now_us(now);
+            tx.update_run(&parent_row).await?;
+            tx.append_facts(
+                &link.run_id,
+                &[(fact.kind().into(), to_json(&fact))],
+                now_us(now),
+            )
+            .await?;
+        }
         tx.insert_definition(
             &hash,
             &definition.spec.name,
@@ -550,9 +701,32 @@ impl Engine {
                 message: "a run with this id or idempotency key exists with a different workflow, trigger or payload".into(),
             });
         }
+        if let Some((key, kind, source)) = &command_key {
+            tx.insert_command(key, kind, source, &run.run_id, now_us(now))
+                .await?;
+        }
         applier.write(&mut tx, &mut run).await?;
         tx.commit().await?;
         self.snapshot_on(store, run_id).await
+    }
+
+    /// The result run of a command already applied with this idempotency key, or a
+    /// conflict when the key was used for another command.
+    async fn repeated_command<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        key: &str,
+        kind: &str,
+        run_id: &str,
+    ) -> Result<Option<RunId>> {
+        match tx.load_command(key).await? {
+            None => Ok(None),
+            Some((k, r, result)) if k == kind && r == run_id => Ok(Some(result.parse()?)),
+            Some((k, r, _)) => Err(EngineError::IdempotencyConflict {
+                run_id: run_id.to_owned(),
+                message: format!("idempotency key {key:?} was used for {k} on run {r}"),
+            }),
+        }
     }
 
     fn cache_definition(&self, hash: &str, def: Arc<Definition>) {
@@ -698,6 +872,15 @@ impl Engine {
         .await?;
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;
         tx.commit().await?;
+        if let Some(hook) = &opts.after_claim {
+            hook.claimed.notify_one();
+            hook.proceed.notified().await;
+        }
+        // A run cancelled after the claim never runs the claimed attempt's action.
+        let current = self.snapshot_on(store, run_id).await?;
+        if current.is_terminal() {
+            return Ok(Some(current));
+        }
 
         let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
             Err(unavailable) => StepOutcome::Failed(unavailable),
@@ -768,6 +951,18 @@ impl Engine {
                 "the run's pinned workflow definition is missing or corrupt".into(),
             ));
         };
+        if let Some(origin) = step.strip_prefix(apply::COMPENSATE) {
+            let key = def.spec.step(origin).and_then(|s| s.compensate.clone());
+            let Some(key) = key else {
+                return Err(unavailable(
+                    "definition_unavailable",
+                    format!("step {origin} declares no compensation"),
+                ));
+            };
+            return self
+                .pinned_action(def, &key)
+                .map_err(|(code, msg)| unavailable(code, msg));
+        }
         let Some(spec) = def.spec.step(step) else {
             return Err(unavailable(
                 "definition_unavailable",
@@ -776,27 +971,34 @@ impl Engine {
         };
         match (&spec.action, &spec.builtin) {
             (_, Some(b)) => Ok(ActionTarget::Builtin(b.clone())),
-            (Some(key), None) => {
-                let pinned = def.actions.get(key);
-                match self.registry().resolve(key) {
-                    Ok(entry) if Some(&entry.digest) == pinned => {
-                        Ok(ActionTarget::Wasm(key.clone()))
-                    }
-                    Ok(entry) => Err(unavailable(
-                        "action_digest_changed",
-                        format!(
-                            "action {key} is now {} but the run pinned {}",
-                            entry.digest,
-                            pinned.map_or_else(|| "nothing".into(), ToString::to_string)
-                        ),
-                    )),
-                    Err(e) => Err(unavailable("action_unavailable", e.to_string())),
-                }
-            }
+            (Some(key), None) => self
+                .pinned_action(def, key)
+                .map_err(|(code, msg)| unavailable(code, msg)),
             (None, None) => Err(unavailable(
                 "definition_unavailable",
                 format!("step {step} has no action"),
             )),
+        }
+    }
+
+    /// The action `key` if the registry still holds the digest the run pinned.
+    fn pinned_action(
+        &self,
+        def: &Definition,
+        key: &ActionKey,
+    ) -> std::result::Result<ActionTarget, (&'static str, String)> {
+        let pinned = def.actions.get(key);
+        match self.registry().resolve(key) {
+            Ok(entry) if Some(&entry.digest) == pinned => Ok(ActionTarget::Wasm(key.clone())),
+            Ok(entry) => Err((
+                "action_digest_changed",
+                format!(
+                    "action {key} is now {} but the run pinned {}",
+                    entry.digest,
+                    pinned.map_or_else(|| "nothing".into(), ToString::to_string)
+                ),
+            )),
+            Err(e) => Err(("action_unavailable", e.to_string())),
         }
     }
 
@@ -997,6 +1199,38 @@ impl Engine {
                 return a.write(tx, run).await;
             }
         };
+        let needs_history = matches!(outcome, StepOutcome::Failed(_))
+            || attempt.step.starts_with(apply::COMPENSATE);
+        if needs_history {
+            let mut done: Vec<AttemptRow> = tx
+                .run_attempts(&run.run_id)
+                .await?
+                .into_iter()
+                .filter(|a| a.status == "succeeded" && !a.step.starts_with(apply::COMPENSATE))
+                .collect();
+            done.sort_by(|a, b| {
+                (b.updated_at, b.seq, &b.runnable_key).cmp(&(a.updated_at, a.seq, &a.runnable_key))
+            });
+            applier.completed = done
+                .into_iter()
+                .map(|a| {
+                    let output = match a
+                        .outcome
+                        .as_deref()
+                        .map(serde_json::from_str::<StepOutcome>)
+                    {
+                        Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
+                        _ => Value::Null,
+                    };
+                    apply::CompletedStep {
+                        input: serde_json::from_str(&a.input).unwrap_or(Value::Null),
+                        step: a.step,
+                        runnable_key: a.runnable_key,
+                        output,
+                    }
+                })
+                .collect();
+        }
         applier.apply(attempt, outcome);
         tx.update_attempt(attempt).await?;
         applier.write(tx, run).await

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::{EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::clock::Timestamp;
-use crate::journal::{ManualGate, Projection, RunId, RunStatus};
+use crate::journal::{Compensation, ManualGate, Projection, RunId, RunStatus};
 use crate::plan::StepState;
 use crate::store::{AttemptRow, RunRow};
 
@@ -66,6 +66,12 @@ pub struct RunSnapshot {
     pub manual: Option<ManualGate>,
     /// Error of a failed run.
     pub error: Option<Value>,
+    /// Saga compensation of a failed run: what was undone and what was not.
+    pub compensation: Option<Compensation>,
+    /// The run this one replays.
+    pub replayed_from: Option<String>,
+    /// The parent run of a child run.
+    pub parent_run_id: Option<String>,
     /// Attempts, oldest first.
     pub attempts: Vec<AttemptView>,
     /// Idempotency key of the start.
@@ -137,6 +143,13 @@ impl RunSnapshot {
                 .as_deref()
                 .map(|e| parse("error", &id, e))
                 .transpose()?,
+            compensation: run
+                .compensation
+                .as_deref()
+                .map(|c| parse("compensation", &id, c))
+                .transpose()?,
+            replayed_from: run.replayed_from,
+            parent_run_id: run.parent_run_id,
             workflow: run.workflow,
             version: run.version,
             fingerprint: run.fingerprint,
@@ -175,6 +188,7 @@ impl RunSnapshot {
                 .collect(),
             manual: self.manual.clone(),
             error: self.error.clone(),
+            compensation: self.compensation.clone(),
         }
     }
 }

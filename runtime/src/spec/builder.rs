@@ -259,6 +259,7 @@ impl Step {
                 retry: None,
                 deadline: None,
                 compensate: None,
+                compensate_retry: None,
                 irreversible: false,
                 compensatable: None,
                 after: Vec::new(),
@@ -406,6 +407,16 @@ impl StepBuilder {
     #[must_use]
     pub fn compensate(mut self, key: &str) -> Self {
         self.step.compensate = ActionKey::new(key).ok();
+        self
+    }
+
+    /// Retries the compensation up to `max_attempts` in total, with no delay.
+    #[must_use]
+    pub fn compensate_retry(mut self, max_attempts: u32) -> Self {
+        self.step.compensate_retry = Some(RetryPolicy {
+            max_attempts,
+            backoff: None,
+        });
         self
     }
 

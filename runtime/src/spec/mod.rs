@@ -241,6 +241,9 @@ pub struct StepSpec {
     /// Action that undoes this step when the run fails later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<ActionKey>,
+    /// Retry policy of the compensation; it runs once when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate_retry: Option<RetryPolicy>,
     /// The step's effect cannot be undone: replay needs explicit approval.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub irreversible: bool,

@@ -59,6 +59,7 @@ pub struct RunRow {
     pub(crate) context: String,
     pub(crate) steps: String,
     pub(crate) manual: Option<String>,
+    pub(crate) compensation: Option<String>,
     pub(crate) error: Option<String>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) payload_hash: String,
@@ -199,6 +200,41 @@ pub trait StoreTx: Send {
         status: &str,
         now: i64,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Records a command's idempotency key; false when the key exists already.
+    fn insert_command(
+        &mut self,
+        key: &str,
+        kind: &str,
+        run_id: &str,
+        result_run_id: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// The (kind, run id, result run id) recorded for a command key.
+    fn load_command(
+        &mut self,
+        key: &str,
+    ) -> impl Future<Output = StoreResult<Option<(String, String, String)>>> + Send;
+    /// Links a child run to its parent step and key; false when the link exists already.
+    fn insert_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+        child: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// The child run linked to a parent step and key.
+    fn load_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// The child runs of a parent, oldest first: (step, key, child run id).
+    fn children(
+        &mut self,
+        parent: &str,
+    ) -> impl Future<Output = StoreResult<Vec<(String, String, String)>>> + Send;
     /// The earliest `visible_at` among the run's scheduled attempts.
     fn next_visible(
         &mut self,
@@ -206,7 +242,7 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
 }
 
-const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
+const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, compensation, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
 const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, created_at, updated_at";
 
 macro_rules! run_from_row {
@@ -226,6 +262,7 @@ macro_rules! run_from_row {
             context: r.try_get("context")?,
             steps: r.try_get("steps")?,
             manual: r.try_get("manual")?,
+            compensation: r.try_get("compensation")?,
             error: r.try_get("error")?,
             idempotency_key: r.try_get("idempotency_key")?,
             payload_hash: r.try_get("payload_hash")?,
@@ -290,11 +327,11 @@ macro_rules! impl_store_tx {
 
             async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
                 let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT (run_id) DO NOTHING"
+                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (run_id) DO NOTHING"
                 )))
                 .bind(&run.run_id).bind(&run.workflow).bind(&run.version).bind(&run.fingerprint)
                 .bind(&run.definition_hash).bind(&run.trigger_name).bind(&run.queue).bind(&run.status)
-                .bind(&run.input).bind(&run.context).bind(&run.steps).bind(&run.manual).bind(&run.error)
+                .bind(&run.input).bind(&run.context).bind(&run.steps).bind(&run.manual).bind(&run.compensation).bind(&run.error)
                 .bind(&run.idempotency_key).bind(&run.payload_hash).bind(&run.parent_run_id)
                 .bind(&run.replayed_from).bind(run.created_at).bind(run.updated_at).bind(run.revision)
                 .execute(&mut **self).await?;
@@ -308,9 +345,9 @@ macro_rules! impl_store_tx {
             }
 
             async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
-                sqlx::query("UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8 WHERE run_id = $1")
+                sqlx::query("UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1")
                     .bind(&run.run_id).bind(&run.status).bind(&run.context).bind(&run.steps)
-                    .bind(&run.manual).bind(&run.error).bind(run.updated_at).bind(run.revision)
+                    .bind(&run.manual).bind(&run.error).bind(run.updated_at).bind(run.revision).bind(&run.compensation)
                     .execute(&mut **self).await?;
                 Ok(())
             }
@@ -394,6 +431,36 @@ macro_rules! impl_store_tx {
                     .bind(run_id).bind(status).bind(now)
                     .execute(&mut **self).await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn insert_command(&mut self, key: &str, kind: &str, run_id: &str, result_run_id: &str, now: i64) -> StoreResult<bool> {
+                let done = sqlx::query("INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING")
+                    .bind(key).bind(kind).bind(run_id).bind(result_run_id).bind(now)
+                    .execute(&mut **self).await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn load_command(&mut self, key: &str) -> StoreResult<Option<(String, String, String)>> {
+                Ok(sqlx::query_as("SELECT kind, run_id, result_run_id FROM commands WHERE idempotency_key = $1")
+                    .bind(key).fetch_optional(&mut **self).await?)
+            }
+
+            async fn insert_child(&mut self, parent: &str, step: &str, key: &str, child: &str, now: i64) -> StoreResult<bool> {
+                let done = sqlx::query("INSERT INTO child_runs (parent_run_id, parent_step, child_key, child_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (parent_run_id, parent_step, child_key) DO NOTHING")
+                    .bind(parent).bind(step).bind(key).bind(child).bind(now)
+                    .execute(&mut **self).await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn load_child(&mut self, parent: &str, step: &str, key: &str) -> StoreResult<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT child_run_id FROM child_runs WHERE parent_run_id = $1 AND parent_step = $2 AND child_key = $3")
+                    .bind(parent).bind(step).bind(key).fetch_optional(&mut **self).await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {
+                Ok(sqlx::query_as("SELECT parent_step, child_key, child_run_id FROM child_runs WHERE parent_run_id = $1 ORDER BY created_at, child_key")
+                    .bind(parent).fetch_all(&mut **self).await?)
             }
 
             async fn next_visible(&mut self, run_id: &str) -> StoreResult<Option<i64>> {

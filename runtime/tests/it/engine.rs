@@ -14,7 +14,7 @@ use squid_mesh_example_artifacts as artifacts;
 use crate::backends::{Db, T0, each};
 use crate::support::file_action;
 
-fn registry() -> ActionRegistry {
+pub fn registry() -> ActionRegistry {
     let registry = ActionRegistry::new();
     for (k, path) in [
         ("orders.validate", artifacts::VALIDATE_ORDER),
@@ -49,7 +49,7 @@ fn linear() -> WorkflowSpec {
         .build()
 }
 
-fn opts(owner: &str) -> ExecuteOptions {
+pub fn opts(owner: &str) -> ExecuteOptions {
     ExecuteOptions {
         owner_id: owner.into(),
         ..ExecuteOptions::default()
@@ -57,7 +57,7 @@ fn opts(owner: &str) -> ExecuteOptions {
 }
 
 /// Executes until nothing is due; returns how many steps ran.
-async fn drain(engine: &Engine) -> usize {
+pub async fn drain(engine: &Engine) -> usize {
     let mut n = 0;
     while engine
         .execute_next(opts("w"))
@@ -71,7 +71,7 @@ async fn drain(engine: &Engine) -> usize {
     n
 }
 
-async fn assert_consistent(engine: &Engine, run: &RunSnapshot) {
+pub async fn assert_consistent(engine: &Engine, run: &RunSnapshot) {
     let diff = engine.verify_run(run.run_id).await.expect("verify");
     assert!(diff.is_empty(), "journal and rows disagree: {diff:#?}");
 }
@@ -132,6 +132,7 @@ async fn a_linear_run_completes_with_outputs_under_their_keys() {
         assert_eq!(
             kinds(&engine, &done).await,
             [
+                "command_received",
                 "run_started",
                 "runnables_planned",
                 "attempt_claimed",
@@ -717,7 +718,8 @@ async fn starts_are_idempotent_by_key_and_by_run_id() {
         );
         assert_eq!(
             engine.journal(first.run_id).await.expect("journal").len(),
-            2
+            3,
+            "receipt, start, plan"
         );
     })
     .await;

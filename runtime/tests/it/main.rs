@@ -3,6 +3,7 @@
 
 mod actions;
 mod backends;
+mod control;
 mod engine;
 mod registry;
 mod support;
