@@ -213,6 +213,26 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Starts a child run of `workflow` from the current step; returns the child's run id.
+///
+/// The same `child_key` from the same step returns the same child, also across retries, so
+/// it is safe to call again. The registry must grant the action the `child_runs` capability.
+///
+/// # Errors
+///
+/// An [`ActionError`] with code `child_run_refused` (retryable) carrying the host's reason.
+pub fn start_child_run(
+    workflow: &str,
+    trigger: Option<&str>,
+    payload: &impl Serialize,
+    child_key: &str,
+) -> Result<String, ActionError> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| ActionError::fatal("invalid_child_payload", e.to_string()))?;
+    bindings::squid_mesh::step::host::start_child_run(workflow, trigger, &payload, child_key)
+        .map_err(|reason| ActionError::retryable("child_run_refused", reason))
+}
+
 /// Logging through the host, attributed to the current step attempt.
 pub mod log {
     use crate::bindings::squid_mesh::step::host::{self, Level};

@@ -28,14 +28,15 @@ use super::builtin::emit;
 use super::output::{Capture, Stream};
 use super::registry::{ActionRegistry, RegisteredAction, parse_addr_pattern};
 use super::types::{
-    ActionDescription, ActionError, ActionKey, ActionTarget, Digest, Invocation, LogLevel,
-    StepContext, StepError, StepErrorKind, StepOutcome,
+    ActionDescription, ActionError, ActionKey, ActionTarget, ChildRunStarter, Digest, Invocation,
+    LogLevel, StepContext, StepError, StepErrorKind, StepOutcome,
 };
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "action",
+        imports: { "squid-mesh:step/host.start-child-run": async },
         exports: { default: async },
     });
 }
@@ -125,6 +126,7 @@ struct HostState {
     capture: Capture,
     ctx: Arc<StepContext>,
     reported_log_drop: bool,
+    children: Option<Arc<dyn ChildRunStarter>>,
 }
 
 impl WasiView for HostState {
@@ -139,6 +141,23 @@ impl WasiView for HostState {
 impl wit_types::Host for HostState {}
 
 impl wit_host::Host for HostState {
+    async fn start_child_run(
+        &mut self,
+        workflow: String,
+        trigger: Option<String>,
+        payload: String,
+        child_key: String,
+    ) -> Result<String, String> {
+        let Some(children) = self.children.clone() else {
+            return Err("child runs are not granted to this action (capability child_runs)".into());
+        };
+        let payload: Value =
+            serde_json::from_str(&payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        children
+            .start_child_run(workflow, trigger, payload, child_key)
+            .await
+    }
+
     fn log(&mut self, level: wit_host::Level, message: String) {
         let level = match level {
             wit_host::Level::Trace => LogLevel::Trace,
@@ -367,13 +386,30 @@ impl ActionHost {
         ctx: &StepContext,
         input: &Map<String, Value>,
     ) -> Result<Invocation, ActionError> {
+        self.invoke_with(target, ctx, input, None).await
+    }
+
+    /// Like [`ActionHost::invoke`], with a way to start child runs for actions granted the
+    /// `child_runs` capability.
+    ///
+    /// # Errors
+    ///
+    /// As [`ActionHost::invoke`].
+    pub async fn invoke_with(
+        &self,
+        target: &ActionTarget,
+        ctx: &StepContext,
+        input: &Map<String, Value>,
+        children: Option<Arc<dyn ChildRunStarter>>,
+    ) -> Result<Invocation, ActionError> {
         match target {
             ActionTarget::Builtin(builtin) => Ok(builtin.invoke(ctx)),
             ActionTarget::Wasm(key) => {
                 let action = self.registry.resolve(key)?;
                 self.check_host_limits(&action)?;
                 let (prepared, _) = self.prepared(&action).await?;
-                self.run(&action, &prepared, ctx, input).await
+                let children = children.filter(|_| action.capabilities.child_runs);
+                self.run(&action, &prepared, ctx, input, children).await
             }
         }
     }
@@ -488,6 +524,7 @@ impl ActionHost {
             capture: capture.clone(),
             ctx,
             reported_log_drop: false,
+            children: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -512,9 +549,11 @@ impl ActionHost {
         prepared: &Prepared,
         ctx: &StepContext,
         input: &Map<String, Value>,
+        children: Option<Arc<dyn ChildRunStarter>>,
     ) -> Result<Invocation, ActionError> {
         let started = Instant::now();
         let (mut store, capture) = self.new_store(action, Arc::new(ctx.clone()))?;
+        store.data_mut().children = children;
         let wit_ctx = wit_types::StepContext {
             run_id: ctx.run_id.clone(),
             workflow: ctx.workflow.clone(),

@@ -25,6 +25,6 @@ pub use host::{ActionHost, HostConfig, LoadSource};
 pub use registry::{ActionRegistry, ComponentSource, Manifest, ManifestAction, RegisteredAction};
 pub use types::{
     ActionDescription, ActionError, ActionKey, ActionLimits, ActionTarget, Capabilities,
-    Diagnostics, Digest, DirGrant, Invocation, LogLevel, LogRecord, StepContext, StepError,
-    StepErrorKind, StepOutcome, Suspension,
+    ChildRunStarter, Diagnostics, Digest, DirGrant, Invocation, LogLevel, LogRecord, StepContext,
+    StepError, StepErrorKind, StepOutcome, Suspension,
 };

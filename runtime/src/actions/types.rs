@@ -177,6 +177,8 @@ pub struct Capabilities {
     pub network: Vec<String>,
     /// Whether the action may resolve host names.
     pub dns: bool,
+    /// Whether the action may start child runs (the `start-child-run` host import).
+    pub child_runs: bool,
 }
 
 /// A host directory granted to an action.
@@ -389,6 +391,19 @@ pub struct ActionDescription {
     pub input_schema: Option<Value>,
     /// JSON Schema of the output object.
     pub output_schema: Option<Value>,
+}
+
+/// Starts child runs for actions that call the `start-child-run` host import. The engine
+/// passes one to [`crate::actions::ActionHost::invoke_with`]; it is bound to the step attempt.
+pub trait ChildRunStarter: Send + Sync + std::fmt::Debug {
+    /// Starts (or finds) the child run; returns its run id, or a message saying why not.
+    fn start_child_run(
+        &self,
+        workflow: String,
+        trigger: Option<String>,
+        payload: Value,
+        child_key: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'static>>;
 }
 
 /// The code a step runs: a registered component or a native built-in.

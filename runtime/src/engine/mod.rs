@@ -33,8 +33,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::actions::{
-    ActionHost, ActionKey, ActionRegistry, ActionTarget, Digest, HostConfig, StepContext,
-    StepError, StepErrorKind, StepOutcome,
+    ActionHost, ActionKey, ActionRegistry, ActionTarget, ChildRunStarter, Digest, HostConfig,
+    StepContext, StepError, StepErrorKind, StepOutcome,
 };
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::journal::{
@@ -128,6 +128,42 @@ impl Default for ExecuteOptions {
             crash_after_record: false,
             after_claim: None,
         }
+    }
+}
+
+/// Starts child runs for the action of one step attempt (the `start-child-run` import).
+#[derive(Debug)]
+struct StepChildren {
+    engine: Engine,
+    ctx: StepContext,
+}
+
+impl ChildRunStarter for StepChildren {
+    fn start_child_run(
+        &self,
+        workflow: String,
+        trigger: Option<String>,
+        payload: Value,
+        child_key: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<String, String>> + Send + 'static>,
+    > {
+        let engine = self.engine.clone();
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            engine
+                .start_child_run(
+                    &ctx,
+                    WorkflowRef::Name(&workflow),
+                    trigger.as_deref(),
+                    payload,
+                    &child_key,
+                    ChildOptions::default(),
+                )
+                .await
+                .map(|child| child.run_id.to_string())
+                .map_err(|e| format!("{}: {e}", e.code()))
+        })
     }
 }
 
@@ -1013,7 +1049,14 @@ impl Engine {
         token_hash: &str,
         opts: &ExecuteOptions,
     ) -> Result<std::result::Result<StepOutcome, crate::actions::ActionError>> {
-        let invoke = self.inner.host.invoke(target, ctx, input);
+        let children: Arc<dyn ChildRunStarter> = Arc::new(StepChildren {
+            engine: self.clone(),
+            ctx: ctx.clone(),
+        });
+        let invoke = self
+            .inner
+            .host
+            .invoke_with(target, ctx, input, Some(children));
         let Some(interval) = opts.heartbeat_interval else {
             return Ok(invoke.await.map(|i| i.outcome));
         };

@@ -747,3 +747,40 @@ async fn child_runs_are_keyed_per_parent_step_across_retries() {
     })
     .await;
 }
+
+fn spawning(action: &str) -> WorkflowSpec {
+    WorkflowSpec::builder(format!("spawn_with_{}", action.replace('.', "_")))
+        .trigger(Trigger::manual("m").map("start_child"))
+        .step(Step::action("spawn", action).output("spawned"))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_starts_a_child_run_through_the_host_import_when_granted() {
+    each(|db, clock| async move {
+        let reg = registry();
+        let grant = squid_mesh::Capabilities { child_runs: true, ..squid_mesh::Capabilities::default() };
+        reg.register(crate::support::file_action("echo.parent", squid_mesh_example_artifacts::ECHO.as_ref()).with_capabilities(grant))
+            .expect("registers");
+        let engine = db.engine(&reg, &clock).await;
+        engine.register_workflow(child_spec()).expect("valid");
+        let payload = json!({"start_child": {"workflow": "child", "key": "parcel-1", "payload": {"parcel": "p-1"}}});
+
+        let run = engine.start(&spawning("echo.parent"), None, payload.clone(), StartOptions::default()).await.expect("starts");
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("progress");
+        let child_id = s.context["spawned"]["child"]["ok"].as_str().unwrap_or_else(|| panic!("no child in {} ({})", s.context["spawned"], db.name())).to_owned();
+        let links = engine.children(run.run_id).await.expect("children");
+        assert_eq!(links.len(), 1);
+        assert_eq!((links[0].0.as_str(), links[0].1.as_str(), links[0].2.to_string()), ("spawn", "parcel-1", child_id.clone()));
+        let child = engine.snapshot(child_id.parse().expect("uuid")).await.expect("child run");
+        assert_eq!((child.workflow.as_str(), child.input["parcel"].clone()), ("child", json!("p-1")));
+
+        // Not granted: the import refuses and nothing is started.
+        let run = engine.start(&spawning("echo"), None, payload, StartOptions::default()).await.expect("starts");
+        let s = engine.execute_next(opts("w")).await.expect("ok").expect("progress");
+        let refusal = s.context["spawned"]["child"]["error"].as_str().unwrap_or_default().to_owned();
+        assert!(refusal.contains("not granted"), "{refusal}");
+        assert!(engine.children(run.run_id).await.expect("children").is_empty());
+    })
+    .await;
+}

@@ -2,8 +2,8 @@
 //!
 //! A few optional input fields make it probe its sandbox, so tests can show what an action
 //! can and cannot reach: `sleep_ms` sleeps (a slow step), `print_lines` writes to standard output, `log_lines` logs through
-//! the host, `env_var` reads an environment variable, `read_file` reads a file and `connect`
-//! opens a TCP connection. Each probe's result is added to the output.
+//! the host, `env_var` reads an environment variable, `read_file` reads a file, `connect`
+//! opens a TCP connection and `start_child` (`{workflow, key, payload}`) starts a child run. Each probe's result is added to the output.
 
 use serde_json::{Map, Value, json};
 use squid_mesh_guest::{Action, ActionError, Context, log};
@@ -45,6 +45,19 @@ impl Action for Echo {
                 Err(e) => json!({ "error": e.to_string() }),
             };
             output.insert("connect_result".into(), result);
+        }
+        if let Some(child) = input.get("start_child") {
+            let workflow = child
+                .get("workflow")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let key = child.get("key").and_then(Value::as_str).unwrap_or_default();
+            let payload = child.get("payload").cloned().unwrap_or_else(|| json!({}));
+            let result = match squid_mesh_guest::start_child_run(workflow, None, &payload, key) {
+                Ok(id) => json!({ "ok": id }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            output.insert("child".into(), result);
         }
         Ok(output)
     }
