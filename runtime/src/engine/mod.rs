@@ -913,9 +913,17 @@ impl Engine {
             hook.proceed.notified().await;
         }
         // A run cancelled after the claim never runs the claimed attempt's action.
-        let current = self.snapshot_on(store, run_id).await?;
-        if current.is_terminal() {
-            return Ok(Some(current));
+        let status = store
+            .begin_read()
+            .await?
+            .run_status(&attempt.run_id)
+            .await?;
+        if status
+            .as_deref()
+            .and_then(RunStatus::parse)
+            .is_some_and(RunStatus::is_terminal)
+        {
+            return Ok(Some(self.snapshot_on(store, run_id).await?));
         }
 
         let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {

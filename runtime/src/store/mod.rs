@@ -154,6 +154,11 @@ pub trait StoreTx: Send {
         run_id: &str,
         lock: bool,
     ) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    /// The stored status of a run.
+    fn run_status(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
     /// Writes the mutable columns of a run.
     fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends facts to a run's journal.
@@ -342,6 +347,12 @@ macro_rules! impl_store_tx {
                 let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{}", if lock { $lock } else { "" });
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_optional(&mut **self).await?;
                 Ok(match row { Some(r) => Some(run_from_row!(&r)), None => None })
+            }
+
+            async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT status FROM runs WHERE run_id = $1")
+                    .bind(run_id).fetch_optional(&mut **self).await?;
+                Ok(row.map(|r| r.0))
             }
 
             async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {

@@ -768,7 +768,12 @@ async fn an_action_starts_a_child_run_through_the_host_import_when_granted() {
 
         let run = engine.start(&spawning("echo.parent"), None, payload.clone(), StartOptions::default()).await.expect("starts");
         let s = engine.execute_next(opts("w")).await.expect("ok").expect("progress");
-        let child_id = s.context["spawned"]["child"]["ok"].as_str().unwrap_or_else(|| panic!("no child in {} ({})", s.context["spawned"], db.name())).to_owned();
+        let child_id = s
+            .context
+            .get("spawned")
+            .and_then(|v| v["child"]["ok"].as_str())
+            .unwrap_or_else(|| panic!("no child ({}): {:?} {:?}", db.name(), s.error, s.attempts))
+            .to_owned();
         let links = engine.children(run.run_id).await.expect("children");
         assert_eq!(links.len(), 1);
         assert_eq!((links[0].0.as_str(), links[0].1.as_str(), links[0].2.to_string()), ("spawn", "parcel-1", child_id.clone()));
@@ -777,10 +782,76 @@ async fn an_action_starts_a_child_run_through_the_host_import_when_granted() {
 
         // Not granted: the import refuses and nothing is started.
         let run = engine.start(&spawning("echo"), None, payload, StartOptions::default()).await.expect("starts");
-        let s = engine.execute_next(opts("w")).await.expect("ok").expect("progress");
-        let refusal = s.context["spawned"]["child"]["error"].as_str().unwrap_or_default().to_owned();
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        let refusal = s.context.get("spawned").and_then(|v| v["child"]["error"].as_str()).unwrap_or_default().to_owned();
         assert!(refusal.contains("not granted"), "{refusal}");
         assert!(engine.children(run.run_id).await.expect("children").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_follows_its_own_retry_policy() {
+    each(|db, clock| async move {
+        let reg = registry();
+        reg.register(crate::support::wat_action(
+            "wat.boom",
+            &crate::wat::step_error(),
+        ))
+        .expect("registers");
+        let engine = db.engine(&reg, &clock).await;
+        let spec = WorkflowSpec::builder("stubborn_undo")
+            .trigger(
+                Trigger::manual("m")
+                    .string("order_id")
+                    .integer("amount_cents"),
+            )
+            .step(
+                Step::action("reserve", "echo")
+                    .input(["order_id"])
+                    .compensate("wat.boom")
+                    .compensate_retry(3),
+            )
+            .step(
+                Step::action("charge", "payments.charge")
+                    .input_path("order_id", ["order_id"])
+                    .input_path("amount_cents", ["amount_cents"]),
+            )
+            .on_ok("reserve", "charge")
+            .build();
+        let run = engine
+            .start(
+                &spec,
+                None,
+                json!({"order_id": "o", "amount_cents": -1}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        for _ in 0..4 {
+            drain(&engine).await;
+            clock.advance(Duration::from_millis(250));
+        }
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        let undo: Vec<(u32, &str)> = s
+            .attempts_of("compensate:reserve")
+            .iter()
+            .map(|a| (a.attempt, a.status.as_str()))
+            .collect();
+        assert_eq!(
+            undo,
+            [(1, "failed"), (2, "failed"), (3, "failed")],
+            "{}",
+            db.name()
+        );
+        let c = s.compensation.clone().expect("compensation");
+        assert_eq!(
+            (c.status.as_str(), c.failed.as_deref()),
+            ("partially_compensated", Some("reserve"))
+        );
+        assert_eq!(s.status, RunStatus::Failed);
+        assert_consistent(&engine, &s).await;
     })
     .await;
 }

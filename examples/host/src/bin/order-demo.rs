@@ -17,15 +17,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
-use squid_mesh::actions::{
-    ActionKey, ActionRegistry, LogLevel, Manifest, ManifestAction, StepOutcome,
-};
+use squid_mesh::actions::{ActionRegistry, LogLevel, StepOutcome};
 use squid_mesh::engine::ExecuteOptions;
 use squid_mesh::spec::{Step, Transition, Trigger, WorkflowSpec};
-use squid_mesh::{ActionLimits, Capabilities, Digest, Engine, HostConfig, RunId, StartOptions};
-use squid_mesh_example_artifacts as artifacts;
+use squid_mesh::{Engine, HostConfig, RunId, StartOptions};
 
 fn checkout() -> WorkflowSpec {
     WorkflowSpec::builder("checkout")
@@ -107,36 +104,6 @@ fn packing() -> WorkflowSpec {
         .build()
 }
 
-fn write_manifest(dir: &std::path::Path) -> Result<PathBuf> {
-    let components = dir.join("components");
-    std::fs::create_dir_all(&components)?;
-    let mut manifest = Manifest::default();
-    for (key, path) in [
-        ("orders.validate", artifacts::VALIDATE_ORDER),
-        ("payments.charge", artifacts::CHARGE_PAYMENT),
-        ("payments.refund", artifacts::REFUND_PAYMENT),
-        ("echo", artifacts::ECHO),
-    ] {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-        let file = PathBuf::from("components").join(format!("{key}.wasm"));
-        std::fs::write(dir.join(&file), &bytes)?;
-        manifest.actions.push(ManifestAction {
-            key: ActionKey::new(key)?,
-            component: file,
-            digest: Digest::of(&bytes),
-            enabled: true,
-            limits: ActionLimits {
-                timeout_ms: 5_000,
-                ..ActionLimits::default()
-            },
-            capabilities: Capabilities::default(),
-        });
-    }
-    let path = dir.join("actions.toml");
-    manifest.write(&path)?;
-    Ok(path)
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("error").init();
@@ -145,7 +112,7 @@ async fn main() -> Result<()> {
         None => std::env::temp_dir().join("squid-mesh-order-demo"),
     };
     std::fs::create_dir_all(&dir)?;
-    let manifest = write_manifest(&dir)?;
+    let manifest = squid_mesh_examples::write_manifest(&dir)?;
     let db = dir.join("demo.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));

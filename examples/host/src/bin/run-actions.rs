@@ -12,12 +12,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
+use squid_mesh::ActionTarget;
 use squid_mesh::actions::{
-    ActionHost, ActionKey, ActionRegistry, HostConfig, Manifest, ManifestAction, StepContext,
-    StepOutcome,
+    ActionHost, ActionKey, ActionRegistry, HostConfig, StepContext, StepOutcome,
 };
-use squid_mesh::{ActionLimits, ActionTarget, Capabilities, Digest};
-use squid_mesh_example_artifacts as artifacts;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -26,34 +24,7 @@ async fn main() -> Result<()> {
         Some(dir) => PathBuf::from(dir),
         None => std::env::temp_dir().join("squid-mesh-run-actions"),
     };
-    let components = work_dir.join("components");
-    std::fs::create_dir_all(&components)
-        .with_context(|| format!("creating {}", components.display()))?;
-
-    let mut manifest = Manifest::default();
-    for (key, path) in [
-        ("orders.validate", artifacts::VALIDATE_ORDER),
-        ("payments.charge", artifacts::CHARGE_PAYMENT),
-        ("payments.refund", artifacts::REFUND_PAYMENT),
-        ("echo", artifacts::ECHO),
-    ] {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-        let file = format!("{key}.wasm");
-        std::fs::write(components.join(&file), &bytes)?;
-        manifest.actions.push(ManifestAction {
-            key: ActionKey::new(key)?,
-            component: PathBuf::from("components").join(file),
-            digest: Digest::of(&bytes),
-            enabled: true,
-            limits: ActionLimits {
-                timeout_ms: 5_000,
-                ..ActionLimits::default()
-            },
-            capabilities: Capabilities::default(),
-        });
-    }
-    let manifest_path = work_dir.join("actions.toml");
-    manifest.write(&manifest_path)?;
+    let manifest_path = squid_mesh_examples::write_manifest(&work_dir)?;
     println!("manifest: {}", manifest_path.display());
 
     let registry = ActionRegistry::from_manifest(&manifest_path).context("loading the manifest")?;
