@@ -237,10 +237,17 @@ impl Backend {
         }
     }
 
-    async fn engine(&self, registry: &ActionRegistry, cache: &std::path::Path) -> Result<squid_mesh::Engine> {
+    async fn engine(
+        &self,
+        registry: &ActionRegistry,
+        cache: &std::path::Path,
+    ) -> Result<squid_mesh::Engine> {
         let b = squid_mesh::Engine::builder()
             .registry(registry.clone())
-            .host_config(HostConfig { cache_dir: Some(cache.to_owned()), ..HostConfig::default() });
+            .host_config(HostConfig {
+                cache_dir: Some(cache.to_owned()),
+                ..HostConfig::default()
+            });
         let b = match self {
             Backend::Sqlite(path) => b.sqlite(path),
             Backend::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),
@@ -264,8 +271,15 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
-            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(committers as u32).connect_with(opts).await?;
-            sqlx::query("CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)").execute(&pool).await?;
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(committers as u32)
+                .connect_with(opts)
+                .await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
+            )
+            .execute(&pool)
+            .await?;
             started = Instant::now();
             let tasks: Vec<_> = (0..committers)
                 .map(|_| {
@@ -273,7 +287,10 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
                     tokio::spawn(async move {
                         for _ in 0..per {
                             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                            sqlx::query("INSERT INTO floor (payload) VALUES ($1)").bind("x".repeat(200)).execute(&mut *tx).await?;
+                            sqlx::query("INSERT INTO floor (payload) VALUES ($1)")
+                                .bind("x".repeat(200))
+                                .execute(&mut *tx)
+                                .await?;
                             tx.commit().await?;
                         }
                         Ok::<_, sqlx::Error>(())
@@ -286,11 +303,18 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
         }
         Backend::Postgres { url, schema } => {
             let mut c = sqlx::PgConnection::connect(url).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).execute(&mut c).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&mut c)
+            .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {schema}.floor (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL)")))
                 .execute(&mut c)
                 .await?;
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(committers as u32).connect(url).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(committers as u32)
+                .connect(url)
+                .await?;
             let insert = format!("INSERT INTO {schema}.floor (payload) VALUES ($1)");
             started = Instant::now();
             let tasks: Vec<_> = (0..committers)
@@ -300,7 +324,10 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
                     tokio::spawn(async move {
                         for _ in 0..per {
                             let mut tx = pool.begin().await?;
-                            sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind("x".repeat(200)).execute(&mut *tx).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                                .bind("x".repeat(200))
+                                .execute(&mut *tx)
+                                .await?;
                             tx.commit().await?;
                         }
                         Ok::<_, sqlx::Error>(())
@@ -329,12 +356,23 @@ fn three_steps() -> squid_mesh::WorkflowSpec {
 
 /// Starts `runs` runs of a 3-step workflow, then drains them with `workers` concurrent
 /// workers. Returns (steps/s, runs/s, start-to-complete latencies).
-async fn drain_runs(engine: &squid_mesh::Engine, runs: usize, workers: usize) -> Result<(f64, f64, Vec<Duration>)> {
+async fn drain_runs(
+    engine: &squid_mesh::Engine,
+    runs: usize,
+    workers: usize,
+) -> Result<(f64, f64, Vec<Duration>)> {
     use squid_mesh::engine::ExecuteOptions;
     let spec = three_steps();
     let mut started_at = std::collections::HashMap::new();
     for i in 0..runs {
-        let run = engine.start(&spec, None, json!({"n": i}), squid_mesh::StartOptions::default()).await?;
+        let run = engine
+            .start(
+                &spec,
+                None,
+                json!({"n": i}),
+                squid_mesh::StartOptions::default(),
+            )
+            .await?;
         started_at.insert(run.run_id, Instant::now());
     }
     let started_at = std::sync::Arc::new(started_at);
@@ -346,7 +384,10 @@ async fn drain_runs(engine: &squid_mesh::Engine, runs: usize, workers: usize) ->
             let done = done.clone();
             let started_at = started_at.clone();
             tokio::spawn(async move {
-                let opts = ExecuteOptions { owner_id: format!("bench-{w}"), ..ExecuteOptions::default() };
+                let opts = ExecuteOptions {
+                    owner_id: format!("bench-{w}"),
+                    ..ExecuteOptions::default()
+                };
                 let mut latencies = Vec::new();
                 while done.load(std::sync::atomic::Ordering::SeqCst) < runs {
                     match engine.execute_next(opts.clone()).await? {
@@ -370,16 +411,24 @@ async fn drain_runs(engine: &squid_mesh::Engine, runs: usize, workers: usize) ->
     }
     let elapsed = t.elapsed().as_secs_f64();
     latencies.sort();
-    Ok(((runs * 3) as f64 / elapsed, runs as f64 / elapsed, latencies))
+    Ok((
+        (runs * 3) as f64 / elapsed,
+        runs as f64 / elapsed,
+        latencies,
+    ))
 }
 
 async fn pg_backend() -> Option<Backend> {
     use sqlx::Connection as _;
-    let url = std::env::var("SQUID_MESH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = std::env::var("SQUID_MESH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     match sqlx::PgConnection::connect(&url).await {
         Ok(c) => {
             let _ = c.close().await;
-            Some(Backend::Postgres { url, schema: format!("sm_bench_{}", std::process::id()) })
+            Some(Backend::Postgres {
+                url,
+                schema: format!("sm_bench_{}", std::process::id()),
+            })
         }
         Err(e) => {
             eprintln!("!!! skipping Postgres: {url} is not reachable ({e})");
@@ -399,13 +448,25 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
     let floor_n = if smoke { 40 } else { 2_000 };
     let runs = if smoke { 16 } else { 2_000 };
     for workers in [1usize, 8] {
-        backends.push((workers, Backend::Sqlite(dir.path().join(format!("bench-{workers}.db")))));
+        backends.push((
+            workers,
+            Backend::Sqlite(dir.path().join(format!("bench-{workers}.db"))),
+        ));
         if let Some(Backend::Postgres { url, schema }) = &pg {
-            backends.push((workers, Backend::Postgres { url: url.clone(), schema: format!("{schema}_{workers}") }));
+            backends.push((
+                workers,
+                Backend::Postgres {
+                    url: url.clone(),
+                    schema: format!("{schema}_{workers}"),
+                },
+            ));
         }
     }
     let mut floors = std::collections::HashMap::new();
-    for b in [Backend::Sqlite(dir.path().join("floor-dir.db"))].into_iter().chain(pg.clone()) {
+    for b in [Backend::Sqlite(dir.path().join("floor-dir.db"))]
+        .into_iter()
+        .chain(pg.clone())
+    {
         for committers in [1usize, 8] {
             let rate = commit_floor(&b, committers, floor_n).await?;
             floors.insert((b.name(), committers), rate);
@@ -420,12 +481,35 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
     for (workers, backend) in &backends {
         let engine = backend.engine(&registry, dir.path()).await?;
         let (steps, runs_s, lat) = drain_runs(&engine, runs, *workers).await?;
-        let floor = floors.get(&(backend.name(), 1)).copied().unwrap_or(f64::NAN);
+        let floor = floors
+            .get(&(backend.name(), 1))
+            .copied()
+            .unwrap_or(f64::NAN);
         let name = backend.name();
-        figures.push(Figure { name: format!("{name} durable steps/s, {workers} worker(s)"), value: steps, unit: "steps/s", target: None });
-        figures.push(Figure { name: format!("{name} runs/s, {workers} worker(s)"), value: runs_s, unit: "runs/s", target: None });
-        figures.push(Figure { name: format!("{name} run latency p50, {workers} worker(s)"), value: percentile(&lat, 0.5) / 1e3, unit: "ms", target: None });
-        figures.push(Figure { name: format!("{name} run latency p99, {workers} worker(s)"), value: percentile(&lat, 0.99) / 1e3, unit: "ms", target: None });
+        figures.push(Figure {
+            name: format!("{name} durable steps/s, {workers} worker(s)"),
+            value: steps,
+            unit: "steps/s",
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("{name} runs/s, {workers} worker(s)"),
+            value: runs_s,
+            unit: "runs/s",
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("{name} run latency p50, {workers} worker(s)"),
+            value: percentile(&lat, 0.5) / 1e3,
+            unit: "ms",
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("{name} run latency p99, {workers} worker(s)"),
+            value: percentile(&lat, 0.99) / 1e3,
+            unit: "ms",
+            target: None,
+        });
         figures.push(Figure {
             name: format!("{name} steps/s / 1-committer floor, {workers} worker(s)"),
             value: steps / floor,
@@ -437,7 +521,11 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
         use sqlx::Connection as _;
         if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
             for suffix in ["", "_1", "_8"] {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema}{suffix} CASCADE"))).execute(&mut c).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema}{suffix} CASCADE"
+                )))
+                .execute(&mut c)
+                .await;
             }
         }
     }
