@@ -248,6 +248,8 @@ struct Inner {
 enum DatabaseConfig {
     Sqlite(PathBuf),
     Postgres(String),
+    SqlitePool(sqlx::SqlitePool),
+    PostgresPool(sqlx::PgPool),
 }
 
 /// Builds an [`Engine`].
@@ -294,6 +296,21 @@ impl EngineBuilder {
     #[must_use]
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.database = Some(DatabaseConfig::Postgres(url.into()));
+        self
+    }
+
+    /// Uses a SQLite pool the host already has (the tables live beside the host's own).
+    #[must_use]
+    pub fn sqlite_pool(mut self, pool: sqlx::SqlitePool) -> Self {
+        self.database = Some(DatabaseConfig::SqlitePool(pool));
+        self
+    }
+
+    /// Uses a Postgres pool the host already has; the tables live in
+    /// [`EngineBuilder::postgres_schema`] whatever the connections' `search_path`.
+    #[must_use]
+    pub fn postgres_pool(mut self, pool: sqlx::PgPool) -> Self {
+        self.database = Some(DatabaseConfig::PostgresPool(pool));
         self
     }
 
@@ -395,6 +412,12 @@ impl EngineBuilder {
             }
             Some(DatabaseConfig::Sqlite(path)) => {
                 AnyStore::Sqlite(SqliteStore::open(&path, self.synchronous).await?)
+            }
+            Some(DatabaseConfig::SqlitePool(pool)) => {
+                AnyStore::Sqlite(SqliteStore::from_pool(pool))
+            }
+            Some(DatabaseConfig::PostgresPool(pool)) => {
+                AnyStore::Postgres(PostgresStore::from_pool(pool, &self.pg_schema)?)
             }
             Some(DatabaseConfig::Postgres(url)) => AnyStore::Postgres(
                 PostgresStore::connect(&url, &self.pg_schema, self.pg_max_connections).await?,

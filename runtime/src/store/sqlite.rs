@@ -59,6 +59,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Uses a pool the host owns for both reads and writes. Configure it for WAL and a busy
+    /// timeout; a single-connection pool gives the same one-writer discipline as [`open`].
+    ///
+    /// [`open`]: SqliteStore::open
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self {
+            writer: pool.clone(),
+            readers: pool,
+        }
+    }
+}
+
 impl Store for SqliteStore {
     type Tx = sqlx::Transaction<'static, Sqlite>;
 

@@ -82,6 +82,13 @@ async fn pg_reachable(url: &str) -> bool {
     }
 }
 
+/// The Postgres URL to test against, or `None` (after a loud message) when Postgres is to be
+/// skipped outside CI.
+pub async fn postgres_url() -> Option<String> {
+    let url = pg_url()?;
+    pg_reachable(&url).await.then_some(url)
+}
+
 /// Runs `body` once per database with a fresh manual clock at [`T0`].
 pub async fn each<F, Fut>(body: F)
 where

@@ -1022,3 +1022,82 @@ async fn concurrent_workers_claim_every_attempt_exactly_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_owned_pools_work_on_both_databases() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("host.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("host pool");
+    let clock = ManualClock::new(T0);
+    let engine = Engine::builder()
+        .sqlite_pool(pool)
+        .registry(registry())
+        .clock(clock.clone())
+        .build()
+        .await
+        .expect("engine");
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+
+    let Some(url) = crate::backends::postgres_url().await else {
+        return;
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("host pool");
+    let schema = format!(
+        "sm_pool_{}",
+        squid_mesh::RunId::random().to_string().replace('-', "")
+    );
+    let engine = Engine::builder()
+        .postgres_pool(pool.clone())
+        .postgres_schema(&schema)
+        .registry(registry())
+        .clock(clock.clone())
+        .build()
+        .await
+        .expect("engine");
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+    // The tables live in the schema, not in the host connections' search_path.
+    let (in_schema,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.runs"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(in_schema, 1);
+    let (public,): (Option<String>,) = sqlx::query_as("SELECT to_regclass('public.runs')::text")
+        .fetch_one(&pool)
+        .await
+        .expect("regclass");
+    assert_eq!(public, None);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await;
+}
