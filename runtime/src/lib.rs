@@ -11,6 +11,7 @@
 //! - [`actions`]: the action registry (key -> pinned component, limits, capabilities), the
 //!   wasmtime sandbox that runs components, and the native built-in step kinds.
 //! - [`clock`]: injected time.
+//! - [`worker`]: a supervised worker pool around `execute_next`.
 #![deny(missing_docs)]
 
 pub mod actions;
@@ -20,10 +21,12 @@ pub mod journal;
 pub mod plan;
 pub mod spec;
 pub mod store;
+pub mod worker;
 
 pub use engine::{Engine, EngineBuilder, EngineError, ExecuteOptions, RunSnapshot, StartOptions};
 pub use journal::{RunId, RunStatus};
 pub use spec::WorkflowSpec;
+pub use worker::Worker;
 
 pub use actions::{
     ActionError, ActionHost, ActionKey, ActionLimits, ActionRegistry, ActionTarget, Builtin,

@@ -281,6 +281,7 @@ impl Engine {
         }
         applier.write(&mut tx, &mut run).await?;
         tx.commit().await?;
+        self.wake();
         self.snapshot_on(store, run_id).await
     }
 

@@ -241,6 +241,7 @@ struct Inner {
     default_queue: String,
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
+    wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Where the engine keeps its state.
@@ -441,6 +442,7 @@ impl EngineBuilder {
                 default_queue: self.default_queue,
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
+                wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -477,6 +479,16 @@ impl Engine {
     /// The engine's clock.
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
+    }
+
+    /// Signalled after every write that may have made work due in this process; workers wait
+    /// on it (and poll, for work planned by other processes).
+    pub fn wakeups(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.wakeup.clone()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.inner.wakeup.notify_waiters();
     }
 
     /// The default queue.
@@ -766,6 +778,7 @@ impl Engine {
         }
         applier.write(&mut tx, &mut run).await?;
         tx.commit().await?;
+        self.wake();
         self.snapshot_on(store, run_id).await
     }
 
@@ -889,6 +902,7 @@ impl Engine {
             self.apply_recorded(&mut tx, &mut run, def.as_deref(), &mut attempt, now)
                 .await?;
             tx.commit().await?;
+            self.wake();
             return Ok(Some(self.snapshot_on(store, run_id).await?));
         }
         let run =
@@ -1228,6 +1242,7 @@ impl Engine {
         self.apply_recorded(&mut tx, &mut run, def, &mut cur, now)
             .await?;
         tx.commit().await?;
+        self.wake();
         Ok(Some(self.snapshot_on(store, run_id).await?))
     }
 

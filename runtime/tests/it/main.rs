@@ -8,3 +8,4 @@ mod engine;
 mod registry;
 mod support;
 mod wat;
+mod worker;

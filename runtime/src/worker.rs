@@ -1,0 +1,236 @@
+//! A supervised pool of workers calling `execute_next`.
+//!
+//! Each of `concurrency` slots loops: execute the next due attempt; when nothing is due, sleep
+//! until the engine signals new work (in-process wake-up after every write that planned work)
+//! or the poll interval passes (work planned by another process, delays coming due); on a
+//! store error, back off exponentially. Shutdown is graceful: slots stop claiming at once,
+//! in-flight steps get until a deadline to finish, and whatever is still running after it is
+//! abandoned to lease expiry (another worker redelivers it). Hosts that own their own loop can
+//! keep calling [`Engine::execute_next`] directly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::engine::{Engine, EngineError, ExecuteOptions};
+use crate::spec::valid_name;
+
+/// Builds a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    engine: Engine,
+    queues: Vec<String>,
+    concurrency: usize,
+    owner_id: String,
+    lease_for: Duration,
+    heartbeat_interval: Option<Duration>,
+    poll_interval: Duration,
+    max_backoff: Duration,
+}
+
+/// Counters of a worker pool.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// `execute_next` calls that made progress.
+    pub executed: AtomicU64,
+    /// Calls that failed (store errors, lost claims).
+    pub errors: AtomicU64,
+}
+
+/// A running worker pool.
+#[derive(Debug)]
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    slots: JoinSet<()>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// Starts a builder for a pool working for `engine`.
+    pub fn builder(engine: &Engine) -> WorkerBuilder {
+        WorkerBuilder {
+            queues: vec![engine.default_queue().to_owned()],
+            engine: engine.clone(),
+            concurrency: 1,
+            owner_id: format!("worker-{}", std::process::id()),
+            lease_for: Duration::from_secs(300),
+            heartbeat_interval: Some(Duration::from_secs(30)),
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// Stops claiming, lets in-flight steps finish until `deadline`, then abandons the rest
+    /// to lease expiry. Returns the number of steps executed.
+    pub async fn shutdown(mut self, deadline: Duration) -> u64 {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(deadline, async {
+            while self.slots.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "worker shutdown deadline passed; abandoning in-flight steps to lease expiry"
+            );
+            self.slots.shutdown().await;
+        }
+        self.stats.executed.load(Ordering::Relaxed)
+    }
+}
+
+impl WorkerBuilder {
+    /// Queues to take work from, in turn (default: the engine's default queue).
+    #[must_use]
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Steps run at once (default 1).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Worker identity recorded on claims (default `worker-<pid>`; slots add `/<n>`).
+    #[must_use]
+    pub fn owner_id(mut self, owner: impl Into<String>) -> Self {
+        self.owner_id = owner.into();
+        self
+    }
+
+    /// Lease of each claim (default 5 minutes).
+    #[must_use]
+    pub fn lease_for(mut self, lease: Duration) -> Self {
+        self.lease_for = lease;
+        self
+    }
+
+    /// Heartbeat interval while a step runs (default 30 s; `None` disables heartbeats).
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Longest sleep when nothing is due and no wake-up comes (default 500 ms).
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Longest back-off after repeated store errors (default 10 s).
+    #[must_use]
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// Starts the pool on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidOption`] for a zero concurrency, no queues, a bad queue name, or
+    /// heartbeat/lease settings `execute_next` would refuse.
+    pub fn start(self) -> Result<Worker, EngineError> {
+        if self.concurrency == 0 {
+            return Err(EngineError::invalid_option(
+                "concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.queues.is_empty() || self.queues.iter().any(|q| !valid_name(q)) {
+            return Err(EngineError::invalid_option(
+                "queues",
+                "give at least one queue; names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
+        }
+        if self.lease_for.is_zero()
+            || self
+                .heartbeat_interval
+                .is_some_and(|h| h < Duration::from_millis(10) || h >= self.lease_for)
+        {
+            return Err(EngineError::invalid_option(
+                "heartbeat_interval",
+                "must be at least 10 ms and shorter than a positive lease_for",
+            ));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(WorkerStats::default());
+        let mut slots = JoinSet::new();
+        for slot in 0..self.concurrency {
+            let b = self.clone();
+            let stats = stats.clone();
+            let stopped = stopped.clone();
+            slots.spawn(async move { b.run_slot(slot, stopped, stats).await });
+        }
+        Ok(Worker { stop, slots, stats })
+    }
+
+    async fn run_slot(
+        self,
+        slot: usize,
+        mut stopped: watch::Receiver<bool>,
+        stats: Arc<WorkerStats>,
+    ) {
+        let wake = self.engine.wakeups();
+        let mut backoff = Duration::from_millis(50);
+        let mut turn = slot;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let queue = self.queues[turn % self.queues.len()].clone();
+            turn += 1;
+            let opts = ExecuteOptions {
+                queue: Some(queue),
+                owner_id: format!("{}/{slot}", self.owner_id),
+                lease_for: self.lease_for,
+                heartbeat_interval: self.heartbeat_interval,
+                ..ExecuteOptions::default()
+            };
+            // Register for a wake-up before looking, so work planned meanwhile is not missed.
+            let notified = wake.notified();
+            match self.engine.execute_next(opts).await {
+                Ok(Some(_)) => {
+                    stats.executed.fetch_add(1, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, EngineError::StaleClaim { .. }) {
+                        tracing::debug!("worker slot {slot}: {e}");
+                        continue;
+                    }
+                    tracing::warn!("worker slot {slot}: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+}
