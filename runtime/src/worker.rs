@@ -86,6 +86,14 @@ impl Worker {
     }
 }
 
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl WorkerBuilder {
     /// Queues to take work from, in turn (default: the engine's default queue).
     #[must_use]
@@ -172,6 +180,17 @@ impl WorkerBuilder {
         let (stop, stopped) = watch::channel(false);
         let stats = Arc::new(WorkerStats::default());
         let mut slots = JoinSet::new();
+        {
+            let engine = self.engine.clone();
+            let stopped = stopped.clone();
+            slots.spawn(async move {
+                tokio::select! {
+                    // Finishes at once without cross-process notifications (SQLite).
+                    () = engine.listen_for_wakeups() => until_stopped(stopped).await,
+                    () = until_stopped(stopped.clone()) => {}
+                }
+            });
+        }
         for slot in 0..self.concurrency {
             let b = self.clone();
             let stats = stats.clone();

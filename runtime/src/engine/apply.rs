@@ -553,6 +553,7 @@ impl<'a> Applier<'a> {
                 .await?;
         }
         if !self.planned.is_empty() {
+            tx.notify_queue(&run.queue).await?;
             let seq = run.revision + i64::try_from(self.facts.len()).unwrap_or(0) + 1;
             for p in &self.planned {
                 tx.insert_attempt(&planned_row(run, p, seq, now)).await?;

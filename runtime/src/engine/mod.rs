@@ -487,6 +487,13 @@ impl Engine {
         self.inner.wakeup.clone()
     }
 
+    /// Relays wake-ups from other processes (Postgres `LISTEN`) until dropped; finishes at
+    /// once on SQLite. Worker pools run it for as long as they run.
+    pub async fn listen_for_wakeups(&self) {
+        let wake = self.inner.wakeup.clone();
+        with_store!(self, s => s.listen(wake).await)
+    }
+
     pub(crate) fn wake(&self) {
         self.inner.wakeup.notify_waiters();
     }

@@ -117,6 +117,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Begins a transaction that only reads (SQLite: on the read pool).
     fn begin_read(&self) -> impl Future<Output = StoreResult<Self::Tx>> + Send;
 
+    /// Waits for wake-ups from other processes and calls `wake` for each, until dropped.
+    /// Returns at once where the database has no notifications (SQLite: workers poll).
+    fn listen(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> impl Future<Output = ()> + Send;
+
     /// Extends a claim's lease if the claim still holds; returns whether it did.
     fn heartbeat(
         &self,
@@ -240,6 +244,9 @@ pub trait StoreTx: Send {
         &mut self,
         parent: &str,
     ) -> impl Future<Output = StoreResult<Vec<(String, String, String)>>> + Send;
+    /// Tells workers in other processes that `queue` has new work, at commit (Postgres
+    /// `NOTIFY`; nothing on SQLite, whose workers poll).
+    fn notify_queue(&mut self, queue: &str) -> impl Future<Output = StoreResult<()>> + Send;
     /// The earliest `visible_at` among the run's scheduled attempts.
     fn next_visible(
         &mut self,
@@ -310,7 +317,7 @@ macro_rules! attempt_from_row {
 /// Writes `StoreTx` for `sqlx::Transaction<'static, $db>`. `$lock` is appended to
 /// single-row reads that lock, `$skip` to the queue read.
 macro_rules! impl_store_tx {
-    ($db:ty, lock = $lock:literal, skip = $skip:literal) => {
+    ($db:ty, lock = $lock:literal, skip = $skip:literal, notify = $notify:literal) => {
         impl StoreTx for sqlx::Transaction<'static, $db> {
             async fn commit(self) -> StoreResult<()> {
                 sqlx::Transaction::commit(self).await?;
@@ -474,6 +481,13 @@ macro_rules! impl_store_tx {
                     .bind(parent).fetch_all(&mut **self).await?)
             }
 
+            async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
+                if !$notify.is_empty() {
+                    sqlx::query($notify).bind(queue).execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+
             async fn next_visible(&mut self, run_id: &str) -> StoreResult<Option<i64>> {
                 let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(visible_at) FROM attempts WHERE run_id = $1 AND status = 'scheduled'")
                     .bind(run_id).fetch_one(&mut **self).await?;
@@ -483,11 +497,12 @@ macro_rules! impl_store_tx {
     };
 }
 
-impl_store_tx!(sqlx::Sqlite, lock = "", skip = "");
+impl_store_tx!(sqlx::Sqlite, lock = "", skip = "", notify = "");
 impl_store_tx!(
     sqlx::Postgres,
     lock = " FOR UPDATE",
-    skip = " FOR UPDATE SKIP LOCKED"
+    skip = " FOR UPDATE SKIP LOCKED",
+    notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"
 );
 
 /// Extends a lease in one statement, fenced by claim id, token hash and expiry.

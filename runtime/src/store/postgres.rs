@@ -130,6 +130,30 @@ impl Store for PostgresStore {
         self.begin().await
     }
 
+    async fn listen(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let channel = format!("{}_squid_mesh_wakeup", self.schema);
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                listener.listen(&channel).await?;
+                loop {
+                    listener.recv().await?;
+                    wake.notify_waiters();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            if let Err(e) = listening.await {
+                tracing::warn!("wake-up listener on {channel}: {e}; reconnecting in {backoff:?}");
+                // Work planned meanwhile is found by polling.
+                wake.notify_waiters();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    }
+
     async fn heartbeat(
         &self,
         runnable_key: &str,

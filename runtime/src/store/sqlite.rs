@@ -90,6 +90,8 @@ impl Store for SqliteStore {
         Ok(self.readers.begin().await?)
     }
 
+    async fn listen(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
+
     async fn heartbeat(
         &self,
         runnable_key: &str,

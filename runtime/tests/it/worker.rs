@@ -216,3 +216,34 @@ async fn bad_worker_settings_are_structured_errors() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifications_wake_workers_of_other_engines() {
+    each(|db, clock| async move {
+        if db.name() != "postgres" {
+            return; // SQLite workers in other processes find work by polling.
+        }
+        let here = db.engine(&registry(), &clock).await;
+        let elsewhere = db.engine(&registry(), &clock).await;
+        let worker = Worker::builder(&here)
+            .poll_interval(Duration::from_secs(3600))
+            .start()
+            .expect("starts");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let run = elsewhere
+            .start(
+                &nap(),
+                None,
+                json!({"sleep_ms": 0}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        assert!(
+            wait_for(&elsewhere, run.run_id, RunStatus::Completed).await,
+            "the other engine's worker was never woken"
+        );
+        assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 2);
+    })
+    .await;
+}
