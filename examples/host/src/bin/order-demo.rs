@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Builds the example actions from source, pins them in a manifest, creates a fresh SQLite
-//! database, starts three runs and lets two workers drive them to the end:
+//! database, starts three runs and lets a pool of two workers drive them to the end:
 //!
 //! - a checkout whose payment gateway is down on the first attempt (retried with exponential
 //!   backoff), then a durable wait, then shipping;
@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use squid_mesh::actions::{ActionRegistry, LogLevel, StepOutcome};
-use squid_mesh::engine::ExecuteOptions;
 use squid_mesh::spec::{Step, Transition, Trigger, WorkflowSpec};
-use squid_mesh::{Engine, HostConfig, RunId, StartOptions};
+use squid_mesh::{Engine, HostConfig, RunId, StartOptions, Worker};
 
 fn checkout() -> WorkflowSpec {
     WorkflowSpec::builder("checkout")
@@ -165,40 +164,21 @@ async fn main() -> Result<()> {
             .run_id,
     ];
 
-    // Two workers share the queue until every run has ended.
+    // A pool of two workers drives the runs; it wakes as soon as work is planned.
     let started = Instant::now();
-    let workers: Vec<_> = ["worker-a", "worker-b"]
-        .into_iter()
-        .map(|owner| {
-            let engine = engine.clone();
-            let runs = runs.clone();
-            tokio::spawn(async move {
-                let opts = ExecuteOptions {
-                    owner_id: owner.into(),
-                    ..ExecuteOptions::default()
-                };
-                loop {
-                    match engine.execute_next(opts.clone()).await {
-                        Ok(Some(_)) => continue,
-                        Ok(None) => {}
-                        Err(e) if e.is_retryable() => {}
-                        Err(e) => return Err(e),
-                    }
-                    let mut all_done = true;
-                    for id in &runs {
-                        all_done &= engine.snapshot(*id).await?.is_terminal();
-                    }
-                    if all_done {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await??;
+    let worker = Worker::builder(&engine)
+        .concurrency(2)
+        .owner_id("demo-worker")
+        .start()?;
+    for id in &runs {
+        while !engine.snapshot(*id).await?.is_terminal() {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("run {id} did not end within a minute");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    worker.shutdown(Duration::from_secs(5)).await;
     println!(
         "all runs ended in {:.0} ms\n",
         started.elapsed().as_secs_f64() * 1e3
