@@ -24,6 +24,9 @@ pub enum StoreError {
     /// A migration could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store was configured with an unusable setting (a schema name, say).
+    #[error("invalid store setting: {0}")]
+    InvalidSetting(String),
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {what}: {message}")]
     Corrupt {

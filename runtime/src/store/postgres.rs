@@ -30,10 +30,9 @@ fn check_schema(schema: &str) -> StoreResult<()> {
     if ident_ok {
         Ok(())
     } else {
-        Err(StoreError::Corrupt {
-            what: "postgres schema name".into(),
-            message: format!("{schema:?} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"),
-        })
+        Err(StoreError::InvalidSetting(format!(
+            "postgres schema {schema:?} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        )))
     }
 }
 

@@ -14,7 +14,7 @@ use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
 use squid_mesh::{Engine, EngineError, RunStatus, StartOptions};
 
 use crate::backends::each;
-use crate::engine::{assert_consistent, drain, opts, registry};
+use crate::engine::{assert_consistent, claimed_in_background, drain, opts, registry};
 
 fn gated(approval: bool) -> WorkflowSpec {
     let b = WorkflowSpec::builder(if approval { "reviewed" } else { "paused" })
@@ -334,10 +334,8 @@ async fn cancel_while_visible_paused_between_claim_and_execution_and_during_exec
             )
             .await
             .expect("starts");
-        let worker = {
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.execute_next(opts("w")).await })
-        };
+        let worker = claimed_in_background(&engine, opts("w")).await;
+        // Past the post-claim check, inside the 400 ms step.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let cancelled = engine
             .cancel(run.run_id, CommandOptions::default())

@@ -71,6 +71,26 @@ pub async fn drain(engine: &Engine) -> usize {
     n
 }
 
+/// Runs `execute_next(o)` in a task and returns once its claim is committed (the step then
+/// runs), so tests act on a claimed attempt without guessing how long claiming takes.
+pub async fn claimed_in_background(
+    engine: &Engine,
+    o: ExecuteOptions,
+) -> tokio::task::JoinHandle<Result<Option<RunSnapshot>, EngineError>> {
+    let hook = squid_mesh::engine::AfterClaim::default();
+    let o = ExecuteOptions {
+        after_claim: Some(hook.clone()),
+        ..o
+    };
+    let task = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.execute_next(o).await })
+    };
+    hook.claimed.notified().await;
+    hook.proceed.notify_one();
+    task
+}
+
 pub async fn assert_consistent(engine: &Engine, run: &RunSnapshot) {
     let diff = engine.verify_run(run.run_id).await.expect("verify");
     assert!(diff.is_empty(), "journal and rows disagree: {diff:#?}");
@@ -441,12 +461,8 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced() {
             lease_for: Duration::from_secs(1),
             ..ExecuteOptions::default()
         };
-        let late = {
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.execute_next(short).await })
-        };
-        // Let the late worker claim, then expire its lease.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let late = claimed_in_background(&engine, short).await;
+        // The late worker holds the claim and its step runs: expire its lease.
         clock.advance(Duration::from_secs(2));
         let redelivered = engine
             .execute_next(opts("rescuer"))
@@ -540,11 +556,7 @@ async fn heartbeats_keep_a_long_step_alive() {
             lease_for: Duration::from_secs(1),
             ..ExecuteOptions::default()
         };
-        let worker = {
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.execute_next(lazy).await })
-        };
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let worker = claimed_in_background(&engine, lazy).await;
         clock.advance(Duration::from_secs(2));
         let taken = engine
             .execute_next(opts("thief"))

@@ -18,6 +18,17 @@ fn nap() -> WorkflowSpec {
         .build()
 }
 
+async fn wait_for_first_claim(engine: &squid_mesh::Engine, run: squid_mesh::RunId) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if engine.snapshot(run).await.expect("snapshot").attempts[0].status == "claimed" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 async fn wait_for(engine: &squid_mesh::Engine, run: squid_mesh::RunId, status: RunStatus) -> bool {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
@@ -96,18 +107,11 @@ async fn shutdown_lets_in_flight_steps_finish_and_claims_nothing_new() {
             .await
             .expect("starts");
         // Wait until the slow first step is claimed, then shut down with a generous deadline.
-        let until = Instant::now() + Duration::from_secs(10);
-        while engine
-            .snapshot(run.run_id)
-            .await
-            .expect("snapshot")
-            .attempts[0]
-            .status
-            != "claimed"
-        {
-            assert!(Instant::now() < until, "never claimed ({})", db.name());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            wait_for_first_claim(&engine, run.run_id).await,
+            "never claimed ({})",
+            db.name()
+        );
         let executed = worker.shutdown(Duration::from_secs(10)).await;
         assert_eq!(
             executed, 1,
@@ -147,18 +151,11 @@ async fn a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry() {
             )
             .await
             .expect("starts");
-        let until = Instant::now() + Duration::from_secs(10);
-        while engine
-            .snapshot(run.run_id)
-            .await
-            .expect("snapshot")
-            .attempts[0]
-            .status
-            != "claimed"
-        {
-            assert!(Instant::now() < until, "never claimed ({})", db.name());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            wait_for_first_claim(&engine, run.run_id).await,
+            "never claimed ({})",
+            db.name()
+        );
         assert_eq!(worker.shutdown(Duration::from_millis(100)).await, 0);
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
         assert_eq!(s.attempts[0].status, "claimed", "left to its lease");
