@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::actions::{StepOutcome, Suspension};
 use crate::clock::Timestamp;
+use crate::inspect::Deadline;
 use crate::plan::{Route, StepState};
 
 /// Identifier of a run: a UUID.
@@ -126,6 +127,9 @@ pub struct PlannedRunnable {
     pub visible_at: Timestamp,
     /// The step's input.
     pub input: Map<String, Value>,
+    /// The step's deadline, from its visible time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Deadline>,
 }
 
 /// A manual gate the run is stopped at.
@@ -143,6 +147,9 @@ pub struct ManualGate {
     pub output_key: Option<String>,
     /// When the run paused.
     pub paused_at: Timestamp,
+    /// The gate's deadline, from its pause time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Deadline>,
 }
 
 /// The link from a child run to the step that started it.

@@ -11,12 +11,15 @@
 //! - [`actions`]: the action registry (key -> pinned component, limits, capabilities), the
 //!   wasmtime sandbox that runs components, and the native built-in step kinds.
 //! - [`clock`]: injected time.
+//! - [`inspect`]: the read side (inspection, run graph, explanation, listing, deadlines,
+//!   actor-scoped redaction).
 //! - [`worker`]: a supervised worker pool around `execute_next`.
 #![deny(missing_docs)]
 
 pub mod actions;
 pub mod clock;
 pub mod engine;
+pub mod inspect;
 pub mod journal;
 pub mod plan;
 pub mod spec;

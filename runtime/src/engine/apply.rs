@@ -9,6 +9,7 @@ use super::{Definition, Result, now_us, planned_row, to_json};
 use crate::actions::{StepOutcome, Suspension};
 use crate::clock::Timestamp;
 use crate::engine::EngineError;
+use crate::inspect::Deadline;
 use crate::journal::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable, RunStatus};
 use crate::plan::{self, RetryDecision, StepState};
 use crate::spec::{Mode, Outcome};
@@ -143,12 +144,18 @@ impl<'a> Applier<'a> {
             },
         };
         self.steps.insert(name.to_owned(), StepState::Planned);
+        let deadline = step
+            .deadline
+            .as_ref()
+            .filter(|_| !step.is_manual())
+            .map(|d| Deadline::plan(d, visible_at));
         self.planned.push(PlannedRunnable {
             runnable_key: format!("{}:{}:{}", self.run_id, name, attempt),
             step: name.to_owned(),
             attempt,
             visible_at,
             input,
+            deadline,
         });
     }
 
@@ -317,6 +324,7 @@ impl<'a> Applier<'a> {
                     },
                     output_key: step.output.clone(),
                     paused_at: self.now,
+                    deadline: step.deadline.as_ref().map(|d| Deadline::plan(d, self.now)),
                 };
                 self.facts.push(Fact::RunnableApplied {
                     runnable_key: attempt.runnable_key.clone(),
@@ -468,6 +476,7 @@ impl<'a> Applier<'a> {
             attempt,
             visible_at,
             input,
+            deadline: None,
         });
     }
 

@@ -20,6 +20,7 @@ macro_rules! with_store {
 mod apply;
 mod control;
 mod error;
+mod read;
 pub mod signal;
 mod snapshot;
 
@@ -1429,6 +1430,7 @@ pub(crate) fn planned_row(
         claims: 0,
         input: to_json(&r.input),
         outcome: None,
+        deadline: r.deadline.as_ref().map(to_json),
         created_at: now_us(now),
         updated_at: now_us(now),
     }

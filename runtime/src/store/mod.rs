@@ -92,6 +92,7 @@ pub struct AttemptRow {
     pub(crate) claims: i64,
     pub(crate) input: String,
     pub(crate) outcome: Option<String>,
+    pub(crate) deadline: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
 }
@@ -104,6 +105,110 @@ pub struct FactRow {
     pub(crate) kind: String,
     pub(crate) data: String,
     pub(crate) occurred_at: i64,
+}
+
+/// The row a listing reads per run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub(crate) run_id: String,
+    pub(crate) workflow: String,
+    pub(crate) version: Option<String>,
+    pub(crate) trigger_name: String,
+    pub(crate) queue: String,
+    pub(crate) status: String,
+    pub(crate) steps: String,
+    pub(crate) manual: Option<String>,
+    pub(crate) parent_run_id: Option<String>,
+    pub(crate) replayed_from: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+/// An open attempt's deadline: (run id, step, runnable key, deadline JSON).
+pub type DeadlineRow = (String, String, String, String);
+
+/// A listing query over `runs`: every filter optional, keyset position, page size.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub(crate) workflow: Option<String>,
+    pub(crate) statuses: Vec<String>,
+    pub(crate) queue: Option<String>,
+    pub(crate) created_from: Option<i64>,
+    pub(crate) created_before: Option<i64>,
+    /// A lower-case `LIKE` pattern with `\` escapes.
+    pub(crate) search: Option<String>,
+    pub(crate) after: Option<(i64, String)>,
+    pub(crate) limit: i64,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl ListQuery {
+    /// The SQL and its arguments; the same text for both databases.
+    fn sql(&self) -> (String, Vec<Arg>) {
+        let mut args = Vec::new();
+        let mut clauses: Vec<String> = Vec::new();
+        let push = |args: &mut Vec<Arg>, a: Arg| {
+            args.push(a);
+            format!("${}", args.len())
+        };
+        if let Some(w) = &self.workflow {
+            let p = push(&mut args, Arg::Text(w.clone()));
+            clauses.push(format!("workflow = {p}"));
+        }
+        if !self.statuses.is_empty() {
+            let ps: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|s| push(&mut args, Arg::Text(s.clone())))
+                .collect();
+            clauses.push(format!("status IN ({})", ps.join(", ")));
+        }
+        if let Some(q) = &self.queue {
+            let p = push(&mut args, Arg::Text(q.clone()));
+            clauses.push(format!("queue = {p}"));
+        }
+        if let Some(t) = self.created_from {
+            let p = push(&mut args, Arg::Int(t));
+            clauses.push(format!("created_at >= {p}"));
+        }
+        if let Some(t) = self.created_before {
+            let p = push(&mut args, Arg::Int(t));
+            clauses.push(format!("created_at < {p}"));
+        }
+        if let Some(pattern) = &self.search {
+            let mut ors = Vec::new();
+            for col in ["run_id", "workflow", "trigger_name"] {
+                let p = push(&mut args, Arg::Text(pattern.clone()));
+                ors.push(format!("LOWER({col}) LIKE {p} ESCAPE '\\'"));
+            }
+            let p = push(&mut args, Arg::Text(pattern.clone()));
+            ors.push(format!(
+                "EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = runs.run_id AND LOWER(a.step) LIKE {p} ESCAPE '\\')"
+            ));
+            clauses.push(format!("({})", ors.join(" OR ")));
+        }
+        if let Some((at, id)) = &self.after {
+            let pa = push(&mut args, Arg::Int(*at));
+            let pb = push(&mut args, Arg::Text(id.clone()));
+            clauses.push(format!("(created_at, run_id) < ({pa}, {pb})"));
+        }
+        let limit = push(&mut args, Arg::Int(self.limit));
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        (
+            format!(
+                "SELECT run_id, workflow, version, trigger_name, queue, status, steps, manual, parent_run_id, replayed_from, created_at, updated_at FROM runs{filter} ORDER BY created_at DESC, run_id DESC LIMIT {limit}"
+            ),
+            args,
+        )
+    }
 }
 
 /// A database holding Squid Mesh's tables.
@@ -250,6 +355,16 @@ pub trait StoreTx: Send {
     /// Tells workers in other processes that `queue` has new work, at commit (Postgres
     /// `NOTIFY`; nothing on SQLite, whose workers poll).
     fn notify_queue(&mut self, queue: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A page of run summaries, newest first (`limit` rows at most).
+    fn list_runs(
+        &mut self,
+        query: &ListQuery,
+    ) -> impl Future<Output = StoreResult<Vec<SummaryRow>>> + Send;
+    /// The deadlines of the open attempts of these runs.
+    fn open_deadlines(
+        &mut self,
+        run_ids: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<DeadlineRow>>> + Send;
     /// The earliest `visible_at` among the run's scheduled attempts.
     fn next_visible(
         &mut self,
@@ -258,7 +373,7 @@ pub trait StoreTx: Send {
 }
 
 const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, compensation, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
-const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, created_at, updated_at";
+const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, deadline, created_at, updated_at";
 
 macro_rules! run_from_row {
     ($r:expr) => {{
@@ -311,6 +426,7 @@ macro_rules! attempt_from_row {
             claims: r.try_get("claims")?,
             input: r.try_get("input")?,
             outcome: r.try_get("outcome")?,
+            deadline: r.try_get("deadline")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
         }
@@ -401,12 +517,12 @@ macro_rules! impl_store_tx {
 
             async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                 )))
                 .bind(&a.runnable_key).bind(&a.run_id).bind(&a.step).bind(a.attempt).bind(a.seq).bind(&a.queue)
                 .bind(&a.status).bind(a.visible_at).bind(a.due_at).bind(&a.claim_id)
                 .bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until).bind(a.claims)
-                .bind(&a.input).bind(&a.outcome).bind(a.created_at).bind(a.updated_at)
+                .bind(&a.input).bind(&a.outcome).bind(&a.deadline).bind(a.created_at).bind(a.updated_at)
                 .execute(&mut **self).await?;
                 Ok(())
             }
@@ -489,6 +605,53 @@ macro_rules! impl_store_tx {
                     sqlx::query($notify).bind(queue).execute(&mut **self).await?;
                 }
                 Ok(())
+            }
+
+            async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
+                let (sql, args) = query.sql();
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for a in args {
+                    q = match a {
+                        Arg::Text(t) => q.bind(t),
+                        Arg::Int(i) => q.bind(i),
+                    };
+                }
+                let rows = q.fetch_all(&mut **self).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    use sqlx::Row as _;
+                    out.push(SummaryRow {
+                        run_id: r.try_get("run_id")?,
+                        workflow: r.try_get("workflow")?,
+                        version: r.try_get("version")?,
+                        trigger_name: r.try_get("trigger_name")?,
+                        queue: r.try_get("queue")?,
+                        status: r.try_get("status")?,
+                        steps: r.try_get("steps")?,
+                        manual: r.try_get("manual")?,
+                        parent_run_id: r.try_get("parent_run_id")?,
+                        replayed_from: r.try_get("replayed_from")?,
+                        created_at: r.try_get("created_at")?,
+                        updated_at: r.try_get("updated_at")?,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
+                if run_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let params: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT run_id, step, runnable_key, deadline FROM attempts WHERE run_id IN ({}) AND deadline IS NOT NULL AND status IN ('scheduled', 'claimed', 'recorded')",
+                    params.join(", ")
+                );
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for id in run_ids {
+                    q = q.bind(id);
+                }
+                Ok(q.fetch_all(&mut **self).await?)
             }
 
             async fn next_visible(&mut self, run_id: &str) -> StoreResult<Option<i64>> {

@@ -1,0 +1,190 @@
+//! The read side's calls on the engine: one read transaction per call, then the pure
+//! builders of [`crate::inspect`].
+
+use super::{Engine, EngineError, Result};
+use crate::clock::Timestamp;
+use crate::inspect::list::page;
+use crate::inspect::{
+    self, Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef,
+    RunRows,
+};
+use crate::store::{ListQuery, Store, StoreTx};
+
+impl Engine {
+    /// The run as it stands: state, attempts (never a claim token or its hash), commands,
+    /// parent and children, route decisions, deadlines evaluated at `opts.now` (default: the
+    /// engine's clock), and with `include_history` the journal.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidRunId`] for a malformed id, [`EngineError::RunNotFound`], or a
+    /// store error.
+    pub async fn inspect_run(
+        &self,
+        run_id: impl RunRef,
+        opts: InspectOptions,
+    ) -> Result<RunInspection> {
+        let run_id = run_id.to_run_id()?;
+        let now = opts.now.unwrap_or_else(|| self.now());
+        with_store!(self, s => self.inspect_on(s, run_id, now, opts.include_history).await)
+            .map(|(insp, _)| insp)
+    }
+
+    /// The run's graph: nodes with statuses, edges with `selected`/`skipped`/`pending`/
+    /// `blocked`, the current nodes and child links. Node details (input, output, error,
+    /// attempts) only with `include_history`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::inspect_run`].
+    pub async fn inspect_run_graph(
+        &self,
+        run_id: impl RunRef,
+        opts: InspectOptions,
+    ) -> Result<RunGraph> {
+        let run_id = run_id.to_run_id()?;
+        let now = opts.now.unwrap_or_else(|| self.now());
+        let (insp, def) = with_store!(self, s => self.inspect_on(s, run_id, now, false).await)?;
+        Ok(inspect::graph_of(
+            &insp,
+            def.as_ref().map(|d| &d.spec),
+            opts.include_history,
+        ))
+    }
+
+    /// Why the run is where it is: one reason, a summary, the valid next actions and the
+    /// evidence ([`Explanation::from_inspection`] of [`Engine::inspect_run`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::inspect_run`].
+    pub async fn explain_run(
+        &self,
+        run_id: impl RunRef,
+        opts: InspectOptions,
+    ) -> Result<Explanation> {
+        let insp = self
+            .inspect_run(
+                run_id,
+                InspectOptions {
+                    include_history: false,
+                    ..opts
+                },
+            )
+            .await?;
+        Ok(Explanation::from_inspection(&insp))
+    }
+
+    /// Runs matching `filter`, newest first, one page at a time (pass the returned
+    /// `next_page` token to get the next). Summaries carry no payloads.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidOption`] for an empty filter value, an inverted time range, a
+    /// limit outside 1..=1000 or a malformed page token; or a store error.
+    pub async fn list_runs(&self, filter: &RunFilter, page: &Page) -> Result<RunPage> {
+        self.list_runs_at(filter, page, self.now()).await
+    }
+
+    /// [`Engine::list_runs`] with deadlines evaluated at `now`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::list_runs`].
+    pub async fn list_runs_at(
+        &self,
+        filter: &RunFilter,
+        page: &Page,
+        now: Timestamp,
+    ) -> Result<RunPage> {
+        filter.validate()?;
+        let after = page.cursor()?;
+        let query = ListQuery {
+            workflow: filter.workflow.clone(),
+            statuses: filter
+                .statuses
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            queue: filter.queue.clone(),
+            created_from: filter.created_from.map(|t| t.0),
+            created_before: filter.created_before.map(|t| t.0),
+            search: filter.search.as_deref().map(like_pattern),
+            after,
+            limit: i64::from(page.limit) + 1,
+        };
+        with_store!(self, s => self.list_on(s, &query, page.limit as usize, now).await)
+    }
+
+    async fn list_on<S: Store>(
+        &self,
+        store: &S,
+        query: &ListQuery,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<RunPage> {
+        let mut tx = store.begin_read().await?;
+        let rows = tx.list_runs(query).await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .take(limit)
+            .filter(|r| !matches!(r.status.as_str(), "completed" | "failed" | "cancelled"))
+            .map(|r| r.run_id.clone())
+            .collect();
+        let deadlines = tx.open_deadlines(&ids).await?;
+        drop(tx);
+        page(rows, deadlines, limit, now)
+    }
+
+    async fn inspect_on<S: Store>(
+        &self,
+        store: &S,
+        run_id: crate::journal::RunId,
+        now: Timestamp,
+        include_history: bool,
+    ) -> Result<(RunInspection, Option<std::sync::Arc<super::Definition>>)> {
+        let mut tx = store.begin_read().await?;
+        let id = run_id.to_string();
+        let run = tx
+            .load_run(&id, false)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let attempts = tx.run_attempts(&id).await?;
+        let facts = tx.facts(&id).await?;
+        let next_visible = tx.next_visible(&id).await?;
+        let mut children = Vec::new();
+        for (step, key, child) in tx.children(&id).await? {
+            let row = tx.load_run(&child, false).await?;
+            children.push((step, key, child, row));
+        }
+        let parent = match &run.parent_run_id {
+            Some(p) => tx.load_run(p, false).await?,
+            None => None,
+        };
+        let def = self.definition_in(&mut tx, &run.definition_hash).await?;
+        drop(tx);
+        let rows = RunRows {
+            run,
+            attempts,
+            facts,
+            children,
+            parent,
+            next_visible,
+        };
+        let insp = inspect::build(rows, def.as_deref(), now, include_history)?;
+        Ok((insp, def))
+    }
+}
+
+/// `%text%`, lower-cased, with `LIKE` wildcards escaped.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::from("%");
+    for c in text.trim().to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
