@@ -5,6 +5,7 @@ mod actions;
 mod backends;
 mod control;
 mod engine;
+mod inspect;
 mod registry;
 mod support;
 mod wat;
