@@ -3,12 +3,15 @@
 //! ```sh
 //! cargo run --release -p squid-mesh-bench -- wasm          # full workload
 //! cargo run --release -p squid-mesh-bench -- durable       # commit floor and steps/s
+//! cargo run --release -p squid-mesh-bench -- read          # list/inspect with 10^4 and 10^6 runs
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
 //! `durable` uses SQLite in a temporary directory and the Postgres at `SQUID_MESH_PG_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`, a fresh schema), skipping
 //! Postgres with a message when it cannot be reached.
+
+mod read;
 
 use std::time::{Duration, Instant};
 
@@ -51,7 +54,8 @@ fn main() -> Result<()> {
         match w {
             "wasm" => figures.extend(runtime.block_on(wasm(smoke))?),
             "durable" => figures.extend(runtime.block_on(durable(smoke))?),
-            other => bail!("unknown workload {other:?}; known: wasm, durable"),
+            "read" => figures.extend(runtime.block_on(read::read(smoke))?),
+            other => bail!("unknown workload {other:?}; known: wasm, durable, read"),
         }
     }
     print_table(&figures);
