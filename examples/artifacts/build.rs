@@ -97,6 +97,14 @@ fn main() {
     }
     all.push_str("];\n");
     generated.push_str(&all);
+    writeln!(
+        generated,
+        "/// Directory the guest components are built into (`scripts/build-guests` writes the\n\
+         /// Python and JavaScript ones to its `python/` and `javascript/` subdirectories).\n\
+         pub const GUEST_COMPONENTS_DIR: &str = {:?};",
+        target_dir.display().to_string()
+    )
+    .expect("writing to a String cannot fail");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("artifacts.rs");
     fs::write(out, generated).expect("OUT_DIR is writable");
 }
