@@ -4,6 +4,7 @@
 //! cargo run --release -p squid-mesh-bench -- wasm          # full workload
 //! cargo run --release -p squid-mesh-bench -- durable       # commit floor and steps/s
 //! cargo run --release -p squid-mesh-bench -- read          # list/inspect with 10^4 and 10^6 runs
+//! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -11,6 +12,7 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`, a fresh schema), skipping
 //! Postgres with a message when it cannot be reached.
 
+mod langs;
 mod read;
 
 use std::time::{Duration, Instant};
@@ -55,7 +57,8 @@ fn main() -> Result<()> {
             "wasm" => figures.extend(runtime.block_on(wasm(smoke))?),
             "durable" => figures.extend(runtime.block_on(durable(smoke))?),
             "read" => figures.extend(runtime.block_on(read::read(smoke))?),
-            other => bail!("unknown workload {other:?}; known: wasm, durable, read"),
+            "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
+            other => bail!("unknown workload {other:?}; known: wasm, durable, read, langs"),
         }
     }
     print_table(&figures);

@@ -121,10 +121,23 @@ async fn measure(
     );
     let filtered = RunFilter::default()
         .workflow("wf_3")
-        .status(RunStatus::Failed);
+        .status(RunStatus::Completed);
     push(
         "list_runs workflow+status (50)",
         timed(reps, || engine.list_runs(&filtered, &first)).await?,
+    );
+    // wf_3 runs are never failed: the filter matches nothing and must not scan.
+    let empty = RunFilter::default()
+        .workflow("wf_3")
+        .status(RunStatus::Failed);
+    push(
+        "list_runs no match (0)",
+        timed(reps, || engine.list_runs(&empty, &first)).await?,
+    );
+    let search = RunFilter::default().search("wf_7");
+    push(
+        "list_runs text search (50)",
+        timed(reps, || engine.list_runs(&search, &first)).await?,
     );
     let queue = RunFilter::default().queue("q1").status(RunStatus::Running);
     push(

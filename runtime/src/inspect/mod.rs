@@ -15,6 +15,7 @@ mod deadline;
 mod explain;
 mod graph;
 pub(crate) mod list;
+pub mod render;
 mod visibility;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,9 @@ use serde_json::{Map, Value};
 
 pub use deadline::{Deadline, DeadlineState, DeadlineStatus, most_urgent};
 pub use explain::{Explanation, NextAction, Reason};
-pub use graph::{EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus, RunGraph};
+pub use graph::{
+    ChildLink, EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus, RunGraph,
+};
 pub use list::{Page, RunFilter, RunPage, RunSummary};
 pub use visibility::{Redact, Scope, ScopeTable, VisibilityError, VisibilityPolicy, redact};
 

@@ -1,0 +1,944 @@
+//! `squid-mesh`: run and operate Squid Mesh from a terminal.
+//!
+//! Works against `--database` (a SQLite file by default, or a Postgres URL) and an actions
+//! manifest (`--manifest`, default `actions.toml`). Human-readable output by default,
+//! `--json` for scripts; errors go to stderr with a non-zero exit code (2 for bad input,
+//! 3 for a run that does not exist, 1 for everything else).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use squid_mesh::actions::{ActionHost, Manifest, ManifestAction};
+use squid_mesh::clock::Timestamp;
+use squid_mesh::engine::{CommandOptions, ManualAttrs, ReplayOptions};
+use squid_mesh::inspect::{InspectOptions, Page, RunFilter, render};
+use squid_mesh::{
+    ActionKey, ActionLimits, ActionRegistry, Capabilities, Digest, Engine, EngineError, HostConfig,
+    RunStatus, StartOptions, Worker, WorkflowSpec,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "squid-mesh",
+    version,
+    about = "Run and operate Squid Mesh workflows"
+)]
+struct Cli {
+    /// SQLite file or Postgres URL (`postgres://...`).
+    #[arg(
+        long,
+        global = true,
+        env = "SQUID_MESH_DATABASE",
+        default_value = "squid-mesh.db"
+    )]
+    database: String,
+    /// Postgres schema holding the tables.
+    #[arg(
+        long,
+        global = true,
+        env = "SQUID_MESH_SCHEMA",
+        default_value = "squid_mesh"
+    )]
+    schema: String,
+    /// The actions manifest.
+    #[arg(
+        long,
+        global = true,
+        env = "SQUID_MESH_MANIFEST",
+        default_value = "actions.toml"
+    )]
+    manifest: PathBuf,
+    /// Directory of compiled components (default: next to the manifest, `.squid-mesh-cache`).
+    #[arg(long, global = true, env = "SQUID_MESH_CACHE")]
+    cache: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the tables.
+    Migrate,
+    /// Manage the actions manifest.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
+    /// Check or draw a workflow spec file (JSON or TOML).
+    #[command(subcommand)]
+    Spec(SpecCommand),
+    /// Start a run of the workflow in a spec file.
+    Start(StartArgs),
+    /// Run a worker pool until interrupted (or until idle with --exit-when-idle).
+    Worker(WorkerArgs),
+    /// List and inspect runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Resume a paused run.
+    Resume(ManualArgs),
+    /// Approve a run waiting at an approval gate.
+    Approve(ManualArgs),
+    /// Reject a run waiting at an approval gate.
+    Reject(ManualArgs),
+    /// Cancel a run.
+    Cancel(CancelArgs),
+    /// Start a new run from a run's trigger and input.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionsCommand {
+    /// List the actions of the manifest.
+    List,
+    /// Add (or with --replace, update) an action: pins the component's digest after checking
+    /// that it implements the action world.
+    Add(AddArgs),
+    /// Re-check every component against its pinned digest and the action world.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// Action key, for example `payments.charge`.
+    key: String,
+    /// The component file (`.wasm`).
+    component: PathBuf,
+    /// Wall-clock limit per attempt, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Memory cap, in MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Fuel (instruction budget) per attempt.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Allow the action to start child runs.
+    #[arg(long)]
+    allow_child_runs: bool,
+    /// Replace an existing entry with the same key.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum SpecCommand {
+    /// Print every problem of a spec, with its path.
+    Validate {
+        /// The spec file.
+        file: PathBuf,
+    },
+    /// Draw the steps and routes of a spec.
+    Graph {
+        /// The spec file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// The workflow spec file (JSON or TOML).
+    workflow_file: PathBuf,
+    /// Trigger name (default: the first).
+    #[arg(long)]
+    trigger: Option<String>,
+    /// The payload, a JSON object.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// The same key and payload start the run once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Queue of the run's attempts.
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Queues to take work from (repeat the flag for several).
+    #[arg(long = "queue", default_value = "default")]
+    queues: Vec<String>,
+    /// Steps run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Lease of a claim, in seconds (heartbeats renew it at a third).
+    #[arg(long, default_value_t = 60)]
+    lease_secs: u64,
+    /// Stop once no run on the queues has work left (all ended, paused or idle).
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Seconds to let in-flight steps finish on shutdown.
+    #[arg(long, default_value_t = 30)]
+    shutdown_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Runs, newest first.
+    List(ListArgs),
+    /// Everything about one run.
+    Show {
+        /// Run id.
+        id: String,
+        /// Include the journal.
+        #[arg(long)]
+        history: bool,
+    },
+    /// The run's graph.
+    Graph {
+        /// Run id.
+        id: String,
+        /// Include node details (input, output, error, attempts) in JSON.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Why the run is where it is, and what can be done.
+    Explain {
+        /// Run id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Workflow name.
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Status (repeat for several): running, idle, paused, completed, failed, cancelled.
+    #[arg(long = "status")]
+    statuses: Vec<String>,
+    /// Queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Text in the run id, workflow, trigger or a step name.
+    #[arg(long)]
+    search: Option<String>,
+    /// Created at or after (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Page size.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// The page token printed by the previous page.
+    #[arg(long)]
+    after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ManualArgs {
+    /// Run id.
+    id: String,
+    /// Who decides (required to approve or reject).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Why.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Repeating the command with this key does nothing more.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CancelArgs {
+    /// Run id.
+    id: String,
+    /// Repeating the command with this key does nothing more.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Run id.
+    id: String,
+    /// Replay even though the run completed irreversible steps.
+    #[arg(long)]
+    allow_irreversible: bool,
+    /// Repeating the command with this key returns the same new run.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// An error with its exit code and, for engine errors, its structured form.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = match error.downcast_ref::<EngineError>() {
+            Some(EngineError::RunNotFound { .. }) => 3,
+            Some(
+                EngineError::InvalidSpec(_)
+                | EngineError::InvalidPayload(_)
+                | EngineError::InvalidOption(_)
+                | EngineError::InvalidRunId { .. }
+                | EngineError::UnknownTrigger { .. }
+                | EngineError::UnknownWorkflow { .. }
+                | EngineError::InvalidTransition { .. }
+                | EngineError::WrongManualStep { .. }
+                | EngineError::UnsafeReplay { .. }
+                | EngineError::IdempotencyConflict { .. },
+            ) => 2,
+            _ => 1,
+        };
+        Self { code, error }
+    }
+}
+
+macro_rules! failure_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Failure {
+            fn from(e: $t) -> Self {
+                anyhow::Error::from(e).into()
+            }
+        }
+    )*};
+}
+failure_from!(
+    std::io::Error,
+    serde_json::Error,
+    EngineError,
+    squid_mesh::ActionError
+);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SQUID_MESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json_errors = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            report(&f, json_errors);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn report(f: &Failure, json_output: bool) {
+    let engine = f.error.downcast_ref::<EngineError>();
+    if json_output {
+        let body = json!({"error": {
+            "code": engine.map_or("error", EngineError::code),
+            "message": format!("{:#}", f.error),
+            "problems": engine.map(|e| e.problems().iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()).unwrap_or_default(),
+        }});
+        eprintln!("{body}");
+        return;
+    }
+    match engine {
+        Some(e) if !e.problems().is_empty() => {
+            let n = e.problems().len();
+            let context: Vec<String> = f.error.chain().skip(1).map(ToString::to_string).collect();
+            let what = if context.is_empty() {
+                e.code().to_owned()
+            } else {
+                format!("{}: {}", context.join(": "), e.code())
+            };
+            eprintln!(
+                "error: {what}, {n} problem{}:",
+                if n == 1 { "" } else { "s" }
+            );
+            for p in e.problems() {
+                eprintln!("  {}: {} ({})", p.path, p.message, p.code);
+            }
+        }
+        _ => eprintln!("error: {:#}", f.error),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The directory of the manifest (`.` for a bare file name).
+fn manifest_dir(cli: &Cli) -> &Path {
+    match cli.manifest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn cache_dir(cli: &Cli) -> PathBuf {
+    cli.cache
+        .clone()
+        .unwrap_or_else(|| manifest_dir(cli).join(".squid-mesh-cache"))
+}
+
+fn registry(cli: &Cli) -> Result<ActionRegistry> {
+    if cli.manifest.exists() {
+        ActionRegistry::from_manifest(&cli.manifest)
+            .with_context(|| format!("loading the actions manifest {}", cli.manifest.display()))
+    } else {
+        Ok(ActionRegistry::new())
+    }
+}
+
+async fn engine(cli: &Cli) -> Result<Engine> {
+    let b = Engine::builder()
+        .registry(registry(cli)?)
+        .host_config(HostConfig {
+            cache_dir: Some(cache_dir(cli)),
+            ..HostConfig::default()
+        });
+    let b = if is_postgres(&cli.database) {
+        b.postgres(&cli.database).postgres_schema(&cli.schema)
+    } else {
+        b.sqlite(
+            cli.database
+                .strip_prefix("sqlite://")
+                .unwrap_or(&cli.database),
+        )
+    };
+    b.build()
+        .await
+        .with_context(|| format!("opening the database {}", cli.database))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Migrate => {
+            engine(&cli).await?;
+            if cli.json {
+                print_json(&json!({"migrated": cli.database}))?;
+            } else {
+                println!("database {} is up to date", cli.database);
+            }
+            Ok(0)
+        }
+        Command::Actions(cmd) => actions(&cli, cmd).await,
+        Command::Spec(cmd) => spec(&cli, cmd),
+        Command::Start(args) => start(&cli, args).await,
+        Command::Worker(args) => worker(&cli, args).await,
+        Command::Runs(cmd) => runs(&cli, cmd).await,
+        Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
+            let e = engine(&cli).await?;
+            let attrs = ManualAttrs {
+                actor: a.actor.clone().map(Value::String),
+                comment: a.comment.clone(),
+                metadata: serde_json::Map::new(),
+                idempotency_key: a.idempotency_key.clone(),
+            };
+            let id = a.id.as_str().parse().map_err(EngineError::from)?;
+            let snap = match &cli.command {
+                Command::Resume(_) => e.resume(id, attrs).await,
+                Command::Approve(_) => e.approve(id, attrs).await,
+                _ => e.reject(id, attrs).await,
+            }?;
+            done(&cli, &snap.run_id.to_string(), snap.status)
+        }
+        Command::Cancel(a) => {
+            let e = engine(&cli).await?;
+            let id = a.id.as_str().parse().map_err(EngineError::from)?;
+            let snap = e
+                .cancel(
+                    id,
+                    CommandOptions {
+                        idempotency_key: a.idempotency_key.clone(),
+                        ..CommandOptions::default()
+                    },
+                )
+                .await?;
+            done(&cli, &snap.run_id.to_string(), snap.status)
+        }
+        Command::Replay(a) => {
+            let e = engine(&cli).await?;
+            let id = a.id.as_str().parse().map_err(EngineError::from)?;
+            let snap = e
+                .replay(
+                    id,
+                    ReplayOptions {
+                        allow_irreversible: a.allow_irreversible,
+                        idempotency_key: a.idempotency_key.clone(),
+                        ..ReplayOptions::default()
+                    },
+                )
+                .await?;
+            if cli.json {
+                print_json(
+                    &json!({"run_id": snap.run_id, "status": snap.status, "replayed_from": snap.replayed_from}),
+                )?;
+            } else {
+                println!("started run {} replaying {}", snap.run_id, a.id);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn done(cli: &Cli, run_id: &str, status: RunStatus) -> Result<u8, Failure> {
+    if cli.json {
+        print_json(&json!({"run_id": run_id, "status": status}))?;
+    } else {
+        println!("run {run_id} is {}", status.as_str());
+    }
+    Ok(0)
+}
+
+async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
+    let manifest_or_empty = || -> Result<Manifest> {
+        if cli.manifest.exists() {
+            Ok(Manifest::read(&cli.manifest)?)
+        } else {
+            Ok(Manifest::default())
+        }
+    };
+    match cmd {
+        ActionsCommand::List => {
+            let m = manifest_or_empty()?;
+            if cli.json {
+                print_json(&m.actions)?;
+                return Ok(0);
+            }
+            println!(
+                "{:<24}  {:<8}  {:<16}  {:>8}  {:>8}  component",
+                "key", "enabled", "digest", "timeout", "memory"
+            );
+            for a in &m.actions {
+                println!(
+                    "{:<24}  {:<8}  {:<16}  {:>6}ms  {:>6}MB  {}",
+                    a.key.to_string(),
+                    a.enabled,
+                    &a.digest.to_string()[..16.min(a.digest.to_string().len())],
+                    a.limits.timeout_ms,
+                    a.limits.memory_bytes / (1024 * 1024),
+                    a.component.display()
+                );
+            }
+            Ok(0)
+        }
+        ActionsCommand::Add(args) => {
+            let key = ActionKey::new(&args.key)?;
+            let bytes = std::fs::read(&args.component)
+                .with_context(|| format!("reading {}", args.component.display()))?;
+            let digest = Digest::of(&bytes);
+            let mut limits = ActionLimits::default();
+            if let Some(t) = args.timeout_ms {
+                limits.timeout_ms = t;
+            }
+            if let Some(m) = args.memory_mb {
+                limits.memory_bytes = m * 1024 * 1024;
+            }
+            limits.fuel = args.fuel.or(limits.fuel);
+            let capabilities = Capabilities {
+                child_runs: args.allow_child_runs,
+                ..Capabilities::default()
+            };
+            let mut m = manifest_or_empty()?;
+            let exists = m.actions.iter().position(|a| a.key == key);
+            if exists.is_some() && !args.replace {
+                return Err(anyhow!(
+                    "action {key} is already in {}; pass --replace to update it",
+                    cli.manifest.display()
+                )
+                .into());
+            }
+            // Relative to the manifest when the component lives under its directory.
+            let component = std::path::absolute(&args.component)?;
+            let base = std::path::absolute(manifest_dir(cli))?;
+            let component = component
+                .strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .unwrap_or(component);
+            let entry = ManifestAction {
+                key: key.clone(),
+                component,
+                digest,
+                enabled: true,
+                limits,
+                capabilities,
+            };
+            // Check the component before pinning it: it must implement the action world.
+            let host = ActionHost::new(
+                ActionRegistry::new(),
+                HostConfig {
+                    cache_dir: Some(cache_dir(cli)),
+                    ..HostConfig::default()
+                },
+            )?;
+            let probe = Manifest {
+                actions: vec![entry.clone()],
+            };
+            let action = probe
+                .resolve(&cli.manifest)
+                .pop()
+                .ok_or_else(|| anyhow!("no action to check"))?;
+            let description = host
+                .register(action)
+                .await
+                .with_context(|| format!("checking {}", args.component.display()))?;
+            match exists {
+                Some(i) => m.actions[i] = entry,
+                None => m.actions.push(entry),
+            }
+            m.write(&cli.manifest)?;
+            if cli.json {
+                print_json(
+                    &json!({"key": key.to_string(), "digest": digest.to_string(), "name": description.name, "version": description.version}),
+                )?;
+            } else {
+                println!(
+                    "added {key} ({} {}) pinned to {digest}",
+                    description.name, description.version
+                );
+            }
+            Ok(0)
+        }
+        ActionsCommand::Verify => {
+            if !cli.manifest.exists() {
+                return Err(anyhow!("no actions manifest at {}", cli.manifest.display()).into());
+            }
+            let m = Manifest::read(&cli.manifest)?;
+            let host = ActionHost::new(
+                ActionRegistry::new(),
+                HostConfig {
+                    cache_dir: Some(cache_dir(cli)),
+                    ..HostConfig::default()
+                },
+            )?;
+            let mut results = Vec::new();
+            let mut failed = 0;
+            for action in m.resolve(&cli.manifest) {
+                let key = action.key.to_string();
+                match host.register(action).await {
+                    Ok(d) => results.push(
+                        json!({"key": key, "ok": true, "name": d.name, "version": d.version}),
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        results.push(json!({"key": key, "ok": false, "code": e.code(), "error": e.to_string()}));
+                    }
+                }
+            }
+            if cli.json {
+                print_json(&results)?;
+            } else {
+                for r in &results {
+                    if r["ok"] == true {
+                        println!(
+                            "ok      {} ({} {})",
+                            r["key"].as_str().unwrap_or(""),
+                            r["name"].as_str().unwrap_or(""),
+                            r["version"].as_str().unwrap_or("")
+                        );
+                    } else {
+                        println!(
+                            "FAILED  {}: {}",
+                            r["key"].as_str().unwrap_or(""),
+                            r["error"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                if !cli.json {
+                    eprintln!("error: {failed} action(s) failed verification");
+                }
+                return Ok(1);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn read_spec(file: &Path) -> Result<WorkflowSpec> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let toml = file.extension().is_some_and(|e| e == "toml");
+    let spec = if toml {
+        WorkflowSpec::from_toml(&text)
+    } else {
+        WorkflowSpec::from_json(&text)
+    };
+    spec.with_context(|| format!("parsing {}", file.display()))
+}
+
+fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
+    match cmd {
+        SpecCommand::Validate { file } => {
+            let spec = read_spec(file)?;
+            let registry = registry(cli)?;
+            let known = cli.manifest.exists().then_some(&registry);
+            match spec.validate(known) {
+                Ok(()) => {
+                    if cli.json {
+                        print_json(&json!({"valid": true, "problems": []}))?;
+                    } else {
+                        println!("{} is valid", file.display());
+                    }
+                    Ok(0)
+                }
+                Err(problems) => {
+                    if cli.json {
+                        print_json(
+                            &json!({"valid": false, "problems": problems.iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()}),
+                        )?;
+                    } else {
+                        println!("{} has {} problem(s):", file.display(), problems.len());
+                        for p in &problems {
+                            println!("  {}: {} ({})", p.path, p.message, p.code);
+                        }
+                    }
+                    Ok(2)
+                }
+            }
+        }
+        SpecCommand::Graph { file } => {
+            let spec = read_spec(file)?;
+            if cli.json {
+                let edges: Vec<Value> = spec
+                    .transitions
+                    .iter()
+                    .map(|t| json!({"from": t.from, "on": t.on, "to": t.to, "condition": t.condition, "recovery": t.recovery}))
+                    .chain(spec.steps.iter().flat_map(|s| {
+                        s.after.iter().map(move |d| json!({"from": d, "on": "dependency", "to": s.name}))
+                    }))
+                    .collect();
+                let nodes: Vec<Value> = spec
+                    .steps
+                    .iter()
+                    .map(|s| json!({"id": s.name, "action": s.action.as_ref().map(ToString::to_string), "builtin": s.builtin.as_ref().map(|b| b.kind())}))
+                    .collect();
+                print_json(&json!({"workflow": spec.name, "nodes": nodes, "edges": edges}))?;
+                return Ok(0);
+            }
+            println!("workflow {}", spec.name);
+            for s in &spec.steps {
+                let what = match (&s.action, &s.builtin) {
+                    (Some(a), _) => a.to_string(),
+                    (None, Some(b)) => format!("builtin:{}", b.kind()),
+                    _ => String::new(),
+                };
+                let mut extra = Vec::new();
+                if let Some(r) = &s.retry {
+                    extra.push(format!("retry x{}", r.max_attempts));
+                }
+                if let Some(c) = &s.compensate {
+                    extra.push(format!("compensate {c}"));
+                }
+                if s.irreversible {
+                    extra.push("irreversible".into());
+                }
+                if !s.after.is_empty() {
+                    extra.push(format!("after {}", s.after.join(", ")));
+                }
+                println!("  {:<20} {:<24} {}", s.name, what, extra.join("; "));
+            }
+            for t in &spec.transitions {
+                let on = match t.on {
+                    squid_mesh::spec::Outcome::Ok => "ok",
+                    squid_mesh::spec::Outcome::Error => "error",
+                };
+                let cond = t
+                    .condition
+                    .as_ref()
+                    .map(|c| format!(" when {}", serde_json::to_string(c).unwrap_or_default()))
+                    .unwrap_or_default();
+                println!("  {} --{on}--> {}{cond}", t.from, t.to);
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
+    let spec = read_spec(&args.workflow_file)?;
+    let payload: Value =
+        serde_json::from_str(&args.payload).map_err(|e| anyhow!("--payload is not JSON: {e}"))?;
+    let e = engine(cli).await?;
+    let snap = e
+        .start(
+            &spec,
+            args.trigger.as_deref(),
+            payload,
+            StartOptions {
+                idempotency_key: args.idempotency_key.clone(),
+                queue: args.queue.clone(),
+                ..StartOptions::default()
+            },
+        )
+        .await?;
+    if cli.json {
+        print_json(
+            &json!({"run_id": snap.run_id, "workflow": snap.workflow, "status": snap.status, "queue": snap.queue}),
+        )?;
+    } else {
+        println!(
+            "started run {} of {} on queue {} ({})",
+            snap.run_id,
+            snap.workflow,
+            snap.queue,
+            snap.status.as_str()
+        );
+    }
+    Ok(0)
+}
+
+async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
+    let e = engine(cli).await?;
+    let lease = Duration::from_secs(args.lease_secs.max(1));
+    let pool = Worker::builder(&e)
+        .queues(args.queues.clone())
+        .concurrency(args.concurrency)
+        .lease_for(lease)
+        .heartbeat_interval(Some(lease / 3))
+        .start()?;
+    let started = std::time::Instant::now();
+    let interactive = !cli.json;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let reason = loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break "interrupted",
+            _ = tick.tick() => {
+                let executed = pool.stats().executed.load(std::sync::atomic::Ordering::Relaxed);
+                let errors = pool.stats().errors.load(std::sync::atomic::Ordering::Relaxed);
+                if interactive {
+                    eprint!("\r[worker {}] {:>6.1}s  steps executed {executed}  errors {errors}   ", args.queues.join(","), started.elapsed().as_secs_f64());
+                }
+                if args.exit_when_idle && !has_work(&e, &args.queues).await? {
+                    break "idle";
+                }
+            }
+        }
+    };
+    let stats = pool.stats();
+    let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+    let executed = pool.shutdown(Duration::from_secs(args.shutdown_secs)).await;
+    if cli.json {
+        print_json(&json!({"stopped": reason, "executed": executed, "errors": errors}))?;
+    } else {
+        eprintln!();
+        println!("worker stopped ({reason}): {executed} step(s) executed, {errors} error(s)");
+    }
+    Ok(0)
+}
+
+/// Whether any run on `queues` still has work a worker can do (running, not paused).
+async fn has_work(e: &Engine, queues: &[String]) -> Result<bool> {
+    for q in queues {
+        let page = e
+            .list_runs(
+                &RunFilter::default()
+                    .queue(q.clone())
+                    .status(RunStatus::Running),
+                &Page::first(1),
+            )
+            .await?;
+        if !page.runs.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn parse_time(flag: &str, text: &Option<String>) -> Result<Option<Timestamp>> {
+    text.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| Timestamp(d.timestamp_micros()))
+                .map_err(|e| anyhow!("{flag} {t:?} is not an RFC 3339 time: {e}"))
+        })
+        .transpose()
+}
+
+async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
+    let e = engine(cli).await?;
+    match cmd {
+        RunsCommand::List(a) => {
+            let mut filter = RunFilter {
+                workflow: a.workflow.clone(),
+                queue: a.queue.clone(),
+                search: a.search.clone(),
+                created_from: parse_time("--since", &a.since)?,
+                created_before: parse_time("--until", &a.until)?,
+                ..RunFilter::default()
+            };
+            for s in &a.statuses {
+                let status = RunStatus::parse(s).ok_or_else(|| {
+                    anyhow!("unknown status {s:?}; expected running, idle, paused, completed, failed or cancelled")
+                })?;
+                filter = filter.status(status);
+            }
+            let page = Page {
+                limit: a.limit,
+                after: a.after.clone(),
+            };
+            let result = e.list_runs(&filter, &page).await?;
+            if cli.json {
+                print_json(&result)?;
+            } else {
+                print!("{}", render::page_text(&result));
+            }
+        }
+        RunsCommand::Show { id, history } => {
+            let opts = InspectOptions {
+                include_history: *history,
+                now: None,
+            };
+            let i = e.inspect_run(id, opts).await?;
+            if cli.json {
+                print_json(&i)?;
+            } else {
+                print!("{}", render::inspection_text(&i));
+                if let Some(h) = &i.history {
+                    println!("journal:");
+                    for entry in h {
+                        println!("  {} {}", entry.at, entry.fact.kind());
+                    }
+                }
+            }
+        }
+        RunsCommand::Graph { id, history } => {
+            let opts = InspectOptions {
+                include_history: *history,
+                now: None,
+            };
+            let g = e.inspect_run_graph(id, opts).await?;
+            if cli.json {
+                print_json(&g.to_json())?;
+            } else {
+                print!("{}", render::graph_text(&g));
+            }
+        }
+        RunsCommand::Explain { id } => {
+            let x = e.explain_run(id, InspectOptions::default()).await?;
+            if cli.json {
+                print_json(&x)?;
+            } else {
+                print!("{}", render::explanation_text(&x));
+            }
+        }
+    }
+    Ok(0)
+}

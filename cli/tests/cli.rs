@@ -1,0 +1,316 @@
+//! The `squid-mesh` program driven as a user would, on a SQLite file and on a fresh Postgres
+//! schema: actions, specs, start, worker, show, explain, graph, approve, cancel, replay, and
+//! the errors a user gets for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_squid-mesh");
+
+struct Cli {
+    dir: PathBuf,
+    database: String,
+    schema: String,
+}
+
+impl Cli {
+    fn cmd(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .current_dir(&self.dir)
+            .env_remove("SQUID_MESH_DATABASE")
+            .env_remove("SQUID_MESH_MANIFEST")
+            .args(["--database", &self.database, "--schema", &self.schema])
+            .args(["--manifest", "actions.toml"])
+            .args(args)
+            .output()
+            .expect("squid-mesh runs");
+        out
+    }
+
+    /// Runs a command that must succeed and returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "squid-mesh {args:?} failed ({:?}):\n{stdout}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// Runs a command that must fail; returns (exit code, stderr).
+    fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.cmd(args);
+        assert!(!out.status.success(), "squid-mesh {args:?} should fail");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn order_spec() -> Value {
+    json!({
+        "name": "cli_order",
+        "version": "1",
+        "triggers": [{"name": "manual", "type": "manual", "payload": [
+            {"name": "order_id", "type": "string"},
+            {"name": "items", "type": "list"},
+            {"name": "succeed_on_attempt", "type": "integer", "default": 1}
+        ]}],
+        "steps": [
+            {"name": "validate", "action": "orders.validate", "output": "validation"},
+            {"name": "charge", "action": "payments.charge",
+             "input": {"order_id": ["order_id"], "amount_cents": ["validation", "total_cents"], "succeed_on_attempt": ["succeed_on_attempt"]},
+             "retry": {"max_attempts": 3, "backoff": {"kind": "constant", "min_ms": 100, "max_ms": 100}},
+             "output": "payment"},
+            {"name": "review", "builtin": {"kind": "approval"}, "output": "review"},
+            {"name": "ship", "builtin": {"kind": "log", "message": "shipping"}},
+            {"name": "refund", "action": "payments.refund", "input": {"charge_id": ["payment", "charge_id"], "amount_cents": ["payment", "amount_cents"]}}
+        ],
+        "transitions": [
+            {"from": "validate", "on": "ok", "to": "charge"},
+            {"from": "charge", "on": "ok", "to": "review"},
+            {"from": "review", "on": "ok", "to": "ship"},
+            {"from": "review", "on": "error", "to": "refund"}
+        ]
+    })
+}
+
+fn setup(dir: &Path) {
+    squid_mesh_examples::write_manifest(dir).expect("manifest");
+    std::fs::write(
+        dir.join("order.json"),
+        serde_json::to_string_pretty(&order_spec()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broken.json"),
+        json!({
+            "name": "broken",
+            "triggers": [{"name": "manual", "type": "manual"}],
+            "steps": [{"name": "a", "action": "nope.missing"}, {"name": "b", "builtin": {"kind": "approval"}}],
+            "transitions": [{"from": "a", "on": "ok", "to": "ghost"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+fn scenario(cli: &Cli) {
+    setup(&cli.dir);
+    let name = if cli.database.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    cli.ok(&["migrate"]);
+
+    // Actions: listed, verified, and a tampered component is caught.
+    let listed = cli.json(&["actions", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{name}");
+    let verified = cli.json(&["actions", "verify"]);
+    assert!(verified.as_array().unwrap().iter().all(|r| r["ok"] == true));
+
+    // Specs: valid, graph, and every problem of a broken one.
+    assert!(
+        cli.ok(&["spec", "validate", "order.json"])
+            .contains("is valid")
+    );
+    let graph = cli.ok(&["spec", "graph", "order.json"]);
+    assert!(graph.contains("review --error--> refund"), "{graph}");
+    let out = cli.cmd(&["spec", "validate", "broken.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "steps[0].action",
+        "unknown_action",
+        "transitions[0].to",
+        "approval_routes",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in {text}");
+    }
+
+    // Start, run a worker until idle: the retrying charge succeeds, the run waits for review.
+    let payload = r#"{"order_id": "o-1", "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}], "succeed_on_attempt": 2}"#;
+    let started = cli.json(&["start", "order.json", "--payload", payload]);
+    let run = started["run_id"].as_str().unwrap().to_owned();
+    let worker = cli.json(&["worker", "--exit-when-idle", "--concurrency", "2"]);
+    assert_eq!(worker["stopped"], "idle");
+    assert!(worker["executed"].as_u64().unwrap() >= 4, "{worker}");
+    let shown = cli.json(&["runs", "show", &run]);
+    assert_eq!(shown["status"], "paused");
+    assert_eq!(shown["manual"]["step"], "review");
+    let charges: Vec<&Value> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["step"] == "charge")
+        .collect();
+    assert_eq!(charges.len(), 2, "one retry");
+    let explained = cli.ok(&["runs", "explain", &run]);
+    assert!(
+        explained.contains("manual_intervention_required"),
+        "{explained}"
+    );
+    assert!(explained.contains("resolve_manual_step"));
+    let listed = cli.json(&["runs", "list", "--status", "paused"]);
+    assert_eq!(listed["runs"][0]["run_id"], run.as_str());
+
+    // Approving needs an actor.
+    let (code, err) = cli.fails(&["approve", &run]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("actor"), "{err}");
+    let approved = cli.json(&["approve", &run, "--actor", "ana", "--comment", "fine"]);
+    assert_eq!(approved["status"], "running");
+    cli.json(&["worker", "--exit-when-idle"]);
+    let shown = cli.json(&["runs", "show", &run]);
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["context"]["review"]["decision"], "approved");
+    let graph = cli.ok(&["runs", "graph", &run]);
+    assert!(graph.contains("==> review:ok:ship"), "{graph}");
+    assert!(graph.contains("-/- review:error:refund"), "{graph}");
+    let graph = cli.json(&["runs", "graph", &run]);
+    assert_eq!(graph["status"], "completed");
+    let explained = cli.json(&["runs", "explain", &run]);
+    assert_eq!(explained["reason"], "terminal");
+
+    // A second run is cancelled at the gate; the first is replayed.
+    let second = cli.json(&[
+        "start",
+        "order.json",
+        "--payload",
+        payload,
+        "--idempotency-key",
+        "k-2",
+    ]);
+    let second_id = second["run_id"].as_str().unwrap().to_owned();
+    let again = cli.json(&[
+        "start",
+        "order.json",
+        "--payload",
+        payload,
+        "--idempotency-key",
+        "k-2",
+    ]);
+    assert_eq!(again["run_id"], second_id.as_str(), "idempotent start");
+    let cancelled = cli.json(&["cancel", &second_id]);
+    assert_eq!(cancelled["status"], "cancelled");
+    let (code, err) = cli.fails(&["cancel", &second_id]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cancelled"), "{err}");
+    let replayed = cli.json(&["replay", &run]);
+    assert_eq!(replayed["replayed_from"], run.as_str());
+    let listed = cli.json(&["runs", "list"]);
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 3);
+    let text = cli.ok(&["runs", "list", "--status", "cancelled"]);
+    assert!(text.contains(&second_id) && !text.contains(&run), "{text}");
+
+    // Bad input: clear messages and exit codes.
+    let (code, err) = cli.fails(&["runs", "show", "not-a-run"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("malformed run id"), "{err}");
+    let (code, err) = cli.fails(&["runs", "show", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("not found"), "{err}");
+    let (code, err) = cli.fails(&["start", "order.json", "--payload", r#"{"order_id": 5}"#]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("payload.order_id") && err.contains("payload.items"),
+        "{err}"
+    );
+    let (code, err) = cli.fails(&["start", "order.json", "--payload", "{not json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--payload is not JSON"), "{err}");
+    let (code, err) = cli.fails(&["runs", "list", "--status", "sleeping"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown status"), "{err}");
+    let (code, err) = cli.fails(&["runs", "list", "--after", "garbage"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("page.after"), "{err}");
+    let (_, err) = cli.fails(&["--json", "runs", "show", "nope"]);
+    let body: Value = serde_json::from_str(err.trim()).expect("JSON error");
+    assert_eq!(body["error"]["code"], "invalid_run_id");
+
+    // Tampering with a pinned component is caught by verify.
+    std::fs::write(cli.dir.join("components/echo.wasm"), b"not a component").unwrap();
+    let out = cli.cmd(&["actions", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED  echo"));
+    // Adding pins the digest; adding twice needs --replace.
+    let added = cli.json(&["actions", "add", "echo2", "components/payments.refund.wasm"]);
+    assert!(added["digest"].as_str().unwrap().starts_with("sha256:"));
+    let (code, err) = cli.fails(&["actions", "add", "echo2", "components/payments.refund.wasm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--replace"), "{err}");
+    let (_, err) = cli.fails(&["actions", "add", "bad", "components/echo.wasm"]);
+    assert!(err.contains("checking components/echo.wasm"), "{err}");
+}
+
+#[test]
+fn the_cli_drives_runs_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    scenario(&cli);
+}
+
+fn postgres_url() -> Option<String> {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if std::env::var_os("SQUID_MESH_SKIP_POSTGRES").is_some() && !ci {
+        eprintln!("\n!!!!! SKIPPING POSTGRES: SQUID_MESH_SKIP_POSTGRES is set !!!!!\n");
+        return None;
+    }
+    let url = std::env::var("SQUID_MESH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let reachable = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&url).await.map(|_| ())
+    });
+    match reachable {
+        Ok(()) => Some(url),
+        Err(e) if ci => panic!("PostgreSQL is required in CI but {url} refused: {e}"),
+        Err(e) => {
+            eprintln!("\n!!!!! SKIPPING POSTGRES: {url} is not reachable ({e}) !!!!!\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_cli_drives_runs_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("sm_cli_{}", std::process::id());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: url.clone(),
+        schema: schema.clone(),
+    };
+    scenario(&cli);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    });
+}
