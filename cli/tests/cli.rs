@@ -120,7 +120,7 @@ fn scenario(cli: &Cli) {
 
     // Actions: listed, verified, and a tampered component is caught.
     let listed = cli.json(&["actions", "list"]);
-    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{name}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(5), "{name}");
     let verified = cli.json(&["actions", "verify"]);
     assert!(verified.as_array().unwrap().iter().all(|r| r["ok"] == true));
 

@@ -8,15 +8,17 @@ use squid_mesh::{ActionLimits, Capabilities, Digest};
 use squid_mesh_example_artifacts as artifacts;
 
 /// The example actions and the keys the examples register them under.
-pub const EXAMPLE_ACTIONS: [(&str, &str); 4] = [
+pub const EXAMPLE_ACTIONS: [(&str, &str); 5] = [
     ("orders.validate", artifacts::VALIDATE_ORDER),
     ("payments.charge", artifacts::CHARGE_PAYMENT),
     ("payments.refund", artifacts::REFUND_PAYMENT),
+    ("shipping.book", artifacts::BOOK_SHIPMENT),
     ("echo", artifacts::ECHO),
 ];
 
 /// Copies the example components into `dir/components` and writes `dir/actions.toml`
-/// pinning each one's digest, as a deployment would. Returns the manifest's path.
+/// pinning each one's digest, as a deployment would (`echo` may start child runs). Returns
+/// the manifest's path.
 ///
 /// # Errors
 ///
@@ -39,7 +41,10 @@ pub fn write_manifest(dir: &Path) -> Result<PathBuf> {
                 timeout_ms: 5_000,
                 ..ActionLimits::default()
             },
-            capabilities: Capabilities::default(),
+            capabilities: Capabilities {
+                child_runs: key == "echo",
+                ..Capabilities::default()
+            },
         });
     }
     let path = dir.join("actions.toml");

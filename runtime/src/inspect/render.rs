@@ -133,7 +133,16 @@ pub fn explanation_text(e: &Explanation) -> String {
     let next: Vec<String> = e.next_actions.iter().map(status_text).collect();
     let _ = writeln!(out, "next:    {}", next.join(", "));
     for (k, v) in &e.details {
-        let _ = writeln!(out, "  {k}: {v}");
+        // Instants are stored as microseconds since the epoch: print them as times.
+        let instant = k.ends_with("_at") || k.ends_with("_since") || k.ends_with("_until");
+        match v.as_i64() {
+            Some(us) if instant => {
+                let _ = writeln!(out, "  {k}: {}", time(Timestamp(us)));
+            }
+            _ => {
+                let _ = writeln!(out, "  {k}: {v}");
+            }
+        }
     }
     out
 }

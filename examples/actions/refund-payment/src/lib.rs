@@ -9,6 +9,20 @@ struct Refund {
     amount_cents: i64,
 }
 
+/// A refund asked for directly, or as the compensation of a `payments.charge` step (the
+/// host hands a compensation the undone step's input and output under `step`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Request {
+    Direct(Refund),
+    Compensation { step: CompensatedStep },
+}
+
+#[derive(Deserialize)]
+struct CompensatedStep {
+    output: Refund,
+}
+
 #[derive(Serialize)]
 struct Refunded {
     refund_id: String,
@@ -19,12 +33,16 @@ struct Refunded {
 struct RefundPayment;
 
 impl Action for RefundPayment {
-    type Input = Refund;
+    type Input = Request;
     type Output = Refunded;
 
     const NAME: Option<&'static str> = Some("payments.refund");
 
-    fn run(ctx: &Context, refund: Refund) -> Result<Refunded, ActionError> {
+    fn run(ctx: &Context, request: Request) -> Result<Refunded, ActionError> {
+        let refund = match request {
+            Request::Direct(r) => r,
+            Request::Compensation { step } => step.output,
+        };
         if !refund.charge_id.starts_with("ch_") {
             return Err(ActionError::fatal(
                 "unknown_charge",
