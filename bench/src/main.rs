@@ -4,6 +4,7 @@
 //! cargo run --release -p squid-mesh-bench -- wasm          # full workload
 //! cargo run --release -p squid-mesh-bench -- durable       # commit floor and steps/s
 //! cargo run --release -p squid-mesh-bench -- read          # list/inspect with 10^4 and 10^6 runs
+//! cargo run --release -p squid-mesh-bench -- wakeup        # start -> first step, idle pool
 //! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
@@ -14,6 +15,7 @@
 
 mod langs;
 mod read;
+mod wakeup;
 
 use std::time::{Duration, Instant};
 
@@ -57,8 +59,9 @@ fn main() -> Result<()> {
             "wasm" => figures.extend(runtime.block_on(wasm(smoke))?),
             "durable" => figures.extend(runtime.block_on(durable(smoke))?),
             "read" => figures.extend(runtime.block_on(read::read(smoke))?),
+            "wakeup" => figures.extend(runtime.block_on(wakeup::wakeup(smoke))?),
             "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
-            other => bail!("unknown workload {other:?}; known: wasm, durable, read, langs"),
+            other => bail!("unknown workload {other:?}; known: wasm, durable, read, langs, wakeup"),
         }
     }
     print_table(&figures);
