@@ -14,6 +14,48 @@
 //! - [`inspect`]: the read side (inspection, run graph, explanation, listing, deadlines,
 //!   actor-scoped redaction).
 //! - [`worker`]: a supervised worker pool around `execute_next`.
+//!
+//! # Example
+//!
+//! A workflow with a log step and an approval gate, on a SQLite file, driven by hand (a
+//! [`Worker`] pool does the same in the background). Steps that run WebAssembly actions are
+//! declared with `Step::action(name, key)` against an [`ActionRegistry`].
+//!
+//! ```
+//! use serde_json::json;
+//! use squid_mesh::actions::LogLevel;
+//! use squid_mesh::engine::{ExecuteOptions, ManualAttrs};
+//! use squid_mesh::inspect::{InspectOptions, Reason};
+//! use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
+//! use squid_mesh::{Engine, RunStatus, StartOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let path = std::env::temp_dir().join(format!("squid-mesh-doc-{}.db", std::process::id()));
+//! let engine = Engine::builder().sqlite(&path).build().await?;
+//! let spec = WorkflowSpec::builder("refund_request")
+//!     .trigger(Trigger::manual("manual").string("order_id"))
+//!     .step(Step::log("received", LogLevel::Info, "refund requested"))
+//!     .step(Step::approval("review").output("review"))
+//!     .step(Step::log("refund", LogLevel::Info, "refunding"))
+//!     .step(Step::log("decline", LogLevel::Info, "declined"))
+//!     .on_ok("received", "review")
+//!     .on_ok("review", "refund")
+//!     .on_error("review", "decline")
+//!     .build();
+//! let run = engine
+//!     .start(&spec, None, json!({"order_id": "o-1"}), StartOptions::default())
+//!     .await?;
+//! while engine.execute_next(ExecuteOptions::default()).await?.is_some() {}
+//!
+//! let why = engine.explain_run(run.run_id, InspectOptions::default()).await?;
+//! assert_eq!(why.reason, Reason::ManualInterventionRequired);
+//!
+//! engine.approve(run.run_id, ManualAttrs::by("ana")).await?;
+//! while engine.execute_next(ExecuteOptions::default()).await?.is_some() {}
+//! assert_eq!(engine.snapshot(run.run_id).await?.status, RunStatus::Completed);
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 pub mod actions;

@@ -41,6 +41,32 @@ pub struct WorkerStats {
 }
 
 /// A running worker pool.
+///
+/// ```
+/// use std::time::Duration;
+/// use serde_json::json;
+/// use squid_mesh::actions::LogLevel;
+/// use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
+/// use squid_mesh::{Engine, StartOptions, Worker};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let path = std::env::temp_dir().join(format!("squid-mesh-worker-doc-{}.db", std::process::id()));
+/// let engine = Engine::builder().sqlite(&path).build().await?;
+/// let worker = Worker::builder(&engine).concurrency(4).start()?;
+/// let spec = WorkflowSpec::builder("hello")
+///     .trigger(Trigger::manual("manual"))
+///     .step(Step::log("greet", LogLevel::Info, "hello"))
+///     .build();
+/// let run = engine.start(&spec, None, json!({}), StartOptions::default()).await?;
+/// // The start wakes the pool at once; no polling delay.
+/// while !engine.snapshot(run.run_id).await?.is_terminal() {
+///     tokio::time::sleep(Duration::from_millis(5)).await;
+/// }
+/// let executed = worker.shutdown(Duration::from_secs(5)).await;
+/// assert!(executed >= 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Worker {
     stop: watch::Sender<bool>,

@@ -82,6 +82,28 @@ impl Engine {
     ///
     /// [`EngineError::InvalidOption`] for an empty filter value, an inverted time range, a
     /// limit outside 1..=1000 or a malformed page token; or a store error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use squid_mesh::inspect::{Page, RunFilter};
+    /// use squid_mesh::RunStatus;
+    ///
+    /// # async fn list(engine: squid_mesh::Engine) -> Result<(), squid_mesh::EngineError> {
+    /// let filter = RunFilter::default().workflow("checkout").status(RunStatus::Paused);
+    /// let mut page = Page::first(100);
+    /// loop {
+    ///     let result = engine.list_runs(&filter, &page).await?;
+    ///     for run in &result.runs {
+    ///         println!("{} waits at {:?}", run.run_id, run.current_steps);
+    ///     }
+    ///     match result.next_page {
+    ///         Some(token) => page = Page::after(100, token),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_runs(&self, filter: &RunFilter, page: &Page) -> Result<RunPage> {
         self.list_runs_at(filter, page, self.now()).await
     }
