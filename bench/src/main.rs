@@ -4,6 +4,9 @@
 //! cargo run --release -p squid-mesh-bench -- wasm          # full workload
 //! cargo run --release -p squid-mesh-bench -- durable       # commit floor and steps/s
 //! cargo run --release -p squid-mesh-bench -- read          # list/inspect with 10^4 and 10^6 runs
+//! cargo run --release -p squid-mesh-bench -- latency       # one run at a time: 1, 5, 10 steps
+//! cargo run --release -p squid-mesh-bench -- fanout        # 500 parallel steps and a join
+//! cargo run --release -p squid-mesh-bench -- scale         # start/execute_next at 10^3 vs 10^6 runs
 //! cargo run --release -p squid-mesh-bench -- wakeup        # start -> first step, idle pool
 //! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
@@ -15,6 +18,7 @@
 
 mod langs;
 mod read;
+mod shapes;
 mod wakeup;
 
 use std::time::{Duration, Instant};
@@ -60,8 +64,13 @@ fn main() -> Result<()> {
             "durable" => figures.extend(runtime.block_on(durable(smoke))?),
             "read" => figures.extend(runtime.block_on(read::read(smoke))?),
             "wakeup" => figures.extend(runtime.block_on(wakeup::wakeup(smoke))?),
+            "latency" => figures.extend(runtime.block_on(shapes::latency(smoke))?),
+            "fanout" => figures.extend(runtime.block_on(shapes::fanout(smoke))?),
+            "scale" => figures.extend(runtime.block_on(shapes::scale(smoke))?),
             "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
-            other => bail!("unknown workload {other:?}; known: wasm, durable, read, langs, wakeup"),
+            other => bail!(
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs"
+            ),
         }
     }
     print_table(&figures);
@@ -428,6 +437,21 @@ async fn drain_runs(
     ))
 }
 
+/// Resets this process's peak resident set size (Linux `clear_refs`), so the next
+/// [`peak_rss_kib`] covers only what runs in between.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM`), if readable.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 async fn pg_backend() -> Option<Backend> {
     use sqlx::Connection as _;
     let url = std::env::var("SQUID_MESH_PG_URL")
@@ -490,7 +514,19 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
     }
     for (workers, backend) in &backends {
         let engine = backend.engine(&registry, dir.path()).await?;
+        reset_peak_rss();
         let (steps, runs_s, lat) = drain_runs(&engine, runs, *workers).await?;
+        if let Some(kib) = peak_rss_kib() {
+            figures.push(Figure {
+                name: format!(
+                    "{} worker process peak RSS, {workers} worker(s)",
+                    backend.name()
+                ),
+                value: kib as f64 / 1024.0,
+                unit: "MiB",
+                target: (*workers == 8).then(|| "<= 150".to_owned()),
+            });
+        }
         let floor = floors
             .get(&(backend.name(), 1))
             .copied()

@@ -16,7 +16,7 @@ use squid_mesh::{Engine, RunStatus, StartOptions};
 use crate::{Backend, Figure, echo_action, percentile, pg_backend, three_steps};
 
 /// Inserts runs `from..to` (1-based ids) copied from the shape of a real run.
-async fn seed(
+pub(crate) async fn seed(
     backend: &Backend,
     from: u64,
     to: u64,
