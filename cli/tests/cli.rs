@@ -17,7 +17,7 @@ struct Cli {
 
 impl Cli {
     fn cmd(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
+        Command::new(BIN)
             .current_dir(&self.dir)
             .env_remove("SQUID_MESH_DATABASE")
             .env_remove("SQUID_MESH_MANIFEST")
@@ -25,8 +25,7 @@ impl Cli {
             .args(["--manifest", "actions.toml"])
             .args(args)
             .output()
-            .expect("squid-mesh runs");
-        out
+            .expect("squid-mesh runs")
     }
 
     /// Runs a command that must succeed and returns its stdout.

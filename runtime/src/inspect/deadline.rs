@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(d.due_at, Timestamp::from_millis(1_010_000));
         assert_eq!(d.due_soon_at, Some(Timestamp::from_millis(1_008_000)));
         assert_eq!(d.escalate_at, Some(Timestamp::from_millis(1_015_000)));
-        let at = |ms| d.status_at(Timestamp::from_millis(1_000_000 + ms));
+        let at = |ms: i64| d.status_at(Timestamp::from_millis(1_000_000 + ms));
         assert_eq!(at(0), DeadlineStatus::OnTime);
         assert_eq!(at(7_999), DeadlineStatus::OnTime);
         assert_eq!(at(8_000), DeadlineStatus::DueSoon);

@@ -305,7 +305,7 @@ impl Explanation {
                 insp.queue
             );
             (Reason::AttemptVisible, s, summary, d)
-        } else if !waiting.is_empty() && !(live_claims.is_empty() && later.is_empty()) {
+        } else if !waiting.is_empty() && (!live_claims.is_empty() || !later.is_empty()) {
             next.push(if !live_claims.is_empty() {
                 NextAction::WaitForAttemptCompletion
             } else {
