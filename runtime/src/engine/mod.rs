@@ -18,6 +18,7 @@ macro_rules! with_store {
 }
 
 mod apply;
+mod batch;
 mod control;
 mod error;
 mod read;
@@ -51,6 +52,7 @@ pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
 use apply::Applier;
+use batch::{Claim, ClaimedAttempt, Completed};
 
 /// Result of engine calls.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -243,6 +245,8 @@ struct Inner {
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
     wakeup: Arc<tokio::sync::Notify>,
+    /// The group-commit queue of claims and completions (started on first use).
+    batcher: batch::Batcher,
 }
 
 /// Where the engine keeps its state.
@@ -444,6 +448,7 @@ impl EngineBuilder {
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
+                batcher: batch::Batcher::default(),
             }),
         })
     }
@@ -892,67 +897,22 @@ impl Engine {
         queue: &str,
         opts: &ExecuteOptions,
     ) -> Result<Option<RunSnapshot>> {
-        let now = self.inner.clock.now();
-        let mut tx = store.begin_write().await?;
-        let Some(mut attempt) = tx.next_due(queue, now_us(now)).await? else {
-            tx.commit().await?;
-            return Ok(None);
+        let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
+        let claimed = match claim {
+            None => return Ok(None),
+            Some(Claim::Applied(run_id)) => {
+                self.wake();
+                return Ok(Some(self.snapshot_on(store, run_id).await?));
+            }
+            Some(Claim::Claimed(c)) => c,
         };
-        let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
-            what: format!("attempt {}", attempt.runnable_key),
-            message: "run id is not a UUID".into(),
-        })?;
-        if attempt.status == "recorded" {
-            // A crash (or a failed transaction) came between recording and applying: apply
-            // the recorded outcome now, without running the step again.
-            let mut run = self.load_run_locked(&mut tx, &attempt.run_id).await?;
-            let def = self.definition_in(&mut tx, &run.definition_hash).await?;
-            self.apply_recorded(&mut tx, &mut run, def.as_deref(), &mut attempt, now)
-                .await?;
-            tx.commit().await?;
-            self.wake();
-            return Ok(Some(self.snapshot_on(store, run_id).await?));
-        }
-        let run =
-            tx.load_run(&attempt.run_id, false)
-                .await?
-                .ok_or_else(|| EngineError::RunNotFound {
-                    run_id: attempt.run_id.clone(),
-                })?;
-        let redelivery = attempt.status == "claimed";
-        let mut token = [0u8; 32];
-        getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
-            what: "random claim token".into(),
-            message: e.to_string(),
-        })?;
-        let token = hex::encode(token);
-        let token_hash = sha256_hex(&token);
-        let claim_id = uuid::Uuid::new_v4().to_string();
-        let lease_until = now.plus(opts.lease_for);
-        attempt.status = "claimed".into();
-        attempt.claim_id = Some(claim_id.clone());
-        attempt.claim_token_hash = Some(token_hash.clone());
-        attempt.owner = Some(opts.owner_id.clone());
-        attempt.lease_until = Some(now_us(lease_until));
-        attempt.due_at = Some(now_us(lease_until));
-        attempt.claims += 1;
-        attempt.updated_at = now_us(now);
-        tx.update_attempt(&attempt).await?;
-        let fact = Fact::AttemptClaimed {
-            runnable_key: attempt.runnable_key.clone(),
-            claim_id: claim_id.clone(),
-            owner: opts.owner_id.clone(),
-            lease_until,
-            redelivery,
-        };
-        tx.append_facts(
-            &attempt.run_id,
-            &[(fact.kind().into(), to_json(&fact))],
-            now_us(now),
-        )
-        .await?;
-        let def = self.definition_in(&mut tx, &run.definition_hash).await?;
-        tx.commit().await?;
+        let ClaimedAttempt {
+            run_id,
+            attempt,
+            run,
+            def,
+            token_hash,
+        } = *claimed;
         if let Some(hook) = &opts.after_claim {
             hook.claimed.notify_one();
             hook.proceed.notified().await;
@@ -1017,10 +977,83 @@ impl Engine {
             attempt,
             &token_hash,
             outcome,
-            def.as_deref(),
+            def.clone(),
             opts,
         )
         .await
+    }
+
+    /// Claims the oldest due attempt on `queue` in the caller's transaction (or applies a
+    /// recorded outcome found there). One unit of a group commit.
+    pub(super) async fn claim_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        queue: &str,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>> {
+        let now = self.inner.clock.now();
+        let Some(mut attempt) = tx.next_due(queue, now_us(now)).await? else {
+            return Ok(None);
+        };
+        let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
+            what: format!("attempt {}", attempt.runnable_key),
+            message: "run id is not a UUID".into(),
+        })?;
+        if attempt.status == "recorded" {
+            // A crash (or a failed transaction) came between recording and applying: apply
+            // the recorded outcome now, without running the step again.
+            let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
+            let def = self.definition_in(tx, &run.definition_hash).await?;
+            self.apply_recorded(tx, &mut run, def.as_deref(), &mut attempt, now)
+                .await?;
+            return Ok(Some(Claim::Applied(run_id)));
+        }
+        let run =
+            tx.load_run(&attempt.run_id, false)
+                .await?
+                .ok_or_else(|| EngineError::RunNotFound {
+                    run_id: attempt.run_id.clone(),
+                })?;
+        let redelivery = attempt.status == "claimed";
+        let mut token = [0u8; 32];
+        getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
+            what: "random claim token".into(),
+            message: e.to_string(),
+        })?;
+        let token_hash = sha256_hex(&hex::encode(token));
+        let claim_id = uuid::Uuid::new_v4().to_string();
+        let lease_until = now.plus(lease_for);
+        attempt.status = "claimed".into();
+        attempt.claim_id = Some(claim_id.clone());
+        attempt.claim_token_hash = Some(token_hash.clone());
+        attempt.owner = Some(owner.to_owned());
+        attempt.lease_until = Some(now_us(lease_until));
+        attempt.due_at = Some(now_us(lease_until));
+        attempt.claims += 1;
+        attempt.updated_at = now_us(now);
+        tx.update_attempt(&attempt).await?;
+        let fact = Fact::AttemptClaimed {
+            runnable_key: attempt.runnable_key.clone(),
+            claim_id,
+            owner: owner.to_owned(),
+            lease_until,
+            redelivery,
+        };
+        tx.append_facts(
+            &attempt.run_id,
+            &[(fact.kind().into(), to_json(&fact))],
+            now_us(now),
+        )
+        .await?;
+        let def = self.definition_in(tx, &run.definition_hash).await?;
+        Ok(Some(Claim::Claimed(Box::new(ClaimedAttempt {
+            run_id,
+            attempt,
+            run,
+            def,
+            token_hash,
+        }))))
     }
 
     /// The target of a step of a pinned definition, refusing an action whose registered
@@ -1194,12 +1227,39 @@ impl Engine {
         attempt: AttemptRow,
         token_hash: &str,
         outcome: StepOutcome,
-        def: Option<&Definition>,
+        def: Option<Arc<Definition>>,
         opts: &ExecuteOptions,
     ) -> Result<Option<RunSnapshot>> {
+        let done = batch::complete(
+            self,
+            store,
+            attempt,
+            token_hash.to_owned(),
+            outcome,
+            def,
+            opts.crash_after_record,
+        )
+        .await?;
+        if done == Completed::Crashed {
+            return Err(EngineError::SimulatedCrash);
+        }
+        self.wake();
+        Ok(Some(self.snapshot_on(store, run_id).await?))
+    }
+
+    /// Records and applies a step's outcome in the caller's transaction, fenced by the
+    /// claim. One unit of a group commit.
+    pub(super) async fn complete_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        attempt: &AttemptRow,
+        token_hash: &str,
+        outcome: StepOutcome,
+        def: Option<&Definition>,
+        crash_after_record: bool,
+    ) -> Result<Completed> {
         let now = self.inner.clock.now();
-        let mut tx = store.begin_write().await?;
-        let mut run = self.load_run_locked(&mut tx, &attempt.run_id).await?;
+        let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
         let mut cur = tx
             .load_attempt(&attempt.runnable_key, true)
             .await?
@@ -1242,16 +1302,13 @@ impl Engine {
             now_us(now),
         )
         .await?;
-        if opts.crash_after_record {
+        if crash_after_record {
             tx.update_attempt(&cur).await?;
-            tx.commit().await?;
-            return Err(EngineError::SimulatedCrash);
+            return Ok(Completed::Crashed);
         }
-        self.apply_recorded(&mut tx, &mut run, def, &mut cur, now)
+        self.apply_recorded(tx, &mut run, def, &mut cur, now)
             .await?;
-        tx.commit().await?;
-        self.wake();
-        Ok(Some(self.snapshot_on(store, run_id).await?))
+        Ok(Completed::Applied)
     }
 
     async fn load_run_locked<T: StoreTx>(&self, tx: &mut T, run_id: &str) -> Result<RunRow> {

@@ -127,6 +127,17 @@ pub struct SummaryRow {
 /// An open attempt's deadline: (run id, step, runnable key, deadline JSON).
 pub type DeadlineRow = (String, String, String, String);
 
+/// A savepoint operation on the single savepoint a group commit uses per unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint {
+    /// Start a unit.
+    Begin,
+    /// Keep the unit's writes.
+    Release,
+    /// Undo the unit's writes.
+    Rollback,
+}
+
 /// A listing query over `runs`: every filter optional, keyset position, page size.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -244,6 +255,9 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub trait StoreTx: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Runs a savepoint statement: `SAVEPOINT sm_job`, `RELEASE SAVEPOINT sm_job` or
+    /// `ROLLBACK TO SAVEPOINT sm_job` (one unit of a group commit).
+    fn savepoint(&mut self, op: Savepoint) -> impl Future<Output = StoreResult<()>> + Send;
     /// Stores a definition body under its hash, if absent.
     fn insert_definition(
         &mut self,
@@ -440,6 +454,16 @@ macro_rules! impl_store_tx {
         impl StoreTx for sqlx::Transaction<'static, $db> {
             async fn commit(self) -> StoreResult<()> {
                 sqlx::Transaction::commit(self).await?;
+                Ok(())
+            }
+
+            async fn savepoint(&mut self, op: Savepoint) -> StoreResult<()> {
+                let sql = match op {
+                    Savepoint::Begin => "SAVEPOINT sm_job",
+                    Savepoint::Release => "RELEASE SAVEPOINT sm_job",
+                    Savepoint::Rollback => "ROLLBACK TO SAVEPOINT sm_job",
+                };
+                sqlx::query(sql).execute(&mut **self).await?;
                 Ok(())
             }
 

@@ -1,0 +1,395 @@
+//! Group commit: the claims and completions of every worker of an engine go through one
+//! queue, and whatever is queued when the writer is free is written in one transaction, each
+//! unit inside its own savepoint. Under load one commit (one fsync) carries several steps;
+//! alone, a unit costs what it did before plus a channel hop.
+//!
+//! A unit that fails is rolled back to its savepoint and answered with its error; the others
+//! commit. If the commit itself fails, completions are retried one transaction each (their
+//! outcome is worth keeping) and claims report the error (nothing was claimed).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AnyStore, Definition, Engine, EngineError, Result};
+use crate::actions::StepOutcome;
+use crate::journal::RunId;
+use crate::store::{AttemptRow, RunRow, Savepoint, Store, StoreError, StoreTx};
+
+/// Most units per transaction.
+const MAX_BATCH: usize = 64;
+
+/// What a claim found.
+pub(crate) enum Claim {
+    /// A recorded outcome was applied (no step to run).
+    Applied(RunId),
+    /// An attempt was claimed for this worker.
+    Claimed(Box<ClaimedAttempt>),
+}
+
+/// An attempt claimed for a worker, with what running it needs.
+pub(crate) struct ClaimedAttempt {
+    pub(crate) run_id: RunId,
+    pub(crate) attempt: AttemptRow,
+    pub(crate) run: RunRow,
+    pub(crate) def: Option<Arc<Definition>>,
+    pub(crate) token_hash: String,
+}
+
+/// How a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// Recorded and applied.
+    Applied,
+    /// Recorded only (the `crash_after_record` test hook).
+    Crashed,
+}
+
+enum Job {
+    Claim {
+        engine: Engine,
+        queue: String,
+        owner: String,
+        lease_for: Duration,
+        reply: oneshot::Sender<Result<Option<Claim>>>,
+    },
+    Complete {
+        engine: Engine,
+        attempt: AttemptRow,
+        token_hash: String,
+        outcome: StepOutcome,
+        def: Option<Arc<Definition>>,
+        crash: bool,
+        reply: oneshot::Sender<Result<Completed>>,
+    },
+}
+
+/// Lanes of group commit on Postgres: it commits concurrent transactions in parallel, so
+/// several batches in flight beat one (SQLite has one writer, so one lane).
+const POSTGRES_LANES: usize = 4;
+
+/// The engine's queues into its group-commit tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Batcher {
+    lanes: [Mutex<Option<mpsc::UnboundedSender<Job>>>; POSTGRES_LANES],
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Claim { .. } => "Job::Claim",
+            Job::Complete { .. } => "Job::Complete",
+        })
+    }
+}
+
+fn gone() -> EngineError {
+    EngineError::Store(StoreError::Database(sqlx::Error::PoolClosed))
+}
+
+fn batch_error(e: &StoreError) -> EngineError {
+    EngineError::Store(StoreError::Database(sqlx::Error::Protocol(format!(
+        "group commit failed: {e}"
+    ))))
+}
+
+impl Batcher {
+    /// Queues `job` on its lane, starting the lane's task on the current runtime if there is
+    /// none (or the runtime that ran it is gone). A completion goes to its run's lane, so two
+    /// completions of one run never wait on each other's locks from different lanes.
+    fn submit(&self, store: &AnyStore, job: Job) -> std::result::Result<(), Job> {
+        let lanes = match store {
+            AnyStore::Sqlite(_) => 1,
+            AnyStore::Postgres(_) => POSTGRES_LANES,
+        };
+        let lane = match &job {
+            Job::Claim { .. } => self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Job::Complete { attempt, .. } => attempt.run_id.bytes().fold(0usize, |h, b| {
+                h.wrapping_mul(31).wrapping_add(usize::from(b))
+            }),
+        } % lanes;
+        let mut sender = self.lanes[lane].lock().unwrap_or_else(|e| e.into_inner());
+        let job = match sender.as_ref() {
+            Some(s) => match s.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Err(job);
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        match store.clone() {
+            AnyStore::Sqlite(s) => handle.spawn(run(s, rx)),
+            AnyStore::Postgres(s) => handle.spawn(run(s, rx)),
+        };
+        let result = tx.send(job).map_err(|mpsc::error::SendError(job)| job);
+        *sender = Some(tx);
+        result
+    }
+}
+
+/// Claims through the group commit (or directly when it cannot run).
+pub(super) async fn claim<S: Store>(
+    engine: &Engine,
+    store: &S,
+    queue: &str,
+    owner: &str,
+    lease_for: Duration,
+) -> Result<Option<Claim>> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job::Claim {
+        engine: engine.clone(),
+        queue: queue.to_owned(),
+        owner: owner.to_owned(),
+        lease_for,
+        reply,
+    };
+    match engine.inner.batcher.submit(&engine.inner.store, job) {
+        Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
+        Err(_) => {
+            let mut tx = store.begin_write().await?;
+            let claim = engine.claim_in(&mut tx, queue, owner, lease_for).await?;
+            tx.commit().await?;
+            Ok(claim)
+        }
+    }
+}
+
+/// Completes through the group commit (or directly when it cannot run).
+pub(super) async fn complete<S: Store>(
+    engine: &Engine,
+    store: &S,
+    attempt: AttemptRow,
+    token_hash: String,
+    outcome: StepOutcome,
+    def: Option<Arc<Definition>>,
+    crash: bool,
+) -> Result<Completed> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job::Complete {
+        engine: engine.clone(),
+        attempt,
+        token_hash,
+        outcome,
+        def,
+        crash,
+        reply,
+    };
+    match engine.inner.batcher.submit(&engine.inner.store, job) {
+        Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
+        Err(Job::Complete {
+            engine,
+            attempt,
+            token_hash,
+            outcome,
+            def,
+            crash,
+            ..
+        }) => complete_alone(&engine, store, &attempt, &token_hash, outcome, def, crash).await,
+        Err(Job::Claim { .. }) => Err(gone()),
+    }
+}
+
+async fn complete_alone<S: Store>(
+    engine: &Engine,
+    store: &S,
+    attempt: &AttemptRow,
+    token_hash: &str,
+    outcome: StepOutcome,
+    def: Option<Arc<Definition>>,
+    crash: bool,
+) -> Result<Completed> {
+    let mut tx = store.begin_write().await?;
+    let done = engine
+        .complete_in(&mut tx, attempt, token_hash, outcome, def.as_deref(), crash)
+        .await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        write(&store, jobs).await;
+    }
+}
+
+/// The answer to one unit, sent once the transaction's fate is known.
+enum Answer {
+    Claim(
+        oneshot::Sender<Result<Option<Claim>>>,
+        Result<Option<Claim>>,
+    ),
+    Complete(oneshot::Sender<Result<Completed>>, Result<Completed>),
+}
+
+/// A completion kept aside so it can be retried alone if the group commit fails.
+struct Retry {
+    engine: Engine,
+    attempt: AttemptRow,
+    token_hash: String,
+    outcome: StepOutcome,
+    def: Option<Arc<Definition>>,
+    crash: bool,
+}
+
+async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
+    match job {
+        Job::Claim {
+            engine,
+            queue,
+            owner,
+            lease_for,
+            reply,
+        } => {
+            let r = engine.claim_in(tx, &queue, &owner, lease_for).await;
+            (Answer::Claim(reply, r), None)
+        }
+        Job::Complete {
+            engine,
+            attempt,
+            token_hash,
+            outcome,
+            def,
+            crash,
+            reply,
+        } => {
+            let r = engine
+                .complete_in(
+                    tx,
+                    &attempt,
+                    &token_hash,
+                    outcome.clone(),
+                    def.as_deref(),
+                    crash,
+                )
+                .await;
+            let retry = r.is_ok().then(|| Retry {
+                engine,
+                attempt,
+                token_hash,
+                outcome,
+                def,
+                crash,
+            });
+            (Answer::Complete(reply, r), retry)
+        }
+    }
+}
+
+async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
+    let mut tx = match store.begin_write().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in jobs {
+                match job {
+                    Job::Claim { reply, .. } => {
+                        let _ = reply.send(Err(batch_error(&e)));
+                    }
+                    Job::Complete {
+                        engine,
+                        attempt,
+                        token_hash,
+                        outcome,
+                        def,
+                        crash,
+                        reply,
+                    } => {
+                        let r = complete_alone(
+                            &engine,
+                            store,
+                            &attempt,
+                            &token_hash,
+                            outcome,
+                            def,
+                            crash,
+                        )
+                        .await;
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+            return;
+        }
+    };
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut retries = Vec::new();
+    for job in jobs {
+        if let Err(e) = tx.savepoint(Savepoint::Begin).await {
+            // The transaction is unusable: answer this unit and let the commit fail the rest.
+            let answer = match job {
+                Job::Claim { reply, .. } => Answer::Claim(reply, Err(batch_error(&e))),
+                Job::Complete { reply, .. } => Answer::Complete(reply, Err(batch_error(&e))),
+            };
+            answers.push(answer);
+            continue;
+        }
+        let (answer, retry) = unit(&mut tx, job).await;
+        let failed = match &answer {
+            Answer::Claim(_, r) => r.is_err(),
+            Answer::Complete(_, r) => r.is_err(),
+        };
+        let _ = if failed {
+            tx.savepoint(Savepoint::Rollback).await
+        } else {
+            Ok(())
+        };
+        let _ = tx.savepoint(Savepoint::Release).await;
+        answers.push(answer);
+        retries.extend(retry.map(|r| (answers.len() - 1, r)));
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for answer in answers {
+                match answer {
+                    Answer::Claim(reply, r) => {
+                        let _ = reply.send(r);
+                    }
+                    Answer::Complete(reply, r) => {
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let mut retries: std::collections::HashMap<usize, Retry> =
+                retries.into_iter().collect();
+            for (i, answer) in answers.into_iter().enumerate() {
+                match answer {
+                    Answer::Claim(reply, _) => {
+                        let _ = reply.send(Err(batch_error(&e)));
+                    }
+                    Answer::Complete(reply, r) => {
+                        let r = match (retries.remove(&i), r) {
+                            (Some(x), Ok(_)) => {
+                                complete_alone(
+                                    &x.engine,
+                                    store,
+                                    &x.attempt,
+                                    &x.token_hash,
+                                    x.outcome,
+                                    x.def,
+                                    x.crash,
+                                )
+                                .await
+                            }
+                            (_, Err(err)) => Err(err),
+                            (None, Ok(_)) => Err(batch_error(&e)),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+    }
+}
