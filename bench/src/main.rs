@@ -373,18 +373,18 @@ fn three_steps() -> squid_mesh::WorkflowSpec {
         .build()
 }
 
-/// Starts `runs` runs of a 3-step workflow, then drains them with `workers` concurrent
-/// workers. Returns (steps/s, runs/s, start-to-complete latencies).
+/// Starts `runs` runs of a 3-step workflow, then drains them with a worker pool of
+/// `workers` slots. Returns (steps/s, runs/s, start-to-complete latencies taken from each
+/// run's `created_at` and `updated_at`, written by the engine's clock).
 async fn drain_runs(
     engine: &squid_mesh::Engine,
     runs: usize,
     workers: usize,
 ) -> Result<(f64, f64, Vec<Duration>)> {
-    use squid_mesh::engine::ExecuteOptions;
+    use squid_mesh::inspect::{Page, RunFilter};
     let spec = three_steps();
-    let mut started_at = std::collections::HashMap::new();
     for i in 0..runs {
-        let run = engine
+        engine
             .start(
                 &spec,
                 None,
@@ -392,43 +392,44 @@ async fn drain_runs(
                 squid_mesh::StartOptions::default(),
             )
             .await?;
-        started_at.insert(run.run_id, Instant::now());
     }
-    let started_at = std::sync::Arc::new(started_at);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|w| {
-            let engine = engine.clone();
-            let done = done.clone();
-            let started_at = started_at.clone();
-            tokio::spawn(async move {
-                let opts = ExecuteOptions {
-                    owner_id: format!("bench-{w}"),
-                    ..ExecuteOptions::default()
-                };
-                let mut latencies = Vec::new();
-                while done.load(std::sync::atomic::Ordering::SeqCst) < runs {
-                    match engine.execute_next(opts.clone()).await? {
-                        Some(s) if s.status == squid_mesh::RunStatus::Completed => {
-                            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            if let Some(at) = started_at.get(&s.run_id) {
-                                latencies.push(at.elapsed());
-                            }
-                        }
-                        Some(_) => {}
-                        None => tokio::task::yield_now().await,
-                    }
-                }
-                Ok::<_, squid_mesh::EngineError>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
+    let pool = squid_mesh::Worker::builder(engine)
+        .concurrency(workers)
+        .owner_id("bench")
+        .start()?;
+    let running = RunFilter::default().status(squid_mesh::RunStatus::Running);
+    while !engine
+        .list_runs(&running, &Page::first(1))
+        .await?
+        .runs
+        .is_empty()
+    {
+        if t.elapsed() > Duration::from_secs(1200) {
+            bail!("runs did not finish in 20 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = t.elapsed().as_secs_f64();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let mut latencies = Vec::with_capacity(runs);
+    let done = RunFilter::default().status(squid_mesh::RunStatus::Completed);
+    let mut page = Page::first(1000);
+    loop {
+        let result = engine.list_runs(&done, &page).await?;
+        for r in &result.runs {
+            latencies.push(Duration::from_micros(
+                (r.updated_at.0 - r.created_at.0).max(0) as u64,
+            ));
+        }
+        match result.next_page {
+            Some(token) => page = Page::after(1000, token),
+            None => break,
+        }
+    }
+    if latencies.len() != runs {
+        bail!("{} of {runs} runs completed", latencies.len());
+    }
     latencies.sort();
     Ok((
         (runs * 3) as f64 / elapsed,

@@ -250,7 +250,7 @@ impl WorkerBuilder {
             };
             // Register for a wake-up before looking, so work planned meanwhile is not missed.
             let notified = wake.notified();
-            match self.engine.execute_next(opts).await {
+            match self.engine.execute_step(opts).await {
                 Ok(Some(_)) => {
                     stats.executed.fetch_add(1, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);

@@ -1,11 +1,12 @@
 //! Group commit: the claims and completions of every worker of an engine go through one
-//! queue, and whatever is queued when the writer is free is written in one transaction, each
-//! unit inside its own savepoint. Under load one commit (one fsync) carries several steps;
+//! queue, and whatever is queued when the writer is free is written in one transaction.
+//! Under load one commit (one fsync) carries several steps;
 //! alone, a unit costs what it did before plus a channel hop.
 //!
-//! A unit that fails is rolled back to its savepoint and answered with its error; the others
-//! commit. If the commit itself fails, completions are retried one transaction each (their
-//! outcome is worth keeping) and claims report the error (nothing was claimed).
+//! Units run back to back in the transaction. If one fails, the transaction is rolled back,
+//! the failing unit is answered with its error and every other unit is run again alone. If
+//! the commit itself fails, completions are retried one transaction each (their outcome is
+//! worth keeping) and claims report the error (nothing was claimed).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{AnyStore, Definition, Engine, EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
-use crate::store::{AttemptRow, RunRow, Savepoint, Store, StoreError, StoreTx};
+use crate::store::{AttemptRow, RunRow, Store, StoreError, StoreTx};
 
 /// Most units per transaction.
 const MAX_BATCH: usize = 64;
@@ -150,12 +151,7 @@ pub(super) async fn claim<S: Store>(
     };
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
-        Err(_) => {
-            let mut tx = store.begin_write().await?;
-            let claim = engine.claim_in(&mut tx, queue, owner, lease_for).await?;
-            tx.commit().await?;
-            Ok(claim)
-        }
+        Err(_) => claim_alone(engine, store, queue, owner, lease_for).await,
     }
 }
 
@@ -209,6 +205,19 @@ async fn complete_alone<S: Store>(
         .await?;
     tx.commit().await?;
     Ok(done)
+}
+
+async fn claim_alone<S: Store>(
+    engine: &Engine,
+    store: &S,
+    queue: &str,
+    owner: &str,
+    lease_for: Duration,
+) -> Result<Option<Claim>> {
+    let mut tx = store.begin_write().await?;
+    let claim = engine.claim_in(&mut tx, queue, owner, lease_for).await?;
+    tx.commit().await?;
+    Ok(claim)
 }
 
 async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -324,29 +333,74 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
     };
     let mut answers = Vec::with_capacity(jobs.len());
     let mut retries = Vec::new();
+    // Units run back to back without savepoints (each would cost statements on the hot
+    // path). If one fails, the whole transaction is rolled back and every other unit is run
+    // again alone, so a failing unit never takes the others' work with it.
+    let mut claims = std::collections::HashMap::new();
+    let mut failed = false;
     for job in jobs {
-        if let Err(e) = tx.savepoint(Savepoint::Begin).await {
-            // The transaction is unusable: answer this unit and let the commit fail the rest.
-            let answer = match job {
-                Job::Claim { reply, .. } => Answer::Claim(reply, Err(batch_error(&e))),
-                Job::Complete { reply, .. } => Answer::Complete(reply, Err(batch_error(&e))),
-            };
-            answers.push(answer);
-            continue;
+        if let Job::Claim {
+            engine,
+            queue,
+            owner,
+            lease_for,
+            ..
+        } = &job
+        {
+            claims.insert(
+                answers.len(),
+                (engine.clone(), queue.clone(), owner.clone(), *lease_for),
+            );
         }
         let (answer, retry) = unit(&mut tx, job).await;
-        let failed = match &answer {
+        failed |= match &answer {
             Answer::Claim(_, r) => r.is_err(),
             Answer::Complete(_, r) => r.is_err(),
         };
-        let _ = if failed {
-            tx.savepoint(Savepoint::Rollback).await
-        } else {
-            Ok(())
-        };
-        let _ = tx.savepoint(Savepoint::Release).await;
         answers.push(answer);
         retries.extend(retry.map(|r| (answers.len() - 1, r)));
+    }
+    if failed {
+        drop(tx);
+        let mut retries: std::collections::HashMap<usize, Retry> = retries.into_iter().collect();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Answer::Claim(reply, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                Answer::Claim(reply, Ok(_)) => {
+                    let r = match claims.remove(&i) {
+                        Some((engine, queue, owner, lease_for)) => {
+                            claim_alone(&engine, store, &queue, &owner, lease_for).await
+                        }
+                        None => Err(gone()),
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Complete(reply, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                Answer::Complete(reply, Ok(_)) => {
+                    let r = match retries.remove(&i) {
+                        Some(x) => {
+                            complete_alone(
+                                &x.engine,
+                                store,
+                                &x.attempt,
+                                &x.token_hash,
+                                x.outcome,
+                                x.def,
+                                x.crash,
+                            )
+                            .await
+                        }
+                        None => Err(gone()),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        return;
     }
     match tx.commit().await {
         Ok(()) => {

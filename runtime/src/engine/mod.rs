@@ -863,6 +863,20 @@ impl Engine {
     /// the action host could not run the action for a reason that may pass (the attempt is
     /// released), [`EngineError::InvalidOption`], or a store error.
     pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
+        let queue = self.checked_queue(&opts)?;
+        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, true).await)?;
+        Ok(progress.and_then(|(_, snapshot)| snapshot))
+    }
+
+    /// [`Engine::execute_next`] without reading the snapshot afterwards (worker pools ignore
+    /// it): returns the run that progressed.
+    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<RunId>> {
+        let queue = self.checked_queue(&opts)?;
+        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, false).await)?;
+        Ok(progress.map(|(run_id, _)| run_id))
+    }
+
+    fn checked_queue(&self, opts: &ExecuteOptions) -> Result<String> {
         let queue = opts
             .queue
             .clone()
@@ -888,7 +902,22 @@ impl Engine {
                 "must be at least 10 ms and shorter than lease_for",
             ));
         }
-        with_store!(self, s => self.execute_next_on(s, &queue, &opts).await)
+        Ok(queue)
+    }
+
+    /// The snapshot of `run_id` when asked for.
+    async fn progress<S: Store>(
+        &self,
+        store: &S,
+        run_id: RunId,
+        want: bool,
+    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
+        let snapshot = if want {
+            Some(self.snapshot_on(store, run_id).await?)
+        } else {
+            None
+        };
+        Ok(Some((run_id, snapshot)))
     }
 
     async fn execute_next_on<S: Store>(
@@ -896,13 +925,14 @@ impl Engine {
         store: &S,
         queue: &str,
         opts: &ExecuteOptions,
-    ) -> Result<Option<RunSnapshot>> {
+        want: bool,
+    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
         let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
         let claimed = match claim {
             None => return Ok(None),
             Some(Claim::Applied(run_id)) => {
                 self.wake();
-                return Ok(Some(self.snapshot_on(store, run_id).await?));
+                return self.progress(store, run_id, want).await;
             }
             Some(Claim::Claimed(c)) => c,
         };
@@ -928,7 +958,7 @@ impl Engine {
             .and_then(RunStatus::parse)
             .is_some_and(RunStatus::is_terminal)
         {
-            return Ok(Some(self.snapshot_on(store, run_id).await?));
+            return self.progress(store, run_id, want).await;
         }
 
         let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
@@ -979,6 +1009,7 @@ impl Engine {
             outcome,
             def.clone(),
             opts,
+            want,
         )
         .await
     }
@@ -1229,7 +1260,8 @@ impl Engine {
         outcome: StepOutcome,
         def: Option<Arc<Definition>>,
         opts: &ExecuteOptions,
-    ) -> Result<Option<RunSnapshot>> {
+        want: bool,
+    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
         let done = batch::complete(
             self,
             store,
@@ -1244,7 +1276,7 @@ impl Engine {
             return Err(EngineError::SimulatedCrash);
         }
         self.wake();
-        Ok(Some(self.snapshot_on(store, run_id).await?))
+        self.progress(store, run_id, want).await
     }
 
     /// Records and applies a step's outcome in the caller's transaction, fenced by the

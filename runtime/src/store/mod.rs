@@ -127,17 +127,6 @@ pub struct SummaryRow {
 /// An open attempt's deadline: (run id, step, runnable key, deadline JSON).
 pub type DeadlineRow = (String, String, String, String);
 
-/// A savepoint operation on the single savepoint a group commit uses per unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Savepoint {
-    /// Start a unit.
-    Begin,
-    /// Keep the unit's writes.
-    Release,
-    /// Undo the unit's writes.
-    Rollback,
-}
-
 /// A listing query over `runs`: every filter optional, keyset position, page size.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -255,9 +244,6 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub trait StoreTx: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Runs a savepoint statement: `SAVEPOINT sm_job`, `RELEASE SAVEPOINT sm_job` or
-    /// `ROLLBACK TO SAVEPOINT sm_job` (one unit of a group commit).
-    fn savepoint(&mut self, op: Savepoint) -> impl Future<Output = StoreResult<()>> + Send;
     /// Stores a definition body under its hash, if absent.
     fn insert_definition(
         &mut self,
@@ -457,16 +443,6 @@ macro_rules! impl_store_tx {
                 Ok(())
             }
 
-            async fn savepoint(&mut self, op: Savepoint) -> StoreResult<()> {
-                let sql = match op {
-                    Savepoint::Begin => "SAVEPOINT sm_job",
-                    Savepoint::Release => "RELEASE SAVEPOINT sm_job",
-                    Savepoint::Rollback => "ROLLBACK TO SAVEPOINT sm_job",
-                };
-                sqlx::query(sql).execute(&mut **self).await?;
-                Ok(())
-            }
-
             async fn insert_definition(&mut self, hash: &str, workflow: &str, fingerprint: &str, body: &str, now: i64) -> StoreResult<()> {
                 sqlx::query("INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING")
                     .bind(hash).bind(workflow).bind(fingerprint).bind(body).bind(now)
@@ -514,11 +490,22 @@ macro_rules! impl_store_tx {
             }
 
             async fn append_facts(&mut self, run_id: &str, facts: &[(String, String)], at: i64) -> StoreResult<()> {
-                for (kind, data) in facts {
-                    sqlx::query("INSERT INTO journal (run_id, kind, data, occurred_at) VALUES ($1, $2, $3, $4)")
-                        .bind(run_id).bind(kind).bind(data).bind(at)
-                        .execute(&mut **self).await?;
+                if facts.is_empty() {
+                    return Ok(());
                 }
+                // One statement for all the facts (in order: ids follow the VALUES order).
+                let values: Vec<String> = (0..facts.len())
+                    .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO journal (run_id, kind, data, occurred_at) VALUES {}",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(at);
+                for (kind, data) in facts {
+                    q = q.bind(kind).bind(data);
+                }
+                q.execute(&mut **self).await?;
                 Ok(())
             }
 
