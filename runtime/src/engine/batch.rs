@@ -57,7 +57,7 @@ enum Job {
     },
     Complete {
         engine: Engine,
-        attempt: AttemptRow,
+        attempt: Box<AttemptRow>,
         token_hash: String,
         outcome: StepOutcome,
         def: Option<Arc<Definition>>,
@@ -100,7 +100,7 @@ impl Batcher {
     /// Queues `job` on its lane, starting the lane's task on the current runtime if there is
     /// none (or the runtime that ran it is gone). A completion goes to its run's lane, so two
     /// completions of one run never wait on each other's locks from different lanes.
-    fn submit(&self, store: &AnyStore, job: Job) -> std::result::Result<(), Job> {
+    fn submit(&self, store: &AnyStore, job: Job) -> std::result::Result<(), Box<Job>> {
         let lanes = match store {
             AnyStore::Sqlite(_) => 1,
             AnyStore::Postgres(_) => POSTGRES_LANES,
@@ -120,14 +120,16 @@ impl Batcher {
             None => job,
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return Err(job);
+            return Err(Box::new(job));
         };
         let (tx, rx) = mpsc::unbounded_channel();
         match store.clone() {
             AnyStore::Sqlite(s) => handle.spawn(run(s, rx)),
             AnyStore::Postgres(s) => handle.spawn(run(s, rx)),
         };
-        let result = tx.send(job).map_err(|mpsc::error::SendError(job)| job);
+        let result = tx
+            .send(job)
+            .map_err(|mpsc::error::SendError(job)| Box::new(job));
         *sender = Some(tx);
         result
     }
@@ -168,7 +170,7 @@ pub(super) async fn complete<S: Store>(
     let (reply, answer) = oneshot::channel();
     let job = Job::Complete {
         engine: engine.clone(),
-        attempt,
+        attempt: Box::new(attempt),
         token_hash,
         outcome,
         def,
@@ -177,16 +179,18 @@ pub(super) async fn complete<S: Store>(
     };
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
-        Err(Job::Complete {
-            engine,
-            attempt,
-            token_hash,
-            outcome,
-            def,
-            crash,
-            ..
-        }) => complete_alone(&engine, store, &attempt, &token_hash, outcome, def, crash).await,
-        Err(Job::Claim { .. }) => Err(gone()),
+        Err(job) => match *job {
+            Job::Complete {
+                engine,
+                attempt,
+                token_hash,
+                outcome,
+                def,
+                crash,
+                ..
+            } => complete_alone(&engine, store, &attempt, &token_hash, outcome, def, crash).await,
+            Job::Claim { .. } => Err(gone()),
+        },
     }
 }
 
@@ -245,7 +249,7 @@ enum Answer {
 /// A completion kept aside so it can be retried alone if the group commit fails.
 struct Retry {
     engine: Engine,
-    attempt: AttemptRow,
+    attempt: Box<AttemptRow>,
     token_hash: String,
     outcome: StepOutcome,
     def: Option<Arc<Definition>>,
