@@ -5,7 +5,8 @@
 //! transaction, **run** its action outside any transaction (heartbeating the lease if asked),
 //! then **complete** in one transaction that checks the fence (same claim, lease not expired,
 //! run not ended), records the outcome and applies it: successors, retry, error route, or the
-//! end of the run. A step costs two commits.
+//! end of the run. A step is two write units (claim, complete), which the group commit
+//! (`batch`) shares with other workers' units when they arrive together.
 
 /// Runs `$body` with `$s` bound to the concrete store.
 macro_rules! with_store {
