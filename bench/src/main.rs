@@ -453,6 +453,20 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Drops a Postgres backend's schema (nothing for SQLite, whose files live in a temp dir).
+async fn drop_schema(backend: &Backend) {
+    if let Backend::Postgres { url, schema } = backend {
+        use sqlx::Connection as _;
+        if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    }
+}
+
 async fn pg_backend() -> Option<Backend> {
     use sqlx::Connection as _;
     let url = std::env::var("SQUID_MESH_PG_URL")

@@ -13,7 +13,7 @@ use squid_mesh::actions::ActionRegistry;
 use squid_mesh::inspect::{InspectOptions, Page, RunFilter};
 use squid_mesh::{Engine, RunStatus, StartOptions};
 
-use crate::{Backend, Figure, echo_action, percentile, pg_backend, three_steps};
+use crate::{Backend, Figure, drop_schema, echo_action, percentile, pg_backend, three_steps};
 
 /// Inserts runs `from..to` (1-based ids) copied from the shape of a real run.
 pub(crate) async fn seed(
@@ -250,16 +250,7 @@ pub(crate) async fn read(smoke: bool) -> Result<Vec<Figure>> {
         }
     }
     for backend in &backends {
-        if let Backend::Postgres { url, schema } = backend {
-            use sqlx::Connection as _;
-            if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(&mut c)
-                .await;
-            }
-        }
+        drop_schema(backend).await;
     }
     Ok(figures)
 }

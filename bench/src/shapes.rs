@@ -11,7 +11,7 @@ use squid_mesh::engine::ExecuteOptions;
 use squid_mesh::spec::{Step, Trigger};
 use squid_mesh::{Engine, StartOptions, Worker, WorkflowSpec};
 
-use crate::{Backend, Figure, commit_floor, echo_action, percentile, pg_backend};
+use crate::{Backend, Figure, commit_floor, drop_schema, echo_action, percentile, pg_backend};
 
 fn linear(steps: usize) -> WorkflowSpec {
     let mut b =
@@ -58,19 +58,6 @@ async fn backends(dir: &std::path::Path, tag: &str) -> Vec<Backend> {
         });
     }
     out
-}
-
-async fn drop_schema(backend: &Backend) {
-    if let Backend::Postgres { url, schema } = backend {
-        use sqlx::Connection as _;
-        if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            )))
-            .execute(&mut c)
-            .await;
-        }
-    }
 }
 
 async fn run_to_end(engine: &Engine, spec: &WorkflowSpec, n: i64) -> Result<Duration> {

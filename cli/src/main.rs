@@ -425,6 +425,24 @@ async fn engine(cli: &Cli) -> Result<Engine> {
         .with_context(|| format!("opening the database {}", cli.database))
 }
 
+/// The engine and the run id a command acts on.
+async fn engine_and_run(cli: &Cli, id: &str) -> Result<(Engine, squid_mesh::RunId), Failure> {
+    let e = engine(cli).await?;
+    let id = id.parse().map_err(EngineError::from)?;
+    Ok((e, id))
+}
+
+/// An action host with no actions, to check components before they are pinned.
+fn check_host(cli: &Cli) -> Result<ActionHost> {
+    Ok(ActionHost::new(
+        ActionRegistry::new(),
+        HostConfig {
+            cache_dir: Some(cache_dir(cli)),
+            ..HostConfig::default()
+        },
+    )?)
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Migrate => {
@@ -442,14 +460,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Worker(args) => worker(&cli, args).await,
         Command::Runs(cmd) => runs(&cli, cmd).await,
         Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
-            let e = engine(&cli).await?;
+            let (e, id) = engine_and_run(&cli, &a.id).await?;
             let attrs = ManualAttrs {
                 actor: a.actor.clone().map(Value::String),
                 comment: a.comment.clone(),
                 metadata: serde_json::Map::new(),
                 idempotency_key: a.idempotency_key.clone(),
             };
-            let id = a.id.as_str().parse().map_err(EngineError::from)?;
             let snap = match &cli.command {
                 Command::Resume(_) => e.resume(id, attrs).await,
                 Command::Approve(_) => e.approve(id, attrs).await,
@@ -458,8 +475,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             done(&cli, &snap.run_id.to_string(), snap.status)
         }
         Command::Cancel(a) => {
-            let e = engine(&cli).await?;
-            let id = a.id.as_str().parse().map_err(EngineError::from)?;
+            let (e, id) = engine_and_run(&cli, &a.id).await?;
             let snap = e
                 .cancel(
                     id,
@@ -472,8 +488,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             done(&cli, &snap.run_id.to_string(), snap.status)
         }
         Command::Replay(a) => {
-            let e = engine(&cli).await?;
-            let id = a.id.as_str().parse().map_err(EngineError::from)?;
+            let (e, id) = engine_and_run(&cli, &a.id).await?;
             let snap = e
                 .replay(
                     id,
@@ -579,13 +594,7 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                 capabilities,
             };
             // Check the component before pinning it: it must implement the action world.
-            let host = ActionHost::new(
-                ActionRegistry::new(),
-                HostConfig {
-                    cache_dir: Some(cache_dir(cli)),
-                    ..HostConfig::default()
-                },
-            )?;
+            let host = check_host(cli)?;
             let probe = Manifest {
                 actions: vec![entry.clone()],
             };
@@ -619,13 +628,7 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                 return Err(anyhow!("no actions manifest at {}", cli.manifest.display()).into());
             }
             let m = Manifest::read(&cli.manifest)?;
-            let host = ActionHost::new(
-                ActionRegistry::new(),
-                HostConfig {
-                    cache_dir: Some(cache_dir(cli)),
-                    ..HostConfig::default()
-                },
-            )?;
+            let host = check_host(cli)?;
             let mut results = Vec::new();
             let mut failed = 0;
             for action in m.resolve(&cli.manifest) {

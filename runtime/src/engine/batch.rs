@@ -256,6 +256,36 @@ struct Retry {
     crash: bool,
 }
 
+impl Retry {
+    /// Completes in a transaction of its own.
+    async fn alone<S: Store>(self, store: &S) -> Result<Completed> {
+        complete_alone(
+            &self.engine,
+            store,
+            &self.attempt,
+            &self.token_hash,
+            self.outcome,
+            self.def,
+            self.crash,
+        )
+        .await
+    }
+}
+
+impl Answer {
+    /// Sends the unit's result to its caller.
+    fn send(self) {
+        match self {
+            Answer::Claim(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Answer::Complete(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
 async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
     match job {
         Job::Claim {
@@ -318,17 +348,15 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                         crash,
                         reply,
                     } => {
-                        let r = complete_alone(
-                            &engine,
-                            store,
-                            &attempt,
-                            &token_hash,
+                        let retry = Retry {
+                            engine,
+                            attempt,
+                            token_hash,
                             outcome,
                             def,
                             crash,
-                        )
-                        .await;
-                        let _ = reply.send(r);
+                        };
+                        let _ = reply.send(retry.alone(store).await);
                     }
                 }
             }
@@ -386,18 +414,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                 }
                 Answer::Complete(reply, Ok(_)) => {
                     let r = match retries.remove(&i) {
-                        Some(x) => {
-                            complete_alone(
-                                &x.engine,
-                                store,
-                                &x.attempt,
-                                &x.token_hash,
-                                x.outcome,
-                                x.def,
-                                x.crash,
-                            )
-                            .await
-                        }
+                        Some(x) => x.alone(store).await,
                         None => Err(gone()),
                     };
                     let _ = reply.send(r);
@@ -407,18 +424,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
         return;
     }
     match tx.commit().await {
-        Ok(()) => {
-            for answer in answers {
-                match answer {
-                    Answer::Claim(reply, r) => {
-                        let _ = reply.send(r);
-                    }
-                    Answer::Complete(reply, r) => {
-                        let _ = reply.send(r);
-                    }
-                }
-            }
-        }
+        Ok(()) => answers.into_iter().for_each(Answer::send),
         Err(e) => {
             let mut retries: std::collections::HashMap<usize, Retry> =
                 retries.into_iter().collect();
@@ -429,18 +435,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                     }
                     Answer::Complete(reply, r) => {
                         let r = match (retries.remove(&i), r) {
-                            (Some(x), Ok(_)) => {
-                                complete_alone(
-                                    &x.engine,
-                                    store,
-                                    &x.attempt,
-                                    &x.token_hash,
-                                    x.outcome,
-                                    x.def,
-                                    x.crash,
-                                )
-                                .await
-                            }
+                            (Some(x), Ok(_)) => x.alone(store).await,
                             (_, Err(err)) => Err(err),
                             (None, Ok(_)) => Err(batch_error(&e)),
                         };
