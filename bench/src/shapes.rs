@@ -66,7 +66,12 @@ async fn run_to_end(engine: &Engine, spec: &WorkflowSpec, n: i64) -> Result<Dura
         .start(spec, None, json!({"n": n}), StartOptions::default())
         .await?;
     loop {
-        match engine.execute_next(ExecuteOptions::default()).await? {
+        // Chained like a worker pool's slot: the next step is claimed by the completion.
+        let opts = ExecuteOptions {
+            chain: 8,
+            ..ExecuteOptions::default()
+        };
+        match engine.execute_next(opts).await? {
             Some(s) if s.run_id == run.run_id && s.is_terminal() => break,
             Some(_) => {}
             None => bail!("run {} stalled", run.run_id),

@@ -39,12 +39,19 @@ pub(crate) struct ClaimedAttempt {
 }
 
 /// How a completion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Completed {
-    /// Recorded and applied.
-    Applied,
+    /// Recorded and applied; with the run's next step when the completion chained a claim.
+    Applied(Option<Box<ClaimedAttempt>>),
     /// Recorded only (the `crash_after_record` test hook).
     Crashed,
+}
+
+/// Where a completion claims its run's next step for the same worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Chain {
+    pub(crate) queue: String,
+    pub(crate) owner: String,
+    pub(crate) lease_for: Duration,
 }
 
 enum Job {
@@ -62,6 +69,7 @@ enum Job {
         outcome: StepOutcome,
         def: Option<Arc<Definition>>,
         crash: bool,
+        chain: Option<Chain>,
         reply: oneshot::Sender<Result<Completed>>,
     },
 }
@@ -158,6 +166,7 @@ pub(super) async fn claim<S: Store>(
 }
 
 /// Completes through the group commit (or directly when it cannot run).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn complete<S: Store>(
     engine: &Engine,
     store: &S,
@@ -166,6 +175,7 @@ pub(super) async fn complete<S: Store>(
     outcome: StepOutcome,
     def: Option<Arc<Definition>>,
     crash: bool,
+    chain: Option<Chain>,
 ) -> Result<Completed> {
     let (reply, answer) = oneshot::channel();
     let job = Job::Complete {
@@ -175,6 +185,7 @@ pub(super) async fn complete<S: Store>(
         outcome,
         def,
         crash,
+        chain,
         reply,
     };
     match engine.inner.batcher.submit(&engine.inner.store, job) {
@@ -187,28 +198,24 @@ pub(super) async fn complete<S: Store>(
                 outcome,
                 def,
                 crash,
+                chain,
                 ..
-            } => complete_alone(&engine, store, &attempt, &token_hash, outcome, def, crash).await,
+            } => {
+                Retry {
+                    engine,
+                    attempt,
+                    token_hash,
+                    outcome,
+                    def,
+                    crash,
+                    chain,
+                }
+                .alone(store)
+                .await
+            }
             Job::Claim { .. } => Err(gone()),
         },
     }
-}
-
-async fn complete_alone<S: Store>(
-    engine: &Engine,
-    store: &S,
-    attempt: &AttemptRow,
-    token_hash: &str,
-    outcome: StepOutcome,
-    def: Option<Arc<Definition>>,
-    crash: bool,
-) -> Result<Completed> {
-    let mut tx = store.begin_write().await?;
-    let done = engine
-        .complete_in(&mut tx, attempt, token_hash, outcome, def.as_deref(), crash)
-        .await?;
-    tx.commit().await?;
-    Ok(done)
 }
 
 async fn claim_alone<S: Store>(
@@ -254,21 +261,27 @@ struct Retry {
     outcome: StepOutcome,
     def: Option<Arc<Definition>>,
     crash: bool,
+    chain: Option<Chain>,
 }
 
 impl Retry {
     /// Completes in a transaction of its own.
     async fn alone<S: Store>(self, store: &S) -> Result<Completed> {
-        complete_alone(
-            &self.engine,
-            store,
-            &self.attempt,
-            &self.token_hash,
-            self.outcome,
-            self.def,
-            self.crash,
-        )
-        .await
+        let mut tx = store.begin_write().await?;
+        let done = self
+            .engine
+            .complete_in(
+                &mut tx,
+                &self.attempt,
+                &self.token_hash,
+                self.outcome,
+                self.def.as_deref(),
+                self.crash,
+                self.chain.as_ref(),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(done)
     }
 }
 
@@ -305,6 +318,7 @@ async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
             outcome,
             def,
             crash,
+            chain,
             reply,
         } => {
             let r = engine
@@ -315,6 +329,7 @@ async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
                     outcome.clone(),
                     def.as_deref(),
                     crash,
+                    chain.as_ref(),
                 )
                 .await;
             let retry = r.is_ok().then(|| Retry {
@@ -324,6 +339,7 @@ async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
                 outcome,
                 def,
                 crash,
+                chain,
             });
             (Answer::Complete(reply, r), retry)
         }
@@ -346,6 +362,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                         outcome,
                         def,
                         crash,
+                        chain,
                         reply,
                     } => {
                         let retry = Retry {
@@ -355,6 +372,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                             outcome,
                             def,
                             crash,
+                            chain,
                         };
                         let _ = reply.send(retry.alone(store).await);
                     }

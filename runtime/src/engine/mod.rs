@@ -103,6 +103,13 @@ pub struct ExecuteOptions {
     /// Extend the lease at this interval while the step runs; if the claim is lost the step
     /// is interrupted and its result discarded.
     pub heartbeat_interval: Option<Duration>,
+    /// After a step, claim its run's next visible step in the completion's own transaction
+    /// and run it in the same call, up to this many more steps (0, the default: one step per
+    /// call). Each chained step saves a claim transaction. Worker pools chain.
+    pub chain: u32,
+    /// Stop chaining once this is set (a worker pool sets it when it shuts down, so a
+    /// stopping pool claims nothing new).
+    pub chain_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Test hook: commit the recorded outcome and stop before applying it, as a crash
     /// between the two would.
     #[doc(hidden)]
@@ -110,6 +117,14 @@ pub struct ExecuteOptions {
     /// Test hook: after the claim commits, signal `claimed` and wait for `proceed`.
     #[doc(hidden)]
     pub after_claim: Option<AfterClaim>,
+}
+
+/// What one `execute_next` call did.
+struct Progress {
+    /// Steps run (more than one when chained).
+    steps: u32,
+    /// The run's snapshot afterwards, when asked for.
+    snapshot: Option<RunSnapshot>,
 }
 
 /// Test hook of [`ExecuteOptions::after_claim`].
@@ -129,6 +144,8 @@ impl Default for ExecuteOptions {
             owner_id: "squid-mesh".into(),
             lease_for: Duration::from_secs(300),
             heartbeat_interval: None,
+            chain: 0,
+            chain_stop: None,
             crash_after_record: false,
             after_claim: None,
         }
@@ -866,15 +883,15 @@ impl Engine {
     pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
         let queue = self.checked_queue(&opts)?;
         let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, true).await)?;
-        Ok(progress.and_then(|(_, snapshot)| snapshot))
+        Ok(progress.and_then(|p| p.snapshot))
     }
 
     /// [`Engine::execute_next`] without reading the snapshot afterwards (worker pools ignore
-    /// it): returns the run that progressed.
-    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<RunId>> {
+    /// it): returns how many steps ran (more than one when chained), if any work was due.
+    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<u32>> {
         let queue = self.checked_queue(&opts)?;
         let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, false).await)?;
-        Ok(progress.map(|(run_id, _)| run_id))
+        Ok(progress.map(|p| p.steps))
     }
 
     fn checked_queue(&self, opts: &ExecuteOptions) -> Result<String> {
@@ -906,19 +923,21 @@ impl Engine {
         Ok(queue)
     }
 
-    /// The snapshot of `run_id` when asked for.
+    /// What an `execute_next` call did: `steps` steps of run `run_id` (its snapshot when
+    /// asked for).
     async fn progress<S: Store>(
         &self,
         store: &S,
         run_id: RunId,
+        steps: u32,
         want: bool,
-    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
+    ) -> Result<Option<Progress>> {
         let snapshot = if want {
             Some(self.snapshot_on(store, run_id).await?)
         } else {
             None
         };
-        Ok(Some((run_id, snapshot)))
+        Ok(Some(Progress { steps, snapshot }))
     }
 
     async fn execute_next_on<S: Store>(
@@ -927,41 +946,73 @@ impl Engine {
         queue: &str,
         opts: &ExecuteOptions,
         want: bool,
-    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
+    ) -> Result<Option<Progress>> {
         let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
-        let claimed = match claim {
+        let mut claimed = match claim {
             None => return Ok(None),
             Some(Claim::Applied(run_id)) => {
                 self.wake();
-                return self.progress(store, run_id, want).await;
+                return self.progress(store, run_id, 1, want).await;
             }
             Some(Claim::Claimed(c)) => c,
         };
-        let ClaimedAttempt {
-            run_id,
-            attempt,
-            run,
-            def,
-            token_hash,
-        } = *claimed;
         if let Some(hook) = &opts.after_claim {
             hook.claimed.notify_one();
             hook.proceed.notified().await;
         }
-        // A run cancelled after the claim never runs the claimed attempt's action.
+        // A run cancelled after the claim never runs the claimed attempt's action. (A chained
+        // claim is made in the transaction that saw the run alive, and runs at once.)
         let status = store
             .begin_read()
             .await?
-            .run_status(&attempt.run_id)
+            .run_status(&claimed.attempt.run_id)
             .await?;
         if status
             .as_deref()
             .and_then(RunStatus::parse)
             .is_some_and(RunStatus::is_terminal)
         {
-            return self.progress(store, run_id, want).await;
+            return self.progress(store, claimed.run_id, 1, want).await;
         }
+        let mut remaining = opts.chain;
+        let mut steps = 1;
+        loop {
+            let run_id = claimed.run_id;
+            let chain = (remaining > 0).then(|| batch::Chain {
+                queue: queue.to_owned(),
+                owner: opts.owner_id.clone(),
+                lease_for: opts.lease_for,
+            });
+            let done = self.run_claimed(store, *claimed, opts, chain).await?;
+            self.wake();
+            match done {
+                Completed::Crashed => return Err(EngineError::SimulatedCrash),
+                Completed::Applied(None) => return self.progress(store, run_id, steps, want).await,
+                Completed::Applied(Some(next)) => {
+                    remaining -= 1;
+                    steps += 1;
+                    claimed = next;
+                }
+            }
+        }
+    }
 
+    /// Runs a claimed attempt's action and completes it (claiming the run's next step when
+    /// `chain` asks for it).
+    async fn run_claimed<S: Store>(
+        &self,
+        store: &S,
+        claimed: ClaimedAttempt,
+        opts: &ExecuteOptions,
+        chain: Option<batch::Chain>,
+    ) -> Result<Completed> {
+        let ClaimedAttempt {
+            attempt,
+            run,
+            def,
+            token_hash,
+            ..
+        } = claimed;
         let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
             Err(unavailable) => StepOutcome::Failed(unavailable),
             Ok(target) => {
@@ -1002,15 +1053,20 @@ impl Engine {
                 }
             }
         };
-        self.complete(
+        // Checked after the step ran: a pool that began stopping meanwhile claims nothing new.
+        let stopping = opts
+            .chain_stop
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+        batch::complete(
+            self,
             store,
-            run_id,
             attempt,
-            &token_hash,
+            token_hash,
             outcome,
-            def.clone(),
-            opts,
-            want,
+            def,
+            opts.crash_after_record,
+            chain.filter(|_| !stopping),
         )
         .await
     }
@@ -1047,6 +1103,24 @@ impl Engine {
                 .ok_or_else(|| EngineError::RunNotFound {
                     run_id: attempt.run_id.clone(),
                 })?;
+        let claimed = self
+            .claim_row(tx, run_id, attempt, run, now, owner, lease_for)
+            .await?;
+        Ok(Some(Claim::Claimed(Box::new(claimed))))
+    }
+
+    /// Claims `attempt` (due now) for `owner` in the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_row<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        run_id: RunId,
+        mut attempt: AttemptRow,
+        run: RunRow,
+        now: Timestamp,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<ClaimedAttempt> {
         let redelivery = attempt.status == "claimed";
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
@@ -1079,13 +1153,13 @@ impl Engine {
         )
         .await?;
         let def = self.definition_in(tx, &run.definition_hash).await?;
-        Ok(Some(Claim::Claimed(Box::new(ClaimedAttempt {
+        Ok(ClaimedAttempt {
             run_id,
             attempt,
             run,
             def,
             token_hash,
-        }))))
+        })
     }
 
     /// The target of a step of a pinned definition, refusing an action whose registered
@@ -1251,37 +1325,9 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn complete<S: Store>(
-        &self,
-        store: &S,
-        run_id: RunId,
-        attempt: AttemptRow,
-        token_hash: &str,
-        outcome: StepOutcome,
-        def: Option<Arc<Definition>>,
-        opts: &ExecuteOptions,
-        want: bool,
-    ) -> Result<Option<(RunId, Option<RunSnapshot>)>> {
-        let done = batch::complete(
-            self,
-            store,
-            attempt,
-            token_hash.to_owned(),
-            outcome,
-            def,
-            opts.crash_after_record,
-        )
-        .await?;
-        if done == Completed::Crashed {
-            return Err(EngineError::SimulatedCrash);
-        }
-        self.wake();
-        self.progress(store, run_id, want).await
-    }
-
     /// Records and applies a step's outcome in the caller's transaction, fenced by the
     /// claim. One unit of a group commit.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn complete_in<T: StoreTx>(
         &self,
         tx: &mut T,
@@ -1290,6 +1336,7 @@ impl Engine {
         outcome: StepOutcome,
         def: Option<&Definition>,
         crash_after_record: bool,
+        chain: Option<&batch::Chain>,
     ) -> Result<Completed> {
         let now = self.inner.clock.now();
         let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
@@ -1341,7 +1388,27 @@ impl Engine {
         }
         self.apply_recorded(tx, &mut run, def, &mut cur, now)
             .await?;
-        Ok(Completed::Applied)
+        let Some(chain) = chain else {
+            return Ok(Completed::Applied(None));
+        };
+        let alive = RunStatus::parse(&run.status).is_some_and(|s| !s.is_terminal());
+        let next = if alive {
+            tx.next_due_of_run(&run.run_id, &chain.queue, now_us(now))
+                .await?
+        } else {
+            None
+        };
+        let Some(next) = next else {
+            return Ok(Completed::Applied(None));
+        };
+        let run_id: RunId = run.run_id.parse().map_err(|_| EngineError::Corrupt {
+            what: "run id".into(),
+            message: run.run_id.clone(),
+        })?;
+        let claimed = self
+            .claim_row(tx, run_id, next, run, now, &chain.owner, chain.lease_for)
+            .await?;
+        Ok(Completed::Applied(Some(Box::new(claimed))))
     }
 
     async fn load_run_locked<T: StoreTx>(&self, tx: &mut T, run_id: &str) -> Result<RunRow> {

@@ -310,6 +310,14 @@ pub trait StoreTx: Send {
         queue: &str,
         now: i64,
     ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    /// The oldest scheduled attempt of `run_id` on `queue` that is visible at `now`, locked
+    /// and skipped by concurrent claimers where the database can.
+    fn next_due_of_run(
+        &mut self,
+        run_id: &str,
+        queue: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
     /// Settles every open attempt of a run with `status` (the run ended).
     fn close_open_attempts(
         &mut self,
@@ -571,6 +579,15 @@ macro_rules! impl_store_tx {
                     $skip
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(queue).bind(now).fetch_optional(&mut **self).await?;
+                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+            }
+
+            async fn next_due_of_run(&mut self, run_id: &str, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
+                let sql = format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 AND queue = $2 AND status = 'scheduled' AND due_at IS NOT NULL AND due_at <= $3 ORDER BY due_at, runnable_key LIMIT 1{}",
+                    $skip
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(queue).bind(now).fetch_optional(&mut **self).await?;
                 Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
             }
 

@@ -1113,3 +1113,83 @@ async fn host_owned_pools_work_on_both_databases() {
         .execute(&pool)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_call_runs_a_runs_steps_back_to_back() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        engine.register_workflow(linear()).expect("valid");
+        let run = engine
+            .start("checkout", None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        let chained = ExecuteOptions {
+            chain: 8,
+            ..opts("chainer")
+        };
+        // One call: validate, then charge, claimed by validate's completion.
+        let s = engine
+            .execute_next(chained.clone())
+            .await
+            .expect("ok")
+            .expect("progress");
+        assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+        assert_eq!(s.attempts.len(), 2);
+        assert!(
+            s.attempts
+                .iter()
+                .all(|a| a.claims == 1 && a.owner.as_deref() == Some("chainer"))
+        );
+        let claims = engine
+            .journal(run.run_id)
+            .await
+            .expect("journal")
+            .iter()
+            .filter(|(_, f)| f.kind() == "attempt_claimed")
+            .count();
+        assert_eq!(claims, 2, "every chained step is claimed and journaled");
+        assert_consistent(&engine, &s).await;
+        assert!(
+            engine
+                .execute_next(chained.clone())
+                .await
+                .expect("ok")
+                .is_none()
+        );
+
+        // Without chaining, one call runs one step.
+        let run = engine
+            .start("checkout", None, json!({"order_id": "o-2", "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}]}), StartOptions::default())
+            .await
+            .expect("starts");
+        let one = ExecuteOptions {
+            chain: 0,
+            ..opts("single")
+        };
+        let s = engine.execute_next(one.clone()).await.expect("ok").expect("progress");
+        assert_eq!(s.run_id, run.run_id);
+        assert_eq!(s.status, RunStatus::Running);
+        assert_eq!(s.attempts_of("charge")[0].status, "scheduled");
+        // A chain of one more step finishes it; a failed step's immediate retry is chained too.
+        let charge = charge_spec(false);
+        let run = engine
+            .start(
+                &charge,
+                None,
+                json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_consistent(&engine, &s).await;
+        let s = engine
+            .execute_next(ExecuteOptions { chain: 1, ..opts("w") })
+            .await
+            .expect("ok");
+        assert!(s.is_none(), "everything ran");
+    })
+    .await;
+}
