@@ -63,15 +63,47 @@ enum Job {
         reply: oneshot::Sender<Result<Option<Claim>>>,
     },
     Complete {
-        engine: Engine,
-        attempt: Box<AttemptRow>,
-        token_hash: String,
-        outcome: StepOutcome,
-        def: Option<Arc<Definition>>,
-        crash: bool,
-        chain: Option<Chain>,
+        unit: Box<Completion>,
         reply: oneshot::Sender<Result<Completed>>,
     },
+}
+
+/// A step's outcome to record and apply, fenced by its claim.
+pub(crate) struct Completion {
+    pub(crate) engine: Engine,
+    pub(crate) attempt: AttemptRow,
+    pub(crate) token_hash: String,
+    pub(crate) outcome: StepOutcome,
+    pub(crate) def: Option<Arc<Definition>>,
+    /// The `crash_after_record` test hook.
+    pub(crate) crash: bool,
+    /// Claim the run's next step for the same worker in the same transaction.
+    pub(crate) chain: Option<Chain>,
+}
+
+impl Completion {
+    /// Records and applies it in the caller's transaction.
+    async fn within<T: StoreTx>(&self, tx: &mut T) -> Result<Completed> {
+        self.engine
+            .complete_in(
+                tx,
+                &self.attempt,
+                &self.token_hash,
+                self.outcome.clone(),
+                self.def.as_deref(),
+                self.crash,
+                self.chain.as_ref(),
+            )
+            .await
+    }
+
+    /// Records and applies it in a transaction of its own.
+    async fn alone<S: Store>(&self, store: &S) -> Result<Completed> {
+        let mut tx = store.begin_write().await?;
+        let done = self.within(&mut tx).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
 }
 
 /// Lanes of group commit on Postgres: it commits concurrent transactions in parallel, so
@@ -115,7 +147,7 @@ impl Batcher {
         };
         let lane = match &job {
             Job::Claim { .. } => self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            Job::Complete { attempt, .. } => attempt.run_id.bytes().fold(0usize, |h, b| {
+            Job::Complete { unit, .. } => unit.attempt.run_id.bytes().fold(0usize, |h, b| {
                 h.wrapping_mul(31).wrapping_add(usize::from(b))
             }),
         } % lanes;
@@ -166,53 +198,17 @@ pub(super) async fn claim<S: Store>(
 }
 
 /// Completes through the group commit (or directly when it cannot run).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn complete<S: Store>(
-    engine: &Engine,
-    store: &S,
-    attempt: AttemptRow,
-    token_hash: String,
-    outcome: StepOutcome,
-    def: Option<Arc<Definition>>,
-    crash: bool,
-    chain: Option<Chain>,
-) -> Result<Completed> {
+pub(super) async fn complete<S: Store>(store: &S, unit: Completion) -> Result<Completed> {
     let (reply, answer) = oneshot::channel();
+    let engine = unit.engine.clone();
     let job = Job::Complete {
-        engine: engine.clone(),
-        attempt: Box::new(attempt),
-        token_hash,
-        outcome,
-        def,
-        crash,
-        chain,
+        unit: Box::new(unit),
         reply,
     };
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
         Err(job) => match *job {
-            Job::Complete {
-                engine,
-                attempt,
-                token_hash,
-                outcome,
-                def,
-                crash,
-                chain,
-                ..
-            } => {
-                Retry {
-                    engine,
-                    attempt,
-                    token_hash,
-                    outcome,
-                    def,
-                    crash,
-                    chain,
-                }
-                .alone(store)
-                .await
-            }
+            Job::Complete { unit, .. } => unit.alone(store).await,
             Job::Claim { .. } => Err(gone()),
         },
     }
@@ -244,45 +240,13 @@ async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// The answer to one unit, sent once the transaction's fate is known.
+/// One unit's result, sent once the transaction's fate is known.
 enum Answer {
     Claim(
         oneshot::Sender<Result<Option<Claim>>>,
         Result<Option<Claim>>,
     ),
     Complete(oneshot::Sender<Result<Completed>>, Result<Completed>),
-}
-
-/// A completion kept aside so it can be retried alone if the group commit fails.
-struct Retry {
-    engine: Engine,
-    attempt: Box<AttemptRow>,
-    token_hash: String,
-    outcome: StepOutcome,
-    def: Option<Arc<Definition>>,
-    crash: bool,
-    chain: Option<Chain>,
-}
-
-impl Retry {
-    /// Completes in a transaction of its own.
-    async fn alone<S: Store>(self, store: &S) -> Result<Completed> {
-        let mut tx = store.begin_write().await?;
-        let done = self
-            .engine
-            .complete_in(
-                &mut tx,
-                &self.attempt,
-                &self.token_hash,
-                self.outcome,
-                self.def.as_deref(),
-                self.crash,
-                self.chain.as_ref(),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(done)
-    }
 }
 
 impl Answer {
@@ -299,168 +263,146 @@ impl Answer {
     }
 }
 
-async fn unit<T: StoreTx>(tx: &mut T, job: Job) -> (Answer, Option<Retry>) {
-    match job {
-        Job::Claim {
-            engine,
-            queue,
-            owner,
-            lease_for,
-            reply,
-        } => {
-            let r = engine.claim_in(tx, &queue, &owner, lease_for).await;
-            (Answer::Claim(reply, r), None)
-        }
-        Job::Complete {
-            engine,
-            attempt,
-            token_hash,
-            outcome,
-            def,
-            crash,
-            chain,
-            reply,
-        } => {
-            let r = engine
-                .complete_in(
-                    tx,
-                    &attempt,
-                    &token_hash,
-                    outcome.clone(),
-                    def.as_deref(),
-                    crash,
-                    chain.as_ref(),
-                )
-                .await;
-            let retry = r.is_ok().then(|| Retry {
+/// A unit as written in a batch, kept so it can run again alone.
+enum Unit {
+    Claim {
+        engine: Engine,
+        queue: String,
+        owner: String,
+        lease_for: Duration,
+    },
+    Complete(Box<Completion>),
+}
+
+impl Unit {
+    /// Runs the unit in a transaction of its own.
+    async fn alone<S: Store>(&self, store: &S) -> Answered {
+        match self {
+            Unit::Claim {
                 engine,
-                attempt,
-                token_hash,
-                outcome,
-                def,
-                crash,
-                chain,
-            });
-            (Answer::Complete(reply, r), retry)
+                queue,
+                owner,
+                lease_for,
+            } => Answered::Claim(claim_alone(engine, store, queue, owner, *lease_for).await),
+            Unit::Complete(unit) => Answered::Complete(unit.alone(store).await),
         }
     }
 }
 
+/// A unit's result before it is sent.
+enum Answered {
+    Claim(Result<Option<Claim>>),
+    Complete(Result<Completed>),
+}
+
 async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
-    let mut tx = match store.begin_write().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            for job in jobs {
-                match job {
-                    Job::Claim { reply, .. } => {
-                        let _ = reply.send(Err(batch_error(&e)));
-                    }
-                    Job::Complete {
-                        engine,
-                        attempt,
-                        token_hash,
-                        outcome,
-                        def,
-                        crash,
-                        chain,
-                        reply,
-                    } => {
-                        let retry = Retry {
-                            engine,
-                            attempt,
-                            token_hash,
-                            outcome,
-                            def,
-                            crash,
-                            chain,
-                        };
-                        let _ = reply.send(retry.alone(store).await);
-                    }
-                }
-            }
-            return;
-        }
-    };
-    let mut answers = Vec::with_capacity(jobs.len());
-    let mut retries = Vec::new();
-    // Units run back to back without savepoints (each would cost statements on the hot
-    // path). If one fails, the whole transaction is rolled back and every other unit is run
-    // again alone, so a failing unit never takes the others' work with it.
-    let mut claims = std::collections::HashMap::new();
-    let mut failed = false;
+    // Split each job into what to run and where to answer.
+    let mut units = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
-        if let Job::Claim {
-            engine,
-            queue,
-            owner,
-            lease_for,
-            ..
-        } = &job
-        {
-            claims.insert(
-                answers.len(),
-                (engine.clone(), queue.clone(), owner.clone(), *lease_for),
-            );
+        match job {
+            Job::Claim {
+                engine,
+                queue,
+                owner,
+                lease_for,
+                reply,
+            } => {
+                units.push(Unit::Claim {
+                    engine,
+                    queue,
+                    owner,
+                    lease_for,
+                });
+                replies.push(Reply::Claim(reply));
+            }
+            Job::Complete { unit, reply } => {
+                units.push(Unit::Complete(unit));
+                replies.push(Reply::Complete(reply));
+            }
         }
-        let (answer, retry) = unit(&mut tx, job).await;
-        failed |= match &answer {
-            Answer::Claim(_, r) => r.is_err(),
-            Answer::Complete(_, r) => r.is_err(),
-        };
-        answers.push(answer);
-        retries.extend(retry.map(|r| (answers.len() - 1, r)));
     }
-    if failed {
-        drop(tx);
-        let mut retries: std::collections::HashMap<usize, Retry> = retries.into_iter().collect();
-        for (i, answer) in answers.into_iter().enumerate() {
-            match answer {
-                Answer::Claim(reply, Err(e)) => {
-                    let _ = reply.send(Err(e));
+    let answers = match store.begin_write().await {
+        Ok(mut tx) => batched::<S>(&mut tx, &units).await.map(|a| (a, tx)),
+        Err(e) => Err(e),
+    };
+    match answers {
+        Ok((answers, tx)) => match tx.commit().await {
+            Ok(()) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    reply.with(answer).send();
                 }
-                Answer::Claim(reply, Ok(_)) => {
-                    let r = match claims.remove(&i) {
-                        Some((engine, queue, owner, lease_for)) => {
-                            claim_alone(&engine, store, &queue, &owner, lease_for).await
+            }
+            // The commit failed: nothing was claimed; completions are worth keeping.
+            Err(e) => {
+                for ((reply, unit), answer) in replies.into_iter().zip(&units).zip(answers) {
+                    let answer = match (unit, answer) {
+                        (Unit::Complete(u), Answered::Complete(Ok(_))) => {
+                            Answered::Complete(u.alone(store).await)
                         }
-                        None => Err(gone()),
+                        (_, Answered::Complete(Err(x))) => Answered::Complete(Err(x)),
+                        (_, Answered::Complete(Ok(_))) => Answered::Complete(Err(batch_error(&e))),
+                        (_, Answered::Claim(_)) => Answered::Claim(Err(batch_error(&e))),
                     };
-                    let _ = reply.send(r);
-                }
-                Answer::Complete(reply, Err(e)) => {
-                    let _ = reply.send(Err(e));
-                }
-                Answer::Complete(reply, Ok(_)) => {
-                    let r = match retries.remove(&i) {
-                        Some(x) => x.alone(store).await,
-                        None => Err(gone()),
-                    };
-                    let _ = reply.send(r);
+                    reply.with(answer).send();
                 }
             }
-        }
-        return;
-    }
-    match tx.commit().await {
-        Ok(()) => answers.into_iter().for_each(Answer::send),
-        Err(e) => {
-            let mut retries: std::collections::HashMap<usize, Retry> =
-                retries.into_iter().collect();
-            for (i, answer) in answers.into_iter().enumerate() {
-                match answer {
-                    Answer::Claim(reply, _) => {
-                        let _ = reply.send(Err(batch_error(&e)));
-                    }
-                    Answer::Complete(reply, r) => {
-                        let r = match (retries.remove(&i), r) {
-                            (Some(x), Ok(_)) => x.alone(store).await,
-                            (_, Err(err)) => Err(err),
-                            (None, Ok(_)) => Err(batch_error(&e)),
-                        };
-                        let _ = reply.send(r);
-                    }
-                }
+        },
+        // The batch could not be written as one: every unit runs alone.
+        Err(_) => {
+            for (reply, unit) in replies.into_iter().zip(&units) {
+                reply.with(unit.alone(store).await).send();
             }
         }
     }
+}
+
+/// Where a unit's answer goes.
+enum Reply {
+    Claim(oneshot::Sender<Result<Option<Claim>>>),
+    Complete(oneshot::Sender<Result<Completed>>),
+}
+
+impl Reply {
+    fn with(self, answered: Answered) -> Answer {
+        match (self, answered) {
+            (Reply::Claim(r), Answered::Claim(a)) => Answer::Claim(r, a),
+            (Reply::Complete(r), Answered::Complete(a)) => Answer::Complete(r, a),
+            (Reply::Claim(r), Answered::Complete(_)) => Answer::Claim(r, Err(gone())),
+            (Reply::Complete(r), Answered::Claim(_)) => Answer::Complete(r, Err(gone())),
+        }
+    }
+}
+
+/// Runs the units back to back in `tx` (no savepoints: each would cost statements on the
+/// hot path). If one fails, says so; the caller then drops `tx` (rolling the batch back)
+/// and runs every unit alone.
+async fn batched<S: Store>(
+    tx: &mut S::Tx,
+    units: &[Unit],
+) -> std::result::Result<Vec<Answered>, StoreError> {
+    let mut answers = Vec::with_capacity(units.len());
+    for unit in units {
+        let answered = match unit {
+            Unit::Claim {
+                engine,
+                queue,
+                owner,
+                lease_for,
+            } => Answered::Claim(engine.claim_in(tx, queue, owner, *lease_for).await),
+            Unit::Complete(u) => Answered::Complete(u.within(tx).await),
+        };
+        let failed = match &answered {
+            Answered::Claim(r) => r.is_err(),
+            Answered::Complete(r) => r.is_err(),
+        };
+        if failed {
+            // The caller rolls back and runs every unit alone (the failing one fails again).
+            return Err(StoreError::InvalidSetting(
+                "a unit of the batch failed".into(),
+            ));
+        }
+        answers.push(answered);
+    }
+    Ok(answers)
 }

@@ -1058,17 +1058,16 @@ impl Engine {
             .chain_stop
             .as_ref()
             .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
-        batch::complete(
-            self,
-            store,
+        let unit = batch::Completion {
+            engine: self.clone(),
             attempt,
             token_hash,
             outcome,
             def,
-            opts.crash_after_record,
-            chain.filter(|_| !stopping),
-        )
-        .await
+            crash: opts.crash_after_record,
+            chain: chain.filter(|_| !stopping),
+        };
+        batch::complete(store, unit).await
     }
 
     /// Claims the oldest due attempt on `queue` in the caller's transaction (or applies a
