@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use squid_mesh::actions::{ActionHost, Manifest, ManifestAction};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::engine::{CommandOptions, ManualAttrs, ReplayOptions};
-use squid_mesh::inspect::{InspectOptions, Page, RunFilter, render};
+use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
 use squid_mesh::{
     ActionKey, ActionLimits, ActionRegistry, Capabilities, Digest, Engine, EngineError, HostConfig,
     RunStatus, StartOptions, Worker, WorkflowSpec,
@@ -58,6 +58,10 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// What run views show: `external` (status and shape), `operator` (also errors, timing
+    /// and command types, no payloads) or `auditor` (everything).
+    #[arg(long, global = true, env = "SQUID_MESH_SCOPE", default_value = "auditor", value_parser = parse_scope)]
+    scope: Scope,
     #[command(subcommand)]
     command: Command,
 }
@@ -370,6 +374,11 @@ fn report(f: &Failure, json_output: bool) {
         }
         _ => eprintln!("error: {:#}", f.error),
     }
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.parse()
+        .map_err(|e: squid_mesh::inspect::VisibilityError| e.to_string())
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -897,7 +906,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
                 limit: a.limit,
                 after: a.after.clone(),
             };
-            let result = e.list_runs(&filter, &page).await?;
+            let result = e.list_runs(&filter, &page).await?.redacted(cli.scope);
             if cli.json {
                 print_json(&result)?;
             } else {
@@ -909,7 +918,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
                 include_history: *history,
                 now: None,
             };
-            let i = e.inspect_run(id, opts).await?;
+            let i = e.inspect_run(id, opts).await?.redacted(cli.scope);
             if cli.json {
                 print_json(&i)?;
             } else {
@@ -927,7 +936,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
                 include_history: *history,
                 now: None,
             };
-            let g = e.inspect_run_graph(id, opts).await?;
+            let g = e.inspect_run_graph(id, opts).await?.redacted(cli.scope);
             if cli.json {
                 print_json(&g.to_json())?;
             } else {

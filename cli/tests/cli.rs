@@ -178,6 +178,16 @@ fn scenario(cli: &Cli) {
     let shown = cli.json(&["runs", "show", &run]);
     assert_eq!(shown["status"], "completed");
     assert_eq!(shown["context"]["review"]["decision"], "approved");
+    // Narrower scopes hide payloads; an unknown scope is refused.
+    let external = cli.json(&["--scope", "external", "runs", "show", &run]);
+    assert!(external["context"].is_null() && external["input"].is_null());
+    assert!(!external.to_string().contains("ana"), "{external}");
+    let operator = cli.json(&["--scope", "operator", "runs", "show", &run]);
+    assert_eq!(operator["commands"][1]["command"], "approve");
+    assert!(operator["commands"][1]["actor"].is_null());
+    let (code, err) = cli.fails(&["--scope", "root", "runs", "show", &run]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid visibility scope"), "{err}");
     let graph = cli.ok(&["runs", "graph", &run]);
     assert!(graph.contains("==> review:ok:ship"), "{graph}");
     assert!(graph.contains("-/- review:error:refund"), "{graph}");
