@@ -578,17 +578,8 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
             target: (*workers == 8).then(|| ">= 1".to_owned()),
         });
     }
-    if let Some(Backend::Postgres { url, schema }) = &pg {
-        use sqlx::Connection as _;
-        if let Ok(mut c) = sqlx::PgConnection::connect(url).await {
-            for suffix in ["", "_1", "_8"] {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema}{suffix} CASCADE"
-                )))
-                .execute(&mut c)
-                .await;
-            }
-        }
+    for backend in backends.iter().map(|(_, b)| b).chain(pg.as_ref()) {
+        drop_schema(backend).await;
     }
     Ok(figures)
 }

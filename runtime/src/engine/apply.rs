@@ -8,7 +8,6 @@ use serde_json::{Map, Value, json};
 use super::{Definition, Result, now_us, planned_row, to_json};
 use crate::actions::{StepOutcome, Suspension};
 use crate::clock::Timestamp;
-use crate::engine::EngineError;
 use crate::inspect::Deadline;
 use crate::journal::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable, RunStatus};
 use crate::plan::{self, RetryDecision, StepState};
@@ -48,10 +47,7 @@ pub(super) struct CompletedStep {
 pub(super) const COMPENSATE: &str = "compensate:";
 
 fn parse<T: serde::de::DeserializeOwned>(run: &RunRow, what: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
-        what: format!("{what} of run {}", run.run_id),
-        message: e.to_string(),
-    })
+    super::error::parse_stored(what, &run.run_id, text)
 }
 
 impl<'a> Applier<'a> {

@@ -1,10 +1,10 @@
 //! Group commit: the claims and completions of every worker of an engine go through one
 //! queue, and whatever is queued when the writer is free is written in one transaction.
-//! Under load one commit (one fsync) carries several steps;
-//! alone, a unit costs what it did before plus a channel hop.
+//! Under load one commit (one fsync) carries several steps; alone, a unit costs what it did
+//! before plus a channel hop.
 //!
-//! Units run back to back in the transaction. If one fails, the transaction is rolled back,
-//! the failing unit is answered with its error and every other unit is run again alone. If
+//! Units run back to back in the transaction. If one fails, the transaction is rolled back
+//! and every unit runs again alone (the failing one fails again, with its own error). If
 //! the commit itself fails, completions are retried one transaction each (their outcome is
 //! worth keeping) and claims report the error (nothing was claimed).
 
@@ -240,29 +240,6 @@ async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// One unit's result, sent once the transaction's fate is known.
-enum Answer {
-    Claim(
-        oneshot::Sender<Result<Option<Claim>>>,
-        Result<Option<Claim>>,
-    ),
-    Complete(oneshot::Sender<Result<Completed>>, Result<Completed>),
-}
-
-impl Answer {
-    /// Sends the unit's result to its caller.
-    fn send(self) {
-        match self {
-            Answer::Claim(reply, r) => {
-                let _ = reply.send(r);
-            }
-            Answer::Complete(reply, r) => {
-                let _ = reply.send(r);
-            }
-        }
-    }
-}
-
 /// A unit as written in a batch, kept so it can run again alone.
 enum Unit {
     Claim {
@@ -322,15 +299,17 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
             }
         }
     }
+    // None: the batch could not be written as one (no transaction, or a unit failed and the
+    // transaction is dropped, rolling it back).
     let answers = match store.begin_write().await {
         Ok(mut tx) => batched::<S>(&mut tx, &units).await.map(|a| (a, tx)),
-        Err(e) => Err(e),
+        Err(_) => None,
     };
     match answers {
-        Ok((answers, tx)) => match tx.commit().await {
+        Some((answers, tx)) => match tx.commit().await {
             Ok(()) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    reply.with(answer).send();
+                    reply.send(answer);
                 }
             }
             // The commit failed: nothing was claimed; completions are worth keeping.
@@ -344,14 +323,14 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                         (_, Answered::Complete(Ok(_))) => Answered::Complete(Err(batch_error(&e))),
                         (_, Answered::Claim(_)) => Answered::Claim(Err(batch_error(&e))),
                     };
-                    reply.with(answer).send();
+                    reply.send(answer);
                 }
             }
         },
-        // The batch could not be written as one: every unit runs alone.
-        Err(_) => {
+        // Every unit runs alone (a failing one fails again, with its own error).
+        None => {
             for (reply, unit) in replies.into_iter().zip(&units) {
-                reply.with(unit.alone(store).await).send();
+                reply.send(unit.alone(store).await);
             }
         }
     }
@@ -364,12 +343,21 @@ enum Reply {
 }
 
 impl Reply {
-    fn with(self, answered: Answered) -> Answer {
+    /// Sends a unit's result to its caller (units and replies are paired by construction).
+    fn send(self, answered: Answered) {
         match (self, answered) {
-            (Reply::Claim(r), Answered::Claim(a)) => Answer::Claim(r, a),
-            (Reply::Complete(r), Answered::Complete(a)) => Answer::Complete(r, a),
-            (Reply::Claim(r), Answered::Complete(_)) => Answer::Claim(r, Err(gone())),
-            (Reply::Complete(r), Answered::Claim(_)) => Answer::Complete(r, Err(gone())),
+            (Reply::Claim(r), Answered::Claim(a)) => {
+                let _ = r.send(a);
+            }
+            (Reply::Complete(r), Answered::Complete(a)) => {
+                let _ = r.send(a);
+            }
+            (Reply::Claim(r), Answered::Complete(_)) => {
+                let _ = r.send(Err(gone()));
+            }
+            (Reply::Complete(r), Answered::Claim(_)) => {
+                let _ = r.send(Err(gone()));
+            }
         }
     }
 }
@@ -377,10 +365,7 @@ impl Reply {
 /// Runs the units back to back in `tx` (no savepoints: each would cost statements on the
 /// hot path). If one fails, says so; the caller then drops `tx` (rolling the batch back)
 /// and runs every unit alone.
-async fn batched<S: Store>(
-    tx: &mut S::Tx,
-    units: &[Unit],
-) -> std::result::Result<Vec<Answered>, StoreError> {
+async fn batched<S: Store>(tx: &mut S::Tx, units: &[Unit]) -> Option<Vec<Answered>> {
     let mut answers = Vec::with_capacity(units.len());
     for unit in units {
         let answered = match unit {
@@ -397,12 +382,9 @@ async fn batched<S: Store>(
             Answered::Complete(r) => r.is_err(),
         };
         if failed {
-            // The caller rolls back and runs every unit alone (the failing one fails again).
-            return Err(StoreError::InvalidSetting(
-                "a unit of the batch failed".into(),
-            ));
+            return None;
         }
         answers.push(answered);
     }
-    Ok(answers)
+    Some(answers)
 }

@@ -126,6 +126,26 @@ fn join(problems: &[SpecProblem]) -> String {
         .join("; ")
 }
 
+impl EngineError {
+    /// A stored value that cannot be decoded.
+    pub(crate) fn corrupt(what: impl Into<String>, message: impl ToString) -> Self {
+        Self::Corrupt {
+            what: what.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Decodes a stored JSON value of run `run_id`, naming it in the error.
+pub(crate) fn parse_stored<T: serde::de::DeserializeOwned>(
+    what: &str,
+    run_id: &str,
+    text: &str,
+) -> super::Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| EngineError::corrupt(format!("{what} of run {run_id}"), e))
+}
+
 impl From<crate::journal::InvalidRunId> for EngineError {
     fn from(e: crate::journal::InvalidRunId) -> Self {
         Self::InvalidRunId { value: e.0 }

@@ -49,6 +49,7 @@ use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreT
 
 pub use control::{ChildOptions, CommandOptions, ReplayOptions};
 pub use error::EngineError;
+pub(crate) use error::parse_stored;
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
@@ -1506,9 +1507,8 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;
-        let next_visible = tx.next_visible(&id).await?;
         drop(tx);
-        RunSnapshot::from_rows(run, attempts, next_visible)
+        RunSnapshot::from_rows(run, attempts)
     }
 
     /// The journal of a run, oldest first, with the time each fact was written.

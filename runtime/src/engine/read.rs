@@ -173,12 +173,7 @@ impl Engine {
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;
         let facts = tx.facts(&id).await?;
-        let next_visible = tx.next_visible(&id).await?;
-        let mut children = Vec::new();
-        for (step, key, child) in tx.children(&id).await? {
-            let row = tx.load_run(&child, false).await?;
-            children.push((step, key, child, row));
-        }
+        let children = tx.child_summaries(&id).await?;
         let parent = match &run.parent_run_id {
             Some(p) => tx.load_run(p, false).await?,
             None => None,
@@ -191,7 +186,6 @@ impl Engine {
             facts,
             children,
             parent,
-            next_visible,
         };
         let insp = inspect::build(rows, def.as_deref(), now, include_history)?;
         Ok((insp, def))

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::error::parse_stored;
 use super::{EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::clock::Timestamp;
@@ -86,19 +87,8 @@ pub struct RunSnapshot {
     pub updated_at: Timestamp,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, run_id: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| EngineError::Corrupt {
-        what: format!("{what} of run {run_id}"),
-        message: e.to_string(),
-    })
-}
-
 impl RunSnapshot {
-    pub(super) fn from_rows(
-        run: RunRow,
-        attempts: Vec<AttemptRow>,
-        next_visible: Option<i64>,
-    ) -> Result<Self> {
+    pub(super) fn from_rows(run: RunRow, attempts: Vec<AttemptRow>) -> Result<Self> {
         let id = run.run_id.clone();
         let attempts = attempts
             .into_iter()
@@ -107,9 +97,9 @@ impl RunSnapshot {
                     outcome: a
                         .outcome
                         .as_deref()
-                        .map(|o| parse("outcome", &id, o))
+                        .map(|o| parse_stored("outcome", &id, o))
                         .transpose()?,
-                    input: parse("attempt input", &id, &a.input)?,
+                    input: parse_stored("attempt input", &id, &a.input)?,
                     runnable_key: a.runnable_key,
                     step: a.step,
                     attempt: u32::try_from(a.attempt).unwrap_or(u32::MAX),
@@ -121,6 +111,11 @@ impl RunSnapshot {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let next_visible_at = attempts
+            .iter()
+            .filter(|a| a.status == "scheduled")
+            .map(|a| a.visible_at)
+            .min();
         Ok(Self {
             run_id: id.parse().map_err(|_| EngineError::Corrupt {
                 what: "run id".into(),
@@ -130,23 +125,23 @@ impl RunSnapshot {
                 what: format!("status of run {id}"),
                 message: run.status.clone(),
             })?,
-            input: parse("input", &id, &run.input)?,
-            context: parse("context", &id, &run.context)?,
-            steps: parse("steps", &id, &run.steps)?,
+            input: parse_stored("input", &id, &run.input)?,
+            context: parse_stored("context", &id, &run.context)?,
+            steps: parse_stored("steps", &id, &run.steps)?,
             manual: run
                 .manual
                 .as_deref()
-                .map(|m| parse("manual gate", &id, m))
+                .map(|m| parse_stored("manual gate", &id, m))
                 .transpose()?,
             error: run
                 .error
                 .as_deref()
-                .map(|e| parse("error", &id, e))
+                .map(|e| parse_stored("error", &id, e))
                 .transpose()?,
             compensation: run
                 .compensation
                 .as_deref()
-                .map(|c| parse("compensation", &id, c))
+                .map(|c| parse_stored("compensation", &id, c))
                 .transpose()?,
             replayed_from: run.replayed_from,
             parent_run_id: run.parent_run_id,
@@ -158,7 +153,7 @@ impl RunSnapshot {
             queue: run.queue,
             attempts,
             idempotency_key: run.idempotency_key,
-            next_visible_at: next_visible.map(Timestamp),
+            next_visible_at,
             revision: run.revision,
             created_at: Timestamp(run.created_at),
             updated_at: Timestamp(run.updated_at),

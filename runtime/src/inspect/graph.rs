@@ -1,6 +1,8 @@
 //! The run graph: nodes (steps and compensations) and edges (transitions, dependencies and
 //! compensations) with their statuses, in a stable JSON form for user interfaces.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -179,7 +181,12 @@ impl RunGraph {
     }
 }
 
-fn node_status(insp: &RunInspection, id: &str, state: Option<StepState>) -> NodeStatus {
+fn node_status(
+    insp: &RunInspection,
+    id: &str,
+    state: Option<StepState>,
+    latest: Option<&AttemptInspection>,
+) -> NodeStatus {
     if insp.manual.as_ref().is_some_and(|m| m.step == id) {
         return NodeStatus::Paused;
     }
@@ -195,7 +202,7 @@ fn node_status(insp: &RunInspection, id: &str, state: Option<StepState>) -> Node
         Some(StepState::Failed) => return NodeStatus::Failed,
         _ => {}
     }
-    match insp.latest_attempt(id) {
+    match latest {
         None => NodeStatus::Waiting,
         Some(a) => match a.status.as_str() {
             "claimed" | "recorded" => NodeStatus::Running,
@@ -210,24 +217,39 @@ fn node_status(insp: &RunInspection, id: &str, state: Option<StepState>) -> Node
     }
 }
 
+/// What every node of one graph is built from, computed once.
+struct Nodes<'a> {
+    insp: &'a RunInspection,
+    /// Attempts by step, oldest first.
+    by_step: HashMap<&'a str, Vec<&'a AttemptInspection>>,
+    current: Vec<String>,
+    history: bool,
+}
+
+fn kind_of(id: &str) -> NodeKind {
+    if id.starts_with("compensate:") {
+        NodeKind::Compensation
+    } else {
+        NodeKind::Step
+    }
+}
+
 fn make_node(
-    insp: &RunInspection,
+    n: &Nodes<'_>,
     id: &str,
-    kind: NodeKind,
     action: String,
     state: Option<StepState>,
     recovery: Recovery,
-    history: bool,
 ) -> GraphNode {
-    let attempts: Vec<&AttemptInspection> = insp.attempts_of(id).collect();
+    let (insp, history) = (n.insp, n.history);
+    let attempts: &[&AttemptInspection] = n.by_step.get(id).map_or(&[], Vec::as_slice);
     let latest = attempts.iter().max_by_key(|a| a.attempt).copied();
-    let current = insp.current_steps();
     GraphNode {
         id: id.to_owned(),
-        kind,
+        kind: kind_of(id),
         action,
-        status: node_status(insp, id, state),
-        current: current.iter().any(|c| c == id),
+        status: node_status(insp, id, state, latest),
+        current: n.current.iter().any(|c| c == id),
         attempt_count: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
         recovery,
         deadline: if insp.manual.as_ref().is_some_and(|m| m.step == id) {
@@ -245,7 +267,7 @@ fn make_node(
             .then(|| attempts.iter().rev().find_map(|a| a.error.clone()))
             .flatten(),
         attempts: if history {
-            attempts.into_iter().cloned().collect()
+            attempts.iter().map(|a| (*a).clone()).collect()
         } else {
             Vec::new()
         },
@@ -310,57 +332,34 @@ fn transition_edges(
 
 /// Builds the graph of an inspected run. Pure.
 pub(super) fn build(insp: &RunInspection, spec: Option<&WorkflowSpec>, history: bool) -> RunGraph {
-    let mut nodes = Vec::new();
-    let mut edges = Vec::new();
-    if spec.is_some() {
-        for s in &insp.steps {
-            let kind = if s.name.starts_with("compensate:") {
-                NodeKind::Compensation
-            } else {
-                NodeKind::Step
-            };
-            nodes.push(make_node(
-                insp,
-                &s.name,
-                kind,
-                s.action.clone(),
-                s.state,
-                s.recovery.clone(),
-                history,
-            ));
+    let mut by_step: HashMap<&str, Vec<&AttemptInspection>> = HashMap::new();
+    // Steps in the order their first attempt appears (the nodes without a definition).
+    let mut seen: Vec<&str> = Vec::new();
+    for a in &insp.attempts {
+        let list = by_step.entry(a.step.as_str()).or_default();
+        if list.is_empty() {
+            seen.push(a.step.as_str());
         }
+        list.push(a);
+    }
+    let n = Nodes {
+        insp,
+        by_step,
+        current: insp.current_steps(),
+        history,
+    };
+    let mut edges = Vec::new();
+    let nodes: Vec<GraphNode> = if spec.is_some() {
+        insp.steps
+            .iter()
+            .map(|s| make_node(&n, &s.name, s.action.clone(), s.state, s.recovery.clone()))
+            .collect()
     } else {
         // Without the definition, the attempts are all we know.
-        let mut seen: Vec<String> = Vec::new();
-        for a in &insp.attempts {
-            if !seen.contains(&a.step) {
-                seen.push(a.step.clone());
-            }
-        }
-        for id in seen {
-            let kind = if id.starts_with("compensate:") {
-                NodeKind::Compensation
-            } else {
-                NodeKind::Step
-            };
-            let recovery = Recovery {
-                retry: None,
-                compensate: None,
-                irreversible: false,
-                compensatable: false,
-                error_routes: Vec::new(),
-            };
-            nodes.push(make_node(
-                insp,
-                &id,
-                kind,
-                String::new(),
-                None,
-                recovery,
-                history,
-            ));
-        }
-    }
+        seen.iter()
+            .map(|id| make_node(&n, id, String::new(), None, Recovery::default()))
+            .collect()
+    };
     if let Some(spec) = spec {
         edges.extend(transition_edges(insp, spec, &nodes));
         let status_of = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.status);

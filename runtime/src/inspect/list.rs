@@ -229,13 +229,6 @@ pub struct RunPage {
     pub next_page: Option<String>,
 }
 
-fn corrupt(what: String, message: impl ToString) -> EngineError {
-    EngineError::Corrupt {
-        what,
-        message: message.to_string(),
-    }
-}
-
 /// Builds a page from the rows (one more than `limit` means there is a next page).
 pub(crate) fn page(
     mut rows: Vec<SummaryRow>,
@@ -247,8 +240,8 @@ pub(crate) fn page(
     rows.truncate(limit);
     let mut by_run: BTreeMap<String, Vec<DeadlineState>> = BTreeMap::new();
     for (run_id, step, key, text) in deadlines {
-        let d: Deadline =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("deadline of {key}"), e))?;
+        let d: Deadline = serde_json::from_str(&text)
+            .map_err(|e| EngineError::corrupt(format!("deadline of {key}"), e))?;
         by_run
             .entry(run_id)
             .or_default()
@@ -256,17 +249,18 @@ pub(crate) fn page(
     }
     let mut runs = Vec::with_capacity(rows.len());
     for r in &rows {
-        let status = RunStatus::parse(&r.status)
-            .ok_or_else(|| corrupt(format!("status of run {}", r.run_id), &r.status))?;
+        let status = RunStatus::parse(&r.status).ok_or_else(|| {
+            EngineError::corrupt(format!("status of run {}", r.run_id), &r.status)
+        })?;
         let terminal = status.is_terminal();
         let gate: Option<ManualGate> = r
             .manual
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
-            .map_err(|e| corrupt(format!("manual gate of run {}", r.run_id), e))?;
+            .map_err(|e| EngineError::corrupt(format!("manual gate of run {}", r.run_id), e))?;
         let steps: BTreeMap<String, StepState> = serde_json::from_str(&r.steps)
-            .map_err(|e| corrupt(format!("steps of run {}", r.run_id), e))?;
+            .map_err(|e| EngineError::corrupt(format!("steps of run {}", r.run_id), e))?;
         let current_steps = if terminal {
             Vec::new()
         } else if let Some(g) = &gate {

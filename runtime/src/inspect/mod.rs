@@ -39,7 +39,7 @@ use crate::journal::{
 };
 use crate::plan::StepState;
 use crate::spec::{DeadlineSpec, Mode, Outcome, RetryPolicy, WorkflowSpec};
-use crate::store::{AttemptRow, FactRow, RunRow};
+use crate::store::{AttemptRow, ChildRow, FactRow, RunRow};
 
 /// Anything that names a run: a [`RunId`] or its text (checked, so a malformed id is an
 /// [`EngineError::InvalidRunId`], not a lookup miss).
@@ -102,7 +102,7 @@ impl InspectOptions {
 }
 
 /// What a step declares about recovery, for operators deciding what to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     /// Retry policy (`None`: one attempt).
     pub retry: Option<RetryPolicy>,
@@ -383,22 +383,11 @@ pub(crate) struct RunRows {
     pub(crate) run: RunRow,
     pub(crate) attempts: Vec<AttemptRow>,
     pub(crate) facts: Vec<FactRow>,
-    pub(crate) children: Vec<(String, String, String, Option<RunRow>)>,
+    pub(crate) children: Vec<ChildRow>,
     pub(crate) parent: Option<RunRow>,
-    pub(crate) next_visible: Option<i64>,
 }
 
-fn corrupt(what: impl Into<String>, message: impl ToString) -> EngineError {
-    EngineError::Corrupt {
-        what: what.into(),
-        message: message.to_string(),
-    }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &str, run_id: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| corrupt(format!("{what} of run {run_id}"), e))
-}
-
+use crate::engine::parse_stored as parse;
 fn summary_of(run: &RunRow) -> (Option<String>, Option<RunStatus>) {
     (Some(run.workflow.clone()), RunStatus::parse(&run.status))
 }
@@ -424,11 +413,10 @@ pub(crate) fn build(
         facts,
         children,
         parent,
-        next_visible,
     } = rows;
     let id = run.run_id.clone();
     let status = RunStatus::parse(&run.status)
-        .ok_or_else(|| corrupt(format!("status of run {id}"), &run.status))?;
+        .ok_or_else(|| EngineError::corrupt(format!("status of run {id}"), &run.status))?;
     let terminal = status.is_terminal();
     let step_states: BTreeMap<String, StepState> = parse("steps", &id, &run.steps)?;
     let gate: Option<ManualGate> = run
@@ -440,7 +428,7 @@ pub(crate) fn build(
     let mut history = Vec::with_capacity(facts.len());
     for f in &facts {
         let fact: Fact = serde_json::from_str(&f.data)
-            .map_err(|e| corrupt(format!("journal fact {} of run {id}", f.id), e))?;
+            .map_err(|e| EngineError::corrupt(format!("journal fact {} of run {id}", f.id), e))?;
         history.push(HistoryEntry {
             seq: f.id,
             at: Timestamp(f.occurred_at),
@@ -554,6 +542,11 @@ pub(crate) fn build(
         });
     }
 
+    let next_visible = attempt_views
+        .iter()
+        .filter(|a| a.status == "scheduled")
+        .map(|a| a.visible_at)
+        .min();
     let manual = gate.map(|g| ManualState {
         deadline: g.deadline.as_ref().map(|d| d.evaluate(now, &g.step, None)),
         step: g.step,
@@ -624,16 +617,13 @@ pub(crate) fn build(
 
     let children = children
         .into_iter()
-        .map(|(step, key, child, row)| {
-            let (workflow, status) = row.as_ref().map(summary_of).unwrap_or((None, None));
-            LinkedRun {
-                run_id: child,
-                workflow,
-                status,
-                step,
-                child_key: Some(key),
-                runnable_key: None,
-            }
+        .map(|(step, key, child, workflow, status)| LinkedRun {
+            run_id: child,
+            workflow,
+            status: status.as_deref().and_then(RunStatus::parse),
+            step,
+            child_key: Some(key),
+            runnable_key: None,
         })
         .collect();
     let parent = parent_link.map(|p| {
@@ -649,7 +639,9 @@ pub(crate) fn build(
     });
 
     Ok(RunInspection {
-        run_id: id.parse().map_err(|_| corrupt("run id", &id))?,
+        run_id: id
+            .parse()
+            .map_err(|_| EngineError::corrupt("run id", &id))?,
         workflow: run.workflow,
         version: run.version,
         fingerprint: run.fingerprint,
@@ -681,11 +673,7 @@ pub(crate) fn build(
         children,
         replayed_from: run.replayed_from,
         idempotency_key: run.idempotency_key,
-        next_visible_at: if terminal {
-            None
-        } else {
-            next_visible.map(Timestamp)
-        },
+        next_visible_at: if terminal { None } else { next_visible },
         deadline,
         as_of: now,
         created_at: Timestamp(run.created_at),

@@ -124,6 +124,10 @@ pub struct SummaryRow {
     pub(crate) updated_at: i64,
 }
 
+/// A child run as listed for its parent: (parent step, child key, child run id, the child's
+/// workflow and status when the child exists).
+pub type ChildRow = (String, String, String, Option<String>, Option<String>);
+
 /// An open attempt's deadline: (run id, step, runnable key, deadline JSON).
 pub type DeadlineRow = (String, String, String, String);
 
@@ -360,6 +364,11 @@ pub trait StoreTx: Send {
         &mut self,
         parent: &str,
     ) -> impl Future<Output = StoreResult<Vec<(String, String, String)>>> + Send;
+    /// The child runs of a parent with each child's workflow and status, oldest first.
+    fn child_summaries(
+        &mut self,
+        parent: &str,
+    ) -> impl Future<Output = StoreResult<Vec<ChildRow>>> + Send;
     /// Tells workers in other processes that `queue` has new work, at commit (Postgres
     /// `NOTIFY`; nothing on SQLite, whose workers poll).
     fn notify_queue(&mut self, queue: &str) -> impl Future<Output = StoreResult<()>> + Send;
@@ -373,11 +382,6 @@ pub trait StoreTx: Send {
         &mut self,
         run_ids: &[String],
     ) -> impl Future<Output = StoreResult<Vec<DeadlineRow>>> + Send;
-    /// The earliest `visible_at` among the run's scheduled attempts.
-    fn next_visible(
-        &mut self,
-        run_id: &str,
-    ) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
 }
 
 const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, compensation, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
@@ -628,6 +632,11 @@ macro_rules! impl_store_tx {
                     .bind(parent).fetch_all(&mut **self).await?)
             }
 
+            async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
+                Ok(sqlx::query_as("SELECT c.parent_step, c.child_key, c.child_run_id, r.workflow, r.status FROM child_runs c LEFT JOIN runs r ON r.run_id = c.child_run_id WHERE c.parent_run_id = $1 ORDER BY c.created_at, c.child_key")
+                    .bind(parent).fetch_all(&mut **self).await?)
+            }
+
             async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
                 if !$notify.is_empty() {
                     sqlx::query($notify).bind(queue).execute(&mut **self).await?;
@@ -682,11 +691,6 @@ macro_rules! impl_store_tx {
                 Ok(q.fetch_all(&mut **self).await?)
             }
 
-            async fn next_visible(&mut self, run_id: &str) -> StoreResult<Option<i64>> {
-                let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(visible_at) FROM attempts WHERE run_id = $1 AND status = 'scheduled'")
-                    .bind(run_id).fetch_one(&mut **self).await?;
-                Ok(row.0)
-            }
         }
     };
 }
