@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{AnyStore, Definition, Engine, EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
-use crate::store::{AttemptRow, RunRow, Store, StoreError, StoreTx};
+use crate::store::{
+    AttemptRow, Direct, Pooled, RunRow, Store, StoreError, StoreTx, WriteSource, block_on,
+};
 
 /// Most units per transaction.
 const MAX_BATCH: usize = 64;
@@ -98,8 +100,8 @@ impl Completion {
     }
 
     /// Records and applies it in a transaction of its own.
-    async fn alone<S: Store>(&self, store: &S) -> Result<Completed> {
-        let mut tx = store.begin_write().await?;
+    async fn alone<W: WriteSource>(&self, source: &mut W) -> Result<Completed> {
+        let mut tx = source.begin().await?;
         let done = self.within(&mut tx).await?;
         tx.commit().await?;
         Ok(done)
@@ -163,10 +165,20 @@ impl Batcher {
             return Err(Box::new(job));
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        match store.clone() {
-            AnyStore::Sqlite(s) => handle.spawn(run(s, rx)),
-            AnyStore::Postgres(s) => handle.spawn(run(s, rx)),
-        };
+        match store {
+            AnyStore::Sqlite(s) => match s.direct_writer() {
+                Some((direct, lock)) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("squid-mesh-sqlite-writer".into())
+                        .spawn(move || run_direct(direct, &lock, rx));
+                    if spawned.is_err() {
+                        return Err(Box::new(job));
+                    }
+                }
+                None => drop(handle.spawn(run(s.clone(), rx))),
+            },
+            AnyStore::Postgres(s) => drop(handle.spawn(run(s.clone(), rx))),
+        }
         let result = tx
             .send(job)
             .map_err(|mpsc::error::SendError(job)| Box::new(job));
@@ -193,7 +205,7 @@ pub(super) async fn claim<S: Store>(
     };
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
-        Err(_) => claim_alone(engine, store, queue, owner, lease_for).await,
+        Err(_) => claim_alone(engine, &mut Pooled(store.clone()), queue, owner, lease_for).await,
     }
 }
 
@@ -208,36 +220,58 @@ pub(super) async fn complete<S: Store>(store: &S, unit: Completion) -> Result<Co
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
         Err(job) => match *job {
-            Job::Complete { unit, .. } => unit.alone(store).await,
+            Job::Complete { unit, .. } => unit.alone(&mut Pooled(store.clone())).await,
             Job::Claim { .. } => Err(gone()),
         },
     }
 }
 
-async fn claim_alone<S: Store>(
+async fn claim_alone<W: WriteSource>(
     engine: &Engine,
-    store: &S,
+    source: &mut W,
     queue: &str,
     owner: &str,
     lease_for: Duration,
 ) -> Result<Option<Claim>> {
-    let mut tx = store.begin_write().await?;
+    let mut tx = source.begin().await?;
     let claim = engine.claim_in(&mut tx, queue, owner, lease_for).await?;
     tx.commit().await?;
     Ok(claim)
 }
 
+/// A lane on the runtime: writes through the store's pool.
 async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut pooled = Pooled(store);
     while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        write(&store, jobs).await;
+        let jobs = gather(first, &mut rx);
+        write(&mut pooled, jobs).await;
     }
+}
+
+/// SQLite's lane on a thread of its own: writes through the embedded writer's connection,
+/// holding the store's write lock for each batch.
+fn run_direct(
+    mut direct: Direct,
+    lock: &tokio::sync::Mutex<()>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let jobs = gather(first, &mut rx);
+        let _write = lock.blocking_lock();
+        block_on(write(&mut direct, jobs));
+    }
+}
+
+/// `first` and whatever else is queued, up to a batch.
+fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<Job> {
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
 }
 
 /// A unit as written in a batch, kept so it can run again alone.
@@ -253,15 +287,15 @@ enum Unit {
 
 impl Unit {
     /// Runs the unit in a transaction of its own.
-    async fn alone<S: Store>(&self, store: &S) -> Answered {
+    async fn alone<W: WriteSource>(&self, source: &mut W) -> Answered {
         match self {
             Unit::Claim {
                 engine,
                 queue,
                 owner,
                 lease_for,
-            } => Answered::Claim(claim_alone(engine, store, queue, owner, *lease_for).await),
-            Unit::Complete(unit) => Answered::Complete(unit.alone(store).await),
+            } => Answered::Claim(claim_alone(engine, source, queue, owner, *lease_for).await),
+            Unit::Complete(unit) => Answered::Complete(unit.alone(source).await),
         }
     }
 }
@@ -272,7 +306,7 @@ enum Answered {
     Complete(Result<Completed>),
 }
 
-async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
+async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     // Split each job into what to run and where to answer.
     let mut units = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
@@ -301,12 +335,15 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
     }
     // None: the batch could not be written as one (no transaction, or a unit failed and the
     // transaction is dropped, rolling it back).
-    let answers = match store.begin_write().await {
-        Ok(mut tx) => batched::<S>(&mut tx, &units).await.map(|a| (a, tx)),
+    let committed = match source.begin().await {
+        Ok(mut tx) => match batched(&mut tx, &units).await {
+            Some(answers) => Some((answers, tx.commit().await)),
+            None => None,
+        },
         Err(_) => None,
     };
-    match answers {
-        Some((answers, tx)) => match tx.commit().await {
+    match committed {
+        Some((answers, commit)) => match commit {
             Ok(()) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
@@ -317,7 +354,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
                 for ((reply, unit), answer) in replies.into_iter().zip(&units).zip(answers) {
                     let answer = match (unit, answer) {
                         (Unit::Complete(u), Answered::Complete(Ok(_))) => {
-                            Answered::Complete(u.alone(store).await)
+                            Answered::Complete(u.alone(source).await)
                         }
                         (_, Answered::Complete(Err(x))) => Answered::Complete(Err(x)),
                         (_, Answered::Complete(Ok(_))) => Answered::Complete(Err(batch_error(&e))),
@@ -330,7 +367,7 @@ async fn write<S: Store>(store: &S, jobs: Vec<Job>) {
         // Every unit runs alone (a failing one fails again, with its own error).
         None => {
             for (reply, unit) in replies.into_iter().zip(&units) {
-                reply.send(unit.alone(store).await);
+                reply.send(unit.alone(source).await);
             }
         }
     }
@@ -365,7 +402,7 @@ impl Reply {
 /// Runs the units back to back in `tx` (no savepoints: each would cost statements on the
 /// hot path). If one fails, says so; the caller then drops `tx` (rolling the batch back)
 /// and runs every unit alone.
-async fn batched<S: Store>(tx: &mut S::Tx, units: &[Unit]) -> Option<Vec<Answered>> {
+async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>> {
     let mut answers = Vec::with_capacity(units.len());
     for unit in units {
         let answered = match unit {

@@ -6,13 +6,15 @@
 //! partial indexes; the only differences (row locks, `SKIP LOCKED`, the write transaction's
 //! `BEGIN IMMEDIATE`) are passed to one macro that writes both implementations.
 
+mod direct;
 mod postgres;
 mod sqlite;
 
 use std::future::Future;
 
+pub(crate) use direct::block_on;
 pub use postgres::PostgresStore;
-pub use sqlite::{SqliteStore, Synchronous};
+pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
 
 /// A storage failure. Every one is worth retrying except a failed migration.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,14 @@ pub enum StoreError {
     /// The store was configured with an unusable setting (a schema name, say).
     #[error("invalid store setting: {0}")]
     InvalidSetting(String),
+    /// SQLite's embedded writer reported an error (`code`: SQLite's extended result code).
+    #[error("database error: {message}")]
+    Sqlite {
+        /// SQLite's extended result code, when SQLite produced the error.
+        code: Option<i32>,
+        /// What went wrong.
+        message: String,
+    },
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {what}: {message}")]
     Corrupt {
@@ -40,7 +50,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying may succeed (connection trouble, contention).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Database(_))
+        matches!(self, Self::Database(_) | Self::Sqlite { .. })
     }
 }
 
@@ -244,6 +254,43 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
+/// Where a group-commit lane begins its write transactions: a store's pool, or the
+/// connection of SQLite's embedded writer.
+pub(crate) trait WriteSource: Send {
+    /// The transaction type.
+    type Tx<'a>: StoreTx
+    where
+        Self: 'a;
+
+    /// Begins a write transaction.
+    fn begin(&mut self) -> impl Future<Output = StoreResult<Self::Tx<'_>>> + Send;
+}
+
+/// A store's own write transactions.
+pub(crate) struct Pooled<S>(pub(crate) S);
+
+impl<S: Store> WriteSource for Pooled<S> {
+    type Tx<'a>
+        = S::Tx
+    where
+        Self: 'a;
+
+    fn begin(&mut self) -> impl Future<Output = StoreResult<S::Tx>> + Send {
+        self.0.begin_write()
+    }
+}
+
+/// The connection of SQLite's embedded writer.
+pub(crate) struct Direct(rusqlite::Connection);
+
+impl WriteSource for Direct {
+    type Tx<'a> = direct::DirectTx<'a>;
+
+    async fn begin(&mut self) -> StoreResult<direct::DirectTx<'_>> {
+        direct::DirectTx::begin(&mut self.0)
+    }
+}
+
 /// The statements of one transaction.
 pub trait StoreTx: Send {
     /// Commits.
@@ -445,74 +492,117 @@ macro_rules! attempt_from_row {
     }};
 }
 
-/// Writes `StoreTx` for `sqlx::Transaction<'static, $db>`. `$lock` is appended to
+/// Writes `StoreTx` for a sqlx transaction type. `$lock` is appended to
 /// single-row reads that lock, `$skip` to the queue read.
 macro_rules! impl_store_tx {
-    ($db:ty, lock = $lock:literal, skip = $skip:literal, notify = $notify:literal) => {
-        impl StoreTx for sqlx::Transaction<'static, $db> {
+    ($ty:ty, lock = $lock:literal, skip = $skip:literal, notify = $notify:literal) => {
+        impl StoreTx for $ty {
             async fn commit(self) -> StoreResult<()> {
-                sqlx::Transaction::commit(self).await?;
-                Ok(())
+                Finish::finish(self).await
             }
 
-            async fn insert_definition(&mut self, hash: &str, workflow: &str, fingerprint: &str, body: &str, now: i64) -> StoreResult<()> {
-                sqlx::query("INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING")
-                    .bind(hash).bind(workflow).bind(fingerprint).bind(body).bind(now)
-                    .execute(&mut **self).await?;
+            async fn insert_definition(
+                &mut self,
+                hash: &str,
+                workflow: &str,
+                fingerprint: &str,
+                body: &str,
+                now: i64,
+            ) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_DEFINITION)
+                    .bind(hash)
+                    .bind(workflow)
+                    .bind(fingerprint)
+                    .bind(body)
+                    .bind(now)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(())
             }
 
             async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
-                let body: Option<(String,)> = sqlx::query_as("SELECT body FROM definitions WHERE hash = $1")
-                    .bind(hash).fetch_optional(&mut **self).await?;
+                let body: Option<(String,)> = sqlx::query_as(sql::LOAD_DEFINITION)
+                    .bind(hash)
+                    .fetch_optional(&mut **self)
+                    .await?;
                 Ok(body.map(|b| b.0))
             }
 
             async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
-                let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (run_id) DO NOTHING"
-                )))
-                .bind(&run.run_id).bind(&run.workflow).bind(&run.version).bind(&run.fingerprint)
-                .bind(&run.definition_hash).bind(&run.trigger_name).bind(&run.queue).bind(&run.status)
-                .bind(&run.input).bind(&run.context).bind(&run.steps).bind(&run.manual).bind(&run.compensation).bind(&run.error)
-                .bind(&run.idempotency_key).bind(&run.payload_hash).bind(&run.parent_run_id)
-                .bind(&run.replayed_from).bind(run.created_at).bind(run.updated_at).bind(run.revision)
-                .execute(&mut **self).await?;
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql::insert_run()))
+                    .bind(&run.run_id)
+                    .bind(&run.workflow)
+                    .bind(&run.version)
+                    .bind(&run.fingerprint)
+                    .bind(&run.definition_hash)
+                    .bind(&run.trigger_name)
+                    .bind(&run.queue)
+                    .bind(&run.status)
+                    .bind(&run.input)
+                    .bind(&run.context)
+                    .bind(&run.steps)
+                    .bind(&run.manual)
+                    .bind(&run.compensation)
+                    .bind(&run.error)
+                    .bind(&run.idempotency_key)
+                    .bind(&run.payload_hash)
+                    .bind(&run.parent_run_id)
+                    .bind(&run.replayed_from)
+                    .bind(run.created_at)
+                    .bind(run.updated_at)
+                    .bind(run.revision)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
-                let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{}", if lock { $lock } else { "" });
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_optional(&mut **self).await?;
-                Ok(match row { Some(r) => Some(run_from_row!(&r)), None => None })
+                let sql = sql::load_run(if lock { $lock } else { "" });
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(run_id)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(run_from_row!(&r)),
+                    None => None,
+                })
             }
 
             async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
-                let row: Option<(String,)> = sqlx::query_as("SELECT status FROM runs WHERE run_id = $1")
-                    .bind(run_id).fetch_optional(&mut **self).await?;
+                let row: Option<(String,)> = sqlx::query_as(sql::RUN_STATUS)
+                    .bind(run_id)
+                    .fetch_optional(&mut **self)
+                    .await?;
                 Ok(row.map(|r| r.0))
             }
 
             async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
-                sqlx::query("UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1")
-                    .bind(&run.run_id).bind(&run.status).bind(&run.context).bind(&run.steps)
-                    .bind(&run.manual).bind(&run.error).bind(run.updated_at).bind(run.revision).bind(&run.compensation)
-                    .execute(&mut **self).await?;
+                sqlx::query(sql::UPDATE_RUN)
+                    .bind(&run.run_id)
+                    .bind(&run.status)
+                    .bind(&run.context)
+                    .bind(&run.steps)
+                    .bind(&run.manual)
+                    .bind(&run.error)
+                    .bind(run.updated_at)
+                    .bind(run.revision)
+                    .bind(&run.compensation)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(())
             }
 
-            async fn append_facts(&mut self, run_id: &str, facts: &[(String, String)], at: i64) -> StoreResult<()> {
+            async fn append_facts(
+                &mut self,
+                run_id: &str,
+                facts: &[(String, String)],
+                at: i64,
+            ) -> StoreResult<()> {
                 if facts.is_empty() {
                     return Ok(());
                 }
                 // One statement for all the facts (in order: ids follow the VALUES order).
-                let values: Vec<String> = (0..facts.len())
-                    .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
-                    .collect();
-                let sql = format!(
-                    "INSERT INTO journal (run_id, kind, data, occurred_at) VALUES {}",
-                    values.join(", ")
-                );
+                let sql = sql::insert_facts(facts.len());
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(at);
                 for (kind, data) in facts {
                     q = q.bind(kind).bind(data);
@@ -522,8 +612,10 @@ macro_rules! impl_store_tx {
             }
 
             async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
-                let rows = sqlx::query("SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id")
-                    .bind(run_id).fetch_all(&mut **self).await?;
+                let rows = sqlx::query(sql::FACTS)
+                    .bind(run_id)
+                    .fetch_all(&mut **self)
+                    .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
                     use sqlx::Row as _;
@@ -539,37 +631,70 @@ macro_rules! impl_store_tx {
             }
 
             async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-                )))
-                .bind(&a.runnable_key).bind(&a.run_id).bind(&a.step).bind(a.attempt).bind(a.seq).bind(&a.queue)
-                .bind(&a.status).bind(a.visible_at).bind(a.due_at).bind(&a.claim_id)
-                .bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until).bind(a.claims)
-                .bind(&a.input).bind(&a.outcome).bind(&a.deadline).bind(a.created_at).bind(a.updated_at)
-                .execute(&mut **self).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql::insert_attempt()))
+                    .bind(&a.runnable_key)
+                    .bind(&a.run_id)
+                    .bind(&a.step)
+                    .bind(a.attempt)
+                    .bind(a.seq)
+                    .bind(&a.queue)
+                    .bind(&a.status)
+                    .bind(a.visible_at)
+                    .bind(a.due_at)
+                    .bind(&a.claim_id)
+                    .bind(&a.claim_token_hash)
+                    .bind(&a.owner)
+                    .bind(a.lease_until)
+                    .bind(a.claims)
+                    .bind(&a.input)
+                    .bind(&a.outcome)
+                    .bind(&a.deadline)
+                    .bind(a.created_at)
+                    .bind(a.updated_at)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(())
             }
 
-            async fn load_attempt(&mut self, runnable_key: &str, lock: bool) -> StoreResult<Option<AttemptRow>> {
-                let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE runnable_key = $1{}", if lock { $lock } else { "" });
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(runnable_key).fetch_optional(&mut **self).await?;
-                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+            async fn load_attempt(
+                &mut self,
+                runnable_key: &str,
+                lock: bool,
+            ) -> StoreResult<Option<AttemptRow>> {
+                let sql = sql::load_attempt(if lock { $lock } else { "" });
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(runnable_key)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(attempt_from_row!(&r)),
+                    None => None,
+                })
             }
 
             async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-                sqlx::query("UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1")
-                    .bind(&a.runnable_key).bind(&a.status).bind(a.visible_at).bind(a.due_at)
-                    .bind(&a.claim_id).bind(&a.claim_token_hash).bind(&a.owner).bind(a.lease_until)
-                    .bind(a.claims).bind(&a.outcome).bind(a.updated_at)
-                    .execute(&mut **self).await?;
+                sqlx::query(sql::UPDATE_ATTEMPT)
+                    .bind(&a.runnable_key)
+                    .bind(&a.status)
+                    .bind(a.visible_at)
+                    .bind(a.due_at)
+                    .bind(&a.claim_id)
+                    .bind(&a.claim_token_hash)
+                    .bind(&a.owner)
+                    .bind(a.lease_until)
+                    .bind(a.claims)
+                    .bind(&a.outcome)
+                    .bind(a.updated_at)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(())
             }
 
             async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY seq, runnable_key"
-                )))
-                .bind(run_id).fetch_all(&mut **self).await?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql::run_attempts()))
+                    .bind(run_id)
+                    .fetch_all(&mut **self)
+                    .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
                     out.push(attempt_from_row!(r));
@@ -578,68 +703,138 @@ macro_rules! impl_store_tx {
             }
 
             async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
-                let sql = format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1{}",
-                    $skip
-                );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(queue).bind(now).fetch_optional(&mut **self).await?;
-                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+                let sql = sql::next_due($skip);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(queue)
+                    .bind(now)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(attempt_from_row!(&r)),
+                    None => None,
+                })
             }
 
-            async fn next_due_of_run(&mut self, run_id: &str, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
-                let sql = format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 AND queue = $2 AND status = 'scheduled' AND due_at IS NOT NULL AND due_at <= $3 ORDER BY due_at, runnable_key LIMIT 1{}",
-                    $skip
-                );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(queue).bind(now).fetch_optional(&mut **self).await?;
-                Ok(match row { Some(r) => Some(attempt_from_row!(&r)), None => None })
+            async fn next_due_of_run(
+                &mut self,
+                run_id: &str,
+                queue: &str,
+                now: i64,
+            ) -> StoreResult<Option<AttemptRow>> {
+                let sql = sql::next_due_of_run($skip);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(run_id)
+                    .bind(queue)
+                    .bind(now)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(attempt_from_row!(&r)),
+                    None => None,
+                })
             }
 
-            async fn close_open_attempts(&mut self, run_id: &str, status: &str, now: i64) -> StoreResult<u64> {
-                let done = sqlx::query("UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')")
-                    .bind(run_id).bind(status).bind(now)
-                    .execute(&mut **self).await?;
+            async fn close_open_attempts(
+                &mut self,
+                run_id: &str,
+                status: &str,
+                now: i64,
+            ) -> StoreResult<u64> {
+                let done = sqlx::query(sql::CLOSE_OPEN_ATTEMPTS)
+                    .bind(run_id)
+                    .bind(status)
+                    .bind(now)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(done.rows_affected())
             }
 
-            async fn insert_command(&mut self, key: &str, kind: &str, run_id: &str, result_run_id: &str, now: i64) -> StoreResult<bool> {
-                let done = sqlx::query("INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING")
-                    .bind(key).bind(kind).bind(run_id).bind(result_run_id).bind(now)
-                    .execute(&mut **self).await?;
+            async fn insert_command(
+                &mut self,
+                key: &str,
+                kind: &str,
+                run_id: &str,
+                result_run_id: &str,
+                now: i64,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(sql::INSERT_COMMAND)
+                    .bind(key)
+                    .bind(kind)
+                    .bind(run_id)
+                    .bind(result_run_id)
+                    .bind(now)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn load_command(&mut self, key: &str) -> StoreResult<Option<(String, String, String)>> {
-                Ok(sqlx::query_as("SELECT kind, run_id, result_run_id FROM commands WHERE idempotency_key = $1")
-                    .bind(key).fetch_optional(&mut **self).await?)
+            async fn load_command(
+                &mut self,
+                key: &str,
+            ) -> StoreResult<Option<(String, String, String)>> {
+                Ok(sqlx::query_as(sql::LOAD_COMMAND)
+                    .bind(key)
+                    .fetch_optional(&mut **self)
+                    .await?)
             }
 
-            async fn insert_child(&mut self, parent: &str, step: &str, key: &str, child: &str, now: i64) -> StoreResult<bool> {
-                let done = sqlx::query("INSERT INTO child_runs (parent_run_id, parent_step, child_key, child_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (parent_run_id, parent_step, child_key) DO NOTHING")
-                    .bind(parent).bind(step).bind(key).bind(child).bind(now)
-                    .execute(&mut **self).await?;
+            async fn insert_child(
+                &mut self,
+                parent: &str,
+                step: &str,
+                key: &str,
+                child: &str,
+                now: i64,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(sql::INSERT_CHILD)
+                    .bind(parent)
+                    .bind(step)
+                    .bind(key)
+                    .bind(child)
+                    .bind(now)
+                    .execute(&mut **self)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn load_child(&mut self, parent: &str, step: &str, key: &str) -> StoreResult<Option<String>> {
-                let row: Option<(String,)> = sqlx::query_as("SELECT child_run_id FROM child_runs WHERE parent_run_id = $1 AND parent_step = $2 AND child_key = $3")
-                    .bind(parent).bind(step).bind(key).fetch_optional(&mut **self).await?;
+            async fn load_child(
+                &mut self,
+                parent: &str,
+                step: &str,
+                key: &str,
+            ) -> StoreResult<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as(sql::LOAD_CHILD)
+                    .bind(parent)
+                    .bind(step)
+                    .bind(key)
+                    .fetch_optional(&mut **self)
+                    .await?;
                 Ok(row.map(|r| r.0))
             }
 
-            async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {
-                Ok(sqlx::query_as("SELECT parent_step, child_key, child_run_id FROM child_runs WHERE parent_run_id = $1 ORDER BY created_at, child_key")
-                    .bind(parent).fetch_all(&mut **self).await?)
+            async fn children(
+                &mut self,
+                parent: &str,
+            ) -> StoreResult<Vec<(String, String, String)>> {
+                Ok(sqlx::query_as(sql::CHILDREN)
+                    .bind(parent)
+                    .fetch_all(&mut **self)
+                    .await?)
             }
 
             async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
-                Ok(sqlx::query_as("SELECT c.parent_step, c.child_key, c.child_run_id, r.workflow, r.status FROM child_runs c LEFT JOIN runs r ON r.run_id = c.child_run_id WHERE c.parent_run_id = $1 ORDER BY c.created_at, c.child_key")
-                    .bind(parent).fetch_all(&mut **self).await?)
+                Ok(sqlx::query_as(sql::CHILD_SUMMARIES)
+                    .bind(parent)
+                    .fetch_all(&mut **self)
+                    .await?)
             }
 
             async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
                 if !$notify.is_empty() {
-                    sqlx::query($notify).bind(queue).execute(&mut **self).await?;
+                    sqlx::query($notify)
+                        .bind(queue)
+                        .execute(&mut **self)
+                        .await?;
                 }
                 Ok(())
             }
@@ -675,33 +870,132 @@ macro_rules! impl_store_tx {
                 Ok(out)
             }
 
-            async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
+            async fn open_deadlines(
+                &mut self,
+                run_ids: &[String],
+            ) -> StoreResult<Vec<DeadlineRow>> {
                 if run_ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let params: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "SELECT run_id, step, runnable_key, deadline FROM attempts WHERE run_id IN ({}) AND deadline IS NOT NULL AND status IN ('scheduled', 'claimed', 'recorded')",
-                    params.join(", ")
-                );
+                let sql = sql::open_deadlines(run_ids.len());
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for id in run_ids {
                     q = q.bind(id);
                 }
                 Ok(q.fetch_all(&mut **self).await?)
             }
-
         }
     };
 }
 
-impl_store_tx!(sqlx::Sqlite, lock = "", skip = "", notify = "");
+/// How a sqlx transaction commits.
+trait Finish {
+    fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+impl Finish for sqlx::Transaction<'static, sqlx::Postgres> {
+    async fn finish(self) -> StoreResult<()> {
+        self.commit().await?;
+        Ok(())
+    }
+}
+
+impl Finish for SqliteTx {
+    async fn finish(self) -> StoreResult<()> {
+        self.commit().await
+    }
+}
+
+impl_store_tx!(SqliteTx, lock = "", skip = "", notify = "");
 impl_store_tx!(
-    sqlx::Postgres,
+    sqlx::Transaction<'static, sqlx::Postgres>,
     lock = " FOR UPDATE",
     skip = " FOR UPDATE SKIP LOCKED",
     notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"
 );
+
+/// The SQL text both drivers run (`$n` parameters; SQLite's embedded writer rewrites them
+/// to `?n`). `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite.
+mod sql {
+    use super::{ATTEMPT_COLUMNS, RUN_COLUMNS};
+
+    pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
+    pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
+    pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+    pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
+    pub(super) const FACTS: &str =
+        "SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id";
+    pub(super) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1";
+    pub(super) const CLOSE_OPEN_ATTEMPTS: &str = "UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')";
+    pub(super) const INSERT_COMMAND: &str = "INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING";
+    pub(super) const LOAD_COMMAND: &str =
+        "SELECT kind, run_id, result_run_id FROM commands WHERE idempotency_key = $1";
+    pub(super) const INSERT_CHILD: &str = "INSERT INTO child_runs (parent_run_id, parent_step, child_key, child_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (parent_run_id, parent_step, child_key) DO NOTHING";
+    pub(super) const LOAD_CHILD: &str = "SELECT child_run_id FROM child_runs WHERE parent_run_id = $1 AND parent_step = $2 AND child_key = $3";
+    pub(super) const CHILDREN: &str = "SELECT parent_step, child_key, child_run_id FROM child_runs WHERE parent_run_id = $1 ORDER BY created_at, child_key";
+    pub(super) const CHILD_SUMMARIES: &str = "SELECT c.parent_step, c.child_key, c.child_run_id, r.workflow, r.status FROM child_runs c LEFT JOIN runs r ON r.run_id = c.child_run_id WHERE c.parent_run_id = $1 ORDER BY c.created_at, c.child_key";
+
+    pub(super) fn insert_run() -> String {
+        let params: Vec<String> = (1..=21).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (run_id) DO NOTHING",
+            params.join(", ")
+        )
+    }
+
+    pub(super) fn load_run(lock: &str) -> String {
+        format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{lock}")
+    }
+
+    /// One statement for all the facts (ids follow the VALUES order).
+    pub(super) fn insert_facts(n: usize) -> String {
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
+            .collect();
+        format!(
+            "INSERT INTO journal (run_id, kind, data, occurred_at) VALUES {}",
+            values.join(", ")
+        )
+    }
+
+    pub(super) fn insert_attempt() -> String {
+        let params: Vec<String> = (1..=19).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({})",
+            params.join(", ")
+        )
+    }
+
+    pub(super) fn load_attempt(lock: &str) -> String {
+        format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE runnable_key = $1{lock}")
+    }
+
+    pub(super) fn run_attempts() -> String {
+        format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY seq, runnable_key"
+        )
+    }
+
+    pub(super) fn next_due(skip: &str) -> String {
+        format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1{skip}"
+        )
+    }
+
+    pub(super) fn next_due_of_run(skip: &str) -> String {
+        format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 AND queue = $2 AND status = 'scheduled' AND due_at IS NOT NULL AND due_at <= $3 ORDER BY due_at, runnable_key LIMIT 1{skip}"
+        )
+    }
+
+    pub(super) fn open_deadlines(n: usize) -> String {
+        let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!(
+            "SELECT run_id, step, runnable_key, deadline FROM attempts WHERE run_id IN ({}) AND deadline IS NOT NULL AND status IN ('scheduled', 'claimed', 'recorded')",
+            params.join(", ")
+        )
+    }
+}
 
 /// Extends a lease in one statement, fenced by claim id, token hash and expiry.
 const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";

@@ -1,14 +1,18 @@
 //! SQLite: the embedded default. WAL, one writer connection (`BEGIN IMMEDIATE`) plus a read
-//! pool, a busy timeout so several processes can share one file.
+//! pool, a busy timeout so several processes can share one file. The group commit of a
+//! store opened from a path writes through its own connection instead (see `direct`); one
+//! write lock per store orders the two writers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{HEARTBEAT_SQL, Store, StoreResult};
+use super::{Direct, HEARTBEAT_SQL, Store, StoreResult};
 
 /// How hard SQLite syncs commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,6 +30,39 @@ pub enum Synchronous {
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The file, when the store opened it (the embedded writer opens it again).
+    path: Option<PathBuf>,
+    synchronous: Synchronous,
+    /// Held by every write transaction of this process.
+    write_lock: Arc<Mutex<()>>,
+}
+
+/// A transaction on a SQLite store; a write transaction holds the store's write lock.
+#[derive(Debug)]
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    _write: Option<OwnedMutexGuard<()>>,
+}
+
+impl SqliteTx {
+    pub(super) async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl SqliteStore {
@@ -55,7 +92,25 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            path: Some(path.as_ref().to_owned()),
+            synchronous,
+            write_lock: Arc::default(),
+        })
+    }
+
+    /// Opens the embedded writer's connection, when the store was opened from a path.
+    pub(crate) fn direct_writer(&self) -> Option<(Direct, Arc<Mutex<()>>)> {
+        let path = self.path.as_ref()?;
+        match super::direct::open(path, self.synchronous) {
+            Ok(conn) => Some((Direct(conn), self.write_lock.clone())),
+            Err(e) => {
+                tracing::warn!("SQLite embedded writer unavailable, using sqlx: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -68,14 +123,18 @@ impl SqliteStore {
         Self {
             writer: pool.clone(),
             readers: pool,
+            path: None,
+            synchronous: Synchronous::Full,
+            write_lock: Arc::default(),
         }
     }
 }
 
 impl Store for SqliteStore {
-    type Tx = sqlx::Transaction<'static, Sqlite>;
+    type Tx = SqliteTx;
 
     async fn migrate(&self) -> StoreResult<()> {
+        let _write = self.write_lock.lock().await;
         sqlx::migrate!("../migrations/sqlite")
             .run(&self.writer)
             .await?;
@@ -83,11 +142,18 @@ impl Store for SqliteStore {
     }
 
     async fn begin_write(&self) -> StoreResult<Self::Tx> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        let write = self.write_lock.clone().lock_owned().await;
+        Ok(SqliteTx {
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            _write: Some(write),
+        })
     }
 
     async fn begin_read(&self) -> StoreResult<Self::Tx> {
-        Ok(self.readers.begin().await?)
+        Ok(SqliteTx {
+            tx: self.readers.begin().await?,
+            _write: None,
+        })
     }
 
     async fn listen(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
@@ -100,6 +166,7 @@ impl Store for SqliteStore {
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool> {
+        let _write = self.write_lock.lock().await;
         let done = sqlx::query(HEARTBEAT_SQL)
             .bind(runnable_key)
             .bind(claim_id)

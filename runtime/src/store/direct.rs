@@ -1,0 +1,497 @@
+//! SQLite's embedded writer: the group-commit lane of a SQLite store writes through a
+//! connection it owns, on a thread of its own, so a transaction's statements run back to
+//! back with no hop between threads. (sqlx's SQLite driver sends every statement to its
+//! connection's thread and waits for the answer: about a dozen round trips per step.)
+//! Everything else (starts, signals, reads) keeps using sqlx; a process-wide write lock
+//! keeps the two writers of one process from meeting on SQLite's file lock.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, Row, params};
+
+use super::{
+    AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, StoreError, StoreResult,
+    StoreTx, SummaryRow, Synchronous, sql,
+};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        let code = e.sqlite_error().map(|f| f.extended_code);
+        StoreError::Sqlite {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Opens the writer's connection with the settings of the store's sqlx connections.
+pub(crate) fn open(path: &Path, synchronous: Synchronous) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Runs a future whose awaits all complete at once (the writer's transactions are
+/// synchronous) on the calling thread.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// `$n` parameters (shared with Postgres) as SQLite's numbered `?n`, so arguments bind by
+/// number whatever order the text names them in.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A write transaction on the embedded writer's connection; rolled back when dropped
+/// uncommitted.
+pub(crate) struct DirectTx<'c> {
+    conn: &'c mut Connection,
+    open: bool,
+}
+
+impl<'c> DirectTx<'c> {
+    /// `BEGIN IMMEDIATE` on `conn`.
+    pub(crate) fn begin(conn: &'c mut Connection) -> StoreResult<Self> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self { conn, open: true })
+    }
+
+    fn stmt(&self, sql: &str) -> StoreResult<CachedStatement<'_>> {
+        Ok(self.conn.prepare_cached(&numbered(sql))?)
+    }
+}
+
+impl Drop for DirectTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: r.get("run_id")?,
+        workflow: r.get("workflow")?,
+        version: r.get("version")?,
+        fingerprint: r.get("fingerprint")?,
+        definition_hash: r.get("definition_hash")?,
+        trigger_name: r.get("trigger_name")?,
+        queue: r.get("queue")?,
+        status: r.get("status")?,
+        input: r.get("input")?,
+        context: r.get("context")?,
+        steps: r.get("steps")?,
+        manual: r.get("manual")?,
+        compensation: r.get("compensation")?,
+        error: r.get("error")?,
+        idempotency_key: r.get("idempotency_key")?,
+        payload_hash: r.get("payload_hash")?,
+        parent_run_id: r.get("parent_run_id")?,
+        replayed_from: r.get("replayed_from")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        revision: r.get("revision")?,
+    })
+}
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        runnable_key: r.get("runnable_key")?,
+        run_id: r.get("run_id")?,
+        step: r.get("step")?,
+        attempt: r.get("attempt")?,
+        seq: r.get("seq")?,
+        queue: r.get("queue")?,
+        status: r.get("status")?,
+        visible_at: r.get("visible_at")?,
+        due_at: r.get("due_at")?,
+        claim_id: r.get("claim_id")?,
+        claim_token_hash: r.get("claim_token_hash")?,
+        owner: r.get("owner")?,
+        lease_until: r.get("lease_until")?,
+        claims: r.get("claims")?,
+        input: r.get("input")?,
+        outcome: r.get("outcome")?,
+        deadline: r.get("deadline")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+    })
+}
+
+fn summary_row(r: &Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok(SummaryRow {
+        run_id: r.get("run_id")?,
+        workflow: r.get("workflow")?,
+        version: r.get("version")?,
+        trigger_name: r.get("trigger_name")?,
+        queue: r.get("queue")?,
+        status: r.get("status")?,
+        steps: r.get("steps")?,
+        manual: r.get("manual")?,
+        parent_run_id: r.get("parent_run_id")?,
+        replayed_from: r.get("replayed_from")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+    })
+}
+
+impl StoreTx for DirectTx<'_> {
+    async fn commit(mut self) -> StoreResult<()> {
+        self.stmt("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+
+    async fn insert_definition(
+        &mut self,
+        hash: &str,
+        workflow: &str,
+        fingerprint: &str,
+        body: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.stmt(sql::INSERT_DEFINITION)?.execute(params![
+            hash,
+            workflow,
+            fingerprint,
+            body,
+            now
+        ])?;
+        Ok(())
+    }
+
+    async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .stmt(sql::LOAD_DEFINITION)?
+            .query_row([hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
+        let n = self.stmt(&sql::insert_run())?.execute(params![
+            run.run_id,
+            run.workflow,
+            run.version,
+            run.fingerprint,
+            run.definition_hash,
+            run.trigger_name,
+            run.queue,
+            run.status,
+            run.input,
+            run.context,
+            run.steps,
+            run.manual,
+            run.compensation,
+            run.error,
+            run.idempotency_key,
+            run.payload_hash,
+            run.parent_run_id,
+            run.replayed_from,
+            run.created_at,
+            run.updated_at,
+            run.revision,
+        ])?;
+        Ok(n == 1)
+    }
+
+    async fn load_run(&mut self, run_id: &str, _lock: bool) -> StoreResult<Option<RunRow>> {
+        // The transaction holds SQLite's write lock: every read is locked already.
+        Ok(self
+            .stmt(&sql::load_run(""))?
+            .query_row([run_id], run_row)
+            .optional()?)
+    }
+
+    async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .stmt(sql::RUN_STATUS)?
+            .query_row([run_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
+        self.stmt(sql::UPDATE_RUN)?.execute(params![
+            run.run_id,
+            run.status,
+            run.context,
+            run.steps,
+            run.manual,
+            run.error,
+            run.updated_at,
+            run.revision,
+            run.compensation,
+        ])?;
+        Ok(())
+    }
+
+    async fn append_facts(
+        &mut self,
+        run_id: &str,
+        facts: &[(String, String)],
+        at: i64,
+    ) -> StoreResult<()> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&run_id, &at];
+        for (kind, data) in facts {
+            args.push(kind);
+            args.push(data);
+        }
+        self.stmt(&sql::insert_facts(facts.len()))?
+            .execute(args.as_slice())?;
+        Ok(())
+    }
+
+    async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
+        let mut st = self.stmt(sql::FACTS)?;
+        let rows = st.query_map([run_id], |r| {
+            Ok(FactRow {
+                id: r.get("id")?,
+                run_id: r.get("run_id")?,
+                kind: r.get("kind")?,
+                data: r.get("data")?,
+                occurred_at: r.get("occurred_at")?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+        self.stmt(&sql::insert_attempt())?.execute(params![
+            a.runnable_key,
+            a.run_id,
+            a.step,
+            a.attempt,
+            a.seq,
+            a.queue,
+            a.status,
+            a.visible_at,
+            a.due_at,
+            a.claim_id,
+            a.claim_token_hash,
+            a.owner,
+            a.lease_until,
+            a.claims,
+            a.input,
+            a.outcome,
+            a.deadline,
+            a.created_at,
+            a.updated_at,
+        ])?;
+        Ok(())
+    }
+
+    async fn load_attempt(
+        &mut self,
+        runnable_key: &str,
+        _lock: bool,
+    ) -> StoreResult<Option<AttemptRow>> {
+        Ok(self
+            .stmt(&sql::load_attempt(""))?
+            .query_row([runnable_key], attempt_row)
+            .optional()?)
+    }
+
+    async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+        self.stmt(sql::UPDATE_ATTEMPT)?.execute(params![
+            a.runnable_key,
+            a.status,
+            a.visible_at,
+            a.due_at,
+            a.claim_id,
+            a.claim_token_hash,
+            a.owner,
+            a.lease_until,
+            a.claims,
+            a.outcome,
+            a.updated_at,
+        ])?;
+        Ok(())
+    }
+
+    async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
+        let mut st = self.stmt(&sql::run_attempts())?;
+        let rows = st.query_map([run_id], attempt_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
+        Ok(self
+            .stmt(&sql::next_due(""))?
+            .query_row(params![queue, now], attempt_row)
+            .optional()?)
+    }
+
+    async fn next_due_of_run(
+        &mut self,
+        run_id: &str,
+        queue: &str,
+        now: i64,
+    ) -> StoreResult<Option<AttemptRow>> {
+        Ok(self
+            .stmt(&sql::next_due_of_run(""))?
+            .query_row(params![run_id, queue, now], attempt_row)
+            .optional()?)
+    }
+
+    async fn close_open_attempts(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let n = self
+            .stmt(sql::CLOSE_OPEN_ATTEMPTS)?
+            .execute(params![run_id, status, now])?;
+        Ok(n as u64)
+    }
+
+    async fn insert_command(
+        &mut self,
+        key: &str,
+        kind: &str,
+        run_id: &str,
+        result_run_id: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let n = self.stmt(sql::INSERT_COMMAND)?.execute(params![
+            key,
+            kind,
+            run_id,
+            result_run_id,
+            now
+        ])?;
+        Ok(n == 1)
+    }
+
+    async fn load_command(&mut self, key: &str) -> StoreResult<Option<(String, String, String)>> {
+        Ok(self
+            .stmt(sql::LOAD_COMMAND)?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?)
+    }
+
+    async fn insert_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+        child: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let n = self
+            .stmt(sql::INSERT_CHILD)?
+            .execute(params![parent, step, key, child, now])?;
+        Ok(n == 1)
+    }
+
+    async fn load_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(self
+            .stmt(sql::LOAD_CHILD)?
+            .query_row([parent, step, key], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {
+        let mut st = self.stmt(sql::CHILDREN)?;
+        let rows = st.query_map([parent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
+        let mut st = self.stmt(sql::CHILD_SUMMARIES)?;
+        let rows = st.query_map([parent], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn notify_queue(&mut self, _queue: &str) -> StoreResult<()> {
+        // SQLite workers poll (and the engine wakes its own workers).
+        Ok(())
+    }
+
+    async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
+        let (text, args) = query.sql();
+        let values: Vec<SqlValue> = args
+            .into_iter()
+            .map(|a| match a {
+                super::Arg::Text(t) => SqlValue::Text(t),
+                super::Arg::Int(i) => SqlValue::Integer(i),
+            })
+            .collect();
+        let mut st = self.stmt(&text)?;
+        let rows = st.query_map(rusqlite::params_from_iter(values), summary_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut st = self.stmt(&sql::open_deadlines(run_ids.len()))?;
+        let rows = st.query_map(rusqlite::params_from_iter(run_ids), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn numbered_parameters_keep_their_numbers() {
+        assert_eq!(
+            numbered("VALUES ($1, $3, $4, $2) WHERE a = '$x'"),
+            "VALUES (?1, ?3, ?4, ?2) WHERE a = '$x'"
+        );
+    }
+}
