@@ -543,7 +543,24 @@ impl<'a> Applier<'a> {
     }
 
     /// Writes the planned attempts, the run row and the facts.
-    pub(super) async fn write<T: StoreTx>(mut self, tx: &mut T, run: &mut RunRow) -> Result<()> {
+    pub(super) async fn write<T: StoreTx>(self, tx: &mut T, run: &mut RunRow) -> Result<()> {
+        let now = self.now;
+        let mut journal = Vec::new();
+        self.write_into(tx, run, &mut journal, None).await?;
+        tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
+        Ok(())
+    }
+
+    /// Writes the planned attempts and the run row, and adds the facts to `journal` (the
+    /// caller appends it). With `take` (a queue), the first planned attempt on that queue
+    /// that is visible now is not inserted but returned, for the caller to claim and insert.
+    pub(super) async fn write_into<T: StoreTx>(
+        mut self,
+        tx: &mut T,
+        run: &mut RunRow,
+        journal: &mut Vec<(String, String)>,
+        take: Option<&str>,
+    ) -> Result<Option<AttemptRow>> {
         let now = self.now;
         if self.terminal.is_some() {
             for p in &self.planned {
@@ -557,11 +574,22 @@ impl<'a> Applier<'a> {
             tx.close_open_attempts(&run.run_id, "cancelled", now_us(now))
                 .await?;
         }
+        let mut taken = None;
         if !self.planned.is_empty() {
-            tx.notify_queue(&run.queue).await?;
             let seq = run.revision + i64::try_from(self.facts.len()).unwrap_or(0) + 1;
             for p in &self.planned {
-                tx.insert_attempt(&planned_row(run, p, seq, now)).await?;
+                let row = planned_row(run, p, seq, now);
+                let claimable =
+                    take.is_some_and(|q| q == row.queue) && row.visible_at <= now_us(now);
+                if taken.is_none() && claimable {
+                    taken = Some(row);
+                } else {
+                    tx.insert_attempt(&row).await?;
+                }
+            }
+            // Other workers hear of what this transaction leaves for them.
+            if self.planned.len() > usize::from(taken.is_some()) {
+                tx.notify_queue(&run.queue).await?;
             }
             self.facts.push(Fact::RunnablesPlanned {
                 runnables: std::mem::take(&mut self.planned),
@@ -603,12 +631,7 @@ impl<'a> Applier<'a> {
         run.updated_at = now_us(now);
         run.revision += i64::try_from(self.facts.len()).unwrap_or(0);
         tx.update_run(run).await?;
-        let facts: Vec<(String, String)> = self
-            .facts
-            .iter()
-            .map(|f| (f.kind().to_owned(), to_json(f)))
-            .collect();
-        tx.append_facts(&run.run_id, &facts, now_us(now)).await?;
-        Ok(())
+        journal.extend(self.facts.iter().map(|f| (f.kind().to_owned(), to_json(f))));
+        Ok(taken)
     }
 }

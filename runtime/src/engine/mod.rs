@@ -1093,8 +1093,18 @@ impl Engine {
             // the recorded outcome now, without running the step again.
             let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
             let def = self.definition_in(tx, &run.definition_hash).await?;
-            self.apply_recorded(tx, &mut run, def.as_deref(), &mut attempt, now)
-                .await?;
+            let mut journal = Vec::new();
+            self.apply_recorded(
+                tx,
+                &mut run,
+                def.as_deref(),
+                &mut attempt,
+                now,
+                &mut journal,
+                None,
+            )
+            .await?;
+            tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
         let run =
@@ -1103,13 +1113,28 @@ impl Engine {
                 .ok_or_else(|| EngineError::RunNotFound {
                     run_id: attempt.run_id.clone(),
                 })?;
+        let mut journal = Vec::new();
         let claimed = self
-            .claim_row(tx, run_id, attempt, run, now, owner, lease_for)
+            .claim_row(
+                tx,
+                run_id,
+                attempt,
+                run,
+                now,
+                owner,
+                lease_for,
+                &mut journal,
+                false,
+            )
+            .await?;
+        tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
             .await?;
         Ok(Some(Claim::Claimed(Box::new(claimed))))
     }
 
-    /// Claims `attempt` (due now) for `owner` in the caller's transaction.
+    /// Claims `attempt` (due now) for `owner` in the caller's transaction, adding the claim
+    /// fact to `journal`. `insert`: the attempt is new (planned by this transaction) and is
+    /// inserted claimed, rather than updated.
     #[allow(clippy::too_many_arguments)]
     async fn claim_row<T: StoreTx>(
         &self,
@@ -1120,6 +1145,8 @@ impl Engine {
         now: Timestamp,
         owner: &str,
         lease_for: Duration,
+        journal: &mut Vec<(String, String)>,
+        insert: bool,
     ) -> Result<ClaimedAttempt> {
         let redelivery = attempt.status == "claimed";
         let mut token = [0u8; 32];
@@ -1138,7 +1165,11 @@ impl Engine {
         attempt.due_at = Some(now_us(lease_until));
         attempt.claims += 1;
         attempt.updated_at = now_us(now);
-        tx.update_attempt(&attempt).await?;
+        if insert {
+            tx.insert_attempt(&attempt).await?;
+        } else {
+            tx.update_attempt(&attempt).await?;
+        }
         let fact = Fact::AttemptClaimed {
             runnable_key: attempt.runnable_key.clone(),
             claim_id,
@@ -1146,12 +1177,7 @@ impl Engine {
             lease_until,
             redelivery,
         };
-        tx.append_facts(
-            &attempt.run_id,
-            &[(fact.kind().into(), to_json(&fact))],
-            now_us(now),
-        )
-        .await?;
+        journal.push((fact.kind().into(), to_json(&fact)));
         let def = self.definition_in(tx, &run.definition_hash).await?;
         Ok(ClaimedAttempt {
             run_id,
@@ -1376,38 +1402,57 @@ impl Engine {
             claim_id: cur.claim_id.clone(),
             outcome,
         };
-        tx.append_facts(
-            &cur.run_id,
-            &[(recorded.kind().into(), to_json(&recorded))],
-            now_us(now),
-        )
-        .await?;
+        // Every fact of the completion goes in one statement at its end.
+        let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
+        let at = now_us(now);
         if crash_after_record {
             tx.update_attempt(&cur).await?;
+            tx.append_facts(&cur.run_id, &journal, at).await?;
             return Ok(Completed::Crashed);
         }
-        self.apply_recorded(tx, &mut run, def, &mut cur, now)
+        let take = chain.map(|c| c.queue.as_str());
+        let taken = self
+            .apply_recorded(tx, &mut run, def, &mut cur, now, &mut journal, take)
             .await?;
-        let Some(chain) = chain else {
-            return Ok(Completed::Applied(None));
+        // The run's next step for the same worker: one it just planned (inserted claimed),
+        // else the oldest one due.
+        let next = match (chain, taken) {
+            (None, _) => None,
+            (Some(_), Some(row)) => Some((row, true)),
+            (Some(chain), None) => {
+                let alive = RunStatus::parse(&run.status).is_some_and(|s| !s.is_terminal());
+                if alive {
+                    tx.next_due_of_run(&run.run_id, &chain.queue, at)
+                        .await?
+                        .map(|row| (row, false))
+                } else {
+                    None
+                }
+            }
         };
-        let alive = RunStatus::parse(&run.status).is_some_and(|s| !s.is_terminal());
-        let next = if alive {
-            tx.next_due_of_run(&run.run_id, &chain.queue, now_us(now))
-                .await?
-        } else {
-            None
-        };
-        let Some(next) = next else {
+        let (Some(chain), Some((next, insert))) = (chain, next) else {
+            tx.append_facts(&run.run_id, &journal, at).await?;
             return Ok(Completed::Applied(None));
         };
         let run_id: RunId = run.run_id.parse().map_err(|_| EngineError::Corrupt {
             what: "run id".into(),
             message: run.run_id.clone(),
         })?;
+        let run_key = run.run_id.clone();
         let claimed = self
-            .claim_row(tx, run_id, next, run, now, &chain.owner, chain.lease_for)
+            .claim_row(
+                tx,
+                run_id,
+                next,
+                run,
+                now,
+                &chain.owner,
+                chain.lease_for,
+                &mut journal,
+                insert,
+            )
             .await?;
+        tx.append_facts(&run_key, &journal, at).await?;
         Ok(Completed::Applied(Some(Box::new(claimed))))
     }
 
@@ -1420,7 +1465,8 @@ impl Engine {
     }
 
     /// Applies a recorded outcome and writes everything it implies in the caller's
-    /// transaction.
+    /// transaction, adding its facts to `journal`. `take`: see [`Applier::write_into`].
+    #[allow(clippy::too_many_arguments)]
     async fn apply_recorded<T: StoreTx>(
         &self,
         tx: &mut T,
@@ -1428,7 +1474,9 @@ impl Engine {
         def: Option<&Definition>,
         attempt: &mut AttemptRow,
         now: Timestamp,
-    ) -> Result<()> {
+        journal: &mut Vec<(String, String)>,
+        take: Option<&str>,
+    ) -> Result<Option<AttemptRow>> {
         let outcome: StepOutcome =
             serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| {
                 EngineError::Corrupt {
@@ -1450,7 +1498,7 @@ impl Engine {
                 attempt.due_at = None;
                 attempt.updated_at = now_us(now);
                 tx.update_attempt(attempt).await?;
-                return a.write(tx, run).await;
+                return a.write_into(tx, run, journal, None).await;
             }
         };
         let needs_history = matches!(outcome, StepOutcome::Failed(_))
@@ -1487,7 +1535,7 @@ impl Engine {
         }
         applier.apply(attempt, outcome);
         tx.update_attempt(attempt).await?;
-        applier.write(tx, run).await
+        applier.write_into(tx, run, journal, take).await
     }
 
     /// The snapshot of a run.
