@@ -13,7 +13,7 @@ mod sqlite;
 use std::future::Future;
 
 pub(crate) use direct::block_on;
-pub use postgres::PostgresStore;
+pub use postgres::{PgTx, PostgresStore};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
 
 /// A storage failure. Every one is worth retrying except a failed migration.
@@ -509,6 +509,7 @@ macro_rules! impl_store_tx {
                 body: &str,
                 now: i64,
             ) -> StoreResult<()> {
+                Finish::flush(self).await?;
                 sqlx::query(sql::INSERT_DEFINITION)
                     .bind(hash)
                     .bind(workflow)
@@ -521,6 +522,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
+                Finish::flush(self).await?;
                 let body: Option<(String,)> = sqlx::query_as(sql::LOAD_DEFINITION)
                     .bind(hash)
                     .fetch_optional(&mut **self)
@@ -529,6 +531,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
+                Finish::flush(self).await?;
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql::insert_run()))
                     .bind(&run.run_id)
                     .bind(&run.workflow)
@@ -557,6 +560,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
+                Finish::flush(self).await?;
                 let sql = sql::load_run(if lock { $lock } else { "" });
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(run_id)
@@ -569,6 +573,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
+                Finish::flush(self).await?;
                 let row: Option<(String,)> = sqlx::query_as(sql::RUN_STATUS)
                     .bind(run_id)
                     .fetch_optional(&mut **self)
@@ -577,6 +582,9 @@ macro_rules! impl_store_tx {
             }
 
             async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
+                if Finish::holds_back(self) {
+                    return Finish::defer(self, Write::Run(run.clone())).await;
+                }
                 sqlx::query(sql::UPDATE_RUN)
                     .bind(&run.run_id)
                     .bind(&run.status)
@@ -598,6 +606,17 @@ macro_rules! impl_store_tx {
                 facts: &[(String, String)],
                 at: i64,
             ) -> StoreResult<()> {
+                if Finish::holds_back(self) {
+                    return Finish::defer(
+                        self,
+                        Write::Facts {
+                            run_id: run_id.to_owned(),
+                            facts: facts.to_vec(),
+                            at,
+                        },
+                    )
+                    .await;
+                }
                 if facts.is_empty() {
                     return Ok(());
                 }
@@ -612,6 +631,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
+                Finish::flush(self).await?;
                 let rows = sqlx::query(sql::FACTS)
                     .bind(run_id)
                     .fetch_all(&mut **self)
@@ -631,6 +651,9 @@ macro_rules! impl_store_tx {
             }
 
             async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+                if Finish::holds_back(self) {
+                    return Finish::defer(self, Write::AttemptInsert(a.clone())).await;
+                }
                 sqlx::query(sqlx::AssertSqlSafe(sql::insert_attempt()))
                     .bind(&a.runnable_key)
                     .bind(&a.run_id)
@@ -661,6 +684,7 @@ macro_rules! impl_store_tx {
                 runnable_key: &str,
                 lock: bool,
             ) -> StoreResult<Option<AttemptRow>> {
+                Finish::flush(self).await?;
                 let sql = sql::load_attempt(if lock { $lock } else { "" });
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(runnable_key)
@@ -673,6 +697,9 @@ macro_rules! impl_store_tx {
             }
 
             async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+                if Finish::holds_back(self) {
+                    return Finish::defer(self, Write::AttemptUpdate(a.clone())).await;
+                }
                 sqlx::query(sql::UPDATE_ATTEMPT)
                     .bind(&a.runnable_key)
                     .bind(&a.status)
@@ -691,6 +718,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
+                Finish::flush(self).await?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql::run_attempts()))
                     .bind(run_id)
                     .fetch_all(&mut **self)
@@ -703,6 +731,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
+                Finish::flush(self).await?;
                 let sql = sql::next_due($skip);
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(queue)
@@ -721,6 +750,7 @@ macro_rules! impl_store_tx {
                 queue: &str,
                 now: i64,
             ) -> StoreResult<Option<AttemptRow>> {
+                Finish::flush(self).await?;
                 let sql = sql::next_due_of_run($skip);
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(run_id)
@@ -740,6 +770,7 @@ macro_rules! impl_store_tx {
                 status: &str,
                 now: i64,
             ) -> StoreResult<u64> {
+                Finish::flush(self).await?;
                 let done = sqlx::query(sql::CLOSE_OPEN_ATTEMPTS)
                     .bind(run_id)
                     .bind(status)
@@ -757,6 +788,7 @@ macro_rules! impl_store_tx {
                 result_run_id: &str,
                 now: i64,
             ) -> StoreResult<bool> {
+                Finish::flush(self).await?;
                 let done = sqlx::query(sql::INSERT_COMMAND)
                     .bind(key)
                     .bind(kind)
@@ -772,6 +804,7 @@ macro_rules! impl_store_tx {
                 &mut self,
                 key: &str,
             ) -> StoreResult<Option<(String, String, String)>> {
+                Finish::flush(self).await?;
                 Ok(sqlx::query_as(sql::LOAD_COMMAND)
                     .bind(key)
                     .fetch_optional(&mut **self)
@@ -786,6 +819,7 @@ macro_rules! impl_store_tx {
                 child: &str,
                 now: i64,
             ) -> StoreResult<bool> {
+                Finish::flush(self).await?;
                 let done = sqlx::query(sql::INSERT_CHILD)
                     .bind(parent)
                     .bind(step)
@@ -803,6 +837,7 @@ macro_rules! impl_store_tx {
                 step: &str,
                 key: &str,
             ) -> StoreResult<Option<String>> {
+                Finish::flush(self).await?;
                 let row: Option<(String,)> = sqlx::query_as(sql::LOAD_CHILD)
                     .bind(parent)
                     .bind(step)
@@ -816,6 +851,7 @@ macro_rules! impl_store_tx {
                 &mut self,
                 parent: &str,
             ) -> StoreResult<Vec<(String, String, String)>> {
+                Finish::flush(self).await?;
                 Ok(sqlx::query_as(sql::CHILDREN)
                     .bind(parent)
                     .fetch_all(&mut **self)
@@ -823,6 +859,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
+                Finish::flush(self).await?;
                 Ok(sqlx::query_as(sql::CHILD_SUMMARIES)
                     .bind(parent)
                     .fetch_all(&mut **self)
@@ -830,6 +867,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
+                Finish::flush(self).await?;
                 if !$notify.is_empty() {
                     sqlx::query($notify)
                         .bind(queue)
@@ -840,6 +878,7 @@ macro_rules! impl_store_tx {
             }
 
             async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
+                Finish::flush(self).await?;
                 let (sql, args) = query.sql();
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for a in args {
@@ -874,6 +913,7 @@ macro_rules! impl_store_tx {
                 &mut self,
                 run_ids: &[String],
             ) -> StoreResult<Vec<DeadlineRow>> {
+                Finish::flush(self).await?;
                 if run_ids.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -888,27 +928,89 @@ macro_rules! impl_store_tx {
     };
 }
 
-/// How a sqlx transaction commits.
-trait Finish {
-    fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
+/// A write a transaction may hold back, to send it with the writes after it in one
+/// statement (Postgres: data-modifying CTEs) before its next read or its commit.
+#[derive(Debug)]
+pub(crate) enum Write {
+    Run(RunRow),
+    AttemptUpdate(AttemptRow),
+    AttemptInsert(AttemptRow),
+    Facts {
+        run_id: String,
+        facts: Vec<(String, String)>,
+        at: i64,
+    },
 }
 
-impl Finish for sqlx::Transaction<'static, sqlx::Postgres> {
-    async fn finish(self) -> StoreResult<()> {
-        self.commit().await?;
-        Ok(())
+impl Write {
+    /// The row (or journal) it writes: two writes of one key never share a statement.
+    pub(crate) fn key(&self) -> (u8, &str) {
+        match self {
+            Write::Run(r) => (0, &r.run_id),
+            Write::AttemptUpdate(a) | Write::AttemptInsert(a) => (1, &a.runnable_key),
+            Write::Facts { run_id, .. } => (2, run_id),
+        }
     }
+}
+
+/// How a sqlx transaction commits, and whether it holds writes back.
+trait Finish: Send {
+    /// Sends what is held back, then commits.
+    fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether writes are held back (see [`Write`]).
+    fn holds_back(&self) -> bool;
+    /// Holds a write back (sending what is held first if it writes the same key).
+    fn defer(&mut self, write: Write) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Sends what is held back.
+    fn flush(&mut self) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 impl Finish for SqliteTx {
     async fn finish(self) -> StoreResult<()> {
         self.commit().await
     }
+
+    fn holds_back(&self) -> bool {
+        false
+    }
+
+    async fn defer(&mut self, _write: Write) -> StoreResult<()> {
+        Err(StoreError::InvalidSetting(
+            "SQLite transactions write at once".into(),
+        ))
+    }
+
+    async fn flush(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+impl Finish for PgTx {
+    async fn finish(mut self) -> StoreResult<()> {
+        self.flush().await?;
+        self.commit().await
+    }
+
+    fn holds_back(&self) -> bool {
+        true
+    }
+
+    async fn defer(&mut self, write: Write) -> StoreResult<()> {
+        if self.held_key(&write) {
+            self.flush().await?;
+        }
+        self.hold(write);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> StoreResult<()> {
+        PgTx::flush(self).await
+    }
 }
 
 impl_store_tx!(SqliteTx, lock = "", skip = "", notify = "");
 impl_store_tx!(
-    sqlx::Transaction<'static, sqlx::Postgres>,
+    PgTx,
     lock = " FOR UPDATE",
     skip = " FOR UPDATE SKIP LOCKED",
     notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"

@@ -6,7 +6,180 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::{HEARTBEAT_SQL, Store, StoreError, StoreResult};
+use sqlx::PgConnection;
+
+use super::{HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
+
+/// A transaction on a Postgres store. Row writes that return nothing (run and attempt
+/// updates, attempt inserts, journal appends) are held back and sent together, as one
+/// statement of data-modifying CTEs, before the transaction's next read or its commit: a
+/// step's writes cost one round trip instead of four or five.
+#[derive(Debug)]
+pub struct PgTx {
+    tx: sqlx::Transaction<'static, Postgres>,
+    held: Vec<Write>,
+}
+
+/// One bound value of a held-back statement.
+enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+}
+
+/// `sql` with its `$n` parameters moved up by `offset`.
+fn shifted(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
+            }
+            out.push_str(&(n + offset).to_string());
+        }
+    }
+    out
+}
+
+impl PgTx {
+    pub(super) async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) fn held_key(&self, write: &Write) -> bool {
+        let key = write.key();
+        self.held.iter().any(|w| w.key() == key)
+    }
+
+    pub(super) fn hold(&mut self, write: Write) {
+        self.held.push(write);
+    }
+
+    /// Sends the held-back writes as one statement.
+    pub(super) async fn flush(&mut self) -> StoreResult<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let mut parts: Vec<String> = Vec::with_capacity(self.held.len());
+        let mut binds: Vec<Bind> = Vec::new();
+        for w in std::mem::take(&mut self.held) {
+            let offset = binds.len();
+            match w {
+                Write::Run(r) => {
+                    parts.push(shifted(sql::UPDATE_RUN, offset));
+                    binds.extend([
+                        Bind::Text(r.run_id),
+                        Bind::Text(r.status),
+                        Bind::Text(r.context),
+                        Bind::Text(r.steps),
+                        Bind::OptText(r.manual),
+                        Bind::OptText(r.error),
+                        Bind::Int(r.updated_at),
+                        Bind::Int(r.revision),
+                        Bind::OptText(r.compensation),
+                    ]);
+                }
+                Write::AttemptUpdate(a) => {
+                    parts.push(shifted(sql::UPDATE_ATTEMPT, offset));
+                    binds.extend([
+                        Bind::Text(a.runnable_key),
+                        Bind::Text(a.status),
+                        Bind::Int(a.visible_at),
+                        Bind::OptInt(a.due_at),
+                        Bind::OptText(a.claim_id),
+                        Bind::OptText(a.claim_token_hash),
+                        Bind::OptText(a.owner),
+                        Bind::OptInt(a.lease_until),
+                        Bind::Int(a.claims),
+                        Bind::OptText(a.outcome),
+                        Bind::Int(a.updated_at),
+                    ]);
+                }
+                Write::AttemptInsert(a) => {
+                    parts.push(shifted(&sql::insert_attempt(), offset));
+                    binds.extend([
+                        Bind::Text(a.runnable_key),
+                        Bind::Text(a.run_id),
+                        Bind::Text(a.step),
+                        Bind::Int(a.attempt),
+                        Bind::Int(a.seq),
+                        Bind::Text(a.queue),
+                        Bind::Text(a.status),
+                        Bind::Int(a.visible_at),
+                        Bind::OptInt(a.due_at),
+                        Bind::OptText(a.claim_id),
+                        Bind::OptText(a.claim_token_hash),
+                        Bind::OptText(a.owner),
+                        Bind::OptInt(a.lease_until),
+                        Bind::Int(a.claims),
+                        Bind::Text(a.input),
+                        Bind::OptText(a.outcome),
+                        Bind::OptText(a.deadline),
+                        Bind::Int(a.created_at),
+                        Bind::Int(a.updated_at),
+                    ]);
+                }
+                Write::Facts { run_id, facts, at } => {
+                    if facts.is_empty() {
+                        continue;
+                    }
+                    parts.push(shifted(&sql::insert_facts(facts.len()), offset));
+                    binds.push(Bind::Text(run_id));
+                    binds.push(Bind::Int(at));
+                    for (kind, data) in facts {
+                        binds.push(Bind::Text(kind));
+                        binds.push(Bind::Text(data));
+                    }
+                }
+            }
+        }
+        let Some(last) = parts.pop() else {
+            return Ok(());
+        };
+        // Writes of distinct rows: the order the CTEs run in does not matter.
+        let text = if parts.is_empty() {
+            last
+        } else {
+            let ctes: Vec<String> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("w{i} AS ({p})"))
+                .collect();
+            format!("WITH {} {last}", ctes.join(", "))
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+        for b in binds {
+            q = match b {
+                Bind::Text(v) => q.bind(v),
+                Bind::OptText(v) => q.bind(v),
+                Bind::Int(v) => q.bind(v),
+                Bind::OptInt(v) => q.bind(v),
+            };
+        }
+        q.execute(&mut *self.tx).await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for PgTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for PgTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
 
 /// A Postgres database.
 #[derive(Debug, Clone)]
@@ -72,7 +245,7 @@ impl PostgresStore {
         })
     }
 
-    async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+    async fn begin(&self) -> StoreResult<PgTx> {
         let mut tx = self.pool.begin().await?;
         if self.set_path {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -82,7 +255,10 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(tx)
+        Ok(PgTx {
+            tx,
+            held: Vec::new(),
+        })
     }
 
     /// The connection pool (for hosts that share it).
@@ -92,7 +268,7 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    type Tx = sqlx::Transaction<'static, Postgres>;
+    type Tx = PgTx;
 
     async fn migrate(&self) -> StoreResult<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -172,5 +348,18 @@ impl Store for PostgresStore {
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shifted;
+
+    #[test]
+    fn shifted_parameters_keep_their_order() {
+        assert_eq!(
+            shifted("SET a = $2, b = $10 WHERE k = $1 AND c = '$'", 11),
+            "SET a = $13, b = $21 WHERE k = $12 AND c = '$'"
+        );
     }
 }
