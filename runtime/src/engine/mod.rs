@@ -963,11 +963,7 @@ impl Engine {
         }
         // A run cancelled after the claim never runs the claimed attempt's action. (A chained
         // claim is made in the transaction that saw the run alive, and runs at once.)
-        let status = store
-            .begin_read()
-            .await?
-            .run_status(&claimed.attempt.run_id)
-            .await?;
+        let status = store.run_status(&claimed.attempt.run_id).await?;
         if status
             .as_deref()
             .and_then(RunStatus::parse)
@@ -1365,14 +1361,17 @@ impl Engine {
         chain: Option<&batch::Chain>,
     ) -> Result<Completed> {
         let now = self.inner.clock.now();
-        let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
-        let mut cur = tx
-            .load_attempt(&attempt.runnable_key, true)
-            .await?
-            .ok_or_else(|| EngineError::Corrupt {
-                what: format!("attempt {}", attempt.runnable_key),
-                message: "vanished".into(),
-            })?;
+        let (mut cur, mut run) = match tx.load_attempt_and_run(&attempt.runnable_key, true).await? {
+            Some(both) => both,
+            None => {
+                // Say which one is missing.
+                self.load_run_locked(tx, &attempt.run_id).await?;
+                return Err(EngineError::Corrupt {
+                    what: format!("attempt {}", attempt.runnable_key),
+                    message: "vanished".into(),
+                });
+            }
+        };
         let stale = |reason: &str| EngineError::StaleClaim {
             runnable_key: attempt.runnable_key.clone(),
             reason: reason.to_owned(),

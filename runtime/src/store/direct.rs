@@ -242,6 +242,21 @@ impl StoreTx for DirectTx<'_> {
             .optional()?)
     }
 
+    async fn load_attempt_and_run(
+        &mut self,
+        runnable_key: &str,
+        lock: bool,
+    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+        // No round trips to save here: two lookups.
+        let Some(attempt) = self.load_attempt(runnable_key, lock).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .load_run(&attempt.run_id, lock)
+            .await?
+            .map(|run| (attempt, run)))
+    }
+
     async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
         Ok(self
             .stmt(sql::RUN_STATUS)?

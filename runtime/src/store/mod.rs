@@ -243,6 +243,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Returns at once where the database has no notifications (SQLite: workers poll).
     fn listen(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> impl Future<Output = ()> + Send;
 
+    /// The stored status of a run, read outside any transaction (one statement).
+    fn run_status(&self, run_id: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+
     /// Extends a claim's lease if the claim still holds; returns whether it did.
     fn heartbeat(
         &self,
@@ -317,6 +320,13 @@ pub trait StoreTx: Send {
         run_id: &str,
         lock: bool,
     ) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
+    /// Loads an attempt and its run in one statement, locking both (run first) when `lock`
+    /// is set; `None` when either is missing.
+    fn load_attempt_and_run(
+        &mut self,
+        runnable_key: &str,
+        lock: bool,
+    ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
     /// The stored status of a run.
     fn run_status(
         &mut self,
@@ -435,31 +445,34 @@ const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_ha
 const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, deadline, created_at, updated_at";
 
 macro_rules! run_from_row {
-    ($r:expr) => {{
+    ($r:expr) => {
+        run_from_row!($r, "")
+    };
+    ($r:expr, $p:literal) => {{
         use sqlx::Row as _;
         let r = $r;
         RunRow {
-            run_id: r.try_get("run_id")?,
-            workflow: r.try_get("workflow")?,
-            version: r.try_get("version")?,
-            fingerprint: r.try_get("fingerprint")?,
-            definition_hash: r.try_get("definition_hash")?,
-            trigger_name: r.try_get("trigger_name")?,
-            queue: r.try_get("queue")?,
-            status: r.try_get("status")?,
-            input: r.try_get("input")?,
-            context: r.try_get("context")?,
-            steps: r.try_get("steps")?,
-            manual: r.try_get("manual")?,
-            compensation: r.try_get("compensation")?,
-            error: r.try_get("error")?,
-            idempotency_key: r.try_get("idempotency_key")?,
-            payload_hash: r.try_get("payload_hash")?,
-            parent_run_id: r.try_get("parent_run_id")?,
-            replayed_from: r.try_get("replayed_from")?,
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-            revision: r.try_get("revision")?,
+            run_id: r.try_get(concat!($p, "run_id"))?,
+            workflow: r.try_get(concat!($p, "workflow"))?,
+            version: r.try_get(concat!($p, "version"))?,
+            fingerprint: r.try_get(concat!($p, "fingerprint"))?,
+            definition_hash: r.try_get(concat!($p, "definition_hash"))?,
+            trigger_name: r.try_get(concat!($p, "trigger_name"))?,
+            queue: r.try_get(concat!($p, "queue"))?,
+            status: r.try_get(concat!($p, "status"))?,
+            input: r.try_get(concat!($p, "input"))?,
+            context: r.try_get(concat!($p, "context"))?,
+            steps: r.try_get(concat!($p, "steps"))?,
+            manual: r.try_get(concat!($p, "manual"))?,
+            compensation: r.try_get(concat!($p, "compensation"))?,
+            error: r.try_get(concat!($p, "error"))?,
+            idempotency_key: r.try_get(concat!($p, "idempotency_key"))?,
+            payload_hash: r.try_get(concat!($p, "payload_hash"))?,
+            parent_run_id: r.try_get(concat!($p, "parent_run_id"))?,
+            replayed_from: r.try_get(concat!($p, "replayed_from"))?,
+            created_at: r.try_get(concat!($p, "created_at"))?,
+            updated_at: r.try_get(concat!($p, "updated_at"))?,
+            revision: r.try_get(concat!($p, "revision"))?,
         }
     }};
 }
@@ -568,6 +581,23 @@ macro_rules! impl_store_tx {
                     .await?;
                 Ok(match row {
                     Some(r) => Some(run_from_row!(&r)),
+                    None => None,
+                })
+            }
+
+            async fn load_attempt_and_run(
+                &mut self,
+                runnable_key: &str,
+                lock: bool,
+            ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+                Finish::flush(self).await?;
+                let sql = sql::load_attempt_and_run(if lock { $lock } else { "" });
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(runnable_key)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some((attempt_from_row!(&r), run_from_row!(&r, "r_"))),
                     None => None,
                 })
             }
@@ -1018,12 +1048,12 @@ impl_store_tx!(
 
 /// The SQL text both drivers run (`$n` parameters; SQLite's embedded writer rewrites them
 /// to `?n`). `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite.
-mod sql {
+pub(crate) mod sql {
     use super::{ATTEMPT_COLUMNS, RUN_COLUMNS};
 
     pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
     pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
-    pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+    pub(crate) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
     pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
     pub(super) const FACTS: &str =
         "SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id";
@@ -1065,6 +1095,24 @@ mod sql {
         format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({})",
             params.join(", ")
+        )
+    }
+
+    /// The attempt's columns under their names, the run's prefixed `r_`; `FROM runs` first,
+    /// so Postgres locks the run before the attempt, as every other writer does.
+    pub(super) fn load_attempt_and_run(lock: &str) -> String {
+        let attempt: Vec<String> = ATTEMPT_COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect();
+        let run: Vec<String> = RUN_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c} AS r_{c}"))
+            .collect();
+        format!(
+            "SELECT {}, {} FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE a.runnable_key = $1{lock}",
+            attempt.join(", "),
+            run.join(", ")
         )
     }
 

@@ -329,6 +329,18 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
+        let query = sqlx::query_as(sql::RUN_STATUS).bind(run_id);
+        let row: Option<(String,)> = if self.set_path {
+            // A host's connection: its search_path is set in a transaction.
+            let mut tx = self.begin().await?;
+            query.fetch_optional(&mut *tx).await?
+        } else {
+            query.fetch_optional(&self.pool).await?
+        };
+        Ok(row.map(|r| r.0))
+    }
+
     async fn heartbeat(
         &self,
         runnable_key: &str,

@@ -158,6 +158,14 @@ impl Store for SqliteStore {
 
     async fn listen(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
 
+    async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as(super::sql::RUN_STATUS)
+            .bind(run_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
     async fn heartbeat(
         &self,
         runnable_key: &str,
