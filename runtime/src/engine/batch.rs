@@ -110,7 +110,7 @@ impl Completion {
 
 /// Lanes of group commit on Postgres: it commits concurrent transactions in parallel, so
 /// several batches in flight beat one (SQLite has one writer, so one lane).
-const POSTGRES_LANES: usize = 4;
+const POSTGRES_LANES: usize = 8;
 
 /// The engine's queues into its group-commit tasks.
 #[derive(Debug, Default)]

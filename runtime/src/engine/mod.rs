@@ -1077,7 +1077,7 @@ impl Engine {
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
         let now = self.inner.clock.now();
-        let Some(mut attempt) = tx.next_due(queue, now_us(now)).await? else {
+        let Some((mut attempt, run)) = tx.next_due_with_run(queue, now_us(now)).await? else {
             return Ok(None);
         };
         let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
@@ -1103,12 +1103,6 @@ impl Engine {
             tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
-        let run =
-            tx.load_run(&attempt.run_id, false)
-                .await?
-                .ok_or_else(|| EngineError::RunNotFound {
-                    run_id: attempt.run_id.clone(),
-                })?;
         let mut journal = Vec::new();
         let claimed = self
             .claim_row(

@@ -378,6 +378,20 @@ impl StoreTx for DirectTx<'_> {
             .optional()?)
     }
 
+    async fn next_due_with_run(
+        &mut self,
+        queue: &str,
+        now: i64,
+    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+        let Some(attempt) = self.next_due(queue, now).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .load_run(&attempt.run_id, false)
+            .await?
+            .map(|run| (attempt, run)))
+    }
+
     async fn next_due_of_run(
         &mut self,
         run_id: &str,

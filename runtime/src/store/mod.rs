@@ -371,6 +371,12 @@ pub trait StoreTx: Send {
         queue: &str,
         now: i64,
     ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
+    /// [`StoreTx::next_due`] with the attempt's run (read, not locked), in one statement.
+    fn next_due_with_run(
+        &mut self,
+        queue: &str,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
     /// The oldest scheduled attempt of `run_id` on `queue` that is visible at `now`, locked
     /// and skipped by concurrent claimers where the database can.
     fn next_due_of_run(
@@ -506,9 +512,10 @@ macro_rules! attempt_from_row {
 }
 
 /// Writes `StoreTx` for a sqlx transaction type. `$lock` is appended to
-/// single-row reads that lock, `$skip` to the queue read.
+/// single-row reads that lock, `$skip` to the queue read, `$skip_attempt` to the queue read
+/// joined with runs (it locks the attempt only).
 macro_rules! impl_store_tx {
-    ($ty:ty, lock = $lock:literal, skip = $skip:literal, notify = $notify:literal) => {
+    ($ty:ty, lock = $lock:literal, skip = $skip:literal, skip_attempt = $skip_attempt:literal, notify = $notify:literal) => {
         impl StoreTx for $ty {
             async fn commit(self) -> StoreResult<()> {
                 Finish::finish(self).await
@@ -770,6 +777,24 @@ macro_rules! impl_store_tx {
                     .await?;
                 Ok(match row {
                     Some(r) => Some(attempt_from_row!(&r)),
+                    None => None,
+                })
+            }
+
+            async fn next_due_with_run(
+                &mut self,
+                queue: &str,
+                now: i64,
+            ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+                Finish::flush(self).await?;
+                let sql = sql::next_due_with_run($skip_attempt);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(queue)
+                    .bind(now)
+                    .fetch_optional(&mut **self)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some((attempt_from_row!(&r), run_from_row!(&r, "r_"))),
                     None => None,
                 })
             }
@@ -1038,11 +1063,18 @@ impl Finish for PgTx {
     }
 }
 
-impl_store_tx!(SqliteTx, lock = "", skip = "", notify = "");
+impl_store_tx!(
+    SqliteTx,
+    lock = "",
+    skip = "",
+    skip_attempt = "",
+    notify = ""
+);
 impl_store_tx!(
     PgTx,
     lock = " FOR UPDATE",
     skip = " FOR UPDATE SKIP LOCKED",
+    skip_attempt = " FOR UPDATE OF a SKIP LOCKED",
     notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"
 );
 
@@ -1098,9 +1130,25 @@ pub(crate) mod sql {
         )
     }
 
-    /// The attempt's columns under their names, the run's prefixed `r_`; `FROM runs` first,
-    /// so Postgres locks the run before the attempt, as every other writer does.
+    /// An attempt and its run (`r_` columns); `FROM runs` first, so Postgres locks the run
+    /// before the attempt, as every other writer does.
     pub(super) fn load_attempt_and_run(lock: &str) -> String {
+        format!(
+            "SELECT {} FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE a.runnable_key = $1{lock}",
+            attempt_and_run_columns()
+        )
+    }
+
+    /// The due attempt (as `next_due`) joined with its run (`r_` columns).
+    pub(super) fn next_due_with_run(skip: &str) -> String {
+        format!(
+            "SELECT {} FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.queue = $1 AND a.due_at IS NOT NULL AND a.due_at <= $2 ORDER BY a.due_at, a.runnable_key LIMIT 1{skip}",
+            attempt_and_run_columns()
+        )
+    }
+
+    /// The attempt's columns under their names, the run's prefixed `r_`.
+    fn attempt_and_run_columns() -> String {
         let attempt: Vec<String> = ATTEMPT_COLUMNS
             .split(", ")
             .map(|c| format!("a.{c}"))
@@ -1109,11 +1157,7 @@ pub(crate) mod sql {
             .split(", ")
             .map(|c| format!("r.{c} AS r_{c}"))
             .collect();
-        format!(
-            "SELECT {}, {} FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE a.runnable_key = $1{lock}",
-            attempt.join(", "),
-            run.join(", ")
-        )
+        format!("{}, {}", attempt.join(", "), run.join(", "))
     }
 
     pub(super) fn load_attempt(lock: &str) -> String {
