@@ -290,7 +290,9 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
+            // No ping on checkout, as the runtime's pools: the floor is the cheapest commit.
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(committers as u32)
                 .connect_with(opts)
                 .await?;
@@ -331,6 +333,7 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
                 .execute(&mut c)
                 .await?;
             let pool = sqlx::postgres::PgPoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(committers as u32)
                 .connect(url)
                 .await?;

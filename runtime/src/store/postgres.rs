@@ -219,7 +219,11 @@ impl PostgresStore {
     pub async fn connect(url: &str, schema: &str, max_connections: u32) -> StoreResult<Self> {
         check_schema(schema)?;
         let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+        // No ping when a connection is checked out: it would be a round trip per
+        // transaction. A connection the server closed fails its first statement instead,
+        // with a retryable error.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(max_connections.max(2))
             .connect_with(options)
             .await?;

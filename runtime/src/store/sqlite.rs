@@ -83,12 +83,15 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
+        // No ping when a connection is checked out (a hop to its thread per transaction).
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
         let readers = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
