@@ -257,13 +257,6 @@ impl StoreTx for DirectTx<'_> {
             .map(|run| (attempt, run)))
     }
 
-    async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
-        Ok(self
-            .stmt(sql::RUN_STATUS)?
-            .query_row([run_id], |r| r.get(0))
-            .optional()?)
-    }
-
     async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
         self.stmt(sql::UPDATE_RUN)?.execute(params![
             run.run_id,
@@ -371,19 +364,16 @@ impl StoreTx for DirectTx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
-        Ok(self
-            .stmt(&sql::next_due(""))?
-            .query_row(params![queue, now], attempt_row)
-            .optional()?)
-    }
-
     async fn next_due_with_run(
         &mut self,
         queue: &str,
         now: i64,
     ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-        let Some(attempt) = self.next_due(queue, now).await? else {
+        let attempt = self
+            .stmt(&sql::next_due())?
+            .query_row(params![queue, now], attempt_row)
+            .optional()?;
+        let Some(attempt) = attempt else {
             return Ok(None);
         };
         Ok(self

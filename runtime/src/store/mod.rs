@@ -327,11 +327,6 @@ pub trait StoreTx: Send {
         runnable_key: &str,
         lock: bool,
     ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
-    /// The stored status of a run.
-    fn run_status(
-        &mut self,
-        run_id: &str,
-    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
     /// Writes the mutable columns of a run.
     fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends facts to a run's journal.
@@ -365,13 +360,8 @@ pub trait StoreTx: Send {
         run_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
     /// The oldest attempt on `queue` due at `now` (visible, lease expired, or recorded but not
-    /// applied), locked and skipped by concurrent claimers where the database can.
-    fn next_due(
-        &mut self,
-        queue: &str,
-        now: i64,
-    ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
-    /// [`StoreTx::next_due`] with the attempt's run (read, not locked), in one statement.
+    /// applied), locked and skipped by concurrent claimers where the database can, with its
+    /// run (read, not locked), in one statement.
     fn next_due_with_run(
         &mut self,
         queue: &str,
@@ -609,15 +599,6 @@ macro_rules! impl_store_tx {
                 })
             }
 
-            async fn run_status(&mut self, run_id: &str) -> StoreResult<Option<String>> {
-                Finish::flush(self).await?;
-                let row: Option<(String,)> = sqlx::query_as(sql::RUN_STATUS)
-                    .bind(run_id)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(row.map(|r| r.0))
-            }
-
             async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
                 if Finish::holds_back(self) {
                     return Finish::defer(self, Write::Run(run.clone())).await;
@@ -765,20 +746,6 @@ macro_rules! impl_store_tx {
                     out.push(attempt_from_row!(r));
                 }
                 Ok(out)
-            }
-
-            async fn next_due(&mut self, queue: &str, now: i64) -> StoreResult<Option<AttemptRow>> {
-                Finish::flush(self).await?;
-                let sql = sql::next_due($skip);
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(queue)
-                    .bind(now)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(attempt_from_row!(&r)),
-                    None => None,
-                })
             }
 
             async fn next_due_with_run(
@@ -1080,12 +1047,12 @@ impl_store_tx!(
 
 /// The SQL text both drivers run (`$n` parameters; SQLite's embedded writer rewrites them
 /// to `?n`). `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite.
-pub(crate) mod sql {
+mod sql {
     use super::{ATTEMPT_COLUMNS, RUN_COLUMNS};
 
     pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
     pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
-    pub(crate) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+    pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
     pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
     pub(super) const FACTS: &str =
         "SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id";
@@ -1139,7 +1106,7 @@ pub(crate) mod sql {
         )
     }
 
-    /// The due attempt (as `next_due`) joined with its run (`r_` columns).
+    /// The due attempt joined with its run (`r_` columns).
     pub(super) fn next_due_with_run(skip: &str) -> String {
         format!(
             "SELECT {} FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.queue = $1 AND a.due_at IS NOT NULL AND a.due_at <= $2 ORDER BY a.due_at, a.runnable_key LIMIT 1{skip}",
@@ -1170,9 +1137,10 @@ pub(crate) mod sql {
         )
     }
 
-    pub(super) fn next_due(skip: &str) -> String {
+    /// The due attempt alone (SQLite's writer, where the run is a second lookup).
+    pub(super) fn next_due() -> String {
         format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1{skip}"
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1"
         )
     }
 
