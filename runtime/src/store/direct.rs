@@ -11,11 +11,13 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{
+    CachedStatement, Connection, OpenFlags, OptionalExtension, Row, ToSql, params, params_from_iter,
+};
 
 use super::{
-    AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, StoreError, StoreResult,
+    Arg, AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, StoreError, StoreResult,
     StoreTx, SummaryRow, Synchronous, sql,
 };
 
@@ -26,6 +28,16 @@ impl From<rusqlite::Error> for StoreError {
             code,
             message: e.to_string(),
         }
+    }
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Arg::Text(v) | Arg::OptText(Some(v)) => ValueRef::Text(v.as_bytes()),
+            Arg::Int(v) | Arg::OptInt(Some(v)) => ValueRef::Integer(v),
+            Arg::OptText(None) | Arg::OptInt(None) => ValueRef::Null,
+        }))
     }
 }
 
@@ -208,29 +220,9 @@ impl StoreTx for DirectTx<'_> {
     }
 
     async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
-        let n = self.stmt(&sql::insert_run())?.execute(params![
-            run.run_id,
-            run.workflow,
-            run.version,
-            run.fingerprint,
-            run.definition_hash,
-            run.trigger_name,
-            run.queue,
-            run.status,
-            run.input,
-            run.context,
-            run.steps,
-            run.manual,
-            run.compensation,
-            run.error,
-            run.idempotency_key,
-            run.payload_hash,
-            run.parent_run_id,
-            run.replayed_from,
-            run.created_at,
-            run.updated_at,
-            run.revision,
-        ])?;
+        let n = self
+            .stmt(&sql::insert_run())?
+            .execute(params_from_iter(run.insert_args()))?;
         Ok(n == 1)
     }
 
@@ -258,17 +250,8 @@ impl StoreTx for DirectTx<'_> {
     }
 
     async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
-        self.stmt(sql::UPDATE_RUN)?.execute(params![
-            run.run_id,
-            run.status,
-            run.context,
-            run.steps,
-            run.manual,
-            run.error,
-            run.updated_at,
-            run.revision,
-            run.compensation,
-        ])?;
+        self.stmt(sql::UPDATE_RUN)?
+            .execute(params_from_iter(run.update_args()))?;
         Ok(())
     }
 
@@ -306,27 +289,8 @@ impl StoreTx for DirectTx<'_> {
     }
 
     async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-        self.stmt(&sql::insert_attempt())?.execute(params![
-            a.runnable_key,
-            a.run_id,
-            a.step,
-            a.attempt,
-            a.seq,
-            a.queue,
-            a.status,
-            a.visible_at,
-            a.due_at,
-            a.claim_id,
-            a.claim_token_hash,
-            a.owner,
-            a.lease_until,
-            a.claims,
-            a.input,
-            a.outcome,
-            a.deadline,
-            a.created_at,
-            a.updated_at,
-        ])?;
+        self.stmt(&sql::insert_attempt())?
+            .execute(params_from_iter(a.insert_args()))?;
         Ok(())
     }
 
@@ -342,19 +306,8 @@ impl StoreTx for DirectTx<'_> {
     }
 
     async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-        self.stmt(sql::UPDATE_ATTEMPT)?.execute(params![
-            a.runnable_key,
-            a.status,
-            a.visible_at,
-            a.due_at,
-            a.claim_id,
-            a.claim_token_hash,
-            a.owner,
-            a.lease_until,
-            a.claims,
-            a.outcome,
-            a.updated_at,
-        ])?;
+        self.stmt(sql::UPDATE_ATTEMPT)?
+            .execute(params_from_iter(a.update_args()))?;
         Ok(())
     }
 
@@ -478,15 +431,8 @@ impl StoreTx for DirectTx<'_> {
 
     async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
         let (text, args) = query.sql();
-        let values: Vec<SqlValue> = args
-            .into_iter()
-            .map(|a| match a {
-                super::Arg::Text(t) => SqlValue::Text(t),
-                super::Arg::Int(i) => SqlValue::Integer(i),
-            })
-            .collect();
         let mut st = self.stmt(&text)?;
-        let rows = st.query_map(rusqlite::params_from_iter(values), summary_row)?;
+        let rows = st.query_map(params_from_iter(args), summary_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -495,7 +441,7 @@ impl StoreTx for DirectTx<'_> {
             return Ok(Vec::new());
         }
         let mut st = self.stmt(&sql::open_deadlines(run_ids.len()))?;
-        let rows = st.query_map(rusqlite::params_from_iter(run_ids), |r| {
+        let rows = st.query_map(params_from_iter(run_ids), |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -4,7 +4,26 @@
 //! [`StoreTx`] trait (the statements of a transaction), implemented for SQLite and Postgres
 //! with sqlx. The SQL text is shared: both dialects accept `$n` parameters, `RETURNING` and
 //! partial indexes; the only differences (row locks, `SKIP LOCKED`, the write transaction's
-//! `BEGIN IMMEDIATE`) are passed to one macro that writes both implementations.
+//! `BEGIN IMMEDIATE`) are passed to one macro that writes both implementations. The values a
+//! row write binds come from one list per statement (`RunRow::update_args` and the like),
+//! shared by the sqlx drivers, SQLite's embedded writer (`direct`) and Postgres' held-back
+//! writes (`PgTx`).
+
+/// Binds `args` to a sqlx query, in order.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for a in $args {
+            q = match a {
+                Arg::Text(v) => q.bind(v),
+                Arg::OptText(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::OptInt(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
 
 mod direct;
 mod postgres;
@@ -155,34 +174,127 @@ pub struct ListQuery {
     pub(crate) limit: i64,
 }
 
-enum Arg {
-    Text(String),
+/// One bound value. Every driver binds a row's values from the same list, in the order of
+/// the shared SQL's `$n` parameters.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
+}
+
+impl RunRow {
+    /// The values of `sql::insert_run()`.
+    fn insert_args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.run_id),
+            Arg::Text(&self.workflow),
+            Arg::OptText(self.version.as_deref()),
+            Arg::Text(&self.fingerprint),
+            Arg::Text(&self.definition_hash),
+            Arg::Text(&self.trigger_name),
+            Arg::Text(&self.queue),
+            Arg::Text(&self.status),
+            Arg::Text(&self.input),
+            Arg::Text(&self.context),
+            Arg::Text(&self.steps),
+            Arg::OptText(self.manual.as_deref()),
+            Arg::OptText(self.compensation.as_deref()),
+            Arg::OptText(self.error.as_deref()),
+            Arg::OptText(self.idempotency_key.as_deref()),
+            Arg::Text(&self.payload_hash),
+            Arg::OptText(self.parent_run_id.as_deref()),
+            Arg::OptText(self.replayed_from.as_deref()),
+            Arg::Int(self.created_at),
+            Arg::Int(self.updated_at),
+            Arg::Int(self.revision),
+        ]
+    }
+
+    /// The values of `sql::UPDATE_RUN`.
+    fn update_args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.run_id),
+            Arg::Text(&self.status),
+            Arg::Text(&self.context),
+            Arg::Text(&self.steps),
+            Arg::OptText(self.manual.as_deref()),
+            Arg::OptText(self.error.as_deref()),
+            Arg::Int(self.updated_at),
+            Arg::Int(self.revision),
+            Arg::OptText(self.compensation.as_deref()),
+        ]
+    }
+}
+
+impl AttemptRow {
+    /// The values of `sql::insert_attempt()`.
+    fn insert_args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.runnable_key),
+            Arg::Text(&self.run_id),
+            Arg::Text(&self.step),
+            Arg::Int(self.attempt),
+            Arg::Int(self.seq),
+            Arg::Text(&self.queue),
+            Arg::Text(&self.status),
+            Arg::Int(self.visible_at),
+            Arg::OptInt(self.due_at),
+            Arg::OptText(self.claim_id.as_deref()),
+            Arg::OptText(self.claim_token_hash.as_deref()),
+            Arg::OptText(self.owner.as_deref()),
+            Arg::OptInt(self.lease_until),
+            Arg::Int(self.claims),
+            Arg::Text(&self.input),
+            Arg::OptText(self.outcome.as_deref()),
+            Arg::OptText(self.deadline.as_deref()),
+            Arg::Int(self.created_at),
+            Arg::Int(self.updated_at),
+        ]
+    }
+
+    /// The values of `sql::UPDATE_ATTEMPT`.
+    fn update_args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.runnable_key),
+            Arg::Text(&self.status),
+            Arg::Int(self.visible_at),
+            Arg::OptInt(self.due_at),
+            Arg::OptText(self.claim_id.as_deref()),
+            Arg::OptText(self.claim_token_hash.as_deref()),
+            Arg::OptText(self.owner.as_deref()),
+            Arg::OptInt(self.lease_until),
+            Arg::Int(self.claims),
+            Arg::OptText(self.outcome.as_deref()),
+            Arg::Int(self.updated_at),
+        ]
+    }
 }
 
 impl ListQuery {
     /// The SQL and its arguments; the same text for both databases.
-    fn sql(&self) -> (String, Vec<Arg>) {
+    fn sql(&self) -> (String, Vec<Arg<'_>>) {
         let mut args = Vec::new();
         let mut clauses: Vec<String> = Vec::new();
-        let push = |args: &mut Vec<Arg>, a: Arg| {
+        fn push<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
             args.push(a);
             format!("${}", args.len())
-        };
+        }
         if let Some(w) = &self.workflow {
-            let p = push(&mut args, Arg::Text(w.clone()));
+            let p = push(&mut args, Arg::Text(w));
             clauses.push(format!("workflow = {p}"));
         }
         if !self.statuses.is_empty() {
             let ps: Vec<String> = self
                 .statuses
                 .iter()
-                .map(|s| push(&mut args, Arg::Text(s.clone())))
+                .map(|s| push(&mut args, Arg::Text(s)))
                 .collect();
             clauses.push(format!("status IN ({})", ps.join(", ")));
         }
         if let Some(q) = &self.queue {
-            let p = push(&mut args, Arg::Text(q.clone()));
+            let p = push(&mut args, Arg::Text(q));
             clauses.push(format!("queue = {p}"));
         }
         if let Some(t) = self.created_from {
@@ -196,10 +308,10 @@ impl ListQuery {
         if let Some(pattern) = &self.search {
             let mut ors = Vec::new();
             for col in ["run_id", "workflow", "trigger_name"] {
-                let p = push(&mut args, Arg::Text(pattern.clone()));
+                let p = push(&mut args, Arg::Text(pattern));
                 ors.push(format!("LOWER({col}) LIKE {p} ESCAPE '\\'"));
             }
-            let p = push(&mut args, Arg::Text(pattern.clone()));
+            let p = push(&mut args, Arg::Text(pattern));
             ors.push(format!(
                 "EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = runs.run_id AND LOWER(a.step) LIKE {p} ESCAPE '\\')"
             ));
@@ -207,7 +319,7 @@ impl ListQuery {
         }
         if let Some((at, id)) = &self.after {
             let pa = push(&mut args, Arg::Int(*at));
-            let pb = push(&mut args, Arg::Text(id.clone()));
+            let pb = push(&mut args, Arg::Text(id));
             clauses.push(format!("(created_at, run_id) < ({pa}, {pb})"));
         }
         let limit = push(&mut args, Arg::Int(self.limit));
@@ -542,30 +654,12 @@ macro_rules! impl_store_tx {
 
             async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
                 Finish::flush(self).await?;
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql::insert_run()))
-                    .bind(&run.run_id)
-                    .bind(&run.workflow)
-                    .bind(&run.version)
-                    .bind(&run.fingerprint)
-                    .bind(&run.definition_hash)
-                    .bind(&run.trigger_name)
-                    .bind(&run.queue)
-                    .bind(&run.status)
-                    .bind(&run.input)
-                    .bind(&run.context)
-                    .bind(&run.steps)
-                    .bind(&run.manual)
-                    .bind(&run.compensation)
-                    .bind(&run.error)
-                    .bind(&run.idempotency_key)
-                    .bind(&run.payload_hash)
-                    .bind(&run.parent_run_id)
-                    .bind(&run.replayed_from)
-                    .bind(run.created_at)
-                    .bind(run.updated_at)
-                    .bind(run.revision)
-                    .execute(&mut **self)
-                    .await?;
+                let done = bind_args!(
+                    sqlx::query(sqlx::AssertSqlSafe(sql::insert_run())),
+                    run.insert_args()
+                )
+                .execute(&mut **self)
+                .await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -603,16 +697,7 @@ macro_rules! impl_store_tx {
                 if Finish::holds_back(self) {
                     return Finish::defer(self, Write::Run(run.clone())).await;
                 }
-                sqlx::query(sql::UPDATE_RUN)
-                    .bind(&run.run_id)
-                    .bind(&run.status)
-                    .bind(&run.context)
-                    .bind(&run.steps)
-                    .bind(&run.manual)
-                    .bind(&run.error)
-                    .bind(run.updated_at)
-                    .bind(run.revision)
-                    .bind(&run.compensation)
+                bind_args!(sqlx::query(sql::UPDATE_RUN), run.update_args())
                     .execute(&mut **self)
                     .await?;
                 Ok(())
@@ -672,28 +757,12 @@ macro_rules! impl_store_tx {
                 if Finish::holds_back(self) {
                     return Finish::defer(self, Write::AttemptInsert(a.clone())).await;
                 }
-                sqlx::query(sqlx::AssertSqlSafe(sql::insert_attempt()))
-                    .bind(&a.runnable_key)
-                    .bind(&a.run_id)
-                    .bind(&a.step)
-                    .bind(a.attempt)
-                    .bind(a.seq)
-                    .bind(&a.queue)
-                    .bind(&a.status)
-                    .bind(a.visible_at)
-                    .bind(a.due_at)
-                    .bind(&a.claim_id)
-                    .bind(&a.claim_token_hash)
-                    .bind(&a.owner)
-                    .bind(a.lease_until)
-                    .bind(a.claims)
-                    .bind(&a.input)
-                    .bind(&a.outcome)
-                    .bind(&a.deadline)
-                    .bind(a.created_at)
-                    .bind(a.updated_at)
-                    .execute(&mut **self)
-                    .await?;
+                bind_args!(
+                    sqlx::query(sqlx::AssertSqlSafe(sql::insert_attempt())),
+                    a.insert_args()
+                )
+                .execute(&mut **self)
+                .await?;
                 Ok(())
             }
 
@@ -718,18 +787,7 @@ macro_rules! impl_store_tx {
                 if Finish::holds_back(self) {
                     return Finish::defer(self, Write::AttemptUpdate(a.clone())).await;
                 }
-                sqlx::query(sql::UPDATE_ATTEMPT)
-                    .bind(&a.runnable_key)
-                    .bind(&a.status)
-                    .bind(a.visible_at)
-                    .bind(a.due_at)
-                    .bind(&a.claim_id)
-                    .bind(&a.claim_token_hash)
-                    .bind(&a.owner)
-                    .bind(a.lease_until)
-                    .bind(a.claims)
-                    .bind(&a.outcome)
-                    .bind(a.updated_at)
+                bind_args!(sqlx::query(sql::UPDATE_ATTEMPT), a.update_args())
                     .execute(&mut **self)
                     .await?;
                 Ok(())
@@ -902,14 +960,9 @@ macro_rules! impl_store_tx {
             async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
                 Finish::flush(self).await?;
                 let (sql, args) = query.sql();
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for a in args {
-                    q = match a {
-                        Arg::Text(t) => q.bind(t),
-                        Arg::Int(i) => q.bind(i),
-                    };
-                }
-                let rows = q.fetch_all(&mut **self).await?;
+                let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                    .fetch_all(&mut **self)
+                    .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
                     use sqlx::Row as _;

@@ -8,7 +8,7 @@ use sqlx::{PgPool, Postgres};
 
 use sqlx::PgConnection;
 
-use super::{HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
+use super::{Arg, HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
 
 /// A transaction on a Postgres store. Row writes that return nothing (run and attempt
 /// updates, attempt inserts, journal appends) are held back and sent together, as one
@@ -18,14 +18,6 @@ use super::{HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
 pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
     held: Vec<Write>,
-}
-
-/// One bound value of a held-back statement.
-enum Bind {
-    Text(String),
-    OptText(Option<String>),
-    Int(i64),
-    OptInt(Option<i64>),
 }
 
 /// `sql` with its `$n` parameters moved up by `offset`.
@@ -66,75 +58,34 @@ impl PgTx {
         if self.held.is_empty() {
             return Ok(());
         }
-        let mut parts: Vec<String> = Vec::with_capacity(self.held.len());
-        let mut binds: Vec<Bind> = Vec::new();
-        for w in std::mem::take(&mut self.held) {
+        let held = std::mem::take(&mut self.held);
+        let mut parts: Vec<String> = Vec::with_capacity(held.len());
+        let mut binds: Vec<Arg<'_>> = Vec::new();
+        for w in &held {
             let offset = binds.len();
             match w {
                 Write::Run(r) => {
                     parts.push(shifted(sql::UPDATE_RUN, offset));
-                    binds.extend([
-                        Bind::Text(r.run_id),
-                        Bind::Text(r.status),
-                        Bind::Text(r.context),
-                        Bind::Text(r.steps),
-                        Bind::OptText(r.manual),
-                        Bind::OptText(r.error),
-                        Bind::Int(r.updated_at),
-                        Bind::Int(r.revision),
-                        Bind::OptText(r.compensation),
-                    ]);
+                    binds.extend(r.update_args());
                 }
                 Write::AttemptUpdate(a) => {
                     parts.push(shifted(sql::UPDATE_ATTEMPT, offset));
-                    binds.extend([
-                        Bind::Text(a.runnable_key),
-                        Bind::Text(a.status),
-                        Bind::Int(a.visible_at),
-                        Bind::OptInt(a.due_at),
-                        Bind::OptText(a.claim_id),
-                        Bind::OptText(a.claim_token_hash),
-                        Bind::OptText(a.owner),
-                        Bind::OptInt(a.lease_until),
-                        Bind::Int(a.claims),
-                        Bind::OptText(a.outcome),
-                        Bind::Int(a.updated_at),
-                    ]);
+                    binds.extend(a.update_args());
                 }
                 Write::AttemptInsert(a) => {
                     parts.push(shifted(&sql::insert_attempt(), offset));
-                    binds.extend([
-                        Bind::Text(a.runnable_key),
-                        Bind::Text(a.run_id),
-                        Bind::Text(a.step),
-                        Bind::Int(a.attempt),
-                        Bind::Int(a.seq),
-                        Bind::Text(a.queue),
-                        Bind::Text(a.status),
-                        Bind::Int(a.visible_at),
-                        Bind::OptInt(a.due_at),
-                        Bind::OptText(a.claim_id),
-                        Bind::OptText(a.claim_token_hash),
-                        Bind::OptText(a.owner),
-                        Bind::OptInt(a.lease_until),
-                        Bind::Int(a.claims),
-                        Bind::Text(a.input),
-                        Bind::OptText(a.outcome),
-                        Bind::OptText(a.deadline),
-                        Bind::Int(a.created_at),
-                        Bind::Int(a.updated_at),
-                    ]);
+                    binds.extend(a.insert_args());
                 }
                 Write::Facts { run_id, facts, at } => {
                     if facts.is_empty() {
                         continue;
                     }
                     parts.push(shifted(&sql::insert_facts(facts.len()), offset));
-                    binds.push(Bind::Text(run_id));
-                    binds.push(Bind::Int(at));
+                    binds.push(Arg::Text(run_id));
+                    binds.push(Arg::Int(*at));
                     for (kind, data) in facts {
-                        binds.push(Bind::Text(kind));
-                        binds.push(Bind::Text(data));
+                        binds.push(Arg::Text(kind));
+                        binds.push(Arg::Text(data));
                     }
                 }
             }
@@ -153,16 +104,9 @@ impl PgTx {
                 .collect();
             format!("WITH {} {last}", ctes.join(", "))
         };
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-        for b in binds {
-            q = match b {
-                Bind::Text(v) => q.bind(v),
-                Bind::OptText(v) => q.bind(v),
-                Bind::Int(v) => q.bind(v),
-                Bind::OptInt(v) => q.bind(v),
-            };
-        }
-        q.execute(&mut *self.tx).await?;
+        bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), binds)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 }
