@@ -14,7 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use squid_mesh::actions::{ActionHost, Manifest, ManifestAction};
 use squid_mesh::clock::Timestamp;
-use squid_mesh::engine::{CommandOptions, ManualAttrs, ReplayOptions};
+use squid_mesh::engine::{
+    CommandOptions, ManualAttrs, ReplayOptions, ScheduleCommand, ScheduleInfo,
+};
 use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
 use squid_mesh::{
     ActionKey, ActionLimits, ActionRegistry, Capabilities, Digest, Engine, EngineError, HostConfig,
@@ -93,6 +95,102 @@ enum Command {
     Cancel(CancelArgs),
     /// Start a new run from a run's trigger and input.
     Replay(ReplayArgs),
+    /// Cron schedules: workers fire them, once per window across all processes.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// Store (or update) a schedule for every cron trigger of a spec file.
+    Apply {
+        /// The workflow spec file (JSON or TOML).
+        file: PathBuf,
+        /// Queue of the runs it starts (default: the default queue).
+        #[arg(long)]
+        queue: Option<String>,
+        #[command(flatten)]
+        who: WhoArgs,
+    },
+    /// Every schedule with its state and next window.
+    List,
+    /// One schedule with its latest windows and its audit trail.
+    Show {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        /// How many of the latest windows to show.
+        #[arg(long, default_value_t = 20)]
+        fires: u32,
+    },
+    /// Stop firing until resumed.
+    Pause {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        #[command(flatten)]
+        who: WhoArgs,
+    },
+    /// Fire again; windows missed meanwhile follow the catch-up policy.
+    Resume {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        #[command(flatten)]
+        who: WhoArgs,
+    },
+    /// Delete a schedule (its fired windows and trail stay).
+    Remove {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        #[command(flatten)]
+        who: WhoArgs,
+    },
+    /// Start a run for every window in a range that was not handled before.
+    Backfill {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        /// First instant of the range (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// Last instant of the range (RFC 3339).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        who: WhoArgs,
+    },
+    /// The next windows, in UTC and in the schedule's zone.
+    Next {
+        #[command(flatten)]
+        which: ScheduleArgs,
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 5)]
+        count: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ScheduleArgs {
+    /// Workflow name.
+    workflow: String,
+    /// Cron trigger name (may be left out when the workflow has one schedule).
+    trigger: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WhoArgs {
+    /// Who does it (recorded in the schedule's trail).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Why.
+    #[arg(long)]
+    comment: Option<String>,
+}
+
+impl WhoArgs {
+    fn command(&self) -> ScheduleCommand {
+        let mut c = ScheduleCommand::default();
+        c.actor.clone_from(&self.actor);
+        c.comment.clone_from(&self.comment);
+        c
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +276,9 @@ struct WorkerArgs {
     /// Seconds to let in-flight steps finish on shutdown.
     #[arg(long, default_value_t = 30)]
     shutdown_secs: u64,
+    /// Do not fire cron schedules in this process.
+    #[arg(long)]
+    no_schedules: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,7 +381,7 @@ struct Failure {
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let code = match error.downcast_ref::<EngineError>() {
-            Some(EngineError::RunNotFound { .. }) => 3,
+            Some(EngineError::RunNotFound { .. } | EngineError::ScheduleNotFound { .. }) => 3,
             Some(
                 EngineError::InvalidSpec(_)
                 | EngineError::InvalidPayload(_)
@@ -468,6 +569,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Start(args) => start(&cli, args).await,
         Command::Worker(args) => worker(&cli, args).await,
         Command::Runs(cmd) => runs(&cli, cmd).await,
+        Command::Schedules(cmd) => schedules(&cli, cmd).await,
         Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
             let (e, id) = engine_and_run(&cli, &a.id).await?;
             let attrs = ManualAttrs {
@@ -824,6 +926,7 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
         .concurrency(args.concurrency)
         .lease_for(lease)
         .heartbeat_interval(Some(lease / 3))
+        .schedules(!args.no_schedules)
         .start()?;
     let started = std::time::Instant::now();
     let interactive = !cli.json;
@@ -949,6 +1052,180 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
                 print_json(&x)?;
             } else {
                 print!("{}", render::explanation_text(&x));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_schedule(s: &ScheduleInfo) {
+    let next = match (&s.next_fire_at, &s.next_fire_local) {
+        (Some(at), Some(local)) => format!("{local} ({at})"),
+        _ => "none (ended)".into(),
+    };
+    println!(
+        "{}/{}  {}  {:?} in {}  next {next}  missed {}{}",
+        s.workflow,
+        s.trigger,
+        match s.state {
+            squid_mesh::engine::ScheduleState::Active => "active",
+            squid_mesh::engine::ScheduleState::Paused => "paused",
+        },
+        s.cron,
+        s.timezone,
+        s.missed,
+        s.last_run_id
+            .as_deref()
+            .map(|r| format!("  last run {r}"))
+            .unwrap_or_default(),
+    );
+}
+
+fn required_time(flag: &str, text: &str) -> Result<Timestamp> {
+    Ok(parse_time(flag, &Some(text.to_owned()))?.expect("a time was given"))
+}
+
+async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
+    let e = engine(cli).await?;
+    let s = e.schedules();
+    match cmd {
+        SchedulesCommand::Apply { file, queue, who } => {
+            let spec = read_spec(file)?;
+            let applied = s.apply(&spec, queue.as_deref(), who.command()).await?;
+            if cli.json {
+                print_json(&applied)?;
+            } else {
+                for a in &applied {
+                    print_schedule(a);
+                }
+            }
+        }
+        SchedulesCommand::List => {
+            let all = s.list().await?;
+            if cli.json {
+                print_json(&all)?;
+            } else if all.is_empty() {
+                println!("no schedules (apply a spec with a cron trigger: squid-mesh schedules apply FILE)");
+            } else {
+                for a in &all {
+                    print_schedule(a);
+                }
+            }
+        }
+        SchedulesCommand::Show { which, fires } => {
+            let d = s
+                .show(&which.workflow, which.trigger.as_deref(), *fires)
+                .await?;
+            if cli.json {
+                print_json(&d)?;
+            } else {
+                print_schedule(&d.schedule);
+                let p = &d.schedule.policy;
+                println!(
+                    "  policy: catch_up {:?} (limit {}), overlap {:?}, jitter {} ms, grace {} ms{}{}",
+                    p.catch_up,
+                    p.catch_up_limit,
+                    p.overlap,
+                    p.jitter_ms,
+                    p.grace_ms,
+                    p.start_at.map(|t| format!(", from {t}")).unwrap_or_default(),
+                    p.end_at.map(|t| format!(", until {t}")).unwrap_or_default(),
+                );
+                if let Some(q) = d.schedule.queued_window {
+                    println!("  queued window {q} waits for the previous run");
+                }
+                println!("  windows (newest first):");
+                for f in &d.fires {
+                    println!(
+                        "    {}  {:?} by {:?}  late {} ms  {}",
+                        f.scheduled_at,
+                        f.outcome,
+                        f.origin,
+                        f.lateness_ms,
+                        f.run_id.as_deref().unwrap_or("-")
+                    );
+                }
+                println!("  trail:");
+                for ev in &d.events {
+                    println!(
+                        "    {}  {}{}{}",
+                        ev.occurred_at,
+                        ev.kind,
+                        ev.actor.as_deref().map(|a| format!(" by {a}")).unwrap_or_default(),
+                        ev.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        SchedulesCommand::Pause { which, who } | SchedulesCommand::Resume { which, who } => {
+            let info = if matches!(cmd, SchedulesCommand::Pause { .. }) {
+                s.pause(&which.workflow, which.trigger.as_deref(), who.command())
+                    .await?
+            } else {
+                s.resume(&which.workflow, which.trigger.as_deref(), who.command())
+                    .await?
+            };
+            if cli.json {
+                print_json(&info)?;
+            } else {
+                print_schedule(&info);
+            }
+        }
+        SchedulesCommand::Remove { which, who } => {
+            s.remove(&which.workflow, which.trigger.as_deref(), who.command())
+                .await?;
+            if cli.json {
+                print_json(&json!({"removed": {"workflow": which.workflow, "trigger": which.trigger}}))?;
+            } else {
+                println!("removed the schedule of {}", which.workflow);
+            }
+        }
+        SchedulesCommand::Backfill {
+            which,
+            from,
+            to,
+            who,
+        } => {
+            let report = s
+                .backfill(
+                    &which.workflow,
+                    which.trigger.as_deref(),
+                    required_time("--from", from)?,
+                    required_time("--to", to)?,
+                    who.command(),
+                )
+                .await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} window(s) in range: started {} run(s), {} handled before",
+                    report.windows,
+                    report.started.len(),
+                    report.already
+                );
+            }
+        }
+        SchedulesCommand::Next { which, count } => {
+            let d = s.show(&which.workflow, which.trigger.as_deref(), 0).await?;
+            let times = s
+                .next(&which.workflow, which.trigger.as_deref(), *count)
+                .await?;
+            let cron = squid_mesh::schedule::CronSchedule::parse(
+                &d.schedule.cron,
+                &d.schedule.timezone,
+            )
+            .map_err(anyhow::Error::from)?;
+            if cli.json {
+                let rows: Vec<Value> = times
+                    .iter()
+                    .map(|t| json!({"at": t, "utc": t.to_rfc3339(), "local": cron.local(*t)}))
+                    .collect();
+                print_json(&rows)?;
+            } else {
+                for t in &times {
+                    println!("{}  ({t})", cron.local(*t));
+                }
             }
         }
     }

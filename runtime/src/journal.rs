@@ -231,6 +231,9 @@ pub enum Fact {
         /// The parent run and step of a child run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentLink>,
+        /// The run's context at start (`schedule` for a scheduled run).
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        context: Map<String, Value>,
     },
     /// A control command was received (its effect is in the same transaction).
     CommandReceived {
@@ -364,7 +367,10 @@ impl Projection {
         let mut p = Self::default();
         for fact in facts {
             match fact {
-                Fact::RunStarted { .. } => p.status = Some(RunStatus::Idle),
+                Fact::RunStarted { context, .. } => {
+                    p.status = Some(RunStatus::Idle);
+                    p.context.clone_from(context);
+                }
                 Fact::RunnablesPlanned { runnables } => {
                     for r in runnables {
                         p.attempts

@@ -29,6 +29,8 @@ pub struct WorkerBuilder {
     heartbeat_interval: Option<Duration>,
     poll_interval: Duration,
     max_backoff: Duration,
+    schedules: bool,
+    schedule_poll_interval: Duration,
 }
 
 /// Steps a slot runs back to back on one run before it looks at the queue again (see
@@ -92,6 +94,8 @@ impl Worker {
             heartbeat_interval: Some(Duration::from_secs(30)),
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            schedules: true,
+            schedule_poll_interval: Duration::from_secs(1),
         }
     }
 
@@ -181,6 +185,23 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether the pool fires due schedules (default true). Any number of pools and
+    /// processes may: each window fires once.
+    #[must_use]
+    pub fn schedules(mut self, on: bool) -> Self {
+        self.schedules = on;
+        self
+    }
+
+    /// Longest sleep of the scheduler between looks at the schedules (default 1 s): how
+    /// soon a schedule applied or resumed by another process is seen. Due windows are
+    /// waited for exactly.
+    #[must_use]
+    pub fn schedule_poll_interval(mut self, interval: Duration) -> Self {
+        self.schedule_poll_interval = interval;
+        self
+    }
+
     /// Starts the pool on the current tokio runtime.
     ///
     /// # Errors
@@ -225,6 +246,11 @@ impl WorkerBuilder {
                 }
             });
         }
+        if self.schedules {
+            let b = self.clone();
+            let stopped = stopped.clone();
+            slots.spawn(async move { b.run_scheduler(stopped).await });
+        }
         for slot in 0..self.concurrency {
             let b = self.clone();
             let stats = stats.clone();
@@ -238,6 +264,51 @@ impl WorkerBuilder {
             slots,
             stats,
         })
+    }
+
+    /// Fires due schedules, then sleeps until the next one is due (at most the schedule
+    /// poll interval, so schedules changed by other processes are seen), or until a
+    /// schedule changes in this process.
+    async fn run_scheduler(self, mut stopped: watch::Receiver<bool>) {
+        let wake = self.engine.schedule_wakeups();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let notified = wake.notified();
+            let schedules = self.engine.schedules();
+            let pause = match schedules.fire_due().await {
+                Ok(fired) => {
+                    if !fired.is_empty() {
+                        tracing::debug!("scheduler fired {} windows", fired.len());
+                    }
+                    backoff = Duration::from_millis(50);
+                    match schedules.earliest_due().await {
+                        Ok(Some(due)) => {
+                            let wait = due.0.saturating_sub(self.engine.now().0).max(0);
+                            Duration::from_micros(u64::try_from(wait).unwrap_or(0))
+                                .min(self.schedule_poll_interval)
+                        }
+                        Ok(None) => self.schedule_poll_interval,
+                        Err(e) => {
+                            tracing::warn!("scheduler: {e}");
+                            self.schedule_poll_interval
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("scheduler: {e}; retrying in {backoff:?}");
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped.changed() => {}
+            }
+        }
     }
 
     async fn run_slot(

@@ -141,6 +141,12 @@ impl Engine {
             )]));
         }
         match signal.kind {
+            SignalKind::CronStart
+                if signal.payload.contains_key("scheduled_for")
+                    || signal.idempotency_key.is_none() =>
+            {
+                self.cron_start_signal(signal).await
+            }
             SignalKind::Start | SignalKind::CronStart => {
                 let workflow = signal
                     .payload
@@ -180,6 +186,94 @@ impl Engine {
             SignalKind::Replay => self.replay_signal(signal).await,
             _ => with_store!(self, s => self.run_command_on(s, signal).await),
         }
+    }
+
+    /// A host's own timer fired a window: the run is the one the scheduler would start for
+    /// the same window (same run id), and the window is recorded as fired by a signal.
+    async fn cron_start_signal(&self, signal: Signal) -> Result<RunSnapshot> {
+        use super::schedule::{FireOrigin, Window};
+        let text = |k: &str| signal.payload.get(k).and_then(Value::as_str);
+        let workflow = text("workflow").ok_or_else(|| {
+            EngineError::InvalidOption(vec![problem(
+                "payload.workflow",
+                "a start signal names its workflow",
+            )])
+        })?;
+        let Some(at) = text("scheduled_for") else {
+            return Err(EngineError::InvalidOption(vec![SpecProblem {
+                path: "payload.scheduled_for".into(),
+                code: "missing_schedule_identity".into(),
+                message: "a cron_start signal needs payload.scheduled_for (the window, RFC 3339) or an idempotency key, so that two deliveries of one window start one run".into(),
+            }]));
+        };
+        let scheduled_at = chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| crate::clock::Timestamp(t.timestamp_micros()))
+            .map_err(|e| {
+                EngineError::InvalidOption(vec![problem(
+                    "payload.scheduled_for",
+                    &format!("{at:?} is not an RFC 3339 time: {e}"),
+                )])
+            })?;
+        let spec = self.registered(workflow)?;
+        let trigger = spec
+            .trigger(text("trigger"))
+            .ok_or_else(|| EngineError::UnknownTrigger {
+                workflow: workflow.to_owned(),
+                trigger: text("trigger").unwrap_or_default().to_owned(),
+            })?;
+        let crate::spec::TriggerKind::Cron { cron, timezone, .. } = &trigger.kind else {
+            return Err(EngineError::InvalidOption(vec![problem(
+                "payload.trigger",
+                &format!("trigger {} is not a cron trigger", trigger.name),
+            )]));
+        };
+        let cron = crate::schedule::CronSchedule::parse(cron, timezone).map_err(|e| {
+            EngineError::InvalidSpec(vec![problem("trigger.cron", &e.to_string())])
+        })?;
+        let queue = text("queue")
+            .unwrap_or(&self.inner.default_queue)
+            .to_owned();
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
+        }
+        let trigger_name = trigger.name.clone();
+        let definition = std::sync::Arc::new(self.pin(spec.clone())?);
+        let window = Window {
+            workflow,
+            trigger: &trigger_name,
+            cron: &cron,
+            scheduled_at,
+            origin: FireOrigin::Signal,
+        };
+        let payload = signal
+            .payload
+            .get("payload")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let now = self.inner.clock.now();
+        let mut new = self.window_run(definition, &window, &payload, queue, now)?;
+        new.receipt = receipt(&signal);
+        let run_id = window.run_id();
+        with_store!(self, s => {
+            let mut tx = s.begin_write().await?;
+            if self.start_window(&mut tx, new, &window).await?.is_some() {
+                tx.commit().await?;
+                self.wake();
+            } else {
+                drop(tx);
+            }
+            match self.snapshot_on(s, run_id).await {
+                Err(EngineError::RunNotFound { .. }) => Err(EngineError::InvalidOption(vec![SpecProblem {
+                    path: "payload.scheduled_for".into(),
+                    code: "window_not_started".into(),
+                    message: format!("window {scheduled_at} of {workflow}/{trigger_name} was handled already and started no run (the previous run was still going)"),
+                }])),
+                other => other,
+            }
+        })
     }
 
     async fn run_command_on<S: Store>(&self, store: &S, signal: Signal) -> Result<RunSnapshot> {
@@ -354,6 +448,12 @@ impl Engine {
                     source_id.to_string(),
                 )
             }),
+            // A replay keeps the schedule window its source fired for.
+            context: source
+                .context
+                .get("schedule")
+                .map(|s| Map::from_iter([("schedule".to_owned(), s.clone())]))
+                .unwrap_or_default(),
             now,
         };
         self.start_new(new).await

@@ -32,6 +32,14 @@ pub enum EngineError {
         /// The trigger asked for.
         trigger: String,
     },
+    /// No schedule exists for this workflow and trigger.
+    #[error("no schedule for workflow {workflow} trigger {trigger:?}")]
+    ScheduleNotFound {
+        /// The workflow.
+        workflow: String,
+        /// The trigger (empty when none was named).
+        trigger: String,
+    },
     /// No run has this id.
     #[error("run {run_id} not found")]
     RunNotFound {
@@ -176,6 +184,7 @@ impl EngineError {
             Self::UnknownWorkflow { .. } => "unknown_workflow",
             Self::UnknownTrigger { .. } => "unknown_trigger",
             Self::RunNotFound { .. } => "run_not_found",
+            Self::ScheduleNotFound { .. } => "schedule_not_found",
             Self::InvalidRunId { .. } => "invalid_run_id",
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::StaleClaim { .. } => "stale_claim",

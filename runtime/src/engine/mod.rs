@@ -23,6 +23,7 @@ mod batch;
 mod control;
 mod error;
 mod read;
+mod schedule;
 pub mod signal;
 mod snapshot;
 
@@ -50,6 +51,10 @@ use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreT
 pub use control::{ChildOptions, CommandOptions, ReplayOptions};
 pub use error::EngineError;
 pub(crate) use error::parse_stored;
+pub use schedule::{
+    BackfillReport, FireOrigin, FireOutcome, MAX_BACKFILL_WINDOWS, ScheduleCommand, ScheduleDetail,
+    ScheduleEvent, ScheduleFire, ScheduleInfo, ScheduleState, Schedules,
+};
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
@@ -202,7 +207,26 @@ struct NewRun {
     receipt: CommandReceipt,
     /// (idempotency key, command kind, source run) of a keyed command that creates the run.
     command_key: Option<(String, String, String)>,
+    /// The run's context at start (for example `schedule`, for a scheduled run).
+    context: Map<String, Value>,
     now: Timestamp,
+}
+
+/// What [`Engine::write_new_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Wrote a new run.
+    New(RunId),
+    /// Found the run the start repeats; wrote nothing.
+    Existing(RunId),
+}
+
+impl Written {
+    fn run_id(self) -> RunId {
+        match self {
+            Self::New(id) | Self::Existing(id) => id,
+        }
+    }
 }
 
 /// The journaled form of a signal, redacted.
@@ -264,6 +288,8 @@ struct Inner {
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
     wakeup: Arc<tokio::sync::Notify>,
+    /// Signalled when a schedule of this process changes (applied, resumed).
+    schedule_wakeup: Arc<tokio::sync::Notify>,
     /// The group-commit queue of claims and completions (started on first use).
     batcher: batch::Batcher,
 }
@@ -467,6 +493,7 @@ impl EngineBuilder {
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
+                schedule_wakeup: Arc::new(tokio::sync::Notify::new()),
                 batcher: batch::Batcher::default(),
             }),
         })
@@ -512,6 +539,12 @@ impl Engine {
         self.inner.wakeup.clone()
     }
 
+    /// Signalled when a schedule is applied or resumed in this process; schedulers wait on
+    /// it (and poll, for changes made by other processes).
+    pub fn schedule_wakeups(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.schedule_wakeup.clone()
+    }
+
     /// Relays wake-ups from other processes (Postgres `LISTEN`) until dropped; finishes at
     /// once on SQLite. Worker pools run it for as long as they run.
     pub async fn listen_for_wakeups(&self) {
@@ -542,6 +575,19 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone(), spec);
         Ok(())
+    }
+
+    /// A workflow registered with [`Engine::register_workflow`].
+    fn registered(&self, name: &str) -> Result<WorkflowSpec> {
+        self.inner
+            .workflows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownWorkflow {
+                name: name.to_owned(),
+            })
     }
 
     /// Names of the registered workflows.
@@ -585,6 +631,23 @@ impl Engine {
         self.start_new(new).await
     }
 
+    /// The definition a run of `spec` executes: the spec and the digest of every action it
+    /// references, as the registry resolves them now.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Action`] for an action key the registry does not resolve.
+    fn pin(&self, spec: WorkflowSpec) -> Result<Definition> {
+        let mut actions = BTreeMap::new();
+        for step in &spec.steps {
+            for key in step.action.iter().chain(step.compensate.iter()) {
+                let entry = self.registry().resolve(key)?;
+                actions.insert(key.clone(), entry.digest);
+            }
+        }
+        Ok(Definition { spec, actions })
+    }
+
     /// Resolves a start: spec, trigger, payload (defaults, validation), queue, run id and the
     /// pinned definition. Writes nothing.
     fn prepare_start(
@@ -602,16 +665,7 @@ impl Engine {
                     .map_err(EngineError::InvalidSpec)?;
                 spec.clone()
             }
-            WorkflowRef::Name(name) => self
-                .inner
-                .workflows
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .cloned()
-                .ok_or_else(|| EngineError::UnknownWorkflow {
-                    name: name.to_owned(),
-                })?,
+            WorkflowRef::Name(name) => self.registered(name)?,
         };
         let trigger_spec = spec
             .trigger(trigger)
@@ -639,15 +693,8 @@ impl Engine {
         }
         let input = plan::resolve_payload(trigger_spec, payload, now)
             .map_err(EngineError::InvalidPayload)?;
-        let mut actions = BTreeMap::new();
-        for step in &spec.steps {
-            for key in step.action.iter().chain(step.compensate.iter()) {
-                let entry = self.registry().resolve(key)?;
-                actions.insert(key.clone(), entry.digest);
-            }
-        }
         let trigger_name = trigger_spec.name.clone();
-        let definition = Definition { spec, actions };
+        let definition = self.pin(spec)?;
         let run_id = match (opts.run_id, &opts.idempotency_key) {
             (Some(id), _) => id,
             (None, Some(key)) => RunId::derived(&[&definition.spec.name, &trigger_name, key]),
@@ -664,6 +711,7 @@ impl Engine {
             parent: None,
             receipt,
             command_key: None,
+            context: Map::new(),
             now,
         })
     }
@@ -673,6 +721,25 @@ impl Engine {
     }
 
     async fn start_on<S: Store>(&self, store: &S, new: NewRun) -> Result<RunSnapshot> {
+        let mut tx = store.begin_write().await?;
+        let written = self.write_new_run(&mut tx, new).await?;
+        if let Written::New(_) = written {
+            tx.commit().await?;
+            self.wake();
+        } else {
+            drop(tx);
+        }
+        self.snapshot_on(store, written.run_id()).await
+    }
+
+    /// Writes a new run in `tx` (the caller commits), or finds the run it repeats: the same
+    /// keyed command, child key, or run id with the same payload.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::IdempotencyConflict`] when the id names a run with another payload,
+    /// [`EngineError::InvalidTransition`] for a child of an ended parent, store errors.
+    async fn write_new_run<T: StoreTx>(&self, tx: &mut T, new: NewRun) -> Result<Written> {
         let NewRun {
             definition,
             trigger,
@@ -684,6 +751,7 @@ impl Engine {
             parent,
             receipt,
             command_key,
+            context,
             now,
         } = new;
         let body = definition.body();
@@ -701,7 +769,7 @@ impl Engine {
             queue: queue.clone(),
             status: RunStatus::Idle.as_str().into(),
             input: to_json(&input),
-            context: "{}".into(),
+            context: to_json(&context),
             steps: "{}".into(),
             manual: None,
             compensation: None,
@@ -725,6 +793,7 @@ impl Engine {
             idempotency_key,
             replayed_from,
             parent: parent.clone(),
+            context,
         };
         let mut applier = Applier::new(&definition, &run, now)?;
         applier
@@ -732,15 +801,13 @@ impl Engine {
             .push(Fact::CommandReceived { command: receipt });
         applier.facts.push(started);
         applier.plan_entry();
-        let mut tx = store.begin_write().await?;
         if let Some((key, kind, source)) = &command_key
-            && let Some(done) = self.repeated_command(&mut tx, key, kind, source).await?
+            && let Some(done) = self.repeated_command(tx, key, kind, source).await?
         {
-            drop(tx);
-            return self.snapshot_on(store, done).await;
+            return Ok(Written::Existing(done));
         }
         if let Some(link) = &parent {
-            let mut parent_row = self.load_run_locked(&mut tx, &link.run_id).await?;
+            let mut parent_row = self.load_run_locked(tx, &link.run_id).await?;
             if RunStatus::parse(&parent_row.status).is_some_and(RunStatus::is_terminal) {
                 return Err(EngineError::InvalidTransition {
                     run_id: link.run_id.clone(),
@@ -752,8 +819,7 @@ impl Engine {
                 .load_child(&link.run_id, &link.step, &link.child_key)
                 .await?
             {
-                drop(tx);
-                return self.snapshot_on(store, existing.parse()?).await;
+                return Ok(Written::Existing(existing.parse()?));
             }
             tx.insert_child(
                 &link.run_id,
@@ -795,9 +861,8 @@ impl Engine {
                         what: format!("run {run_id}"),
                         message: "insert conflicted but the run cannot be read".into(),
                     })?;
-            drop(tx);
             if existing.payload_hash == payload_hash && existing.fingerprint == run.fingerprint {
-                return self.snapshot_on(store, run_id).await;
+                return Ok(Written::Existing(run_id));
             }
             return Err(EngineError::IdempotencyConflict {
                 run_id: run_id.to_string(),
@@ -808,10 +873,8 @@ impl Engine {
             tx.insert_command(key, kind, source, &run.run_id, now_us(now))
                 .await?;
         }
-        applier.write(&mut tx, &mut run).await?;
-        tx.commit().await?;
-        self.wake();
-        self.snapshot_on(store, run_id).await
+        applier.write(tx, &mut run).await?;
+        Ok(Written::New(run_id))
     }
 
     /// The result run of a command already applied with this idempotency key, or a

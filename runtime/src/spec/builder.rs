@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use super::{
     Backoff, BackoffKind, Condition, DeadlineSpec, DynamicDefault, FieldSpec, FieldType,
-    InputMapping, Outcome, RetryPolicy, StepSpec, TransitionSpec, TriggerKind, TriggerSpec,
-    WorkflowSpec,
+    InputMapping, Outcome, RetryPolicy, SchedulePolicy, StepSpec, TransitionSpec, TriggerKind,
+    TriggerSpec, WorkflowSpec,
 };
 use crate::actions::{ActionKey, Builtin, LogLevel};
 
@@ -131,6 +131,7 @@ impl Trigger {
                 kind: TriggerKind::Cron {
                     cron: cron.into(),
                     timezone: timezone.into(),
+                    policy: SchedulePolicy::default(),
                 },
                 payload: Vec::new(),
             },
@@ -139,6 +140,15 @@ impl Trigger {
 }
 
 impl TriggerBuilder {
+    /// Sets the schedule policy of a cron trigger (ignored by manual triggers).
+    #[must_use]
+    pub fn policy(mut self, policy: SchedulePolicy) -> Self {
+        if let TriggerKind::Cron { policy: p, .. } = &mut self.trigger.kind {
+            *p = policy;
+        }
+        self
+    }
+
     /// Adds a payload field.
     #[must_use]
     pub fn field(mut self, field: FieldSpec) -> Self {

@@ -41,7 +41,9 @@ pub struct WorkflowSpec {
 
 /// A way to start runs, with the payload it accepts.
 ///
-/// As data: `{ name, type = "manual" | "cron", cron?, timezone?, payload? }`.
+/// As data: `{ name, type = "manual" | "cron", cron?, timezone?, payload? }`, and for cron
+/// triggers the schedule policy fields of [`SchedulePolicy`] (`catch_up`, `catch_up_limit`,
+/// `overlap`, `jitter_ms`, `grace_ms`, `start_at`, `end_at`), each optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawTrigger", into = "RawTrigger")]
 pub struct TriggerSpec {
@@ -63,8 +65,47 @@ struct RawTrigger {
     cron: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catch_up: Option<CatchUp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catch_up_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    overlap: Option<Overlap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jitter_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grace_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     payload: Vec<FieldSpec>,
+}
+
+impl RawTrigger {
+    fn has_policy(&self) -> bool {
+        self.catch_up.is_some()
+            || self.catch_up_limit.is_some()
+            || self.overlap.is_some()
+            || self.jitter_ms.is_some()
+            || self.grace_ms.is_some()
+            || self.start_at.is_some()
+            || self.end_at.is_some()
+    }
+
+    fn policy(&self) -> SchedulePolicy {
+        let d = SchedulePolicy::default();
+        SchedulePolicy {
+            catch_up: self.catch_up.unwrap_or(d.catch_up),
+            catch_up_limit: self.catch_up_limit.unwrap_or(d.catch_up_limit),
+            overlap: self.overlap.unwrap_or(d.overlap),
+            jitter_ms: self.jitter_ms.unwrap_or(d.jitter_ms),
+            grace_ms: self.grace_ms.unwrap_or(d.grace_ms),
+            start_at: self.start_at,
+            end_at: self.end_at,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,17 +118,21 @@ enum RawTriggerType {
 impl TryFrom<RawTrigger> for TriggerSpec {
     type Error = String;
     fn try_from(raw: RawTrigger) -> Result<Self, String> {
+        let policy = raw.policy();
+        let has_policy = raw.has_policy();
         let kind = match (raw.trigger_type, raw.cron, raw.timezone) {
-            (RawTriggerType::Manual, None, None) => TriggerKind::Manual,
+            (RawTriggerType::Manual, None, None) if !has_policy => TriggerKind::Manual,
             (RawTriggerType::Manual, _, _) => {
                 return Err(format!(
-                    "manual trigger {} takes no cron or timezone",
+                    "manual trigger {} takes no cron, timezone or schedule policy",
                     raw.name
                 ));
             }
-            (RawTriggerType::Cron, Some(cron), Some(timezone)) => {
-                TriggerKind::Cron { cron, timezone }
-            }
+            (RawTriggerType::Cron, Some(cron), Some(timezone)) => TriggerKind::Cron {
+                cron,
+                timezone,
+                policy,
+            },
             (RawTriggerType::Cron, _, _) => {
                 return Err(format!(
                     "cron trigger {} needs both cron and timezone",
@@ -105,17 +150,31 @@ impl TryFrom<RawTrigger> for TriggerSpec {
 
 impl From<TriggerSpec> for RawTrigger {
     fn from(t: TriggerSpec) -> Self {
-        let (trigger_type, cron, timezone) = match t.kind {
-            TriggerKind::Manual => (RawTriggerType::Manual, None, None),
-            TriggerKind::Cron { cron, timezone } => {
-                (RawTriggerType::Cron, Some(cron), Some(timezone))
-            }
+        let (trigger_type, cron, timezone, policy) = match t.kind {
+            TriggerKind::Manual => (RawTriggerType::Manual, None, None, None),
+            TriggerKind::Cron {
+                cron,
+                timezone,
+                policy,
+            } => (RawTriggerType::Cron, Some(cron), Some(timezone), Some(policy)),
         };
+        // Only what differs from the defaults is written out.
+        let d = SchedulePolicy::default();
+        let p = policy.unwrap_or_default();
+        let differs = |same: bool| (!same).then_some(());
         Self {
             name: t.name,
             trigger_type,
             cron,
             timezone,
+            catch_up: differs(p.catch_up == d.catch_up).map(|()| p.catch_up),
+            catch_up_limit: differs(p.catch_up_limit == d.catch_up_limit)
+                .map(|()| p.catch_up_limit),
+            overlap: differs(p.overlap == d.overlap).map(|()| p.overlap),
+            jitter_ms: differs(p.jitter_ms == d.jitter_ms).map(|()| p.jitter_ms),
+            grace_ms: differs(p.grace_ms == d.grace_ms).map(|()| p.grace_ms),
+            start_at: p.start_at,
+            end_at: p.end_at,
             payload: t.payload,
         }
     }
@@ -129,11 +188,79 @@ pub enum TriggerKind {
     Manual,
     /// Started on a cron schedule evaluated in a time zone.
     Cron {
-        /// Cron expression (5 or 6 fields).
+        /// Cron expression: 5 fields, 6 with seconds first, or an alias such as `@hourly`.
         cron: String,
         /// IANA time zone, for example `Europe/Paris`.
         timezone: String,
+        /// How the scheduler fires it.
+        policy: SchedulePolicy,
     },
+}
+
+/// Largest `catch_up_limit`.
+pub const MAX_CATCH_UP_LIMIT: u32 = 1_000;
+/// Largest `jitter_ms` and `grace_ms`: one day.
+pub const MAX_SCHEDULE_DELAY_MS: u64 = 86_400_000;
+
+/// How a cron trigger fires: what happens to windows missed while no worker ran, to a
+/// window whose previous run is still going, and when the schedule is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulePolicy {
+    /// Windows missed by more than `grace_ms` (default [`CatchUp::Latest`]).
+    pub catch_up: CatchUp,
+    /// With [`CatchUp::All`], at most this many missed windows are fired, the most recent
+    /// ones (default 10, at most [`MAX_CATCH_UP_LIMIT`]).
+    pub catch_up_limit: u32,
+    /// A window whose previous run is still going (default [`Overlap::Skip`]).
+    pub overlap: Overlap,
+    /// Each window fires up to this much after its time, by a fixed amount derived from the
+    /// window, so processes agree (default 0).
+    pub jitter_ms: u64,
+    /// A window fired later than this after its time (plus jitter) counts as missed
+    /// (default 60,000).
+    pub grace_ms: u64,
+    /// No window before this instant fires.
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// No window after this instant fires.
+    pub end_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Default for SchedulePolicy {
+    fn default() -> Self {
+        Self {
+            catch_up: CatchUp::Latest,
+            catch_up_limit: 10,
+            overlap: Overlap::Skip,
+            jitter_ms: 0,
+            grace_ms: 60_000,
+            start_at: None,
+            end_at: None,
+        }
+    }
+}
+
+/// What to do with windows missed while no scheduler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Fire none of them; go on with the next window.
+    Skip,
+    /// Fire the most recent missed window once.
+    Latest,
+    /// Fire every missed window, oldest first, up to `catch_up_limit` (the most recent).
+    All,
+}
+
+/// What to do with a window whose previous run of the schedule has not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Start it anyway.
+    Allow,
+    /// Do not start it (recorded as skipped).
+    Skip,
+    /// Start it once the previous run ends; while one window waits, later ones are skipped.
+    QueueOne,
 }
 
 /// A payload field.

@@ -25,6 +25,39 @@ impl std::fmt::Display for SpecProblem {
     }
 }
 
+/// Bounds and consistency of a cron trigger's schedule policy.
+fn check_policy(p: &mut Problems, at: &str, policy: &super::SchedulePolicy) {
+    use super::{MAX_CATCH_UP_LIMIT, MAX_SCHEDULE_DELAY_MS};
+    if policy.catch_up_limit == 0 || policy.catch_up_limit > MAX_CATCH_UP_LIMIT {
+        p.add(
+            format!("{at}.catch_up_limit"),
+            "invalid_catch_up_limit",
+            format!(
+                "catch_up_limit must be 1 to {MAX_CATCH_UP_LIMIT}, not {}",
+                policy.catch_up_limit
+            ),
+        );
+    }
+    for (field, value) in [("jitter_ms", policy.jitter_ms), ("grace_ms", policy.grace_ms)] {
+        if value > MAX_SCHEDULE_DELAY_MS {
+            p.add(
+                format!("{at}.{field}"),
+                "invalid_schedule_delay",
+                format!("{field} must be at most {MAX_SCHEDULE_DELAY_MS} (one day), not {value}"),
+            );
+        }
+    }
+    if let (Some(start), Some(end)) = (policy.start_at, policy.end_at)
+        && end <= start
+    {
+        p.add(
+            format!("{at}.end_at"),
+            "invalid_schedule_window",
+            format!("end_at {end} must be after start_at {start}"),
+        );
+    }
+}
+
 /// Whether `name` is a valid identifier for workflows, steps, triggers and queues.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -102,7 +135,13 @@ impl WorkflowSpec {
                     format!("trigger {} is declared twice", t.name),
                 );
             }
-            if let super::TriggerKind::Cron { cron, timezone } = &t.kind {
+            if let super::TriggerKind::Cron {
+                cron,
+                timezone,
+                policy,
+            } = &t.kind
+            {
+                check_policy(p, &at, policy);
                 if let Err(e) = croner::Cron::from_str(cron) {
                     p.add(
                         format!("{at}.cron"),

@@ -27,12 +27,14 @@ macro_rules! bind_args {
 
 mod direct;
 mod postgres;
+mod schedules;
 mod sqlite;
 
 use std::future::Future;
 
 pub(crate) use direct::block_on;
 pub use postgres::{PgTx, PostgresStore};
+pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
 
 /// A storage failure. Every one is worth retrying except a failed migration.
@@ -340,7 +342,7 @@ impl ListQuery {
 /// A database holding Squid Mesh's tables.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The transaction type.
-    type Tx: StoreTx;
+    type Tx: StoreTx + ScheduleTx;
 
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
