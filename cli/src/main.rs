@@ -1105,7 +1105,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&all)?;
             } else if all.is_empty() {
-                println!("no schedules (apply a spec with a cron trigger: squid-mesh schedules apply FILE)");
+                println!(
+                    "no schedules (apply a spec with a cron trigger: squid-mesh schedules apply FILE)"
+                );
             } else {
                 for a in &all {
                     print_schedule(a);
@@ -1128,7 +1130,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     p.overlap,
                     p.jitter_ms,
                     p.grace_ms,
-                    p.start_at.map(|t| format!(", from {t}")).unwrap_or_default(),
+                    p.start_at
+                        .map(|t| format!(", from {t}"))
+                        .unwrap_or_default(),
                     p.end_at.map(|t| format!(", until {t}")).unwrap_or_default(),
                 );
                 if let Some(q) = d.schedule.queued_window {
@@ -1151,8 +1155,14 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                         "    {}  {}{}{}",
                         ev.occurred_at,
                         ev.kind,
-                        ev.actor.as_deref().map(|a| format!(" by {a}")).unwrap_or_default(),
-                        ev.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default(),
+                        ev.actor
+                            .as_deref()
+                            .map(|a| format!(" by {a}"))
+                            .unwrap_or_default(),
+                        ev.comment
+                            .as_deref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default(),
                     );
                 }
             }
@@ -1175,7 +1185,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             s.remove(&which.workflow, which.trigger.as_deref(), who.command())
                 .await?;
             if cli.json {
-                print_json(&json!({"removed": {"workflow": which.workflow, "trigger": which.trigger}}))?;
+                print_json(
+                    &json!({"removed": {"workflow": which.workflow, "trigger": which.trigger}}),
+                )?;
             } else {
                 println!("removed the schedule of {}", which.workflow);
             }
@@ -1211,11 +1223,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             let times = s
                 .next(&which.workflow, which.trigger.as_deref(), *count)
                 .await?;
-            let cron = squid_mesh::schedule::CronSchedule::parse(
-                &d.schedule.cron,
-                &d.schedule.timezone,
-            )
-            .map_err(anyhow::Error::from)?;
+            let cron =
+                squid_mesh::schedule::CronSchedule::parse(&d.schedule.cron, &d.schedule.timezone)
+                    .map_err(anyhow::Error::from)?;
             if cli.json {
                 let rows: Vec<Value> = times
                     .iter()

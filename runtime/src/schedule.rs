@@ -153,11 +153,32 @@ impl CronSchedule {
     }
 
     /// The latest window at or before `t`.
+    ///
+    /// croner's backward search does not follow the rule above inside a skipped hour, so its
+    /// answer only anchors a forward walk with [`CronSchedule::next_after`], which does.
     pub fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
-        let start = self.frontier(floor_second(t));
-        let found = self.cron.find_previous_occurrence(&start, true).ok()?;
-        let at = from_dt(&found);
-        (at <= t).then_some(at)
+        let mut anchor = floor_second(t);
+        for _ in 0..8 {
+            let found = self
+                .cron
+                .find_previous_occurrence(&self.frontier(anchor), true)
+                .ok()?;
+            let candidate = from_dt(&found);
+            let mut best = None;
+            let mut at = Timestamp(candidate.0 - 1);
+            while let Some(next) = self.next_after(at) {
+                if next > t {
+                    break;
+                }
+                best = Some(next);
+                at = next;
+            }
+            if best.is_some() {
+                return best;
+            }
+            anchor = Timestamp(candidate.0 - SECOND_US);
+        }
+        None
     }
 
     /// The latest window strictly before `t`.
@@ -170,7 +191,9 @@ impl CronSchedule {
         let mut out = Vec::with_capacity(n.min(1024));
         let mut at = t;
         while out.len() < n {
-            let Some(next) = self.next_after(at) else { break };
+            let Some(next) = self.next_after(at) else {
+                break;
+            };
             out.push(next);
             at = next;
         }
@@ -338,10 +361,7 @@ mod tests {
         let s = CronSchedule::parse("30 2 * * *", "America/New_York").unwrap();
         assert_eq!(
             locals(&s, "2026-03-07T12:00:00Z", "2026-03-09T12:00:00Z"),
-            [
-                "2026-03-08T03:00:00-04:00",
-                "2026-03-09T02:30:00-04:00"
-            ]
+            ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]
         );
     }
 
@@ -388,7 +408,19 @@ mod tests {
         // Spring forward: 01:30, then 03:00 (02:xx does not exist).
         assert_eq!(
             locals(&s, "2026-03-08T06:15:00Z", "2026-03-08T07:45:00Z"),
-            ["2026-03-08T01:30:00-05:00", "2026-03-08T03:00:00-04:00"]
+            [
+                "2026-03-08T01:30:00-05:00",
+                "2026-03-08T03:00:00-04:00",
+                "2026-03-08T03:30:00-04:00"
+            ]
+        );
+        // Backwards from inside the day after the gap, the snapped window is found.
+        let daily = CronSchedule::parse("30 2 * * *", "Europe/Amsterdam").unwrap();
+        assert_eq!(
+            daily
+                .latest_at_or_before(at("2026-03-29T01:15:00Z"))
+                .map(|t| daily.local(t)),
+            Some("2026-03-29T03:00:00+02:00".into())
         );
     }
 

@@ -227,9 +227,8 @@ impl Engine {
                 &format!("trigger {} is not a cron trigger", trigger.name),
             )]));
         };
-        let cron = crate::schedule::CronSchedule::parse(cron, timezone).map_err(|e| {
-            EngineError::InvalidSpec(vec![problem("trigger.cron", &e.to_string())])
-        })?;
+        let cron = crate::schedule::CronSchedule::parse(cron, timezone)
+            .map_err(|e| EngineError::InvalidSpec(vec![problem("trigger.cron", &e.to_string())]))?;
         let queue = text("queue")
             .unwrap_or(&self.inner.default_queue)
             .to_owned();

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Definition, Engine, EngineError, NewRun, Result, Signal, SignalKind, Written, now_us,
-    receipt, to_json,
+    Definition, Engine, EngineError, NewRun, Result, Signal, SignalKind, Written, now_us, receipt,
+    to_json,
 };
 use crate::clock::Timestamp;
 use crate::journal::{RunId, RunStatus};
@@ -274,7 +274,11 @@ fn check_command(cmd: &ScheduleCommand) -> Result<()> {
     if let Some(a) = &cmd.actor
         && (a.trim().is_empty() || a.len() > 256)
     {
-        problems.push(problem("actor", "invalid_actor", "must be 1-256 characters"));
+        problems.push(problem(
+            "actor",
+            "invalid_actor",
+            "must be 1-256 characters",
+        ));
     }
     if cmd.comment.as_ref().is_some_and(|c| c.len() > 4096) {
         problems.push(problem(
@@ -302,7 +306,8 @@ impl Loaded {
         let what = || format!("schedule {}/{}", row.workflow, row.trigger_name);
         let cron = CronSchedule::parse(&row.cron, &row.timezone)
             .map_err(|e| EngineError::corrupt(what(), e))?;
-        let policy = serde_json::from_str(&row.policy).map_err(|e| EngineError::corrupt(what(), e))?;
+        let policy =
+            serde_json::from_str(&row.policy).map_err(|e| EngineError::corrupt(what(), e))?;
         Ok(Self { row, cron, policy })
     }
 
@@ -458,8 +463,12 @@ impl Engine {
         let key = window_key(window.scheduled_at);
         let mut signal = Signal::new(SignalKind::CronStart, None, now);
         signal.idempotency_key = Some(key.clone());
-        signal.payload.insert("workflow".into(), json!(window.workflow));
-        signal.payload.insert("trigger".into(), json!(window.trigger));
+        signal
+            .payload
+            .insert("workflow".into(), json!(window.workflow));
+        signal
+            .payload
+            .insert("trigger".into(), json!(window.trigger));
         signal.payload.insert(
             "scheduled_for".into(),
             json!(window.scheduled_at.to_rfc3339()),
@@ -526,7 +535,7 @@ impl Schedules<'_> {
     /// has no caller to supply it); [`EngineError::InvalidOption`] for a bad queue or
     /// command; action and store errors.
     pub async fn apply(
-        &self,
+        self,
         spec: &WorkflowSpec,
         queue: Option<&str>,
         cmd: ScheduleCommand,
@@ -663,7 +672,7 @@ impl Schedules<'_> {
     /// # Errors
     ///
     /// Store errors; [`EngineError::Corrupt`] for a row that does not decode.
-    pub async fn list(&self) -> Result<Vec<ScheduleInfo>> {
+    pub async fn list(self) -> Result<Vec<ScheduleInfo>> {
         let rows = with_store!(self.engine, s => {
             let mut tx = s.begin_read().await?;
             tx.list_schedules().await?
@@ -674,7 +683,7 @@ impl Schedules<'_> {
     }
 
     /// Resolves an optional trigger name: the workflow's only schedule when `None`.
-    async fn key(&self, workflow: &str, trigger: Option<&str>) -> Result<String> {
+    async fn key(self, workflow: &str, trigger: Option<&str>) -> Result<String> {
         if let Some(t) = trigger {
             return Ok(t.to_owned());
         }
@@ -709,7 +718,7 @@ impl Schedules<'_> {
     ///
     /// [`EngineError::ScheduleNotFound`], store errors.
     pub async fn show(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         fires: u32,
@@ -738,7 +747,7 @@ impl Schedules<'_> {
     ///
     /// [`EngineError::ScheduleNotFound`], store errors.
     pub async fn next(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         n: usize,
@@ -765,7 +774,7 @@ impl Schedules<'_> {
     /// [`EngineError::ScheduleNotFound`], [`EngineError::InvalidOption`] for a bad command,
     /// store errors.
     pub async fn pause(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         cmd: ScheduleCommand,
@@ -781,7 +790,7 @@ impl Schedules<'_> {
     ///
     /// As [`Schedules::pause`].
     pub async fn resume(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         cmd: ScheduleCommand,
@@ -791,7 +800,7 @@ impl Schedules<'_> {
     }
 
     async fn set_state(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         state: ScheduleState,
@@ -832,7 +841,7 @@ impl Schedules<'_> {
     ///
     /// [`EngineError::ScheduleNotFound`], store errors.
     pub async fn remove(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         cmd: ScheduleCommand,
@@ -864,7 +873,7 @@ impl Schedules<'_> {
     /// [`MAX_BACKFILL_WINDOWS`] windows (nothing is started then);
     /// [`EngineError::ScheduleNotFound`], store errors.
     pub async fn backfill(
-        &self,
+        self,
         workflow: &str,
         trigger: Option<&str>,
         from: Timestamp,
@@ -946,7 +955,7 @@ impl Schedules<'_> {
     /// # Errors
     ///
     /// Store errors.
-    pub async fn earliest_due(&self) -> Result<Option<Timestamp>> {
+    pub async fn earliest_due(self) -> Result<Option<Timestamp>> {
         Ok(with_store!(self.engine, s => {
             let mut tx = s.begin_read().await?;
             tx.earliest_schedule_due().await?
@@ -961,7 +970,7 @@ impl Schedules<'_> {
     /// # Errors
     ///
     /// Store errors (what was committed before stays).
-    pub async fn fire_due(&self) -> Result<Vec<ScheduleFire>> {
+    pub async fn fire_due(self) -> Result<Vec<ScheduleFire>> {
         let mut out = Vec::new();
         for _ in 0..SCHEDULES_PER_CALL {
             let now = self.engine.now();
@@ -979,7 +988,7 @@ impl Schedules<'_> {
 
     /// Handles the most overdue schedule; `None` when none is due.
     async fn fire_one<S: Store>(
-        &self,
+        self,
         store: &S,
         now: Timestamp,
     ) -> Result<Option<Vec<ScheduleFire>>> {
@@ -1001,7 +1010,9 @@ impl Schedules<'_> {
                 return Ok(Some(Vec::new()));
             }
         };
-        let Some(definition) = e.definition_in(&mut tx, &loaded.row.definition_hash).await?
+        let Some(definition) = e
+            .definition_in(&mut tx, &loaded.row.definition_hash)
+            .await?
         else {
             tracing::error!(
                 "schedule {}/{}: its pinned definition is missing; it will not fire until it is applied again",
@@ -1014,9 +1025,10 @@ impl Schedules<'_> {
             return Ok(Some(Vec::new()));
         };
         let mut alive = match &loaded.row.last_run_id {
-            Some(id) => tx.load_run(id, false).await?.is_some_and(|r| {
-                !RunStatus::parse(&r.status).is_some_and(RunStatus::is_terminal)
-            }),
+            Some(id) => tx
+                .load_run(id, false)
+                .await?
+                .is_some_and(|r| !RunStatus::parse(&r.status).is_some_and(RunStatus::is_terminal)),
             None => false,
         };
         let workflow = loaded.row.workflow.clone();
@@ -1034,7 +1046,13 @@ impl Schedules<'_> {
                 scheduled_at: Timestamp(q),
                 origin: FireOrigin::Scheduler,
             };
-            let new = e.window_run(definition.clone(), &window, &json!({}), loaded.row.queue.clone(), now)?;
+            let new = e.window_run(
+                definition.clone(),
+                &window,
+                &json!({}),
+                loaded.row.queue.clone(),
+                now,
+            )?;
             let run = window.run_id();
             match e.write_new_run(&mut tx, new).await {
                 Ok(Written::New(_) | Written::Existing(_)) => {
@@ -1071,7 +1089,9 @@ impl Schedules<'_> {
                 let held = match loaded.policy.overlap {
                     Overlap::Allow => None,
                     _ if !alive => None,
-                    Overlap::QueueOne if loaded.row.queued_at.is_none() => Some(FireOutcome::Queued),
+                    Overlap::QueueOne if loaded.row.queued_at.is_none() => {
+                        Some(FireOutcome::Queued)
+                    }
                     _ => Some(FireOutcome::Skipped),
                 };
                 if let Some(outcome) = held {
@@ -1084,12 +1104,22 @@ impl Schedules<'_> {
                     }
                     continue;
                 }
-                let new = e.window_run(definition.clone(), &window, &json!({}), loaded.row.queue.clone(), now)?;
+                let new = e.window_run(
+                    definition.clone(),
+                    &window,
+                    &json!({}),
+                    loaded.row.queue.clone(),
+                    now,
+                )?;
                 if let Some(run) = e.start_window(&mut tx, new, &window).await? {
                     alive = true;
                     loaded.row.last_fired_at = Some(w.0);
                     loaded.row.last_run_id = Some(run.to_string());
-                    handled.push(fire_view(window.fire_row(FireOutcome::Started, Some(run), now)));
+                    handled.push(fire_view(window.fire_row(
+                        FireOutcome::Started,
+                        Some(run),
+                        now,
+                    )));
                 }
             }
             loaded.row.missed += i64::try_from(plan.missed).unwrap_or(i64::MAX);

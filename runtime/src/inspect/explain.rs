@@ -485,5 +485,6 @@ fn evidence(insp: &RunInspection, reason: Reason) -> Map<String, Value> {
         "parent_run_id": insp.parent.as_ref().map(|p| p.run_id.clone()),
         "child_run_count": insp.children.len(),
         "replayed_from": insp.replayed_from,
+        "schedule": insp.schedule,
     }))
 }

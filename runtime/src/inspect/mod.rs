@@ -320,6 +320,9 @@ pub struct RunInspection {
     pub children: Vec<LinkedRun>,
     /// The run this one replays.
     pub replayed_from: Option<String>,
+    /// The schedule window a scheduled run fired for (workflow, trigger, cron, zone,
+    /// scheduled and local time, lateness, key, origin), from the run's `schedule` context.
+    pub schedule: Option<Value>,
     /// Idempotency key of the start.
     pub idempotency_key: Option<String>,
     /// Earliest time a scheduled attempt becomes visible.
@@ -638,6 +641,7 @@ pub(crate) fn build(
         }
     });
 
+    let context: Map<String, Value> = parse("context", &id, &run.context)?;
     Ok(RunInspection {
         run_id: id
             .parse()
@@ -663,7 +667,8 @@ pub(crate) fn build(
             .map(|c| parse("compensation", &id, c))
             .transpose()?,
         input: Some(parse("input", &id, &run.input)?),
-        context: Some(parse("context", &id, &run.context)?),
+        schedule: context.get("schedule").cloned(),
+        context: Some(context),
         manual,
         steps,
         attempts: attempt_views,

@@ -130,6 +130,9 @@ pub fn explanation_text(e: &Explanation) -> String {
             .unwrap_or_default()
     );
     let _ = writeln!(out, "summary: {}", e.summary);
+    if let Some(s) = e.evidence.get("schedule").filter(|s| !s.is_null()) {
+        let _ = writeln!(out, "origin:  {}", schedule_line(s));
+    }
     let next: Vec<String> = e.next_actions.iter().map(status_text).collect();
     let _ = writeln!(out, "next:    {}", next.join(", "));
     for (k, v) in &e.details {
@@ -145,6 +148,23 @@ pub fn explanation_text(e: &Explanation) -> String {
         }
     }
     out
+}
+
+/// Where a scheduled run came from, in one line.
+fn schedule_line(s: &serde_json::Value) -> String {
+    let text = |k: &str| s.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+    format!(
+        "scheduled by {}/{} ({} in {}) for window {}, fired {} ms late by the {}",
+        text("workflow"),
+        text("trigger"),
+        text("cron"),
+        text("timezone"),
+        text("scheduled_local"),
+        s.get("lateness_ms")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0),
+        text("origin")
+    )
 }
 
 /// The inspection as text: header, gate, deadline, attempts and commands.
@@ -171,6 +191,9 @@ pub fn inspection_text(i: &RunInspection) -> String {
     );
     if let Some(from) = &i.replayed_from {
         let _ = writeln!(out, "replays run {from}");
+    }
+    if let Some(s) = &i.schedule {
+        let _ = writeln!(out, "{}", schedule_line(s));
     }
     if let Some(p) = &i.parent {
         let _ = writeln!(out, "child of run {} (step {})", p.run_id, p.step);

@@ -245,6 +245,9 @@ impl Redact for RunInspection {
         self.input = None;
         self.context = None;
         self.idempotency_key = None;
+        if scope == Scope::External {
+            self.schedule = None;
+        }
         self.history = None;
         self.error = error_value(self.error.take(), scope);
         if let Some(c) = &mut self.compensation {
@@ -369,6 +372,7 @@ const OPERATOR_EVIDENCE_KEYS: &[&str] = &[
     "parent_run_id",
     "child_run_count",
     "replayed_from",
+    "schedule",
 ];
 
 const EXTERNAL_EVIDENCE_KEYS: &[&str] = &[

@@ -156,7 +156,12 @@ impl From<TriggerSpec> for RawTrigger {
                 cron,
                 timezone,
                 policy,
-            } => (RawTriggerType::Cron, Some(cron), Some(timezone), Some(policy)),
+            } => (
+                RawTriggerType::Cron,
+                Some(cron),
+                Some(timezone),
+                Some(policy),
+            ),
         };
         // Only what differs from the defaults is written out.
         let d = SchedulePolicy::default();

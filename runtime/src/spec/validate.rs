@@ -38,7 +38,10 @@ fn check_policy(p: &mut Problems, at: &str, policy: &super::SchedulePolicy) {
             ),
         );
     }
-    for (field, value) in [("jitter_ms", policy.jitter_ms), ("grace_ms", policy.grace_ms)] {
+    for (field, value) in [
+        ("jitter_ms", policy.jitter_ms),
+        ("grace_ms", policy.grace_ms),
+    ] {
         if value > MAX_SCHEDULE_DELAY_MS {
             p.add(
                 format!("{at}.{field}"),

@@ -7,6 +7,7 @@ mod control;
 mod engine;
 mod inspect;
 mod registry;
+mod schedules;
 mod support;
 mod wat;
 mod worker;
