@@ -323,3 +323,227 @@ fn the_cli_drives_runs_on_postgres() {
         }
     });
 }
+
+const SCHEDULED: &str = r#"
+name = "ticker"
+
+[[triggers]]
+name = "every_second"
+type = "cron"
+cron = "* * * * * *"
+timezone = "Europe/Amsterdam"
+catch_up = "skip"
+overlap = "allow"
+
+[[triggers]]
+name = "by_hand"
+type = "manual"
+
+[[steps]]
+name = "note"
+builtin = { kind = "log", message = "tick" }
+"#;
+
+const HOURLY: &str = r#"
+name = "hourly_report"
+
+[[triggers]]
+name = "hourly"
+type = "cron"
+cron = "@hourly"
+timezone = "America/New_York"
+
+[[steps]]
+name = "note"
+builtin = { kind = "log", message = "report" }
+"#;
+
+fn schedule_scenario(cli: &Cli) {
+    std::fs::write(cli.dir.join("hourly.toml"), HOURLY).unwrap();
+    let applied = cli.json(&["schedules", "apply", "hourly.toml", "--actor", "ops"]);
+    assert_eq!(applied[0]["workflow"], "hourly_report");
+    assert_eq!(applied[0]["state"], "active");
+    let list = cli.json(&["schedules", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let next = cli.json(&["schedules", "next", "hourly_report", "-n", "3"]);
+    let next = next.as_array().expect("times");
+    assert_eq!(next.len(), 3);
+    assert!(
+        next[0]["local"]
+            .as_str()
+            .expect("local")
+            .ends_with(":00:00-05:00"),
+        "{next:?}"
+    );
+    let paused = cli.json(&[
+        "schedules",
+        "pause",
+        "hourly_report",
+        "--actor",
+        "ana",
+        "--comment",
+        "audit",
+    ]);
+    assert_eq!(paused["state"], "paused");
+    let shown = cli.json(&["schedules", "show", "hourly_report"]);
+    let trail: Vec<&str> = shown["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(trail, ["applied", "paused"]);
+    assert_eq!(shown["events"][1]["actor"], "ana");
+    cli.ok(&["schedules", "resume", "hourly_report", "hourly"]);
+
+    let backfill = [
+        "schedules",
+        "backfill",
+        "hourly_report",
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--to",
+        "2026-01-01T05:30:00Z",
+        "--actor",
+        "ops",
+    ];
+    let first = cli.json(&backfill);
+    assert_eq!(first["windows"], 6);
+    assert_eq!(first["started"].as_array().map(Vec::len), Some(6));
+    let again = cli.json(&backfill);
+    assert_eq!(again["already"], 6);
+    assert_eq!(again["started"].as_array().map(Vec::len), Some(0));
+    let run = first["started"][0].as_str().expect("run id");
+    let shown = cli.ok(&["runs", "show", run]);
+    assert!(
+        shown.contains("scheduled by hourly_report/hourly (@hourly in America/New_York) for window 2025-12-31T19:00:00-05:00"),
+        "{shown}"
+    );
+    let explained = cli.ok(&["runs", "explain", run]);
+    assert!(explained.contains("origin:  scheduled by"), "{explained}");
+
+    let (code, err) = cli.fails(&[
+        "schedules",
+        "backfill",
+        "hourly_report",
+        "--from",
+        "2026-01-02T00:00:00Z",
+        "--to",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid_backfill_range"), "{err}");
+    let (code, err) = cli.fails(&[
+        "schedules",
+        "backfill",
+        "hourly_report",
+        "--from",
+        "2020-01-01T00:00:00Z",
+        "--to",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("backfill_too_large"), "{err}");
+    let (code, err) = cli.fails(&["schedules", "show", "nope"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, err) = cli.fails(&["schedules", "apply", "order.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no_cron_trigger"), "{err}");
+}
+
+/// Three worker processes fire a per-second schedule for a few seconds: every window they
+/// handled started exactly one run, and no window between the first and the last was lost.
+fn workers_fire_each_window_once(cli: &Cli) {
+    std::fs::write(cli.dir.join("ticker.toml"), SCHEDULED).unwrap();
+    cli.ok(&["schedules", "apply", "ticker.toml"]);
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(BIN)
+                .current_dir(&cli.dir)
+                .env_remove("SQUID_MESH_DATABASE")
+                .args(["--database", &cli.database, "--schema", &cli.schema])
+                .args(["--manifest", "actions.toml", "--json"])
+                .args(["worker", "--concurrency", "2", "--shutdown-secs", "5"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("worker starts")
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    for w in &workers {
+        let _ = Command::new("kill")
+            .args(["-INT", &w.id().to_string()])
+            .status();
+    }
+    for w in &mut workers {
+        let status = w.wait().expect("worker exits");
+        assert!(status.success(), "worker exited with {status:?}");
+    }
+    let shown = cli.json(&["schedules", "show", "ticker", "--fires", "1000"]);
+    let fires = shown["fires"].as_array().expect("fires");
+    assert!(fires.len() >= 3, "the workers fired for seconds: {shown}");
+    let mut windows: Vec<i64> = fires
+        .iter()
+        .map(|f| {
+            assert_eq!(f["outcome"], "started", "{f}");
+            f["scheduled_at"].as_i64().expect("µs")
+        })
+        .collect();
+    windows.sort_unstable();
+    for pair in windows.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            1_000_000,
+            "one window a second, none twice or lost"
+        );
+    }
+    let runs = cli.json(&["runs", "list", "--workflow", "ticker", "--limit", "1000"]);
+    let runs = runs["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), fires.len(), "one run per window");
+    let mut ids: Vec<&str> = runs
+        .iter()
+        .map(|r| r["run_id"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), fires.len());
+}
+
+#[test]
+fn schedules_from_the_cli_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    schedule_scenario(&cli);
+    workers_fire_each_window_once(&cli);
+}
+
+#[test]
+fn schedules_from_the_cli_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let schema = format!("sm_cli_sched_{}", std::process::id());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: url.clone(),
+        schema: schema.clone(),
+    };
+    schedule_scenario(&cli);
+    workers_fire_each_window_once(&cli);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    });
+}
