@@ -9,6 +9,7 @@
 //! cargo run --release -p squid-mesh-bench -- scale         # start/execute_next at 10^3 vs 10^6 runs
 //! cargo run --release -p squid-mesh-bench -- wakeup        # start -> first step, idle pool
 //! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
+//! cargo run --release -p squid-mesh-bench -- schedules     # fire lateness, idle CPU, 1,000 schedules
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -18,6 +19,7 @@
 
 mod langs;
 mod read;
+mod schedules;
 mod shapes;
 mod wakeup;
 
@@ -68,8 +70,9 @@ fn main() -> Result<()> {
             "fanout" => figures.extend(runtime.block_on(shapes::fanout(smoke))?),
             "scale" => figures.extend(runtime.block_on(shapes::scale(smoke))?),
             "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
+            "schedules" => figures.extend(runtime.block_on(schedules::schedules(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules"
             ),
         }
     }

@@ -49,7 +49,7 @@ fn fan_out(width: usize) -> WorkflowSpec {
     .build()
 }
 
-async fn backends(dir: &std::path::Path, tag: &str) -> Vec<Backend> {
+pub(crate) async fn backends(dir: &std::path::Path, tag: &str) -> Vec<Backend> {
     let mut out = vec![Backend::Sqlite(dir.join(format!("{tag}.db")))];
     if let Some(Backend::Postgres { url, schema }) = pg_backend().await {
         out.push(Backend::Postgres {

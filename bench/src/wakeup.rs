@@ -18,7 +18,7 @@ use squid_mesh::{StartOptions, Worker, WorkflowSpec};
 use crate::{Backend, Figure, echo_action, percentile};
 
 /// User + system CPU time of this process (Linux), if readable.
-fn cpu_time() -> Option<Duration> {
+pub(crate) fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which ends with ')'): utime is 14th, stime 15th overall.
     let rest = stat.rsplit_once(')')?.1;
