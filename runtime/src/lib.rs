@@ -70,6 +70,11 @@ pub mod spec;
 pub mod store;
 pub mod worker;
 
+/// The guide's Rust examples, compiled and run as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideExamples;
+
 pub use engine::{Engine, EngineBuilder, EngineError, ExecuteOptions, RunSnapshot, StartOptions};
 pub use journal::{RunId, RunStatus};
 pub use spec::WorkflowSpec;
