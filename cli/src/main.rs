@@ -1058,6 +1058,14 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// The serialized name of an enum value (`queue_one`, `started`), for text output.
+fn name_of(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn print_schedule(s: &ScheduleInfo) {
     let next = match (&s.next_fire_at, &s.next_fire_local) {
         (Some(at), Some(local)) => format!("{local} ({at})"),
@@ -1067,10 +1075,7 @@ fn print_schedule(s: &ScheduleInfo) {
         "{}/{}  {}  {:?} in {}  next {next}  missed {}{}",
         s.workflow,
         s.trigger,
-        match s.state {
-            squid_mesh::engine::ScheduleState::Active => "active",
-            squid_mesh::engine::ScheduleState::Paused => "paused",
-        },
+        name_of(&s.state),
         s.cron,
         s.timezone,
         s.missed,
@@ -1124,10 +1129,10 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                 print_schedule(&d.schedule);
                 let p = &d.schedule.policy;
                 println!(
-                    "  policy: catch_up {:?} (limit {}), overlap {:?}, jitter {} ms, grace {} ms{}{}",
-                    p.catch_up,
+                    "  policy: catch_up {} (limit {}), overlap {}, jitter {} ms, grace {} ms{}{}",
+                    name_of(&p.catch_up),
                     p.catch_up_limit,
-                    p.overlap,
+                    name_of(&p.overlap),
                     p.jitter_ms,
                     p.grace_ms,
                     p.start_at
@@ -1141,10 +1146,10 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                 println!("  windows (newest first):");
                 for f in &d.fires {
                     println!(
-                        "    {}  {:?} by {:?}  late {} ms  {}",
+                        "    {}  {} by {}  late {} ms  {}",
                         f.scheduled_at,
-                        f.outcome,
-                        f.origin,
+                        name_of(&f.outcome),
+                        name_of(&f.origin),
                         f.lateness_ms,
                         f.run_id.as_deref().unwrap_or("-")
                     );

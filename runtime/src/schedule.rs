@@ -99,6 +99,14 @@ impl CronSchedule {
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
     }
 
+    /// The local date of `t` in the schedule's zone, `YYYY-MM-DD`.
+    pub fn local_date(&self, t: Timestamp) -> String {
+        to_utc(t)
+            .with_timezone(&self.tz)
+            .format("%Y-%m-%d")
+            .to_string()
+    }
+
     /// The instant the wall clock has shown every local time up to: `t` itself, except in
     /// the second pass of a repeated hour, where the clock already showed the whole hour
     /// once; then the instant just before the change (whose local time is the latest shown).

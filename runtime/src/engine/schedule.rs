@@ -24,7 +24,9 @@ use crate::clock::Timestamp;
 use crate::journal::{RunId, RunStatus};
 use crate::plan;
 use crate::schedule::{CronSchedule, jitter, plan_fires, window_key};
-use crate::spec::{Overlap, SchedulePolicy, SpecProblem, TriggerKind, WorkflowSpec, valid_name};
+use crate::spec::{
+    DynamicDefault, Overlap, SchedulePolicy, SpecProblem, TriggerKind, WorkflowSpec, valid_name,
+};
 use crate::store::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, StoreTx};
 
 /// Most windows one backfill may start.
@@ -458,7 +460,22 @@ impl Engine {
                 workflow: window.workflow.to_owned(),
                 trigger: window.trigger.to_owned(),
             })?;
-        let input = plan::resolve_payload(trigger, payload, window.scheduled_at)
+        // `today` is the window's date where the schedule lives, not in UTC.
+        let mut payload = payload.clone();
+        if let Some(given) = payload.as_object_mut() {
+            for f in &trigger.payload {
+                if f.default.is_none()
+                    && f.default_from == Some(DynamicDefault::Today)
+                    && !given.contains_key(&f.name)
+                {
+                    given.insert(
+                        f.name.clone(),
+                        json!(window.cron.local_date(window.scheduled_at)),
+                    );
+                }
+            }
+        }
+        let input = plan::resolve_payload(trigger, &payload, window.scheduled_at)
             .map_err(EngineError::InvalidPayload)?;
         let key = window_key(window.scheduled_at);
         let mut signal = Signal::new(SignalKind::CronStart, None, now);
@@ -972,6 +989,14 @@ impl Schedules<'_> {
     /// Store errors (what was committed before stays).
     pub async fn fire_due(self) -> Result<Vec<ScheduleFire>> {
         let mut out = Vec::new();
+        // A read first: most calls find nothing due, and need not take the write lock.
+        if self
+            .earliest_due()
+            .await?
+            .is_none_or(|due| due > self.engine.now())
+        {
+            return Ok(out);
+        }
         for _ in 0..SCHEDULES_PER_CALL {
             let now = self.engine.now();
             let fired = with_store!(self.engine, s => self.fire_one(s, now).await)?;

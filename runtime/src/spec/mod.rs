@@ -340,7 +340,8 @@ impl FieldType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DynamicDefault {
-    /// Today's date in UTC, `YYYY-MM-DD`.
+    /// Today's date in UTC, `YYYY-MM-DD` (for a scheduled run: the window's date in the
+    /// schedule's time zone).
     Today,
     /// The current instant, RFC 3339 in UTC.
     Now,

@@ -485,12 +485,18 @@ async fn pause_and_resume_are_durable_with_their_actor() {
 async fn backfill_starts_each_window_once() {
     each(|db, clock| async move {
         let engine = db.engine(&registry(), &clock).await;
-        let spec = scheduled(
+        let mut spec = scheduled(
             "report",
             "0 */2 * * *",
             "Europe/Amsterdam",
             SchedulePolicy::default(),
             false,
+        );
+        spec.triggers[0].payload.push(
+            serde_json::from_value(
+                json!({"name": "day", "type": "string", "default_from": "today"}),
+            )
+            .expect("field"),
         );
         engine
             .schedules()
@@ -531,6 +537,27 @@ async fn backfill_starts_each_window_once() {
             .await
             .expect("snapshot");
         assert_eq!(run.context["schedule"]["origin"], json!("backfill"));
+        // The 23:00Z window of the 23rd is already the 24th in Amsterdam.
+        let late = s
+            .backfill(
+                "report",
+                None,
+                at("2026-11-23T23:00:00Z"),
+                at("2026-11-23T23:00:00Z"),
+                ScheduleCommand::default(),
+            )
+            .await
+            .expect("backfills");
+        let late = engine
+            .snapshot(late.started[0].parse().expect("id"))
+            .await
+            .expect("snapshot");
+        assert_eq!(
+            late.input.get("day"),
+            Some(&json!("2026-11-24")),
+            "{:?}",
+            late.input
+        );
         assert_eq!(
             run.context["schedule"]["scheduled_local"],
             json!("2026-11-24T12:00:00+01:00")
@@ -558,7 +585,7 @@ async fn backfill_starts_each_window_once() {
             .await
             .expect_err("too large");
         assert_eq!(err.problems()[0].code, "backfill_too_large");
-        assert_eq!(runs_of(&engine, "report").await.len(), 6, "nothing written");
+        assert_eq!(runs_of(&engine, "report").await.len(), 7, "nothing written");
     })
     .await;
 }
