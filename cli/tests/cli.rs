@@ -301,17 +301,17 @@ fn postgres_url() -> Option<String> {
     }
 }
 
-#[test]
-fn the_cli_drives_runs_on_postgres() {
+/// Runs `body` against a fresh Postgres schema (named after `tag`), dropped afterwards.
+fn on_postgres(tag: &str, body: impl FnOnce(&Cli)) {
     let Some(url) = postgres_url() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("sm_cli_{}", std::process::id());
+    let schema = format!("sm_{tag}_{}", std::process::id());
     let cli = Cli {
         dir: dir.path().to_owned(),
         database: url.clone(),
         schema: schema.clone(),
     };
-    scenario(&cli);
+    body(&cli);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use sqlx::Connection as _;
         if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
@@ -322,6 +322,11 @@ fn the_cli_drives_runs_on_postgres() {
             .await;
         }
     });
+}
+
+#[test]
+fn the_cli_drives_runs_on_postgres() {
+    on_postgres("cli", scenario);
 }
 
 const SCHEDULED: &str = r#"
@@ -525,25 +530,9 @@ fn schedules_from_the_cli_on_sqlite() {
 
 #[test]
 fn schedules_from_the_cli_on_postgres() {
-    let Some(url) = postgres_url() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    let schema = format!("sm_cli_sched_{}", std::process::id());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: url.clone(),
-        schema: schema.clone(),
-    };
-    schedule_scenario(&cli);
-    workers_fire_each_window_once(&cli);
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use sqlx::Connection as _;
-        if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            )))
-            .execute(&mut c)
-            .await;
-        }
+    on_postgres("cli_sched", |cli| {
+        setup(&cli.dir);
+        schedule_scenario(cli);
+        workers_fire_each_window_once(cli);
     });
 }

@@ -41,6 +41,14 @@ fn scheduled(name: &str, cron: &str, tz: &str, p: SchedulePolicy, hold: bool) ->
     }
 }
 
+async fn apply(engine: &Engine, spec: &WorkflowSpec) {
+    engine
+        .schedules()
+        .apply(spec, None, ScheduleCommand::default())
+        .await
+        .expect("applies");
+}
+
 async fn runs_of(engine: &Engine, workflow: &str) -> Vec<squid_mesh::inspect::RunSummary> {
     engine
         .list_runs(&RunFilter::default().workflow(workflow), &Page::first(500))
@@ -256,11 +264,7 @@ async fn catch_up_policies_after_a_three_hour_outage() {
                 policy(catch_up, Overlap::Allow),
                 false,
             );
-            engine
-                .schedules()
-                .apply(&spec, None, ScheduleCommand::default())
-                .await
-                .expect("applies");
+            apply(&engine, &spec).await;
         }
         // No scheduler ran from 12:00 to 15:00:30; 13:00 and 14:00 are missed, 15:00 on time.
         clock.advance(Duration::from_secs(3 * 3600 + 30));
@@ -338,11 +342,7 @@ async fn overlap_policies_while_the_previous_run_is_going() {
                 policy(CatchUp::Skip, overlap),
                 true,
             );
-            engine
-                .schedules()
-                .apply(&spec, None, ScheduleCommand::default())
-                .await
-                .expect("applies");
+            apply(&engine, &spec).await;
         }
         for _ in 0..3 {
             clock.advance(minutes(1));
@@ -415,11 +415,7 @@ async fn pause_and_resume_are_durable_with_their_actor() {
             SchedulePolicy::default(),
             false,
         );
-        engine
-            .schedules()
-            .apply(&spec, None, ScheduleCommand::default())
-            .await
-            .expect("applies");
+        apply(&engine, &spec).await;
         let paused = engine
             .schedules()
             .pause(
@@ -498,11 +494,7 @@ async fn backfill_starts_each_window_once() {
             )
             .expect("field"),
         );
-        engine
-            .schedules()
-            .apply(&spec, None, ScheduleCommand::default())
-            .await
-            .expect("applies");
+        apply(&engine, &spec).await;
         let s = engine.schedules();
         let first = s
             .backfill(
@@ -660,11 +652,7 @@ async fn cron_start_signals_share_the_window_key() {
         assert_eq!(a.run_id, b.run_id, "{}", db.name());
         assert_eq!(a.context["schedule"]["origin"], json!("signal"));
         // The scheduler reaches the same window: it was handled; nothing more starts.
-        engine
-            .schedules()
-            .apply(&spec, None, ScheduleCommand::default())
-            .await
-            .expect("applies");
+        apply(&engine, &spec).await;
         clock.advance(minutes(5));
         assert!(
             engine
