@@ -673,7 +673,13 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                 limits.timeout_ms = t;
             }
             if let Some(m) = args.memory_mb {
-                limits.memory_bytes = m * 1024 * 1024;
+                limits.memory_bytes = m.checked_mul(1024 * 1024).ok_or_else(|| {
+                    EngineError::InvalidOption(vec![squid_mesh::spec::SpecProblem {
+                        path: "--memory-mb".into(),
+                        code: "invalid_limits".into(),
+                        message: format!("{m} MiB is too large: the most is 4096 (4 GiB)"),
+                    }])
+                })?;
             }
             limits.fuel = args.fuel.or(limits.fuel);
             let capabilities = Capabilities {
@@ -1047,7 +1053,10 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             }
         }
         RunsCommand::Explain { id } => {
-            let x = e.explain_run(id, InspectOptions::default()).await?;
+            let x = e
+                .explain_run(id, InspectOptions::default())
+                .await?
+                .redacted(cli.scope);
             if cli.json {
                 print_json(&x)?;
             } else {
@@ -1056,14 +1065,6 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
         }
     }
     Ok(0)
-}
-
-/// The serialized name of an enum value (`queue_one`, `started`), for text output.
-fn name_of(v: &impl serde::Serialize) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn print_schedule(s: &ScheduleInfo) {
@@ -1075,7 +1076,7 @@ fn print_schedule(s: &ScheduleInfo) {
         "{}/{}  {}  {:?} in {}  next {next}  missed {}{}",
         s.workflow,
         s.trigger,
-        name_of(&s.state),
+        render::status_text(&s.state),
         s.cron,
         s.timezone,
         s.missed,
@@ -1130,9 +1131,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                 let p = &d.schedule.policy;
                 println!(
                     "  policy: catch_up {} (limit {}), overlap {}, jitter {} ms, grace {} ms{}{}",
-                    name_of(&p.catch_up),
+                    render::status_text(&p.catch_up),
                     p.catch_up_limit,
-                    name_of(&p.overlap),
+                    render::status_text(&p.overlap),
                     p.jitter_ms,
                     p.grace_ms,
                     p.start_at
@@ -1148,8 +1149,8 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     println!(
                         "    {}  {} by {}  late {} ms  {}",
                         f.scheduled_at,
-                        name_of(&f.outcome),
-                        name_of(&f.origin),
+                        render::status_text(&f.outcome),
+                        render::status_text(&f.origin),
                         f.lateness_ms,
                         f.run_id.as_deref().unwrap_or("-")
                     );

@@ -195,6 +195,19 @@ fn scenario(cli: &Cli) {
     assert_eq!(graph["status"], "completed");
     let explained = cli.json(&["runs", "explain", &run]);
     assert_eq!(explained["reason"], "terminal");
+    assert!(explained["evidence"]["definition_available"].is_boolean());
+    assert!(explained["evidence"]["command_counts"].is_object());
+    // Explanations are narrowed by the scope too: external viewers see no command counts.
+    let external = cli.json(&["--scope", "external", "runs", "explain", &run]);
+    assert_eq!(external["reason"], "terminal");
+    assert!(
+        external["evidence"].get("command_counts").is_none(),
+        "{external}"
+    );
+    assert!(
+        external["evidence"].get("definition_available").is_none(),
+        "{external}"
+    );
 
     // A second run is cancelled at the gate; the first is replayed.
     let second = cli.json(&[
@@ -266,6 +279,27 @@ fn scenario(cli: &Cli) {
     assert!(err.contains("--replace"), "{err}");
     let (_, err) = cli.fails(&["actions", "add", "bad", "components/echo.wasm"]);
     assert!(err.contains("checking components/echo.wasm"), "{err}");
+    // Absurd limits are refused, not wrapped or panicked on.
+    let huge = [
+        "actions",
+        "add",
+        "big",
+        "components/payments.refund.wasm",
+        "--memory-mb",
+        "1152921504606846976",
+    ];
+    let (code, err) = cli.fails(&huge);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid_limits"), "{err}");
+    let (_, err) = cli.fails(&[
+        "actions",
+        "add",
+        "big",
+        "components/payments.refund.wasm",
+        "--memory-mb",
+        "8192",
+    ]);
+    assert!(err.contains("memory_bytes must be"), "{err}");
 }
 
 #[test]

@@ -119,14 +119,34 @@ impl RegisteredAction {
             key: self.key.clone(),
             message: message.to_owned(),
         };
-        if self.limits.timeout_ms == 0 {
-            return Err(invalid("timeout_ms must be positive"));
+        let l = &self.limits;
+        if l.timeout_ms == 0 || l.timeout_ms > ActionLimits::MAX_TIMEOUT_MS {
+            return Err(invalid(&format!(
+                "timeout_ms must be 1 to {} (one day), not {}",
+                ActionLimits::MAX_TIMEOUT_MS,
+                l.timeout_ms
+            )));
         }
-        if self.limits.memory_bytes < 64 << 10 {
-            return Err(invalid("memory_bytes must be at least one 64 KiB page"));
+        if l.memory_bytes < 64 << 10 || l.memory_bytes > ActionLimits::MAX_MEMORY_BYTES {
+            return Err(invalid(&format!(
+                "memory_bytes must be from one 64 KiB page to {} (4 GiB), not {}",
+                ActionLimits::MAX_MEMORY_BYTES,
+                l.memory_bytes
+            )));
         }
-        if self.limits.max_output_bytes == 0 {
-            return Err(invalid("max_output_bytes must be positive"));
+        if l.max_output_bytes == 0 || l.max_output_bytes > ActionLimits::MAX_CAPTURE_BYTES {
+            return Err(invalid(&format!(
+                "max_output_bytes must be 1 to {} (64 MiB), not {}",
+                ActionLimits::MAX_CAPTURE_BYTES,
+                l.max_output_bytes
+            )));
+        }
+        if l.max_log_bytes > ActionLimits::MAX_CAPTURE_BYTES {
+            return Err(invalid(&format!(
+                "max_log_bytes must be at most {} (64 MiB), not {}",
+                ActionLimits::MAX_CAPTURE_BYTES,
+                l.max_log_bytes
+            )));
         }
         if self.limits.fuel == Some(0) {
             return Err(invalid("fuel must be positive when set"));

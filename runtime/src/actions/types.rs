@@ -158,6 +158,13 @@ impl Default for ActionLimits {
 }
 
 impl ActionLimits {
+    /// Largest `timeout_ms`: one day.
+    pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+    /// Largest `memory_bytes`: 4 GiB, all a 32-bit linear memory can address.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+    /// Largest `max_output_bytes` and `max_log_bytes`: 64 MiB.
+    pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
+
     /// The wall-clock timeout as a [`Duration`].
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)

@@ -415,6 +415,10 @@ impl Window<'_> {
             "scheduled_at": self.scheduled_at.to_rfc3339(),
             "scheduled_local": self.cron.local(self.scheduled_at),
             "window_end": window_end.map(Timestamp::to_rfc3339),
+            "intended_window": {
+                "start_at": self.scheduled_at.to_rfc3339(),
+                "end_at": window_end.map(Timestamp::to_rfc3339),
+            },
             "fired_at": fired_at.to_rfc3339(),
             "lateness_ms": (fired_at.0 - self.scheduled_at.0) / 1_000,
             "key": window_key(self.scheduled_at),

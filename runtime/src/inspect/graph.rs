@@ -16,8 +16,10 @@ use crate::spec::{Condition, Outcome, WorkflowSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
-    /// Not planned yet.
+    /// Not planned yet (the run is still going).
     Waiting,
+    /// Never reached: the run ended without planning it.
+    Skipped,
     /// An attempt is waiting for a worker.
     Pending,
     /// An attempt is claimed (or its outcome awaits application).
@@ -203,6 +205,7 @@ fn node_status(
         _ => {}
     }
     match latest {
+        None if insp.terminal => NodeStatus::Skipped,
         None => NodeStatus::Waiting,
         Some(a) => match a.status.as_str() {
             "claimed" | "recorded" => NodeStatus::Running,

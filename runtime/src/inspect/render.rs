@@ -8,6 +8,7 @@ use crate::clock::Timestamp;
 fn marker(status: NodeStatus) -> &'static str {
     match status {
         NodeStatus::Waiting => "[ ]",
+        NodeStatus::Skipped => "[/]",
         NodeStatus::Pending => "[.]",
         NodeStatus::Running => "[>]",
         NodeStatus::Retrying => "[~]",
@@ -19,7 +20,8 @@ fn marker(status: NodeStatus) -> &'static str {
     }
 }
 
-fn status_text<T: serde::Serialize>(v: &T) -> String {
+/// The name a status (or any enum value) is serialized as: `completed`, `queue_one`.
+pub fn status_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

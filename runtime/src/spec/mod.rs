@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use crate::actions::{ActionKey, Builtin};
 
 pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder, WorkflowBuilder};
-pub use validate::{SpecProblem, valid_name};
+pub use validate::{MAX_ATTEMPTS, MAX_DELAY_MS, SpecProblem, valid_name};
 
 /// A workflow definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -630,12 +630,15 @@ impl WorkflowSpec {
     pub fn entry_steps(&self) -> Vec<&StepSpec> {
         match self.mode() {
             Mode::Dependencies => self.steps.iter().filter(|s| s.after.is_empty()).collect(),
-            Mode::Transitions => self
-                .steps
-                .iter()
-                .filter(|s| !self.transitions.iter().any(|t| t.to == s.name))
-                .take(1)
-                .collect(),
+            Mode::Transitions => {
+                let targets: std::collections::HashSet<&str> =
+                    self.transitions.iter().map(|t| t.to.as_str()).collect();
+                self.steps
+                    .iter()
+                    .filter(|s| !targets.contains(s.name.as_str()))
+                    .take(1)
+                    .collect()
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Spec validation: every problem at once, each with a path, a code and a message.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,11 @@ impl std::fmt::Display for SpecProblem {
         write!(f, "{}: {} ({})", self.path, self.message, self.code)
     }
 }
+
+/// Most attempts a retry policy may allow (the first included).
+pub const MAX_ATTEMPTS: u32 = 1_000;
+/// Longest wait, backoff or deadline: 366 days, in milliseconds.
+pub const MAX_DELAY_MS: u64 = 366 * 86_400_000;
 
 /// Bounds and consistency of a cron trigger's schedule policy.
 fn check_policy(p: &mut Problems, at: &str, policy: &super::SchedulePolicy) {
@@ -254,10 +259,10 @@ impl WorkflowSpec {
                     }
                 }
                 (None, Some(b)) => match b {
-                    Builtin::Wait { duration_ms: 0 } => p.add(
+                    Builtin::Wait { duration_ms } if *duration_ms == 0 || *duration_ms > MAX_DELAY_MS => p.add(
                         format!("{at}.builtin.duration_ms"),
                         "invalid_builtin",
-                        "a wait needs a positive duration_ms",
+                        format!("a wait needs a duration_ms from 1 to {MAX_DELAY_MS} (366 days), not {duration_ms}"),
                     ),
                     Builtin::Log { message, .. } if message.trim().is_empty() => p.add(
                         format!("{at}.builtin.message"),
@@ -303,11 +308,11 @@ impl WorkflowSpec {
                 );
             }
             if let Some(r) = &s.retry {
-                if r.max_attempts == 0 {
+                if r.max_attempts == 0 || r.max_attempts > MAX_ATTEMPTS {
                     p.add(
                         format!("{at}.retry.max_attempts"),
                         "invalid_retry",
-                        "max_attempts counts the first attempt and must be at least 1",
+                        format!("max_attempts counts the first attempt and must be 1 to {MAX_ATTEMPTS}, not {}", r.max_attempts),
                     );
                 }
                 if let Some(b) = &r.backoff {
@@ -325,6 +330,16 @@ impl WorkflowSpec {
                             "max_ms must be at least min_ms",
                         );
                     }
+                    if b.max_ms > MAX_DELAY_MS {
+                        p.add(
+                            format!("{at}.retry.backoff.max_ms"),
+                            "invalid_backoff",
+                            format!(
+                                "max_ms must be at most {MAX_DELAY_MS} (366 days), not {}",
+                                b.max_ms
+                            ),
+                        );
+                    }
                 }
             }
             if let Some(d) = &s.deadline {
@@ -334,6 +349,21 @@ impl WorkflowSpec {
                         "invalid_deadline",
                         "within_ms must be positive",
                     );
+                }
+                for (field, value) in [
+                    ("within_ms", Some(d.within_ms)),
+                    ("due_soon_ms", d.due_soon_ms),
+                    ("escalate_after_ms", d.escalate_after_ms),
+                ] {
+                    if let Some(v) = value
+                        && v > MAX_DELAY_MS
+                    {
+                        p.add(
+                            format!("{at}.deadline.{field}"),
+                            "invalid_deadline",
+                            format!("{field} must be at most {MAX_DELAY_MS} (366 days), not {v}"),
+                        );
+                    }
                 }
                 if d.due_soon_ms.is_some_and(|soon| soon >= d.within_ms) {
                     p.add(
@@ -383,7 +413,7 @@ impl WorkflowSpec {
     fn check_transitions(&self, p: &mut Problems) {
         let index = self.step_index();
         let mut seen_fallback = BTreeSet::new();
-        let mut seen_conditions: Vec<(&str, Outcome, String)> = Vec::new();
+        let mut seen_conditions: HashSet<(&str, Outcome, String)> = HashSet::new();
         for (i, t) in self.transitions.iter().enumerate() {
             let at = format!("transitions[{i}]");
             if !index.contains_key(t.from.as_str()) {
@@ -428,18 +458,17 @@ impl WorkflowSpec {
                         p.add(format!("{at}.condition"), "invalid_condition", "a condition needs a non-empty path and exactly one of equals, greater_than, less_than");
                     }
                     let key = serde_json::to_string(c).unwrap_or_default();
-                    if seen_conditions
-                        .iter()
-                        .any(|(f, o, k)| *f == t.from && *o == t.on && *k == key)
-                    {
+                    if !seen_conditions.insert((&t.from, t.on, key)) {
                         p.add(
                             &at,
                             "duplicate_transition",
                             format!("{} has the same condition twice", t.from),
                         );
                     }
-                    seen_conditions.push((&t.from, t.on, key));
-                    if self.step(&t.from).is_some_and(super::StepSpec::is_manual) {
+                    if index
+                        .get(t.from.as_str())
+                        .is_some_and(|&i| self.steps[i].is_manual())
+                    {
                         p.add(
                             format!("{at}.condition"),
                             "invalid_condition",
@@ -450,15 +479,23 @@ impl WorkflowSpec {
             }
         }
         // A success must always have somewhere to go: conditional ok routes need a fallback.
+        // (routes, unconditional routes) leaving each step on each outcome.
+        let mut leaving: HashMap<(&str, Outcome), (usize, usize)> = HashMap::new();
+        for t in &self.transitions {
+            let e = leaving.entry((t.from.as_str(), t.on)).or_default();
+            e.0 += 1;
+            e.1 += usize::from(t.condition.is_none());
+        }
+        let routes = |step: &str, on| leaving.get(&(step, on)).copied().unwrap_or_default();
         for s in &self.steps {
-            let routes = self.routes(&s.name, Outcome::Ok);
-            if !routes.is_empty() && routes.iter().all(|(_, t)| t.condition.is_some()) {
+            let (ok_routes, ok_fallbacks) = routes(&s.name, Outcome::Ok);
+            if ok_routes > 0 && ok_fallbacks == 0 {
                 let i = index[s.name.as_str()];
                 p.add(format!("steps[{i}]"), "missing_ok_fallback", format!("step {} has only conditional ok routes; add an unconditional one (to a step or `complete`)", s.name));
             }
             if matches!(s.builtin, Some(Builtin::Approval)) {
-                let ok = !self.routes(&s.name, Outcome::Ok).is_empty();
-                let err = !self.routes(&s.name, Outcome::Error).is_empty();
+                let ok = ok_routes > 0;
+                let err = routes(&s.name, Outcome::Error).0 > 0;
                 if !(ok && err) {
                     let i = index[s.name.as_str()];
                     p.add(
@@ -475,10 +512,11 @@ impl WorkflowSpec {
         if self.steps.is_empty() {
             return;
         }
+        let targets: HashSet<&str> = self.transitions.iter().map(|t| t.to.as_str()).collect();
         let entries: Vec<&str> = self
             .steps
             .iter()
-            .filter(|s| !self.transitions.iter().any(|t| t.to == s.name))
+            .filter(|s| !targets.contains(s.name.as_str()))
             .map(|s| s.name.as_str())
             .collect();
         match entries.len() {
@@ -591,47 +629,46 @@ fn check_key(
     }
 }
 
-/// A cycle among `nodes` following `edges`, if any (depth-first search).
+/// A cycle among `nodes` following `edges`, if any: an iterative depth-first search, so a
+/// spec of any length cannot exhaust the stack, linear in nodes and edges.
 fn find_cycle<'a>(nodes: &[&'a str], edges: &[(&'a str, &'a str)]) -> Option<Vec<&'a str>> {
-    let mut next: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut next: HashMap<&str, Vec<&str>> = HashMap::new();
     for (a, b) in edges {
         next.entry(a).or_default().push(b);
     }
-    // 0 = unvisited, 1 = on the stack, 2 = done
-    let mut state: BTreeMap<&str, u8> = BTreeMap::new();
-    fn visit<'a>(
-        n: &'a str,
-        next: &BTreeMap<&str, Vec<&'a str>>,
-        state: &mut BTreeMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<&'a str>> {
-        state.insert(n, 1);
-        stack.push(n);
-        for m in next.get(n).into_iter().flatten() {
-            match state.get(m).copied().unwrap_or(0) {
-                1 => {
-                    let start = stack.iter().position(|s| s == m).unwrap_or(0);
-                    let mut cycle = stack[start..].to_vec();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Seen {
+        OnStack,
+        Done,
+    }
+    let mut state: HashMap<&str, Seen> = HashMap::new();
+    // The path being explored, each node with the index of its next edge to follow.
+    let mut path: Vec<(&str, usize)> = Vec::new();
+    for &root in nodes {
+        if state.contains_key(root) {
+            continue;
+        }
+        state.insert(root, Seen::OnStack);
+        path.push((root, 0));
+        while let Some(&mut (n, ref mut edge)) = path.last_mut() {
+            let Some(&m) = next.get(n).and_then(|out| out.get(*edge)) else {
+                state.insert(n, Seen::Done);
+                path.pop();
+                continue;
+            };
+            *edge += 1;
+            match state.get(m) {
+                Some(Seen::OnStack) => {
+                    let start = path.iter().position(|(s, _)| *s == m).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].iter().map(|(s, _)| *s).collect();
                     cycle.push(m);
                     return Some(cycle);
                 }
-                0 => {
-                    if let Some(c) = visit(m, next, state, stack) {
-                        return Some(c);
-                    }
+                Some(Seen::Done) => {}
+                None => {
+                    state.insert(m, Seen::OnStack);
+                    path.push((m, 0));
                 }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state.insert(n, 2);
-        None
-    }
-    for n in nodes {
-        if state.get(n).copied().unwrap_or(0) == 0 {
-            let mut stack = Vec::new();
-            if let Some(c) = visit(n, &next, &mut state, &mut stack) {
-                return Some(c);
             }
         }
     }
@@ -722,6 +759,70 @@ mod tests {
             .step(Step::action("a", "k"))
             .build();
         assert_eq!(codes(&bad_cron), ["invalid_cron", "invalid_timezone"]);
+    }
+
+    /// 20,000 steps in a chain of transitions or dependencies, and in a cycle: validated
+    /// without exhausting the stack (the cycle search is iterative) and in linear time.
+    #[test]
+    fn huge_specs_validate_without_recursion() {
+        const N: usize = 20_000;
+        let names: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+        let mut chain = WorkflowSpec::builder("w").trigger(Trigger::manual("m"));
+        for n in &names {
+            chain = chain.step(Step::log(n, crate::actions::LogLevel::Info, "x"));
+        }
+        for pair in names.windows(2) {
+            chain = chain.on_ok(&pair[0], &pair[1]);
+        }
+        let chain = chain.build();
+        assert_eq!(chain.validate(None), Ok(()));
+        assert_eq!(chain.entry_steps()[0].name, "s0");
+
+        let mut cycle = chain.clone();
+        cycle.transitions.push(super::super::TransitionSpec {
+            from: names[N - 1].clone(),
+            ..cycle.transitions[0].clone()
+        });
+        let problems = cycle.validate(None).expect_err("a cycle");
+        assert!(problems.iter().any(|p| p.code == "cycle"), "{problems:?}");
+
+        let mut deps = WorkflowSpec::builder("w").trigger(Trigger::manual("m"));
+        for (i, n) in names.iter().enumerate() {
+            let step = Step::log(n, crate::actions::LogLevel::Info, "x");
+            deps = deps.step(if i == 0 {
+                step
+            } else {
+                step.after([names[i - 1].clone()])
+            });
+        }
+        assert_eq!(deps.build().validate(None), Ok(()));
+    }
+
+    /// User-supplied numbers have documented bounds instead of being accepted silently.
+    #[test]
+    fn numbers_are_bounded() {
+        let mut spec = WorkflowSpec::builder("w")
+            .trigger(Trigger::manual("m"))
+            .step(Step::action("a", "k").retry_exponential(3, 10, 100))
+            .step(Step::wait(
+                "pause_a_bit",
+                std::time::Duration::from_millis(10),
+            ))
+            .on_ok("a", "pause_a_bit")
+            .build();
+        assert_eq!(spec.validate(None), Ok(()));
+        let retry = spec.steps[0].retry.as_mut().expect("retry");
+        retry.max_attempts = u32::MAX;
+        retry.backoff.as_mut().expect("backoff").max_ms = u64::MAX;
+        spec.steps[1].builtin = Some(Builtin::Wait {
+            duration_ms: u64::MAX,
+        });
+        let mut found = codes(&spec);
+        found.sort();
+        assert_eq!(
+            found,
+            ["invalid_backoff", "invalid_builtin", "invalid_retry"]
+        );
     }
 
     #[test]

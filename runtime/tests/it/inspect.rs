@@ -318,7 +318,7 @@ async fn a_run_is_explained_at_every_stage_with_its_deadlines() {
             g.edge("refund:ok:complete").unwrap().status,
             EdgeStatus::Skipped
         );
-        assert_eq!(g.node("refund").unwrap().status, NodeStatus::Waiting);
+        assert_eq!(g.node("refund").unwrap().status, NodeStatus::Skipped);
         let charge = g.node("charge").unwrap();
         assert_eq!(charge.attempts.len(), 2);
         assert_eq!(charge.output.as_ref().unwrap()["order_id"], "o-7");
@@ -496,7 +496,7 @@ async fn dependency_joins_wait_and_block_in_the_graph() {
             g.edge("b:dependency:join").unwrap().status,
             EdgeStatus::Blocked
         );
-        assert_eq!(g.node("join").unwrap().status, NodeStatus::Waiting);
+        assert_eq!(g.node("join").unwrap().status, NodeStatus::Skipped);
         let e = explain(&engine, run).await;
         assert_eq!(e.reason, Reason::Terminal);
         assert_eq!(e.step.as_deref(), Some("b"));
@@ -564,7 +564,7 @@ async fn conditional_and_error_routes_select_one_edge() {
             g.edge("score:ok:small").unwrap().status,
             EdgeStatus::Skipped
         );
-        assert_eq!(g.node("small").unwrap().status, NodeStatus::Waiting);
+        assert_eq!(g.node("small").unwrap().status, NodeStatus::Skipped);
         assert_eq!(
             g.edge("charge:ok:complete").unwrap().status,
             EdgeStatus::Selected
