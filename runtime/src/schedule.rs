@@ -153,9 +153,54 @@ impl CronSchedule {
             let found = self.cron.find_next_occurrence(&start, false).ok()?;
             let at = from_dt(&found);
             if at > t {
-                return Some(at);
+                // croner moves only single-time expressions out of a skipped hour; for any
+                // other, a match inside a gap before `at` fires at the first instant after it.
+                return Some(self.skipped_match_before(t, at).unwrap_or(at));
             }
             from = Timestamp(from.0.max(at.0) + SECOND_US);
+        }
+        None
+    }
+
+    /// The end of the first spring-forward gap in `(t, before)` whose skipped local times
+    /// hold a match of the expression, if any.
+    fn skipped_match_before(&self, t: Timestamp, before: Timestamp) -> Option<Timestamp> {
+        const STEP: i64 = 12 * 3600; // changes of offset are months apart
+        let offset_at = |secs: i64| {
+            Utc.timestamp_opt(secs, 0)
+                .single()
+                .map(|u| u.with_timezone(&self.tz).offset().fix().local_minus_utc())
+        };
+        let (start, end) = (t.0.div_euclid(SECOND_US), before.0.div_euclid(SECOND_US));
+        let mut lo = start;
+        while lo < end {
+            let hi = (lo + STEP).min(end);
+            let (before_off, after_off) = (offset_at(lo)?, offset_at(hi)?);
+            if after_off > before_off {
+                // Bisect to the first second of the new offset: the end of the gap.
+                let (mut a, mut b) = (lo, hi);
+                while b - a > 1 {
+                    let mid = a + (b - a) / 2;
+                    if offset_at(mid)? == before_off {
+                        a = mid;
+                    } else {
+                        b = mid;
+                    }
+                }
+                let gap_end = Utc.timestamp_opt(b, 0).single()?;
+                // Local times [end - jump, end) never happened; match them as plain fields.
+                let skipped_to = gap_end.with_timezone(&self.tz).naive_local();
+                let skipped_from =
+                    skipped_to - chrono::Duration::seconds(i64::from(after_off - before_off));
+                let probe = Utc.from_utc_datetime(&(skipped_from - chrono::Duration::seconds(1)));
+                if let Ok(m) = self.cron.find_next_occurrence(&probe, false)
+                    && m.naive_utc() < skipped_to
+                    && Timestamp(b * SECOND_US) > t
+                {
+                    return Some(Timestamp(b * SECOND_US));
+                }
+            }
+            lo = hi;
         }
         None
     }
@@ -300,8 +345,11 @@ pub fn plan_fires(
     let mut on_time = Vec::new();
     let mut missed_windows = Vec::new();
     let mut next = None;
+    // A window fires at its time plus its jitter, and never before the window ahead of it,
+    // so a large jitter delays later windows instead of making them late.
+    let mut fire_at = i64::MIN;
     for &x in newest_first.iter().rev() {
-        let fire_at = x.0 + jitter(x);
+        fire_at = fire_at.max(x.0 + jitter(x));
         if fire_at > now.0 {
             next = Some(x);
             break;
@@ -370,6 +418,36 @@ mod tests {
         assert_eq!(
             locals(&s, "2026-03-07T12:00:00Z", "2026-03-09T12:00:00Z"),
             ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]
+        );
+    }
+
+    #[test]
+    fn lists_ranges_and_steps_in_the_gap_fire_once_after_it() {
+        let s = CronSchedule::parse("30 2,14 * * *", "Europe/Amsterdam").unwrap();
+        assert_eq!(
+            locals(&s, "2026-03-28T12:00:00Z", "2026-03-29T23:00:00Z"),
+            [
+                "2026-03-28T14:30:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-29T14:30:00+02:00"
+            ]
+        );
+        // Three windows fall in the skipped hour: one fire for the gap.
+        let s = CronSchedule::parse("*/20 2 * * *", "America/New_York").unwrap();
+        assert_eq!(
+            locals(&s, "2026-03-08T00:00:00Z", "2026-03-09T12:00:00Z"),
+            [
+                "2026-03-08T03:00:00-04:00",
+                "2026-03-09T02:00:00-04:00",
+                "2026-03-09T02:20:00-04:00",
+                "2026-03-09T02:40:00-04:00"
+            ]
+        );
+        // A yearly expression across both changes of a year still lands on its day.
+        let s = CronSchedule::parse("0 12 1 7 *", "Europe/Amsterdam").unwrap();
+        assert_eq!(
+            s.next_after(at("2026-01-01T00:00:00Z")).map(|t| s.local(t)),
+            Some("2026-07-01T12:00:00+02:00".into())
         );
     }
 
@@ -510,6 +588,32 @@ mod tests {
         );
         assert!(none.fire.is_empty());
         assert_eq!(none.missed, 4);
+    }
+
+    #[test]
+    fn a_jitter_longer_than_the_interval_delays_windows_without_losing_them() {
+        let s = CronSchedule::parse("* * * * *", "Etc/UTC").unwrap();
+        let p = SchedulePolicy {
+            catch_up: CatchUp::Skip,
+            ..SchedulePolicy::default()
+        };
+        // Window 00:01 jitters by 10 min, the next ones by nothing: they wait behind it.
+        let jit = |w: Timestamp| {
+            if w == at("2026-01-01T00:01:00Z") {
+                600 * SECOND_US
+            } else {
+                0
+            }
+        };
+        let plan = plan_fires(
+            &s,
+            &p,
+            at("2026-01-01T00:01:00Z"),
+            at("2026-01-01T00:11:00Z"),
+            jit,
+        );
+        assert_eq!(plan.fire.len(), 11, "00:01 to 00:11 all fire");
+        assert_eq!(plan.missed, 0);
     }
 
     #[test]

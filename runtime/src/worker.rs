@@ -38,6 +38,9 @@ pub struct WorkerBuilder {
 /// slot never holds on to one run for long.
 const CHAIN: u32 = 8;
 
+/// Shortest sleep of the scheduler after a look that fired nothing.
+const MIN_SCHEDULER_PAUSE: Duration = Duration::from_millis(50);
+
 /// Counters of a worker pool.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -195,10 +198,10 @@ impl WorkerBuilder {
 
     /// Longest sleep of the scheduler between looks at the schedules (default 1 s): how
     /// soon a schedule applied or resumed by another process is seen. Due windows are
-    /// waited for exactly.
+    /// waited for exactly. At least 50 ms.
     #[must_use]
     pub fn schedule_poll_interval(mut self, interval: Duration) -> Self {
-        self.schedule_poll_interval = interval;
+        self.schedule_poll_interval = interval.max(MIN_SCHEDULER_PAUSE);
         self
     }
 
@@ -285,6 +288,11 @@ impl WorkerBuilder {
                     }
                     backoff = Duration::from_millis(50);
                     match schedules.earliest_due().await {
+                        // Due, yet this call fired nothing: another process holds the row.
+                        // Look again after a short pause, not in a tight loop.
+                        Ok(Some(due)) if due <= self.engine.now() && fired.is_empty() => {
+                            MIN_SCHEDULER_PAUSE
+                        }
                         Ok(Some(due)) => {
                             let wait = due.0.saturating_sub(self.engine.now().0).max(0);
                             Duration::from_micros(u64::try_from(wait).unwrap_or(0))

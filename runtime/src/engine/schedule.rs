@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Definition, Engine, EngineError, NewRun, Result, Signal, SignalKind, Written, now_us, receipt,
-    to_json,
+    Definition, Engine, EngineError, NewRun, Result, RunSnapshot, Signal, SignalKind, Written,
+    now_us, receipt, to_json,
 };
 use crate::clock::Timestamp;
 use crate::journal::{RunId, RunStatus};
@@ -32,12 +32,18 @@ use crate::store::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, St
 /// Most windows one backfill may start.
 pub const MAX_BACKFILL_WINDOWS: usize = 1_000;
 
+/// Windows a backfill starts per transaction.
+const BACKFILL_CHUNK: usize = 100;
+
 /// Most schedules one [`Schedules::fire_due`] call handles (the rest wait for the next).
 const SCHEDULES_PER_CALL: usize = 1_000;
 
 /// How often a schedule whose window waits for the previous run (overlap `queue_one`)
 /// looks again whether that run has ended.
 const QUEUED_RECHECK_US: i64 = 1_000_000;
+
+/// How long a schedule that failed to fire waits before it is tried again.
+const BROKEN_RETRY_US: i64 = 60_000_000;
 
 /// Whether a schedule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,6 +550,169 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// A host's own timer fired a window (`cron_start` with `payload.scheduled_for`): the run
+    /// is the one the scheduler starts for the same window (same run id), and the window is
+    /// recorded as fired by a signal. `scheduled_for` is snapped to the nearest window of the
+    /// schedule, within its grace; the applied schedule (when there is one) gives the
+    /// definition, zone and queue, else the registered workflow does.
+    pub(super) async fn cron_start_signal(&self, signal: Signal) -> Result<RunSnapshot> {
+        let text = |k: &str| signal.payload.get(k).and_then(Value::as_str);
+        let bad = |path: &str, code: &str, message: String| {
+            EngineError::InvalidOption(vec![problem(path, code, message)])
+        };
+        let workflow = text("workflow").ok_or_else(|| {
+            bad(
+                "payload.workflow",
+                "invalid_option",
+                "a start signal names its workflow".into(),
+            )
+        })?;
+        let Some(at) = text("scheduled_for") else {
+            return Err(bad(
+                "payload.scheduled_for",
+                "missing_schedule_identity",
+                "a cron_start signal needs payload.scheduled_for (the window, RFC 3339) or an idempotency key, so that two deliveries of one window start one run".into(),
+            ));
+        };
+        let asked = chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| Timestamp(t.timestamp_micros()))
+            .map_err(|e| {
+                bad(
+                    "payload.scheduled_for",
+                    "invalid_option",
+                    format!("{at:?} is not an RFC 3339 time: {e}"),
+                )
+            })?;
+        let stored = match self.schedules().key(workflow, text("trigger")).await {
+            Ok(trigger) => with_store!(self, s => {
+                let mut tx = s.begin_read().await?;
+                tx.load_schedule(workflow, &trigger, false).await?
+            }),
+            Err(_) => None,
+        };
+        let (definition, trigger, cron, policy, queue) = match stored {
+            Some(row) => {
+                let loaded = Loaded::new(row)?;
+                let definition = with_store!(self, s => {
+                    let mut tx = s.begin_read().await?;
+                    self.definition_in(&mut tx, &loaded.row.definition_hash).await?
+                })
+                .ok_or_else(|| {
+                    EngineError::corrupt(
+                        format!("schedule {workflow}"),
+                        "its pinned definition is missing",
+                    )
+                })?;
+                let Loaded { row, cron, policy } = loaded;
+                (definition, row.trigger_name, cron, policy, row.queue)
+            }
+            None => {
+                let spec = self.registered(workflow)?;
+                let t =
+                    spec.trigger(text("trigger"))
+                        .ok_or_else(|| EngineError::UnknownTrigger {
+                            workflow: workflow.to_owned(),
+                            trigger: text("trigger").unwrap_or_default().to_owned(),
+                        })?;
+                let TriggerKind::Cron {
+                    cron,
+                    timezone,
+                    policy,
+                } = &t.kind
+                else {
+                    return Err(bad(
+                        "payload.trigger",
+                        "invalid_option",
+                        format!("trigger {} is not a cron trigger", t.name),
+                    ));
+                };
+                let cron = CronSchedule::parse(cron, timezone).map_err(|e| {
+                    EngineError::InvalidSpec(vec![problem(
+                        "trigger.cron",
+                        "invalid_cron",
+                        e.to_string(),
+                    )])
+                })?;
+                let (name, policy) = (t.name.clone(), policy.clone());
+                (
+                    Arc::new(self.pin(spec)?),
+                    name,
+                    cron,
+                    policy,
+                    self.default_queue().to_owned(),
+                )
+            }
+        };
+        let queue = text("queue").map_or(queue, str::to_owned);
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
+        }
+        // A timer fires at about the window's time: take the nearest window, within grace.
+        let grace = i64::try_from(policy.grace_ms).unwrap_or(i64::MAX / 2) * 1_000;
+        let scheduled_at = [cron.latest_at_or_before(asked), cron.next_after(asked)]
+            .into_iter()
+            .flatten()
+            .min_by_key(|w| (w.0 - asked.0).abs())
+            .filter(|w| (w.0 - asked.0).abs() <= grace)
+            .ok_or_else(|| {
+                bad(
+                    "payload.scheduled_for",
+                    "not_a_window",
+                    format!(
+                        "{at} is not within {} ms of a window of {:?} in {}",
+                        policy.grace_ms,
+                        cron.expression(),
+                        cron.timezone()
+                    ),
+                )
+            })?;
+        let now = self.now();
+        if scheduled_at.0 > now.0 + grace {
+            return Err(bad(
+                "payload.scheduled_for",
+                "future_window",
+                format!("window {scheduled_at} has not come yet (now {now})"),
+            ));
+        }
+        let window = Window {
+            workflow,
+            trigger: &trigger,
+            cron: &cron,
+            scheduled_at,
+            origin: FireOrigin::Signal,
+        };
+        let payload = signal
+            .payload
+            .get("payload")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let mut new = self.window_run(definition, &window, &payload, queue, now)?;
+        new.receipt = receipt(&signal);
+        let run_id = window.run_id();
+        with_store!(self, s => {
+            let mut tx = s.begin_write().await?;
+            if self.start_window(&mut tx, new, &window).await?.is_some() {
+                tx.commit().await?;
+                self.wake();
+            } else {
+                drop(tx);
+            }
+            match self.snapshot_on(s, run_id).await {
+                Err(EngineError::RunNotFound { .. }) => Err(bad(
+                    "payload.scheduled_for",
+                    "window_not_started",
+                    format!("window {scheduled_at} of {workflow}/{trigger} was handled already and started no run (the previous run was still going)"),
+                )),
+                other => other,
+            }
+        })
+    }
+}
+
 impl Schedules<'_> {
     /// Stores (or updates) a schedule for every cron trigger of `spec`, pinned to the
     /// actions the registry resolves now. Re-applying keeps the schedule's state and the
@@ -565,13 +734,13 @@ impl Schedules<'_> {
         check_command(&cmd)?;
         spec.validate(Some(e.registry()))
             .map_err(EngineError::InvalidSpec)?;
-        let queue = queue.unwrap_or(e.default_queue()).to_owned();
-        if !valid_name(&queue) {
+        if queue.is_some_and(|q| !valid_name(q)) {
             return Err(EngineError::invalid_option(
                 "queue",
                 "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
             ));
         }
+        let now = e.now();
         let mut problems = Vec::new();
         let mut crons = Vec::new();
         for (i, t) in spec.triggers.iter().enumerate() {
@@ -602,6 +771,21 @@ impl Schedules<'_> {
                     err.to_string(),
                 )])
             })?;
+            if first_window(&parsed, policy, now).is_none() {
+                problems.push(problem(
+                    &format!("triggers[{i}]"),
+                    "schedule_never_fires",
+                    format!(
+                        "cron trigger {} has no window after now{}",
+                        t.name,
+                        if policy.end_at.is_some() {
+                            " and before end_at"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
             crons.push((t.name.clone(), parsed, policy.clone()));
         }
         if crons.is_empty() {
@@ -618,21 +802,26 @@ impl Schedules<'_> {
         let body = definition.body();
         let hash = super::sha256_hex(&body);
         e.cache_definition(&hash, definition.clone());
-        let now = e.now();
         let out = with_store!(e, s => {
             let mut tx = s.begin_write().await?;
             tx.insert_definition(&hash, &spec.name, &definition.spec.fingerprint(), &body, now_us(now))
                 .await?;
+            // Schedules of cron triggers the spec no longer has stop firing.
+            let kept: Vec<&str> = crons.iter().map(|(t, _, _)| t.as_str()).collect();
+            for old in tx.list_schedules().await? {
+                if old.workflow == spec.name && !kept.contains(&old.trigger_name.as_str()) {
+                    tx.delete_schedule(&old.workflow, &old.trigger_name).await?;
+                    tx.append_schedule_event(&event_row(&old, "removed", &cmd, json!({
+                        "reason": "the applied spec no longer has this cron trigger",
+                        "definition_hash": hash,
+                    }), now))
+                    .await?;
+                }
+            }
             let mut out = Vec::new();
             for (trigger, cron, policy) in crons {
                 let existing = tx.load_schedule(&spec.name, &trigger, true).await?;
-                let first = |from: Timestamp| {
-                    let start = policy
-                        .start_at
-                        .map_or(from, |s| from.max(Timestamp(s.timestamp_micros() - 1)));
-                    cron.next_after(start)
-                        .filter(|n| policy.end_at.is_none_or(|e| n.0 <= e.timestamp_micros()))
-                };
+                let first = |from: Timestamp| first_window(&cron, &policy, from);
                 let row = match existing {
                     Some(mut row) => {
                         let moved = row.cron != cron.expression()
@@ -646,7 +835,9 @@ impl Schedules<'_> {
                         row.cron = cron.expression().to_owned();
                         row.timezone = cron.timezone().to_owned();
                         row.policy = to_json(&policy);
-                        row.queue.clone_from(&queue);
+                        if let Some(q) = queue {
+                            q.clone_into(&mut row.queue);
+                        }
                         row.updated_at = now.0;
                         row
                     }
@@ -657,7 +848,7 @@ impl Schedules<'_> {
                         cron: cron.expression().to_owned(),
                         timezone: cron.timezone().to_owned(),
                         policy: to_json(&policy),
-                        queue: queue.clone(),
+                        queue: queue.unwrap_or(e.default_queue()).to_owned(),
                         state: ScheduleState::Active.as_str().to_owned(),
                         next_fire_at: first(now).map(|t| t.0),
                         due_at: None,
@@ -676,7 +867,7 @@ impl Schedules<'_> {
                     "definition_hash": hash,
                     "cron": loaded.row.cron,
                     "timezone": loaded.row.timezone,
-                    "queue": queue,
+                    "queue": loaded.row.queue,
                 }), now))
                 .await?;
                 out.push(loaded.info());
@@ -692,19 +883,27 @@ impl Schedules<'_> {
     ///
     /// # Errors
     ///
-    /// Store errors; [`EngineError::Corrupt`] for a row that does not decode.
+    /// Store errors. A row that does not decode is left out with an error in the log (the
+    /// scheduler skips it too; `show` names the problem).
     pub async fn list(self) -> Result<Vec<ScheduleInfo>> {
         let rows = with_store!(self.engine, s => {
             let mut tx = s.begin_read().await?;
             tx.list_schedules().await?
         });
-        rows.into_iter()
-            .map(|r| Loaded::new(r).map(|l| l.info()))
-            .collect()
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match Loaded::new(r) {
+                Ok(l) => Some(l.info()),
+                Err(err) => {
+                    tracing::error!("{err}");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Resolves an optional trigger name: the workflow's only schedule when `None`.
-    async fn key(self, workflow: &str, trigger: Option<&str>) -> Result<String> {
+    pub(super) async fn key(self, workflow: &str, trigger: Option<&str>) -> Result<String> {
         if let Some(t) = trigger {
             return Ok(t.to_owned());
         }
@@ -777,9 +976,17 @@ impl Schedules<'_> {
         let s = detail.schedule;
         let cron = CronSchedule::parse(&s.cron, &s.timezone)
             .map_err(|e| EngineError::corrupt(format!("schedule {workflow}"), e))?;
-        let Some(first) = s.next_fire_at else {
+        let Some(mut first) = s.next_fire_at else {
             return Ok(Vec::new());
         };
+        // A paused or lagging schedule: what comes from now on.
+        let now = self.engine.now();
+        if first < now {
+            match cron.next_after(now) {
+                Some(n) => first = n,
+                None => return Ok(Vec::new()),
+            }
+        }
         let end = s.policy.end_at.map(|e| e.timestamp_micros());
         let mut out = vec![first];
         out.extend(cron.upcoming(first, n.clamp(1, 1_000) - 1));
@@ -877,6 +1084,19 @@ impl Schedules<'_> {
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             tx.delete_schedule(workflow, &trigger).await?;
+            if let Some(q) = row.queued_at {
+                // The window waiting for the previous run will not start now.
+                tx.update_fire(&FireRow {
+                    workflow: workflow.to_owned(),
+                    trigger_name: trigger.clone(),
+                    scheduled_at: q,
+                    outcome: FireOutcome::Skipped.as_str().to_owned(),
+                    origin: FireOrigin::Scheduler.as_str().to_owned(),
+                    run_id: None,
+                    fired_at: now.0,
+                })
+                .await?;
+            }
             tx.append_schedule_event(&event_row(&row, "removed", &cmd, json!({}), now))
                 .await?;
             tx.commit().await?;
@@ -885,8 +1105,8 @@ impl Schedules<'_> {
     }
 
     /// Starts a run for every window in `[from, to]` not handled before (by any origin),
-    /// whatever the overlap policy and the schedule's state. Repeating it starts nothing
-    /// more.
+    /// whatever the overlap policy and the schedule's state; windows after now are left to
+    /// the scheduler. Repeating it starts nothing more.
     ///
     /// # Errors
     ///
@@ -912,25 +1132,31 @@ impl Schedules<'_> {
         let trigger = self.key(workflow, trigger).await?;
         let e = self.engine;
         let now = e.now();
+        // Windows still to come are the scheduler's, not the backfill's.
+        let until = to.min(now);
         with_store!(e, s => {
-            let mut tx = s.begin_write().await?;
+            let mut tx = s.begin_read().await?;
             let row = tx
-                .load_schedule(workflow, &trigger, true)
+                .load_schedule(workflow, &trigger, false)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             let loaded = Loaded::new(row)?;
-            let windows = loaded
-                .cron
-                .windows(from, to, MAX_BACKFILL_WINDOWS)
-                .map_err(|_| {
-                    EngineError::InvalidOption(vec![problem(
-                        "to",
-                        "backfill_too_large",
-                        format!(
-                            "the range holds more than {MAX_BACKFILL_WINDOWS} windows; backfill it in parts"
-                        ),
-                    )])
-                })?;
+            let windows = if until < from {
+                Vec::new()
+            } else {
+                loaded
+                    .cron
+                    .windows(from, until, MAX_BACKFILL_WINDOWS)
+                    .map_err(|_| {
+                        EngineError::InvalidOption(vec![problem(
+                            "to",
+                            "backfill_too_large",
+                            format!(
+                                "the range holds more than {MAX_BACKFILL_WINDOWS} windows; backfill it in parts"
+                            ),
+                        )])
+                    })?
+            };
             let definition = e
                 .definition_in(&mut tx, &loaded.row.definition_hash)
                 .await?
@@ -938,25 +1164,34 @@ impl Schedules<'_> {
                     format!("schedule {workflow}/{trigger}"),
                     "its pinned definition is missing",
                 ))?;
+            drop(tx);
             let mut report = BackfillReport {
                 windows: windows.len(),
                 started: Vec::new(),
                 already: 0,
             };
-            for w in windows {
-                let window = Window {
-                    workflow,
-                    trigger: &trigger,
-                    cron: &loaded.cron,
-                    scheduled_at: w,
-                    origin: FireOrigin::Backfill,
-                };
-                let new = e.window_run(definition.clone(), &window, &json!({}), loaded.row.queue.clone(), now)?;
-                match e.start_window(&mut tx, new, &window).await? {
-                    Some(run) => report.started.push(run.to_string()),
-                    None => report.already += 1,
+            // In chunks, so writers of this database are not held up for the whole range;
+            // a repeat after a failure starts only what is missing.
+            for chunk in windows.chunks(BACKFILL_CHUNK) {
+                let mut tx = s.begin_write().await?;
+                for &w in chunk {
+                    let window = Window {
+                        workflow,
+                        trigger: &trigger,
+                        cron: &loaded.cron,
+                        scheduled_at: w,
+                        origin: FireOrigin::Backfill,
+                    };
+                    let new = e.window_run(definition.clone(), &window, &json!({}), loaded.row.queue.clone(), now)?;
+                    match e.start_window(&mut tx, new, &window).await? {
+                        Some(run) => report.started.push(run.to_string()),
+                        None => report.already += 1,
+                    }
                 }
+                tx.commit().await?;
+                e.wake();
             }
+            let mut tx = s.begin_write().await?;
             tx.append_schedule_event(&event_row(&loaded.row, "backfilled", &cmd, json!({
                 "from": from.to_rfc3339(),
                 "to": to.to_rfc3339(),
@@ -966,7 +1201,6 @@ impl Schedules<'_> {
             }), now))
             .await?;
             tx.commit().await?;
-            e.wake();
             Ok(report)
         })
     }
@@ -1021,38 +1255,67 @@ impl Schedules<'_> {
         store: &S,
         now: Timestamp,
     ) -> Result<Option<Vec<ScheduleFire>>> {
-        let e = self.engine;
         let mut tx = store.begin_write().await?;
         let Some(row) = tx.next_due_schedule(now.0).await? else {
             return Ok(None);
         };
-        let mut loaded = match Loaded::new(row.clone()) {
-            Ok(l) => l,
-            Err(err) => {
-                // A row that cannot be read cannot fire; stop looking at it instead of
-                // failing every call after it.
-                tracing::error!("{err}; the schedule will not fire until it is applied again");
-                let mut row = row;
-                row.due_at = None;
-                tx.put_schedule(&row).await?;
+        let (workflow, trigger) = (row.workflow.clone(), row.trigger_name.clone());
+        match self.fire_row(&mut tx, row, now).await {
+            Ok(handled) => {
                 tx.commit().await?;
-                return Ok(Some(Vec::new()));
+                Ok(Some(handled))
             }
-        };
-        let Some(definition) = e
-            .definition_in(&mut tx, &loaded.row.definition_hash)
+            Err(err @ EngineError::Store(_)) => Err(err),
+            Err(err) => {
+                // One schedule that cannot fire must not hold up the others: it is looked
+                // at again later, and the reason is kept in its trail.
+                drop(tx);
+                tracing::error!(
+                    "schedule {workflow}/{trigger} could not fire: {err}; retrying in {} s",
+                    BROKEN_RETRY_US / 1_000_000
+                );
+                let mut tx = store.begin_write().await?;
+                if let Some(mut row) = tx.load_schedule(&workflow, &trigger, true).await? {
+                    row.due_at = Some(now.0 + BROKEN_RETRY_US);
+                    row.updated_at = now.0;
+                    tx.put_schedule(&row).await?;
+                    let detail = json!({"code": err.code(), "message": err.to_string()});
+                    tx.append_schedule_event(&event_row(
+                        &row,
+                        "failed",
+                        &ScheduleCommand::default(),
+                        detail,
+                        now,
+                    ))
+                    .await?;
+                    tx.commit().await?;
+                }
+                Ok(Some(Vec::new()))
+            }
+        }
+    }
+
+    /// Fires the due windows of one schedule row, locked in `tx`; the caller commits.
+    async fn fire_row<T: ScheduleTx>(
+        self,
+        tx: &mut T,
+        row: ScheduleRow,
+        now: Timestamp,
+    ) -> Result<Vec<ScheduleFire>> {
+        let e = self.engine;
+        let mut loaded = Loaded::new(row)?;
+        let definition = e
+            .definition_in(tx, &loaded.row.definition_hash)
             .await?
-        else {
-            tracing::error!(
-                "schedule {}/{}: its pinned definition is missing; it will not fire until it is applied again",
-                loaded.row.workflow,
-                loaded.row.trigger_name
-            );
-            loaded.row.due_at = None;
-            tx.put_schedule(&loaded.row).await?;
-            tx.commit().await?;
-            return Ok(Some(Vec::new()));
-        };
+            .ok_or_else(|| {
+                EngineError::corrupt(
+                    format!(
+                        "schedule {}/{}",
+                        loaded.row.workflow, loaded.row.trigger_name
+                    ),
+                    "its pinned definition is missing; apply the spec again",
+                )
+            })?;
         let mut alive = match &loaded.row.last_run_id {
             Some(id) => tx
                 .load_run(id, false)
@@ -1083,7 +1346,7 @@ impl Schedules<'_> {
                 now,
             )?;
             let run = window.run_id();
-            match e.write_new_run(&mut tx, new).await {
+            match e.write_new_run(tx, new).await {
                 Ok(Written::New(_) | Written::Existing(_)) => {
                     let f = window.fire_row(FireOutcome::Started, Some(run), now);
                     tx.update_fire(&f).await?;
@@ -1140,7 +1403,7 @@ impl Schedules<'_> {
                     loaded.row.queue.clone(),
                     now,
                 )?;
-                if let Some(run) = e.start_window(&mut tx, new, &window).await? {
+                if let Some(run) = e.start_window(tx, new, &window).await? {
                     alive = true;
                     loaded.row.last_fired_at = Some(w.0);
                     loaded.row.last_run_id = Some(run.to_string());
@@ -1157,9 +1420,21 @@ impl Schedules<'_> {
         loaded.row.updated_at = now.0;
         loaded.refresh_due(now);
         tx.put_schedule(&loaded.row).await?;
-        tx.commit().await?;
-        Ok(Some(handled))
+        Ok(handled)
     }
+}
+
+/// The first window after `from` within the policy's start and end.
+fn first_window(
+    cron: &CronSchedule,
+    policy: &SchedulePolicy,
+    from: Timestamp,
+) -> Option<Timestamp> {
+    let start = policy
+        .start_at
+        .map_or(from, |s| from.max(Timestamp(s.timestamp_micros() - 1)));
+    cron.next_after(start)
+        .filter(|n| policy.end_at.is_none_or(|e| n.0 <= e.timestamp_micros()))
 }
 
 fn event_row(

@@ -641,8 +641,16 @@ async fn cron_start_signals_share_the_window_key() {
             s.payload.insert("scheduled_for".into(), json!(at));
             s
         };
-        let a = engine
+        let err = engine
             .apply_signal(signal("2026-11-25T12:05:00Z"))
+            .await
+            .expect_err("a window still to come");
+        assert_eq!(err.problems()[0].code, "future_window", "{}", db.name());
+        apply(&engine, &spec).await;
+        clock.advance(Duration::from_millis(5 * 60_000 + 400));
+        // A host timer sends its own "now": it is snapped to the window it fired for.
+        let a = engine
+            .apply_signal(signal("2026-11-25T12:05:00.347Z"))
             .await
             .expect("starts");
         let b = engine
@@ -651,9 +659,11 @@ async fn cron_start_signals_share_the_window_key() {
             .expect("dedupes");
         assert_eq!(a.run_id, b.run_id, "{}", db.name());
         assert_eq!(a.context["schedule"]["origin"], json!("signal"));
+        assert_eq!(
+            a.context["schedule"]["scheduled_at"],
+            json!("2026-11-25T12:05:00.000Z")
+        );
         // The scheduler reaches the same window: it was handled; nothing more starts.
-        apply(&engine, &spec).await;
-        clock.advance(minutes(5));
         assert!(
             engine
                 .schedules()
@@ -663,6 +673,11 @@ async fn cron_start_signals_share_the_window_key() {
                 .is_empty()
         );
         assert_eq!(runs_of(&engine, "hosted").await.len(), 1);
+        let err = engine
+            .apply_signal(signal("2026-11-25T12:07:30Z"))
+            .await
+            .expect_err("between windows");
+        assert_eq!(err.problems()[0].code, "not_a_window");
         let mut bad = Signal::new(SignalKind::CronStart, None, clock_now(&engine));
         bad.payload.insert("workflow".into(), json!("hosted"));
         let err = engine.apply_signal(bad).await.expect_err("no window");
@@ -783,4 +798,123 @@ builtin = { kind = "log", level = "info", message = "hi" }
     let problems = spec.validate(None).expect_err("limit 0");
     assert_eq!(problems[0].code, "invalid_catch_up_limit");
     let _ = T0;
+}
+
+/// Runs one SQL statement against the test's database.
+async fn sql(db: &Db, statement: &str) {
+    use sqlx::Connection as _;
+    match db {
+        Db::Sqlite(path) => {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("sqlite");
+            sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                .execute(&mut c)
+                .await
+                .expect("statement");
+        }
+        Db::Postgres { url, schema } => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+            sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+                .execute(&mut c)
+                .await
+                .expect("search path");
+            sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                .execute(&mut c)
+                .await
+                .expect("statement");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapplying_keeps_state_and_drops_triggers_the_spec_lost() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = scheduled(
+            "reports",
+            "@hourly",
+            "Etc/UTC",
+            SchedulePolicy::default(),
+            false,
+        );
+        engine
+            .schedules()
+            .apply(&spec, Some("reporting"), ScheduleCommand::default())
+            .await
+            .expect("applies");
+        engine
+            .schedules()
+            .pause("reports", None, ScheduleCommand::by("ana"))
+            .await
+            .expect("pauses");
+        // Re-applied without a queue: queue and state stay.
+        let again = engine
+            .schedules()
+            .apply(&spec, None, ScheduleCommand::default())
+            .await
+            .expect("applies");
+        assert_eq!(again[0].queue, "reporting", "{}", db.name());
+        assert_eq!(again[0].state, ScheduleState::Paused);
+        // The trigger is renamed: the old schedule stops, the new one starts.
+        let mut renamed = spec.clone();
+        renamed.triggers[0].name = "every_hour".into();
+        apply(&engine, &renamed).await;
+        let all = engine.schedules().list().await.expect("lists");
+        let triggers: Vec<&str> = all.iter().map(|s| s.trigger.as_str()).collect();
+        assert_eq!(triggers, ["every_hour"]);
+        // A schedule that can never fire is refused.
+        let never = scheduled(
+            "never",
+            "0 0 30 2 *",
+            "Etc/UTC",
+            SchedulePolicy::default(),
+            false,
+        );
+        let err = engine
+            .schedules()
+            .apply(&never, None, ScheduleCommand::default())
+            .await
+            .expect_err("February 30th");
+        assert_eq!(err.problems()[0].code, "schedule_never_fires");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_that_cannot_fire_does_not_hold_up_the_others() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let allow = policy(CatchUp::Skip, Overlap::Allow);
+        apply(
+            &engine,
+            &scheduled("broken", "* * * * *", "Etc/UTC", allow.clone(), false),
+        )
+        .await;
+        apply(
+            &engine,
+            &scheduled("healthy", "* * * * *", "Etc/UTC", allow, false),
+        )
+        .await;
+        sql(
+            &db,
+            "UPDATE schedules SET policy = 'not json' WHERE workflow = 'broken'",
+        )
+        .await;
+        for _ in 0..3 {
+            clock.advance(minutes(1));
+            let fired = engine.schedules().fire_due().await.expect("fires");
+            assert!(
+                fired.iter().all(|f| f.workflow == "healthy"),
+                "{}",
+                db.name()
+            );
+        }
+        assert_eq!(runs_of(&engine, "healthy").await.len(), 3);
+        assert!(runs_of(&engine, "broken").await.is_empty());
+        let broken = engine.schedules().show("broken", Some("tick"), 10).await;
+        assert_eq!(broken.expect_err("undecodable").code(), "corrupt_state");
+        assert!(engine.schedules().list().await.expect("lists").len() == 1);
+    })
+    .await;
 }
