@@ -160,7 +160,7 @@ enum SchedulesCommand {
     Next {
         #[command(flatten)]
         which: ScheduleArgs,
-        /// How many.
+        /// How many (at most 1,000).
         #[arg(long, short = 'n', default_value_t = 5)]
         count: usize,
     },
@@ -176,7 +176,7 @@ struct ScheduleArgs {
 
 #[derive(Debug, Args)]
 struct WhoArgs {
-    /// Who does it (recorded in the schedule's trail).
+    /// Who does it (optional; recorded in the schedule's trail).
     #[arg(long)]
     actor: Option<String>,
     /// Why.
@@ -1195,7 +1195,15 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     &json!({"removed": {"workflow": which.workflow, "trigger": which.trigger}}),
                 )?;
             } else {
-                println!("removed the schedule of {}", which.workflow);
+                println!(
+                    "removed the schedule of {}{}",
+                    which.workflow,
+                    which
+                        .trigger
+                        .as_deref()
+                        .map(|t| format!("/{t}"))
+                        .unwrap_or_default()
+                );
             }
         }
         SchedulesCommand::Backfill {
@@ -1217,11 +1225,15 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "{} window(s) in range: started {} run(s), {} handled before",
+                    "{} window(s) in range up to {}: started {} run(s), {} handled before",
                     report.windows,
+                    report.until,
                     report.started.len(),
                     report.already
                 );
+                if report.until < required_time("--to", to)? {
+                    println!("windows after now are left to the scheduler");
+                }
             }
         }
         SchedulesCommand::Next { which, count } => {

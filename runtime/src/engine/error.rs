@@ -33,7 +33,7 @@ pub enum EngineError {
         trigger: String,
     },
     /// No schedule exists for this workflow and trigger.
-    #[error("no schedule for workflow {workflow} trigger {trigger:?}")]
+    #[error("no schedule for workflow {workflow}{}", if trigger.is_empty() { String::new() } else { format!(" trigger {trigger}") })]
     ScheduleNotFound {
         /// The workflow.
         workflow: String,

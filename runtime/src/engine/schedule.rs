@@ -248,7 +248,10 @@ impl ScheduleCommand {
 /// What a backfill did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackfillReport {
-    /// Windows in the range.
+    /// The end of the range it covered: the range's end, or now when the range reaches into
+    /// the future (later windows are the scheduler's).
+    pub until: Timestamp,
+    /// Windows in the range, up to `until`.
     pub windows: usize,
     /// Runs started, one per window not handled before.
     pub started: Vec<String>,
@@ -1166,6 +1169,7 @@ impl Schedules<'_> {
                 ))?;
             drop(tx);
             let mut report = BackfillReport {
+                until,
                 windows: windows.len(),
                 started: Vec::new(),
                 already: 0,
@@ -1370,7 +1374,11 @@ impl Schedules<'_> {
             let plan = plan_fires(&loaded.cron, &loaded.policy, Timestamp(due), now, |w| {
                 loaded.jitter_of(w)
             });
+            // Under `skip`, of several windows due at once (after a short stop) only the
+            // newest may start; the older ones would only be skipped behind it.
+            let newest = plan.fire.last().copied();
             for w in plan.fire {
+                let superseded = loaded.policy.overlap == Overlap::Skip && Some(w) != newest;
                 let window = Window {
                     workflow: &workflow,
                     trigger: &trigger,
@@ -1380,6 +1388,7 @@ impl Schedules<'_> {
                 };
                 let held = match loaded.policy.overlap {
                     Overlap::Allow => None,
+                    _ if superseded => Some(FireOutcome::Skipped),
                     _ if !alive => None,
                     Overlap::QueueOne if loaded.row.queued_at.is_none() => {
                         Some(FireOutcome::Queued)

@@ -918,3 +918,35 @@ async fn a_schedule_that_cannot_fire_does_not_hold_up_the_others() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_skip_the_newest_of_several_due_windows_starts() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        let spec = scheduled(
+            "tens",
+            "*/10 * * * * *",
+            "Etc/UTC",
+            SchedulePolicy::default(),
+            false,
+        );
+        apply(&engine, &spec).await;
+        // A stop shorter than the grace: 12:00:10, :20 and :30 are all on time.
+        clock.advance(Duration::from_secs(35));
+        let fired = engine.schedules().fire_due().await.expect("fires");
+        let outcomes: Vec<(Timestamp, FireOutcome)> =
+            fired.iter().map(|f| (f.scheduled_at, f.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                (at("2026-11-25T12:00:10Z"), FireOutcome::Skipped),
+                (at("2026-11-25T12:00:20Z"), FireOutcome::Skipped),
+                (at("2026-11-25T12:00:30Z"), FireOutcome::Started)
+            ],
+            "{}",
+            db.name()
+        );
+        assert_eq!(runs_of(&engine, "tens").await.len(), 1);
+    })
+    .await;
+}
