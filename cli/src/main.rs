@@ -394,6 +394,13 @@ impl From<anyhow::Error> for Failure {
                 | EngineError::UnsafeReplay { .. }
                 | EngineError::IdempotencyConflict { .. },
             ) => 2,
+            // A spec file that does not parse is bad input too.
+            _ if error
+                .chain()
+                .any(|c| c.is::<squid_mesh::spec::SpecParseError>()) =>
+            {
+                2
+            }
             _ => 1,
         };
         Self { code, error }

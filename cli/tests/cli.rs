@@ -130,6 +130,15 @@ fn scenario(cli: &Cli) {
     );
     let graph = cli.ok(&["spec", "graph", "order.json"]);
     assert!(graph.contains("review --error--> refund"), "{graph}");
+    // A file that does not parse is bad input (exit 2), its cause printed once.
+    std::fs::write(
+        cli.dir.join("typo.json"),
+        r#"{"name": "x", "triggers": [{"name": "t", "type": "cronn"}]}"#,
+    )
+    .unwrap();
+    let (code, err) = cli.fails(&["spec", "validate", "typo.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.matches("unknown variant").count(), 1, "{err}");
     let out = cli.cmd(&["spec", "validate", "broken.json"]);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -559,10 +559,24 @@ pub enum Mode {
 pub enum SpecParseError {
     /// The JSON is malformed or does not match the spec's shape.
     #[error("invalid workflow spec JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// The TOML is malformed or does not match the spec's shape.
     #[error("invalid workflow spec TOML: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
+}
+
+// No `#[from]`: that would also make the parser's error the source, and the message, which
+// already holds it, would print it twice in an error chain.
+impl From<serde_json::Error> for SpecParseError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
+}
+
+impl From<toml::de::Error> for SpecParseError {
+    fn from(e: toml::de::Error) -> Self {
+        Self::Toml(e)
+    }
 }
 
 impl WorkflowSpec {
