@@ -11,6 +11,7 @@
 //! - [`actions`]: the action registry (key -> pinned component, limits, capabilities), the
 //!   wasmtime sandbox that runs components, and the native built-in step kinds.
 //! - [`schedule`]: cron windows in a time zone and the catch-up rules. Pure.
+//! - [`json`]: the depth bound on JSON values from outside.
 //! - [`clock`]: injected time.
 //! - [`inspect`]: the read side (inspection, run graph, explanation, listing, deadlines,
 //!   actor-scoped redaction).
@@ -64,6 +65,7 @@ pub mod clock;
 pub mod engine;
 pub mod inspect;
 pub mod journal;
+pub mod json;
 pub mod plan;
 pub mod schedule;
 pub mod spec;

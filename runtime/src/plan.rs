@@ -37,6 +37,13 @@ pub fn resolve_payload(
             "the payload must be a JSON object".into(),
         )]);
     };
+    if let Some(why) = crate::json::too_deep(payload) {
+        return Err(vec![problem(
+            "payload".into(),
+            "too_deep",
+            format!("the payload {why}"),
+        )]);
+    }
     let mut problems = Vec::new();
     let mut resolved = given.clone();
     for field in &trigger.payload {

@@ -684,7 +684,16 @@ fn success_outcome(max_bytes: u64, success: wit_types::StepSuccess) -> StepOutco
     if success.output.len() as u64 > max_bytes {
         return StepOutcome::Failed(too_large(success.output.len(), max_bytes));
     }
-    match serde_json::from_str::<Value>(&success.output) {
+    let parsed = serde_json::from_str::<Value>(&success.output);
+    if let Ok(v) = &parsed
+        && let Some(why) = crate::json::too_deep(v)
+    {
+        return StepOutcome::Failed(StepError::sandbox(
+            StepErrorKind::InvalidOutput,
+            format!("output {why}"),
+        ));
+    }
+    match parsed {
         Ok(Value::Object(output)) => StepOutcome::Succeeded {
             output,
             continue_after_ms: success.continue_after_ms,
@@ -724,13 +733,20 @@ fn error_outcome(max_bytes: u64, error: wit_types::StepError) -> StepOutcome {
     let details = match error.details {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(map)) => Some(map),
+            // The object itself is one level: its values may nest one less.
+            Ok(Value::Object(map))
+                if map.values().map(crate::json::depth).max().unwrap_or(0)
+                    < crate::json::MAX_DEPTH =>
+            {
+                Some(map)
+            }
             _ => {
                 return StepOutcome::Failed(StepError::sandbox(
                     StepErrorKind::InvalidOutput,
                     format!(
-                        "step error {} has details that are not a JSON object",
-                        error.code
+                        "step error {} has details that are not a JSON object of at most {} levels",
+                        error.code,
+                        crate::json::MAX_DEPTH
                     ),
                 ));
             }
@@ -886,4 +902,39 @@ fn write_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!("{{\"v\": {}1{}}}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn outputs_deeper_than_the_bound_fail_the_step() {
+        let ok = success_outcome(
+            1 << 20,
+            wit_types::StepSuccess {
+                output: nested(crate::json::MAX_DEPTH - 2),
+                continue_after_ms: None,
+            },
+        );
+        assert!(matches!(ok, StepOutcome::Succeeded { .. }), "{ok:?}");
+        let deep = success_outcome(
+            1 << 20,
+            wit_types::StepSuccess {
+                output: nested(crate::json::MAX_DEPTH),
+                continue_after_ms: None,
+            },
+        );
+        match deep {
+            StepOutcome::Failed(e) => {
+                assert_eq!(e.kind, StepErrorKind::InvalidOutput);
+                assert!(!e.retryable);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
 }

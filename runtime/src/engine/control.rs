@@ -140,6 +140,15 @@ impl Engine {
                 "must be 1-512 characters",
             )]));
         }
+        for (path, value) in [("payload", &signal.payload), ("metadata", &signal.metadata)] {
+            if let Some(why) = crate::json::too_deep(&Value::Object(value.clone())) {
+                return Err(EngineError::InvalidOption(vec![SpecProblem {
+                    path: path.into(),
+                    code: "too_deep".into(),
+                    message: format!("the signal's {path} {why}"),
+                }]));
+            }
+        }
         match signal.kind {
             SignalKind::CronStart
                 if signal.payload.contains_key("scheduled_for")

@@ -205,7 +205,14 @@ impl WorkflowSpec {
                     p.add(
                         format!("{fat}.default"),
                         "invalid_default",
-                        format!("default {d} is not a {}", f.field_type.name()),
+                        format!("default {d} is not of type {}", f.field_type.name()),
+                    );
+                }
+                if let Some(why) = f.default.as_ref().and_then(crate::json::too_deep) {
+                    p.add(
+                        format!("{fat}.default"),
+                        "invalid_default",
+                        format!("the default {why}"),
                     );
                 }
                 if f.default_from.is_some() && f.field_type != FieldType::String {
@@ -456,6 +463,13 @@ impl WorkflowSpec {
                         + usize::from(c.less_than.is_some());
                     if ops != 1 || c.path.is_empty() {
                         p.add(format!("{at}.condition"), "invalid_condition", "a condition needs a non-empty path and exactly one of equals, greater_than, less_than");
+                    }
+                    if let Some(why) = c.equals.as_ref().and_then(crate::json::too_deep) {
+                        p.add(
+                            format!("{at}.condition"),
+                            "invalid_condition",
+                            format!("the condition's value {why}"),
+                        );
                     }
                     let key = serde_json::to_string(c).unwrap_or_default();
                     if !seen_conditions.insert((&t.from, t.on, key)) {
@@ -796,6 +810,24 @@ mod tests {
             });
         }
         assert_eq!(deps.build().validate(None), Ok(()));
+    }
+
+    /// A condition value nested deeper than a stored definition could be read back with is
+    /// refused by validation, not discovered when a run needs its definition.
+    #[test]
+    fn deep_condition_values_are_refused() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..122 {
+            deep = serde_json::json!([deep]);
+        }
+        let spec = WorkflowSpec::builder("w")
+            .trigger(Trigger::manual("m"))
+            .step(Step::action("a", "k"))
+            .step(Step::action("b", "k"))
+            .transition(Transition::on_ok("a", "b").when_equals(["x"], deep))
+            .on_ok("a", "complete")
+            .build();
+        assert_eq!(codes(&spec), ["invalid_condition"]);
     }
 
     /// User-supplied numbers have documented bounds instead of being accepted silently.

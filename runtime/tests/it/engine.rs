@@ -779,6 +779,33 @@ async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
             "run_not_found"
         );
 
+        // A payload nested deeper than the runtime could read back is refused at the door.
+        let mut deep = json!("leaf");
+        for _ in 0..125 {
+            deep = json!([deep]);
+        }
+        let err = engine
+            .start(
+                "checkout",
+                None,
+                json!({"order_id": "o", "items": [], "extra": deep}),
+                StartOptions {
+                    idempotency_key: Some("k".into()),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .expect_err("too deep");
+        assert_eq!(err.problems()[0].code, "too_deep", "{}", db.name());
+        assert_eq!(
+            engine
+                .snapshot(would_be)
+                .await
+                .expect_err("nothing written")
+                .code(),
+            "run_not_found"
+        );
+
         assert_eq!(
             engine
                 .start("nope", None, json!({}), StartOptions::default())
