@@ -457,7 +457,7 @@ fn report(f: &Failure, json_output: bool) {
     if json_output {
         let body = json!({"error": {
             "code": engine.map_or("error", EngineError::code),
-            "message": format!("{:#}", f.error),
+            "message": chain_text(&f.error),
             "problems": engine.map(|e| e.problems().iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()).unwrap_or_default(),
         }});
         eprintln!("{body}");
@@ -480,8 +480,21 @@ fn report(f: &Failure, json_output: bool) {
                 eprintln!("  {}: {} ({})", p.path, p.message, p.code);
             }
         }
-        _ => eprintln!("error: {:#}", f.error),
+        _ => eprintln!("error: {}", chain_text(&f.error)),
     }
+}
+
+/// An error and its causes on one line, each said once: libraries whose message already
+/// holds their cause (as sqlx's do) would otherwise print it two or three times.
+fn chain_text(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.ends_with(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {

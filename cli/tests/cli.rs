@@ -492,6 +492,19 @@ fn schedule_scenario(cli: &Cli) {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("backfill_too_large"), "{err}");
+    // An unreachable Postgres is reported at once with its cause, said once.
+    let refused = Command::new(BIN)
+        .args([
+            "--database",
+            "postgres://postgres@127.0.0.1:1/postgres",
+            "runs",
+            "list",
+        ])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
     let (code, err) = cli.fails(&["schedules", "show", "nope"]);
     assert_eq!(code, 3, "{err}");
     let (code, err) = cli.fails(&["schedules", "apply", "order.json"]);

@@ -10,6 +10,9 @@ use sqlx::PgConnection;
 
 use super::{Arg, HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
 
+/// How long a first connection to Postgres may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A transaction on a Postgres store. Row writes that return nothing (run and attempt
 /// updates, attempt inserts, journal appends) are held back and sent together, as one
 /// statement of data-modifying CTEs, before the transaction's next read or its commit: a
@@ -163,6 +166,24 @@ impl PostgresStore {
     pub async fn connect(url: &str, schema: &str, max_connections: u32) -> StoreResult<Self> {
         check_schema(schema)?;
         let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+        // One connection first, on its own: a server that refuses or cannot be reached is
+        // reported at once with its cause, not after the pool's 30 s of retries as
+        // "pool timed out".
+        {
+            use sqlx::Connection as _;
+            let first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| {
+                    sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer from the Postgres server within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                    ))
+                })??;
+            let _ = first.close().await;
+        }
         // No ping when a connection is checked out: it would be a round trip per
         // transaction. A connection the server closed fails its first statement instead,
         // with a retryable error.
