@@ -26,6 +26,7 @@ fn ctx() -> StepContext {
         attempt: 1,
         runnable_key: "bench:transform:1".into(),
         idempotency_key: "bench:transform:1".into(),
+        step_idempotency_key: "bench:transform".into(),
     }
 }
 

@@ -117,6 +117,7 @@ fn ctx() -> StepContext {
         attempt: 1,
         runnable_key: "bench:echo:1".into(),
         idempotency_key: "bench:echo:1".into(),
+        step_idempotency_key: "bench:echo".into(),
     }
 }
 

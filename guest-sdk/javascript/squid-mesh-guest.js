@@ -110,8 +110,9 @@ export function startChildRun(workflow, payload, childKey, trigger) {
  * Builds the component's `run` and `describe` exports from `fn(ctx, input) -> object`.
  *
  * `ctx` holds `runId`, `workflow`, `step`, `attempt` (from 1; a retry increments it, a
- * redelivery does not), `runnableKey`, `idempotencyKey` (stable across redeliveries: pass it
- * to external systems) and `continueAfter(ms)`.
+ * redelivery does not), `runnableKey`, `idempotencyKey` (this attempt's key, the same across
+ * its redeliveries), `stepIdempotencyKey` (the step's key, the same across retries and
+ * redeliveries: pass it to systems that must act once per step) and `continueAfter(ms)`.
  */
 export function exportAction(fn, { name, version, summary, inputSchema, outputSchema }) {
   const description = {
@@ -139,6 +140,7 @@ export function exportAction(fn, { name, version, summary, inputSchema, outputSc
       attempt: wctx.attempt,
       runnableKey: wctx.runnableKey,
       idempotencyKey: wctx.idempotencyKey,
+      stepIdempotencyKey: wctx.stepIdempotencyKey,
       continueAfter(ms) {
         continueAfterMs = BigInt(ms);
       },

@@ -75,8 +75,11 @@ class Context:
         # Starts at 1; a retry increments it, a redelivery does not.
         self.attempt = ctx.attempt
         self.runnable_key = ctx.runnable_key
-        # Stable across redeliveries: pass it to external systems to deduplicate side effects.
+        # This attempt's key: the same across its redeliveries, new for a retry.
         self.idempotency_key = ctx.idempotency_key
+        # The step's key: the same across retries and redeliveries. Pass it to systems that
+        # must act once per step (a payment provider), so a retry does not act twice.
+        self.step_idempotency_key = ctx.step_idempotency_key
         self.continue_after_ms = None
 
     def continue_after(self, ms):

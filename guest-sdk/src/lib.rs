@@ -124,9 +124,16 @@ impl Context {
         &self.inner.runnable_key
     }
 
-    /// Key to pass to external systems so side effects happen at most once.
+    /// Key of this attempt, the same across its redeliveries (a retry gets a new one).
     pub fn idempotency_key(&self) -> &str {
         &self.inner.idempotency_key
+    }
+
+    /// Key of the step in the run, the same across its retries and redeliveries: pass it to
+    /// a system that must act once per step (a payment provider), so a retry after a timeout
+    /// does not repeat what already happened.
+    pub fn step_idempotency_key(&self) -> &str {
+        &self.inner.step_idempotency_key
     }
 
     /// Asks the host to continue the run only after `delay`, once this attempt succeeds.

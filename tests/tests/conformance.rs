@@ -120,10 +120,11 @@ fn ctx(attempt: u32) -> StepContext {
         attempt,
         runnable_key: format!("{RUN_ID}:probe:{attempt}"),
         idempotency_key: format!("{RUN_ID}:probe:{attempt}"),
+        step_idempotency_key: format!("{RUN_ID}:probe"),
     }
 }
 
-/// The charge id `payments.charge` derives from an idempotency key, in every language.
+/// The charge id `payments.charge` derives from the step idempotency key, in every language.
 fn charge_id(idempotency_key: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in idempotency_key.bytes() {
@@ -160,6 +161,7 @@ fn cases() -> Vec<Case> {
                     "attempt": 1,
                     "runnable_key": format!("{RUN_ID}:probe:1"),
                     "idempotency_key": format!("{RUN_ID}:probe:1"),
+                    "step_idempotency_key": format!("{RUN_ID}:probe"),
                 },
             })),
         ),
@@ -358,7 +360,7 @@ fn cases() -> Vec<Case> {
                 "charge-payment",
                 json!({"order_id": "o-1", "amount_cents": 2100, "succeed_on_attempt": 2, "retry_after_ms": 750}),
                 ok(json!({
-                    "charge_id": charge_id(&format!("{RUN_ID}:probe:2")),
+                    "charge_id": charge_id(&format!("{RUN_ID}:probe")),
                     "order_id": "o-1",
                     "amount_cents": 2100,
                     "attempt": 2,
@@ -841,7 +843,8 @@ async fn a_workflow_with_steps_in_three_languages_runs_end_to_end() {
     assert_eq!(steps, 4, "validate, charge twice, refund");
     assert_eq!(s.context["validation"]["total_cents"], json!(1350));
     let charge_key = format!("{}:charge:2", run.run_id);
-    let expected_charge = charge_id(&s.attempts_of("charge")[1].runnable_key);
+    // The charge id comes from the step's key: the retry reuses the first attempt's.
+    let expected_charge = charge_id(&format!("{}:charge", run.run_id));
     assert_eq!(s.attempts_of("charge")[1].runnable_key, charge_key);
     assert_eq!(s.context["payment"]["charge_id"], json!(expected_charge));
     assert_eq!(s.context["payment"]["attempt"], json!(2));

@@ -25,8 +25,9 @@ function chargePayment(ctx, charge) {
     log.warn(`gateway unavailable on attempt ${ctx.attempt}`);
     throw ActionError.retryable('gateway_unavailable', 'the payment gateway is unavailable', retryAfterMs);
   }
-  // The idempotency key is stable across redeliveries, so a gateway would see one charge.
-  const chargeId = `ch_${fnv1a(ctx.idempotencyKey)}`;
+  // The step's key is the same across retries and redeliveries, so a gateway sees one
+  // charge even when an attempt timed out after charging and was retried.
+  const chargeId = `ch_${fnv1a(ctx.stepIdempotencyKey)}`;
   log.info(`charged ${amountCents} cents as ${chargeId}`);
   return { charge_id: chargeId, order_id: orderId, amount_cents: amountCents, attempt: ctx.attempt };
 }

@@ -30,6 +30,7 @@ function conformance(ctx, input) {
           attempt: ctx.attempt,
           runnable_key: ctx.runnableKey,
           idempotency_key: ctx.idempotencyKey,
+          step_idempotency_key: ctx.stepIdempotencyKey,
         },
       };
     }

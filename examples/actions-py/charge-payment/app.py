@@ -29,8 +29,9 @@ def run(ctx, charge):
             "the payment gateway is unavailable",
             retry_after_ms=retry_after_ms,
         )
-    # The idempotency key is stable across redeliveries, so a gateway would see one charge.
-    charge_id = f"ch_{fnv1a(ctx.idempotency_key)}"
+    # The step's key is the same across retries and redeliveries, so a gateway sees one
+    # charge even when an attempt timed out after charging and was retried.
+    charge_id = f"ch_{fnv1a(ctx.step_idempotency_key)}"
     log.info(f"charged {amount_cents} cents as {charge_id}")
     return {
         "charge_id": charge_id,

@@ -35,6 +35,7 @@ def run(ctx, input):
                 "attempt": ctx.attempt,
                 "runnable_key": ctx.runnable_key,
                 "idempotency_key": ctx.idempotency_key,
+                "step_idempotency_key": ctx.step_idempotency_key,
             },
         }
     if op == "echo":

@@ -474,6 +474,7 @@ impl ActionHost {
                     attempt: 0,
                     runnable_key: String::new(),
                     idempotency_key: String::new(),
+                    step_idempotency_key: String::new(),
                 };
                 let (mut store, _) = self.new_store(action, Arc::new(ctx))?;
                 let invalid = |message: String| ActionError::InvalidComponent {
@@ -561,6 +562,7 @@ impl ActionHost {
             attempt: ctx.attempt,
             runnable_key: ctx.runnable_key.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
+            step_idempotency_key: ctx.step_idempotency_key.clone(),
         };
         let input = Value::Object(input.clone()).to_string();
         let mut instantiated = false;

@@ -218,8 +218,18 @@ pub struct StepContext {
     pub attempt: u32,
     /// Durable key of the runnable being executed.
     pub runnable_key: String,
-    /// Key for deduplicating side effects; stable across redeliveries.
+    /// Key of this attempt (`<run_id>:<step>:<attempt>`), stable across its redeliveries.
     pub idempotency_key: String,
+    /// Key of the step in the run (`<run_id>:<step>`), stable across its retries and
+    /// redeliveries: the one to give a payment provider.
+    pub step_idempotency_key: String,
+}
+
+impl StepContext {
+    /// The step idempotency key of `step` in run `run_id`.
+    pub fn step_key(run_id: &str, step: &str) -> String {
+        format!("{run_id}:{step}")
+    }
 }
 
 /// Why a step attempt failed.

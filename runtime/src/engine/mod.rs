@@ -1083,6 +1083,7 @@ impl Engine {
                     attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
                     runnable_key: attempt.runnable_key.clone(),
                     idempotency_key: attempt.runnable_key.clone(),
+                    step_idempotency_key: StepContext::step_key(&attempt.run_id, &attempt.step),
                 };
                 let input: Map<String, Value> =
                     serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {

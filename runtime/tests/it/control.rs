@@ -649,6 +649,10 @@ async fn child_runs_are_keyed_per_parent_step_across_retries() {
                     attempt: running.attempt,
                     runnable_key: running.runnable_key.clone(),
                     idempotency_key: running.runnable_key.clone(),
+                    step_idempotency_key: squid_mesh::StepContext::step_key(
+                        &parent.run_id.to_string(),
+                        &running.step,
+                    ),
                 };
                 let first = engine
                     .start_child_run(

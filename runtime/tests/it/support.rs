@@ -41,6 +41,7 @@ pub fn ctx(step: &str, attempt: u32) -> StepContext {
         attempt,
         runnable_key: format!("tests:{step}:{attempt}"),
         idempotency_key: format!("tests:{step}:{attempt}"),
+        step_idempotency_key: format!("tests:{step}"),
     }
 }
 

@@ -63,8 +63,9 @@ impl Action for ChargePayment {
             }
             return Err(err);
         }
-        // The idempotency key is stable across redeliveries, so a gateway would see one charge.
-        let charge_id = format!("ch_{}", fnv1a(ctx.idempotency_key()));
+        // The step's key is the same across retries and redeliveries, so a gateway sees one
+        // charge even when an attempt timed out after charging and was retried.
+        let charge_id = format!("ch_{}", fnv1a(ctx.step_idempotency_key()));
         log::info(&format!(
             "charged {} cents as {charge_id}",
             charge.amount_cents

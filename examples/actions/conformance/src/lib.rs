@@ -80,6 +80,7 @@ impl Action for Conformance {
                         "attempt": ctx.attempt(),
                         "runnable_key": ctx.runnable_key(),
                         "idempotency_key": ctx.idempotency_key(),
+                        "step_idempotency_key": ctx.step_idempotency_key(),
                     },
                 })
             }

@@ -87,6 +87,7 @@ async fn main() -> Result<()> {
             attempt,
             runnable_key: format!("demo-run:{key}:{attempt}"),
             idempotency_key: format!("demo-run:{key}"),
+            step_idempotency_key: format!("demo-run:{key}"),
         };
         let Value::Object(input) = input else {
             unreachable!("inputs above are objects")
