@@ -12,6 +12,7 @@
 //!   wasmtime sandbox that runs components, and the native built-in step kinds.
 //! - [`schedule`]: cron windows in a time zone and the catch-up rules. Pure.
 //! - [`json`]: the depth bound on JSON values from outside.
+//! - [`redact`]: the redaction policy for secrets in metadata and step errors.
 //! - [`clock`]: injected time.
 //! - [`inspect`]: the read side (inspection, run graph, explanation, listing, deadlines,
 //!   actor-scoped redaction).
@@ -67,6 +68,7 @@ pub mod inspect;
 pub mod journal;
 pub mod json;
 pub mod plan;
+pub mod redact;
 pub mod schedule;
 pub mod spec;
 pub mod store;

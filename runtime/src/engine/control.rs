@@ -188,7 +188,7 @@ impl Engine {
                     &payload,
                     opts,
                     signal.occurred_at,
-                    receipt(&signal),
+                    receipt(&signal, &self.inner.redaction),
                 )?;
                 self.start_new(new).await
             }
@@ -237,7 +237,7 @@ impl Engine {
             Some(def) => Applier::new(def, &run, now)?,
             None => Applier::orphan(&run, now)?,
         };
-        applier.receive(receipt(&signal));
+        applier.receive(receipt(&signal, &self.inner.redaction));
         match kind {
             SignalKind::Cancel => applier.cancel(),
             _ => {
@@ -284,7 +284,9 @@ impl Engine {
                 if !signal.metadata.is_empty() {
                     result.insert(
                         "metadata".into(),
-                        super::signal::redact(&Value::Object(signal.metadata.clone())),
+                        self.inner
+                            .redaction
+                            .value(&Value::Object(signal.metadata.clone())),
                     );
                 }
                 applier.resolve_gate(&gate, action, result);
@@ -361,7 +363,7 @@ impl Engine {
             idempotency_key: None,
             replayed_from: Some(source_id.to_string()),
             parent: None,
-            receipt: receipt(&signal),
+            receipt: receipt(&signal, &self.inner.redaction),
             command_key: signal.idempotency_key.clone().map(|k| {
                 (
                     k,
@@ -441,7 +443,7 @@ impl Engine {
             &payload,
             opts,
             now,
-            receipt(&signal),
+            receipt(&signal, &self.inner.redaction),
         )?;
         new.parent = Some(ParentLink {
             run_id: parent.run_id.clone(),

@@ -45,6 +45,7 @@ use crate::journal::{
     CommandReceipt, Fact, ParentLink, PlannedRunnable, Projection, RunId, RunStatus,
 };
 use crate::plan;
+use crate::redact::RedactionPolicy;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
 use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous};
 
@@ -229,9 +230,9 @@ impl Written {
     }
 }
 
-/// The journaled form of a signal, redacted.
-pub(crate) fn receipt(signal: &Signal) -> CommandReceipt {
-    let redacted = |m: &Map<String, Value>| match signal::redact(&Value::Object(m.clone())) {
+/// The journaled form of a signal, redacted by `policy`.
+pub(crate) fn receipt(signal: &Signal, policy: &RedactionPolicy) -> CommandReceipt {
+    let redacted = |m: &Map<String, Value>| match policy.value(&Value::Object(m.clone())) {
         Value::Object(m) => m,
         _ => Map::new(),
     };
@@ -288,6 +289,8 @@ struct Inner {
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
     wakeup: Arc<tokio::sync::Notify>,
+    /// What counts as a secret in command metadata and step errors.
+    redaction: RedactionPolicy,
     /// Signalled when a schedule of this process changes (applied, resumed).
     schedule_wakeup: Arc<tokio::sync::Notify>,
     /// The group-commit queue of claims and completions (started on first use).
@@ -316,6 +319,7 @@ pub struct EngineBuilder {
     synchronous: Synchronous,
     pg_schema: String,
     pg_max_connections: u32,
+    redaction: RedactionPolicy,
 }
 
 impl Default for EngineBuilder {
@@ -331,6 +335,7 @@ impl Default for EngineBuilder {
             synchronous: Synchronous::Full,
             pg_schema: "squid_mesh".into(),
             pg_max_connections: 16,
+            redaction: RedactionPolicy::default(),
         }
     }
 }
@@ -433,6 +438,14 @@ impl EngineBuilder {
         self
     }
 
+    /// What counts as a secret in command metadata and step errors (message and details),
+    /// redacted before anything is stored (default: [`RedactionPolicy::default`]).
+    #[must_use]
+    pub fn redaction(mut self, policy: RedactionPolicy) -> Self {
+        self.redaction = policy;
+        self
+    }
+
     /// Whether `build` applies migrations (default true).
     #[must_use]
     pub fn migrate(mut self, migrate: bool) -> Self {
@@ -493,6 +506,7 @@ impl EngineBuilder {
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
+                redaction: self.redaction,
                 schedule_wakeup: Arc::new(tokio::sync::Notify::new()),
                 batcher: batch::Batcher::default(),
             }),
@@ -626,7 +640,7 @@ impl Engine {
             &payload,
             opts,
             now,
-            receipt(&signal),
+            receipt(&signal, &self.inner.redaction),
         )?;
         self.start_new(new).await
     }
@@ -1114,6 +1128,7 @@ impl Engine {
                 }
             }
         };
+        let outcome = self.redacted(outcome);
         // Checked after the step ran: a pool that began stopping meanwhile claims nothing new.
         let stopping = opts
             .chain_stop
@@ -1129,6 +1144,23 @@ impl Engine {
             chain: chain.filter(|_| !stopping),
         };
         batch::complete(store, unit).await
+    }
+
+    /// A step's outcome as it may be stored: secrets in an error's message and details
+    /// redacted by the engine's policy (outputs are the action's data, kept as they are).
+    fn redacted(&self, outcome: StepOutcome) -> StepOutcome {
+        match outcome {
+            StepOutcome::Failed(mut e) => {
+                let policy = &self.inner.redaction;
+                e.message = policy.text(&e.message);
+                e.details = e.details.map(|d| match policy.value(&Value::Object(d)) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                });
+                StepOutcome::Failed(e)
+            }
+            other => other,
+        }
     }
 
     /// Claims the oldest due attempt on `queue` in the caller's transaction (or applies a

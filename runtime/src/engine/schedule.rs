@@ -512,7 +512,7 @@ impl Engine {
             idempotency_key: Some(key),
             replayed_from: None,
             parent: None,
-            receipt: receipt(&signal),
+            receipt: receipt(&signal, &self.inner.redaction),
             command_key: None,
             context: window.context(now),
             now,
@@ -694,7 +694,7 @@ impl Engine {
             .cloned()
             .unwrap_or_else(|| json!({}));
         let mut new = self.window_run(definition, &window, &payload, queue, now)?;
-        new.receipt = receipt(&signal);
+        new.receipt = receipt(&signal, &self.inner.redaction);
         let run_id = window.run_id();
         with_store!(self, s => {
             let mut tx = s.begin_write().await?;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::clock::Timestamp;
 use crate::journal::RunId;
+use crate::redact::RedactionPolicy;
 use crate::spec::SpecProblem;
 
 /// The command a signal carries.
@@ -288,47 +289,18 @@ impl ManualAttrs {
     }
 }
 
-const SECRET_WORDS: [&str; 10] = [
-    "token",
-    "password",
-    "authorization",
-    "api_key",
-    "secret",
-    "private_key",
-    "credential",
-    "refresh_token",
-    "access_token",
-    "claim_token",
-];
+static DEFAULT_POLICY: std::sync::LazyLock<RedactionPolicy> =
+    std::sync::LazyLock::new(RedactionPolicy::default);
 
-/// Whether a key looks like it holds a secret (any case; `-` counts as `_`).
+/// Whether a key names a secret, by the default [`RedactionPolicy`].
 pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase().replace('-', "_");
-    SECRET_WORDS
-        .iter()
-        .any(|w| k == *w || k.ends_with(&format!("_{w}")) || k.starts_with(&format!("{w}_")))
-        || k.contains("password")
-        || k.contains("secret")
+    DEFAULT_POLICY.is_secret_key(key)
 }
 
-/// Replaces the value of every secret-looking key, at any depth, with `"[REDACTED]"`.
+/// Replaces the value of every secret-looking key, at any depth, with `"[REDACTED]"` (and
+/// secrets written into strings), by the default [`RedactionPolicy`].
 pub fn redact(value: &Value) -> Value {
-    match value {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let v = if is_secret_key(k) {
-                        Value::String("[REDACTED]".into())
-                    } else {
-                        redact(v)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
-    }
+    DEFAULT_POLICY.value(value)
 }
 
 #[cfg(test)]

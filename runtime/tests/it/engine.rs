@@ -1220,3 +1220,74 @@ async fn a_chained_call_runs_a_runs_steps_back_to_back() {
     })
     .await;
 }
+
+/// A step error whose message and details carry secrets is stored redacted everywhere (the
+/// attempt's outcome, the run's error, the journal), unless the host turns the policy off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_step_errors_are_redacted_before_they_are_stored() {
+    each(|db, clock| async move {
+        let registry = registry();
+        registry
+            .register(file_action("conformance", artifacts::CONFORMANCE.as_ref()))
+            .expect("registers");
+        let spec = WorkflowSpec::builder("leaky")
+            .trigger(Trigger::manual("m").string("op").string("reason"))
+            .step(Step::action("call", "conformance"))
+            .build();
+        let reason = r#"401 with Authorization: Bearer abc.def.ghi; retry token=tok-123 body {"password": "hunter2"}"#;
+        let secrets = ["abc.def.ghi", "tok-123", "hunter2"];
+        for (policy, redacted) in [
+            (squid_mesh::redact::RedactionPolicy::default(), true),
+            (squid_mesh::redact::RedactionPolicy::off(), false),
+        ] {
+            let engine = db
+                .builder(&registry, &clock)
+                .redaction(policy)
+                .build()
+                .await
+                .expect("engine builds");
+            let run = engine
+                .start(
+                    &spec,
+                    None,
+                    json!({"op": "fail_fatal", "reason": reason}),
+                    StartOptions::default(),
+                )
+                .await
+                .expect("starts");
+            drain(&engine).await;
+            let snap = engine.snapshot(run.run_id).await.expect("snapshot");
+            assert_eq!(snap.status, RunStatus::Failed, "{}", db.name());
+            // Where the error is stored (the input is the host's own data, kept as given).
+            let outcomes: Vec<_> = snap.attempts.iter().map(|a| &a.outcome).collect();
+            let facts: Vec<_> = engine
+                .journal(run.run_id)
+                .await
+                .expect("journal")
+                .into_iter()
+                .filter(|(_, f)| {
+                    matches!(f, Fact::AttemptRecorded { .. } | Fact::RunTerminal { .. })
+                })
+                .collect();
+            let stored = format!(
+                "{} {} {facts:?}",
+                serde_json::to_string(&snap.error).expect("json"),
+                serde_json::to_string(&outcomes).expect("json"),
+            );
+            for secret in secrets {
+                assert_eq!(
+                    !stored.contains(secret),
+                    redacted,
+                    "{secret} in {stored} ({})",
+                    db.name()
+                );
+            }
+            if redacted {
+                assert!(stored.contains("[REDACTED]"));
+                let error = &snap.error.as_ref().expect("an error")["code"];
+                assert_eq!(error, &json!("request_rejected"), "the code is kept");
+            }
+        }
+    })
+    .await;
+}

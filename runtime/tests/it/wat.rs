@@ -16,7 +16,8 @@ pub fn action_with(run_body: &str, extra_funcs: &str) -> String {
         r#"(component
   (import "squid-mesh:step/types@0.1.0" (instance $types
     (type $ctx' (record (field "run-id" string) (field "workflow" string) (field "step" string)
-                        (field "attempt" u32) (field "runnable-key" string) (field "idempotency-key" string)))
+                        (field "attempt" u32) (field "runnable-key" string) (field "idempotency-key" string)
+                        (field "step-idempotency-key" string)))
     (export "step-context" (type (eq $ctx')))
     (type $ok' (record (field "output" string) (field "continue-after-ms" (option u64))))
     (export "step-success" (type (eq $ok')))
@@ -60,7 +61,7 @@ pub fn action_with(run_body: &str, extra_funcs: &str) -> String {
       (i32.store8 (i32.const 528) (i32.const 0))
       (i32.const 512))
     {extra_funcs}
-    (func (export "run") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (func (export "run") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
       {run_body})
     (func (export "describe") (result i32) (i32.const 1024)))
   (core instance $i (instantiate $m))
@@ -73,7 +74,7 @@ pub fn action_with(run_body: &str, extra_funcs: &str) -> String {
 
 /// Echoes its input as its output.
 pub fn echo() -> String {
-    action("(call $ok (local.get 11) (local.get 12))")
+    action("(call $ok (local.get 13) (local.get 14))")
 }
 
 /// Spins forever.
