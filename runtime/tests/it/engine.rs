@@ -513,7 +513,7 @@ async fn heartbeats_keep_a_long_step_alive() {
             .expect("starts");
         let beating = ExecuteOptions {
             owner_id: "steady".into(),
-            lease_for: Duration::from_secs(1),
+            lease_for: Duration::from_millis(1500),
             heartbeat_interval: Some(Duration::from_millis(40)),
             ..ExecuteOptions::default()
         };
@@ -521,11 +521,12 @@ async fn heartbeats_keep_a_long_step_alive() {
             let engine = engine.clone();
             tokio::spawn(async move { engine.execute_next(beating).await })
         };
-        // Time runs fast: 3 s of engine time pass while the step sleeps 0.7 s, well past the
-        // 1 s lease, yet no one else may take the attempt.
-        for _ in 0..15 {
+        // Time runs fast: 3 s of engine time pass while the step sleeps 0.7 s, twice the
+        // 1.5 s lease, yet no one else may take the attempt. (Engine time runs 2.5 times real
+        // time, so a heartbeat may be late by half a second on a loaded machine.)
+        for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            clock.advance(Duration::from_millis(200));
+            clock.advance(Duration::from_millis(100));
             assert!(
                 engine
                     .execute_next(opts("thief"))
