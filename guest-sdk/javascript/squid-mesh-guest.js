@@ -21,7 +21,7 @@
 // traps and the host reports a `trap` step error carrying the message it captured from
 // standard error.
 
-import * as host from 'squid-mesh:step/host@0.1.0';
+import * as host from 'squid-mesh:step/host@0.2.0';
 
 /** A step error: a machine-readable code, a message, and whether a retry may help. */
 export class ActionError extends Error {

@@ -286,7 +286,7 @@ impl Engine {
                         "metadata".into(),
                         self.inner
                             .redaction
-                            .value(&Value::Object(signal.metadata.clone())),
+                            .keys(&Value::Object(signal.metadata.clone())),
                     );
                 }
                 applier.resolve_gate(&gate, action, result);

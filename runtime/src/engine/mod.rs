@@ -232,7 +232,7 @@ impl Written {
 
 /// The journaled form of a signal, redacted by `policy`.
 pub(crate) fn receipt(signal: &Signal, policy: &RedactionPolicy) -> CommandReceipt {
-    let redacted = |m: &Map<String, Value>| match policy.value(&Value::Object(m.clone())) {
+    let redacted = |m: &Map<String, Value>| match policy.keys(&Value::Object(m.clone())) {
         Value::Object(m) => m,
         _ => Map::new(),
     };

@@ -42,9 +42,6 @@ const SCHEDULES_PER_CALL: usize = 1_000;
 /// looks again whether that run has ended.
 const QUEUED_RECHECK_US: i64 = 1_000_000;
 
-/// How long a schedule that failed to fire waits before it is tried again.
-const BROKEN_RETRY_US: i64 = 60_000_000;
-
 /// Whether a schedule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -774,24 +771,18 @@ impl Schedules<'_> {
                     err.to_string(),
                 )])
             })?;
-            if first_window(&parsed, policy, now).is_none() {
+            // An expression with no window at all is a mistake; one whose `end_at` has
+            // passed is a schedule that is over, and is stored as such.
+            if parsed.next_after(now).is_none() {
                 problems.push(problem(
-                    &format!("triggers[{i}]"),
+                    &format!("triggers[{i}].cron"),
                     "schedule_never_fires",
-                    format!(
-                        "cron trigger {} has no window after now{}",
-                        t.name,
-                        if policy.end_at.is_some() {
-                            " and before end_at"
-                        } else {
-                            ""
-                        }
-                    ),
+                    format!("cron trigger {} has no window after now", t.name),
                 ));
             }
             crons.push((t.name.clone(), parsed, policy.clone()));
         }
-        if crons.is_empty() {
+        if crons.is_empty() && self.of_workflow(&spec.name).await?.is_empty() {
             problems.push(problem(
                 "triggers",
                 "no_cron_trigger",
@@ -813,11 +804,10 @@ impl Schedules<'_> {
             let kept: Vec<&str> = crons.iter().map(|(t, _, _)| t.as_str()).collect();
             for old in tx.list_schedules().await? {
                 if old.workflow == spec.name && !kept.contains(&old.trigger_name.as_str()) {
-                    tx.delete_schedule(&old.workflow, &old.trigger_name).await?;
-                    tx.append_schedule_event(&event_row(&old, "removed", &cmd, json!({
+                    delete_schedule(&mut tx, &old, &cmd, json!({
                         "reason": "the applied spec no longer has this cron trigger",
                         "definition_hash": hash,
-                    }), now))
+                    }), now)
                     .await?;
                 }
             }
@@ -905,17 +895,22 @@ impl Schedules<'_> {
             .collect())
     }
 
+    /// The schedules of one workflow.
+    async fn of_workflow(self, workflow: &str) -> Result<Vec<ScheduleInfo>> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| s.workflow == workflow)
+            .collect())
+    }
+
     /// Resolves an optional trigger name: the workflow's only schedule when `None`.
     pub(super) async fn key(self, workflow: &str, trigger: Option<&str>) -> Result<String> {
         if let Some(t) = trigger {
             return Ok(t.to_owned());
         }
-        let all: Vec<_> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|s| s.workflow == workflow)
-            .collect();
+        let all = self.of_workflow(workflow).await?;
         match all.as_slice() {
             [one] => Ok(one.trigger.clone()),
             [] => Err(not_found(workflow, "")),
@@ -1086,22 +1081,7 @@ impl Schedules<'_> {
                 .load_schedule(workflow, &trigger, true)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
-            tx.delete_schedule(workflow, &trigger).await?;
-            if let Some(q) = row.queued_at {
-                // The window waiting for the previous run will not start now.
-                tx.update_fire(&FireRow {
-                    workflow: workflow.to_owned(),
-                    trigger_name: trigger.clone(),
-                    scheduled_at: q,
-                    outcome: FireOutcome::Skipped.as_str().to_owned(),
-                    origin: FireOrigin::Scheduler.as_str().to_owned(),
-                    run_id: None,
-                    fired_at: now.0,
-                })
-                .await?;
-            }
-            tx.append_schedule_event(&event_row(&row, "removed", &cmd, json!({}), now))
-                .await?;
+            delete_schedule(&mut tx, &row, &cmd, json!({}), now).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -1271,16 +1251,15 @@ impl Schedules<'_> {
             }
             Err(err @ EngineError::Store(_)) => Err(err),
             Err(err) => {
-                // One schedule that cannot fire must not hold up the others: it is looked
-                // at again later, and the reason is kept in its trail.
+                // One schedule that cannot fire must not hold up the others: it is parked
+                // (applying its spec again wakes it), with the reason in its trail.
                 drop(tx);
                 tracing::error!(
-                    "schedule {workflow}/{trigger} could not fire: {err}; retrying in {} s",
-                    BROKEN_RETRY_US / 1_000_000
+                    "schedule {workflow}/{trigger} could not fire and is parked: {err}; apply its spec again to fire it"
                 );
                 let mut tx = store.begin_write().await?;
                 if let Some(mut row) = tx.load_schedule(&workflow, &trigger, true).await? {
-                    row.due_at = Some(now.0 + BROKEN_RETRY_US);
+                    row.due_at = None;
                     row.updated_at = now.0;
                     tx.put_schedule(&row).await?;
                     let detail = json!({"code": err.code(), "message": err.to_string()});
@@ -1431,6 +1410,33 @@ impl Schedules<'_> {
         tx.put_schedule(&loaded.row).await?;
         Ok(handled)
     }
+}
+
+/// Deletes a schedule row, records its removal in the trail, and settles a window it had
+/// waiting (overlap `queue_one`) as skipped.
+async fn delete_schedule<T: ScheduleTx>(
+    tx: &mut T,
+    row: &ScheduleRow,
+    cmd: &ScheduleCommand,
+    detail: Value,
+    now: Timestamp,
+) -> Result<()> {
+    tx.delete_schedule(&row.workflow, &row.trigger_name).await?;
+    if let Some(q) = row.queued_at {
+        tx.update_fire(&FireRow {
+            workflow: row.workflow.clone(),
+            trigger_name: row.trigger_name.clone(),
+            scheduled_at: q,
+            outcome: FireOutcome::Skipped.as_str().to_owned(),
+            origin: FireOrigin::Scheduler.as_str().to_owned(),
+            run_id: None,
+            fired_at: now.0,
+        })
+        .await?;
+    }
+    tx.append_schedule_event(&event_row(row, "removed", cmd, detail, now))
+        .await?;
+    Ok(())
 }
 
 /// The first window after `from` within the policy's start and end.

@@ -297,10 +297,10 @@ pub fn is_secret_key(key: &str) -> bool {
     DEFAULT_POLICY.is_secret_key(key)
 }
 
-/// Replaces the value of every secret-looking key, at any depth, with `"[REDACTED]"` (and
-/// secrets written into strings), by the default [`RedactionPolicy`].
+/// Replaces the value of every secret-looking key, at any depth, with `"[REDACTED]"`, by
+/// the default [`RedactionPolicy`].
 pub fn redact(value: &Value) -> Value {
-    DEFAULT_POLICY.value(value)
+    DEFAULT_POLICY.keys(value)
 }
 
 #[cfg(test)]

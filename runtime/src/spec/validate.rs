@@ -208,11 +208,18 @@ impl WorkflowSpec {
                         format!("default {d} is not of type {}", f.field_type.name()),
                     );
                 }
-                if let Some(why) = f.default.as_ref().and_then(crate::json::too_deep) {
+                // A default sits one level down in the payload, which is held to the bound.
+                if let Some(d) = &f.default
+                    && crate::json::depth(d) >= crate::json::MAX_DEPTH
+                {
                     p.add(
                         format!("{fat}.default"),
                         "invalid_default",
-                        format!("the default {why}"),
+                        format!(
+                            "the default nests {} levels deep; the most is {}",
+                            crate::json::depth(d),
+                            crate::json::MAX_DEPTH - 1
+                        ),
                     );
                 }
                 if f.default_from.is_some() && f.field_type != FieldType::String {

@@ -863,6 +863,18 @@ async fn reapplying_keeps_state_and_drops_triggers_the_spec_lost() {
         let all = engine.schedules().list().await.expect("lists");
         let triggers: Vec<&str> = all.iter().map(|s| s.trigger.as_str()).collect();
         assert_eq!(triggers, ["every_hour"]);
+        // The spec loses its cron trigger altogether: its schedules go.
+        let manual = WorkflowSpec::builder("reports")
+            .trigger(Trigger::manual("m"))
+            .step(Step::log("note", LogLevel::Info, "by hand"))
+            .build();
+        let applied = engine
+            .schedules()
+            .apply(&manual, None, ScheduleCommand::default())
+            .await
+            .expect("applies");
+        assert!(applied.is_empty());
+        assert!(engine.schedules().list().await.expect("lists").is_empty());
         // A schedule that can never fire is refused.
         let never = scheduled(
             "never",

@@ -14,7 +14,7 @@ pub fn action(run_body: &str) -> String {
 pub fn action_with(run_body: &str, extra_funcs: &str) -> String {
     format!(
         r#"(component
-  (import "squid-mesh:step/types@0.1.0" (instance $types
+  (import "squid-mesh:step/types@0.2.0" (instance $types
     (type $ctx' (record (field "run-id" string) (field "workflow" string) (field "step" string)
                         (field "attempt" u32) (field "runnable-key" string) (field "idempotency-key" string)
                         (field "step-idempotency-key" string)))
