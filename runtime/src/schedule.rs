@@ -640,4 +640,65 @@ mod tests {
         assert!((0..=5_000_000).contains(&j));
         assert_eq!(j, jitter("w", "t", due, 5_000));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ZONES: [&str; 6] = [
+            "Europe/Amsterdam",
+            "America/New_York",
+            "Australia/Sydney",
+            "America/Santiago",
+            "Asia/Kolkata",
+            "Etc/UTC",
+        ];
+
+        fn expression() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u8..60, 0u8..24).prop_map(|(m, h)| format!("{m} {h} * * *")),
+                (0u8..60, 0u8..12).prop_map(|(m, h)| format!("{m} {h},{} * * *", h + 12)),
+                (1u8..31).prop_map(|s| format!("*/{s} * * * *")),
+                (0u8..60, 1u8..4).prop_map(|(m, w)| format!("{m} 1-3 * * */{w}")),
+                (1u8..60).prop_map(|s| format!("*/{s} 2 * * * *")),
+                Just("@hourly".to_owned()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Windows found forwards and backwards agree, never repeat, never go back in
+            /// time, and each one either matches the expression in local time or is the
+            /// first instant after a skipped hour.
+            #[test]
+            fn windows_are_consistent(
+                expr in expression(),
+                zone in 0..ZONES.len(),
+                // 2026-01-01 .. 2028-01-01, in seconds
+                secs in 1_767_225_600i64..1_830_297_600i64,
+            ) {
+                let s = CronSchedule::parse(&expr, ZONES[zone]).expect("valid");
+                let t = Timestamp(secs * SECOND_US);
+                let n = s.next_after(t).expect("a next window");
+                prop_assert!(n > t);
+                prop_assert_eq!(s.latest_at_or_before(n), Some(n));
+                prop_assert_eq!(s.next_after(Timestamp(n.0 - 1)), Some(n));
+                let n2 = s.next_after(n).expect("another window");
+                prop_assert!(n2 > n);
+                prop_assert_eq!(s.latest_before(n2), Some(n));
+                let local = to_utc(n).with_timezone(&s.tz);
+                let offset = |u: i64| to_utc(Timestamp(u)).with_timezone(&s.tz).offset().fix();
+                let after_gap = offset(n.0 - SECOND_US).local_minus_utc()
+                    < offset(n.0).local_minus_utc();
+                prop_assert!(
+                    s.cron.is_time_matching(&local).unwrap_or(false) || after_gap,
+                    "{} in {}: {} matches neither",
+                    expr,
+                    ZONES[zone],
+                    s.local(n)
+                );
+            }
+        }
+    }
 }
