@@ -43,6 +43,34 @@ impl Db {
         }
     }
 
+    /// Runs one SQL statement against the database behind the engine's back.
+    pub async fn execute(&self, statement: &str) {
+        use sqlx::Connection as _;
+        match self {
+            Db::Sqlite(path) => {
+                let mut c =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .expect("connects");
+                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .expect("runs");
+            }
+            Db::Postgres { url, schema } => {
+                let mut c = sqlx::PgConnection::connect(url).await.expect("connects");
+                sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+                    .execute(&mut c)
+                    .await
+                    .expect("search path");
+                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .expect("runs");
+            }
+        }
+    }
+
     pub async fn engine(&self, registry: &ActionRegistry, clock: &ManualClock) -> Engine {
         self.builder(registry, clock)
             .build()

@@ -673,33 +673,6 @@ async fn compensation_is_explained_and_drawn() {
     .await;
 }
 
-/// Runs SQL against the test's database behind the engine's back.
-async fn raw(db: &Db, sql: &str) {
-    use sqlx::Connection as _;
-    match db {
-        Db::Sqlite(path) => {
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .expect("connects");
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .expect("runs");
-        }
-        Db::Postgres { url, schema } => {
-            let mut c = sqlx::PgConnection::connect(url).await.expect("connects");
-            sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
-                .execute(&mut c)
-                .await
-                .expect("search path");
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut c)
-                .await
-                .expect("runs");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_nothing_can_move_is_explained_as_stalled() {
     each(|db, clock| async move {
@@ -710,11 +683,8 @@ async fn a_run_nothing_can_move_is_explained_as_stalled() {
             .expect("starts")
             .run_id;
         // Someone settled the attempts by hand; the run row still says running.
-        raw(
-            &db,
-            "UPDATE attempts SET status = 'cancelled', due_at = NULL",
-        )
-        .await;
+        db.execute("UPDATE attempts SET status = 'cancelled', due_at = NULL")
+            .await;
         let e = explain(&engine, run).await;
         assert_eq!(e.reason, Reason::Stalled, "{}", db.name());
         assert_eq!(

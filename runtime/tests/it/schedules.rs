@@ -800,33 +800,6 @@ builtin = { kind = "log", level = "info", message = "hi" }
     let _ = T0;
 }
 
-/// Runs one SQL statement against the test's database.
-async fn sql(db: &Db, statement: &str) {
-    use sqlx::Connection as _;
-    match db {
-        Db::Sqlite(path) => {
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .expect("sqlite");
-            sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-                .execute(&mut c)
-                .await
-                .expect("statement");
-        }
-        Db::Postgres { url, schema } => {
-            let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
-            sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
-                .execute(&mut c)
-                .await
-                .expect("search path");
-            sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-                .execute(&mut c)
-                .await
-                .expect("statement");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapplying_keeps_state_and_drops_triggers_the_spec_lost() {
     each(|db, clock| async move {
@@ -908,11 +881,8 @@ async fn a_schedule_that_cannot_fire_does_not_hold_up_the_others() {
             &scheduled("healthy", "* * * * *", "Etc/UTC", allow, false),
         )
         .await;
-        sql(
-            &db,
-            "UPDATE schedules SET policy = 'not json' WHERE workflow = 'broken'",
-        )
-        .await;
+        db.execute("UPDATE schedules SET policy = 'not json' WHERE workflow = 'broken'")
+            .await;
         for _ in 0..3 {
             clock.advance(minutes(1));
             let fired = engine.schedules().fire_due().await.expect("fires");
