@@ -14,7 +14,7 @@ use squid_mesh::inspect::{
 use squid_mesh::spec::{DeadlineSpec, Step, Transition, Trigger, WorkflowSpec};
 use squid_mesh::{Engine, EngineError, RunId, RunStatus, StartOptions};
 
-use crate::backends::{Db, each};
+use crate::backends::each;
 use crate::engine::{drain, opts, registry};
 
 fn now(clock: &ManualClock) -> Timestamp {
