@@ -23,6 +23,41 @@ use squid_mesh::{
     RunStatus, StartOptions, Worker, WorkflowSpec,
 };
 
+/// `print!` that ends the program quietly (exit 0) when stdout is closed, as when the output
+/// is piped into `head`, instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*), false)
+    };
+}
+
+/// `println!`, with the same handling of a closed stdout as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*), true)
+    };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+        Ok(()) => {}
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "squid-mesh",
@@ -503,7 +538,7 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -580,7 +615,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&json!({"migrated": cli.database}))?;
             } else {
-                println!("database {} is up to date", cli.database);
+                outln!("database {} is up to date", cli.database);
             }
             Ok(0)
         }
@@ -635,7 +670,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     &json!({"run_id": snap.run_id, "status": snap.status, "replayed_from": snap.replayed_from}),
                 )?;
             } else {
-                println!("started run {} replaying {}", snap.run_id, a.id);
+                outln!("started run {} replaying {}", snap.run_id, a.id);
             }
             Ok(0)
         }
@@ -646,7 +681,7 @@ fn done(cli: &Cli, run_id: &str, status: RunStatus) -> Result<u8, Failure> {
     if cli.json {
         print_json(&json!({"run_id": run_id, "status": status}))?;
     } else {
-        println!("run {run_id} is {}", status.as_str());
+        outln!("run {run_id} is {}", status.as_str());
     }
     Ok(0)
 }
@@ -666,12 +701,16 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                 print_json(&m.actions)?;
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "{:<24}  {:<8}  {:<16}  {:>8}  {:>8}  component",
-                "key", "enabled", "digest", "timeout", "memory"
+                "key",
+                "enabled",
+                "digest",
+                "timeout",
+                "memory"
             );
             for a in &m.actions {
-                println!(
+                outln!(
                     "{:<24}  {:<8}  {:<16}  {:>6}ms  {:>6}MB  {}",
                     a.key.to_string(),
                     a.enabled,
@@ -753,9 +792,10 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                     &json!({"key": key.to_string(), "digest": digest.to_string(), "name": description.name, "version": description.version}),
                 )?;
             } else {
-                println!(
+                outln!(
                     "added {key} ({} {}) pinned to {digest}",
-                    description.name, description.version
+                    description.name,
+                    description.version
                 );
             }
             Ok(0)
@@ -785,14 +825,14 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
             } else {
                 for r in &results {
                     if r["ok"] == true {
-                        println!(
+                        outln!(
                             "ok      {} ({} {})",
                             r["key"].as_str().unwrap_or(""),
                             r["name"].as_str().unwrap_or(""),
                             r["version"].as_str().unwrap_or("")
                         );
                     } else {
-                        println!(
+                        outln!(
                             "FAILED  {}: {}",
                             r["key"].as_str().unwrap_or(""),
                             r["error"].as_str().unwrap_or("")
@@ -834,7 +874,7 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                     if cli.json {
                         print_json(&json!({"valid": true, "problems": []}))?;
                     } else {
-                        println!("{} is valid", file.display());
+                        outln!("{} is valid", file.display());
                     }
                     Ok(0)
                 }
@@ -844,9 +884,9 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                             &json!({"valid": false, "problems": problems.iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()}),
                         )?;
                     } else {
-                        println!("{} has {} problem(s):", file.display(), problems.len());
+                        outln!("{} has {} problem(s):", file.display(), problems.len());
                         for p in &problems {
-                            println!("  {}: {} ({})", p.path, p.message, p.code);
+                            outln!("  {}: {} ({})", p.path, p.message, p.code);
                         }
                     }
                     Ok(2)
@@ -872,7 +912,7 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                 print_json(&json!({"workflow": spec.name, "nodes": nodes, "edges": edges}))?;
                 return Ok(0);
             }
-            println!("workflow {}", spec.name);
+            outln!("workflow {}", spec.name);
             for s in &spec.steps {
                 let what = match (&s.action, &s.builtin) {
                     (Some(a), _) => a.to_string(),
@@ -892,7 +932,7 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                 if !s.after.is_empty() {
                     extra.push(format!("after {}", s.after.join(", ")));
                 }
-                println!("  {:<20} {:<24} {}", s.name, what, extra.join("; "));
+                outln!("  {:<20} {:<24} {}", s.name, what, extra.join("; "));
             }
             for t in &spec.transitions {
                 let on = match t.on {
@@ -904,7 +944,7 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                     .as_ref()
                     .map(|c| format!(" when {}", serde_json::to_string(c).unwrap_or_default()))
                     .unwrap_or_default();
-                println!("  {} --{on}--> {}{cond}", t.from, t.to);
+                outln!("  {} --{on}--> {}{cond}", t.from, t.to);
             }
             Ok(0)
         }
@@ -933,7 +973,7 @@ async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
             &json!({"run_id": snap.run_id, "workflow": snap.workflow, "status": snap.status, "queue": snap.queue}),
         )?;
     } else {
-        println!(
+        outln!(
             "started run {} of {} on queue {} ({})",
             snap.run_id,
             snap.workflow,
@@ -980,7 +1020,7 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
         print_json(&json!({"stopped": reason, "executed": executed, "errors": errors}))?;
     } else {
         eprintln!();
-        println!("worker stopped ({reason}): {executed} step(s) executed, {errors} error(s)");
+        outln!("worker stopped ({reason}): {executed} step(s) executed, {errors} error(s)");
     }
     Ok(0)
 }
@@ -1039,7 +1079,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&result)?;
             } else {
-                print!("{}", render::page_text(&result));
+                out!("{}", render::page_text(&result));
             }
         }
         RunsCommand::Show { id, history } => {
@@ -1051,11 +1091,11 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&i)?;
             } else {
-                print!("{}", render::inspection_text(&i));
+                out!("{}", render::inspection_text(&i));
                 if let Some(h) = &i.history {
-                    println!("journal:");
+                    outln!("journal:");
                     for entry in h {
-                        println!("  {} {}", entry.at, entry.fact.kind());
+                        outln!("  {} {}", entry.at, entry.fact.kind());
                     }
                 }
             }
@@ -1069,7 +1109,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&g.to_json())?;
             } else {
-                print!("{}", render::graph_text(&g));
+                out!("{}", render::graph_text(&g));
             }
         }
         RunsCommand::Explain { id } => {
@@ -1080,7 +1120,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&x)?;
             } else {
-                print!("{}", render::explanation_text(&x));
+                out!("{}", render::explanation_text(&x));
             }
         }
     }
@@ -1092,7 +1132,7 @@ fn print_schedule(s: &ScheduleInfo) {
         (Some(at), Some(local)) => format!("{local} ({at})"),
         _ => "none (ended)".into(),
     };
-    println!(
+    outln!(
         "{}/{}  {}  {:?} in {}  next {next}  missed {}{}",
         s.workflow,
         s.trigger,
@@ -1131,7 +1171,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&all)?;
             } else if all.is_empty() {
-                println!(
+                outln!(
                     "no schedules (apply a spec with a cron trigger: squid-mesh schedules apply FILE)"
                 );
             } else {
@@ -1149,7 +1189,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             } else {
                 print_schedule(&d.schedule);
                 let p = &d.schedule.policy;
-                println!(
+                outln!(
                     "  policy: catch_up {} (limit {}), overlap {}, jitter {} ms, grace {} ms{}{}",
                     render::status_text(&p.catch_up),
                     p.catch_up_limit,
@@ -1162,11 +1202,11 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     p.end_at.map(|t| format!(", until {t}")).unwrap_or_default(),
                 );
                 if let Some(q) = d.schedule.queued_window {
-                    println!("  queued window {q} waits for the previous run");
+                    outln!("  queued window {q} waits for the previous run");
                 }
-                println!("  windows (newest first):");
+                outln!("  windows (newest first):");
                 for f in &d.fires {
-                    println!(
+                    outln!(
                         "    {}  {} by {}  late {} ms  {}",
                         f.scheduled_at,
                         render::status_text(&f.outcome),
@@ -1175,9 +1215,9 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                         f.run_id.as_deref().unwrap_or("-")
                     );
                 }
-                println!("  trail:");
+                outln!("  trail:");
                 for ev in &d.events {
-                    println!(
+                    outln!(
                         "    {}  {}{}{}",
                         ev.occurred_at,
                         ev.kind,
@@ -1215,7 +1255,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     &json!({"removed": {"workflow": which.workflow, "trigger": which.trigger}}),
                 )?;
             } else {
-                println!(
+                outln!(
                     "removed the schedule of {}{}",
                     which.workflow,
                     which
@@ -1244,7 +1284,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&report)?;
             } else {
-                println!(
+                outln!(
                     "{} window(s) in range up to {}: started {} run(s), {} handled before",
                     report.windows,
                     report.until,
@@ -1252,7 +1292,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                     report.already
                 );
                 if report.until < required_time("--to", to)? {
-                    println!("windows after now are left to the scheduler");
+                    outln!("windows after now are left to the scheduler");
                 }
             }
         }
@@ -1272,7 +1312,7 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
                 print_json(&rows)?;
             } else {
                 for t in &times {
-                    println!("{}  ({t})", cron.local(*t));
+                    outln!("{}  ({t})", cron.local(*t));
                 }
             }
         }

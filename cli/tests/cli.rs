@@ -492,6 +492,30 @@ fn schedule_scenario(cli: &Cli) {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("backfill_too_large"), "{err}");
+    // A reader that stops early (`| head -c1`) ends the command quietly. The output is larger
+    // than a pipe's buffer, so the command is still writing when the pipe closes.
+    let mut reader = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .args(["--database", &cli.database, "--schema", &cli.schema])
+        .args(["--json", "schedules", "next", "hourly_report", "-n", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    {
+        use std::io::Read as _;
+        let mut first = [0u8; 1];
+        reader
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut first)
+            .expect("a first byte");
+    }
+    let closed = reader.wait_with_output().expect("ends");
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     // An unreachable Postgres is reported at once with its cause, said once.
     let refused = Command::new(BIN)
         .args([
