@@ -95,6 +95,15 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Most Postgres connections this process opens (each worker process needs its own share
+    /// of the server's `max_connections`).
+    #[arg(
+        long,
+        global = true,
+        env = "SQUID_MESH_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    max_connections: u32,
     /// What run views show: `external` (status and shape), `operator` (also errors, timing
     /// and command types, no payloads) or `auditor` (everything).
     #[arg(long, global = true, env = "SQUID_MESH_SCOPE", default_value = "auditor", value_parser = parse_scope)]
@@ -460,11 +469,15 @@ failure_from!(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log level from SQUID_MESH_LOG, else RUST_LOG, else errors only; colours only on a
+    // terminal.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SQUID_MESH_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -577,7 +590,9 @@ async fn engine(cli: &Cli) -> Result<Engine> {
             ..HostConfig::default()
         });
     let b = if is_postgres(&cli.database) {
-        b.postgres(&cli.database).postgres_schema(&cli.schema)
+        b.postgres(&cli.database)
+            .postgres_schema(&cli.schema)
+            .postgres_max_connections(cli.max_connections)
     } else {
         b.sqlite(
             cli.database
@@ -995,7 +1010,8 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
         .schedules(!args.no_schedules)
         .start()?;
     let started = std::time::Instant::now();
-    let interactive = !cli.json;
+    // The live progress line only on a terminal: piped, it would be one endless line.
+    let interactive = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let reason = loop {
