@@ -1035,7 +1035,10 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
     if cli.json {
         print_json(&json!({"stopped": reason, "executed": executed, "errors": errors}))?;
     } else {
-        eprintln!();
+        if interactive {
+            // Ends the progress line.
+            eprintln!();
+        }
         outln!("worker stopped ({reason}): {executed} step(s) executed, {errors} error(s)");
     }
     Ok(0)
