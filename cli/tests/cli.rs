@@ -555,7 +555,20 @@ fn workers_fire_each_window_once(cli: &Cli) {
                 .expect("worker starts")
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    // Let them fire a few windows (however slowly a loaded machine starts them), then stop.
+    let started = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let shown = cli.json(&["schedules", "show", "ticker", "--fires", "10"]);
+        let fired = shown["fires"].as_array().map_or(0, Vec::len);
+        if fired >= 5 && started.elapsed() >= std::time::Duration::from_secs(4) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the workers fired {fired} windows in a minute"
+        );
+    }
     for w in &workers {
         let _ = Command::new("kill")
             .args(["-INT", &w.id().to_string()])
