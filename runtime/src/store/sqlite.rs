@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{Direct, HEARTBEAT_SQL, Store, StoreResult};
+use super::{Direct, HEARTBEAT_SQL, Store, StoreError, StoreResult};
 
 /// How hard SQLite syncs commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +138,27 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         let _write = self.write_lock.lock().await;
+        // A database whose tables share our names but that we never migrated belongs to
+        // someone else: refuse before writing anything (not even the migration history).
+        let (history,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.writer)
+        .await?;
+        if history == 0 {
+            let clash: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('definitions', 'runs', 'attempts', 'journal', 'commands', 'child_runs', 'schedules', 'schedule_fires', 'schedule_events') ORDER BY name",
+            )
+            .fetch_all(&self.writer)
+            .await?;
+            if !clash.is_empty() {
+                let names: Vec<String> = clash.into_iter().map(|(n,)| n).collect();
+                return Err(StoreError::InvalidSetting(format!(
+                    "the database already has tables Squid Mesh did not create ({}); give the engine a file of its own",
+                    names.join(", ")
+                )));
+            }
+        }
         sqlx::migrate!("../migrations/sqlite")
             .run(&self.writer)
             .await?;

@@ -1292,3 +1292,33 @@ async fn secrets_in_step_errors_are_redacted_before_they_are_stored() {
     })
     .await;
 }
+
+/// A host's SQLite file with a table of the same name is refused before anything is written:
+/// no migration history is left behind in a database that is not ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_sqlite_database_is_refused_untouched() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("host.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut c = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("creates");
+    sqlx::query("CREATE TABLE runs (id INTEGER PRIMARY KEY, note TEXT)")
+        .execute(&mut c)
+        .await
+        .expect("host table");
+    let err = Engine::builder()
+        .sqlite(&path)
+        .build()
+        .await
+        .expect_err("not our database");
+    assert!(err.to_string().contains("runs"), "{err}");
+    assert!(!err.is_retryable());
+    let (history,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations'")
+            .fetch_one(&mut c)
+            .await
+            .expect("reads");
+    assert_eq!(history, 0, "nothing written");
+}
