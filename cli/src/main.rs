@@ -1014,9 +1014,13 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
     let interactive = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    // systemd and Kubernetes stop services with SIGTERM: drain on it as on Ctrl-C.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     let reason = loop {
         tokio::select! {
             _ = &mut ctrl_c => break "interrupted",
+            _ = term.recv() => break "terminated",
             _ = tick.tick() => {
                 let executed = pool.stats().executed.load(std::sync::atomic::Ordering::Relaxed);
                 let errors = pool.stats().errors.load(std::sync::atomic::Ordering::Relaxed);

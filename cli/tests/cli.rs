@@ -629,3 +629,62 @@ fn schedules_from_the_cli_on_postgres() {
         workers_fire_each_window_once(cli);
     });
 }
+
+/// SIGTERM (how systemd and Kubernetes stop a service) drains the worker: the step it is
+/// running finishes, once, and the process exits cleanly.
+#[test]
+fn sigterm_drains_a_running_step() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    std::fs::write(
+        cli.dir.join("nap.json"),
+        json!({
+            "name": "napper",
+            "triggers": [{"name": "m", "type": "manual", "payload": [{"name": "sleep_ms", "type": "integer"}]}],
+            "steps": [{"name": "nap", "action": "echo", "input": ["sleep_ms"]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 1500}"#]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let mut worker = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env_remove("SQUID_MESH_DATABASE")
+        .args(["--database", &cli.database, "--manifest", "actions.toml"])
+        .args(["worker", "--concurrency", "1", "--shutdown-secs", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    // Wait for the step to be running, then ask the worker to stop.
+    let started = std::time::Instant::now();
+    loop {
+        let shown = cli.json(&["runs", "show", &run_id]);
+        if shown["attempts"][0]["status"] == "claimed" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the step never started: {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let out = worker.wait_with_output().expect("worker exits");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("worker stopped (terminated)"), "{said}");
+    let shown = cli.json(&["runs", "show", &run_id]);
+    assert_eq!(shown["status"], "completed", "{shown}");
+    assert_eq!(shown["attempts"][0]["claims"], 1, "ran once: {shown}");
+}
