@@ -653,7 +653,7 @@ fn sigterm_drains_a_running_step() {
     .unwrap();
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 1500}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
-    let mut worker = Command::new(BIN)
+    let worker = Command::new(BIN)
         .current_dir(&cli.dir)
         .env_remove("SQUID_MESH_DATABASE")
         .args(["--database", &cli.database, "--manifest", "actions.toml"])
