@@ -95,6 +95,11 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Logs on stderr as `text` or `json` (one object a line). The level comes from
+    /// `SQUID_MESH_LOG` or `RUST_LOG` (default `error`; `squid_mesh::action=info` shows what
+    /// actions log).
+    #[arg(long, global = true, env = "SQUID_MESH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Most Postgres connections this process opens (each worker process needs its own share
     /// of the server's `max_connections`).
     #[arg(
@@ -471,15 +476,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Log level from SQUID_MESH_LOG, else RUST_LOG, else errors only; colours only on a
     // terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SQUID_MESH_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUID_MESH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

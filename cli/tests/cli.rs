@@ -688,3 +688,43 @@ fn sigterm_drains_a_running_step() {
     assert_eq!(shown["status"], "completed", "{shown}");
     assert_eq!(shown["attempts"][0]["claims"], 1, "ran once: {shown}");
 }
+
+/// `--log-format json` writes one JSON object a line on stderr, and what a step logs is in it
+/// with the run, step and attempt it came from.
+#[test]
+fn json_logs_carry_what_steps_log() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    std::fs::write(
+        cli.dir.join("hello.toml"),
+        "name = \"hello\"\n[[triggers]]\nname = \"m\"\ntype = \"manual\"\n[[steps]]\nname = \"greet\"\nbuiltin = { kind = \"log\", message = \"hello from a step\" }\n",
+    )
+    .unwrap();
+    let run = cli.json(&["start", "hello.toml"]);
+    let out = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env("SQUID_MESH_LOG", "squid_mesh::action=info")
+        .args(["--database", &cli.database, "--manifest", "actions.toml"])
+        .args(["--log-format", "json", "worker", "--exit-when-idle"])
+        .output()
+        .expect("worker runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let records: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["fields"]["message"] == "hello from a step"
+                && r["fields"]["step"] == "greet"
+                && r["fields"]["run_id"] == run["run_id"]),
+        "{stderr}"
+    );
+}
