@@ -470,28 +470,30 @@ fn schedule_scenario(cli: &Cli) {
     let explained = cli.ok(&["runs", "explain", run]);
     assert!(explained.contains("origin:  scheduled by"), "{explained}");
 
-    let (code, err) = cli.fails(&[
-        "schedules",
-        "backfill",
-        "hourly_report",
-        "--from",
-        "2026-01-02T00:00:00Z",
-        "--to",
-        "2026-01-01T00:00:00Z",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("invalid_backfill_range"), "{err}");
-    let (code, err) = cli.fails(&[
-        "schedules",
-        "backfill",
-        "hourly_report",
-        "--from",
-        "2020-01-01T00:00:00Z",
-        "--to",
-        "2026-01-01T00:00:00Z",
-    ]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("backfill_too_large"), "{err}");
+    for (from, to, code_name) in [
+        (
+            "2026-01-02T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "invalid_backfill_range",
+        ),
+        (
+            "2020-01-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "backfill_too_large",
+        ),
+    ] {
+        let (code, err) = cli.fails(&[
+            "schedules",
+            "backfill",
+            "hourly_report",
+            "--from",
+            from,
+            "--to",
+            to,
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(code_name), "{err}");
+    }
     // A reader that stops early (`| head -c1`) ends the command quietly. The output is larger
     // than a pipe's buffer, so the command is still writing when the pipe closes.
     let mut reader = Command::new(BIN)

@@ -281,35 +281,45 @@ impl WorkerBuilder {
             }
             let notified = wake.notified();
             let schedules = self.engine.schedules();
-            let pause = match schedules.fire_due().await {
-                Ok(fired) => {
-                    if !fired.is_empty() {
-                        tracing::debug!("scheduler fired {} windows", fired.len());
-                    }
+            // One indexed read a look while nothing is due; firing only when something is.
+            let due = match schedules.earliest_due().await {
+                Ok(due) => {
                     backoff = Duration::from_millis(50);
-                    match schedules.earliest_due().await {
-                        // Due, yet this call fired nothing: another process holds the row.
-                        // Look again after a short pause, not in a tight loop.
-                        Ok(Some(due)) if due <= self.engine.now() && fired.is_empty() => {
-                            MIN_SCHEDULER_PAUSE
-                        }
-                        Ok(Some(due)) => {
-                            let wait = due.0.saturating_sub(self.engine.now().0).max(0);
-                            Duration::from_micros(u64::try_from(wait).unwrap_or(0))
-                                .min(self.schedule_poll_interval)
-                        }
-                        Ok(None) => self.schedule_poll_interval,
-                        Err(e) => {
-                            tracing::warn!("scheduler: {e}");
-                            self.schedule_poll_interval
-                        }
-                    }
+                    due
                 }
                 Err(e) => {
                     tracing::warn!("scheduler: {e}; retrying in {backoff:?}");
                     backoff = (backoff * 2).min(self.max_backoff);
-                    backoff
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    continue;
                 }
+            };
+            let now = self.engine.now();
+            let pause = match due {
+                None => self.schedule_poll_interval,
+                Some(due) if due > now => {
+                    Duration::from_micros(u64::try_from(due.0 - now.0).unwrap_or(0))
+                        .min(self.schedule_poll_interval)
+                }
+                Some(_) => match schedules.fire_due().await {
+                    Ok(fired) if fired.is_empty() => {
+                        // Due, yet nothing fired: another process holds the row. Look again
+                        // after a short pause, not in a tight loop.
+                        MIN_SCHEDULER_PAUSE
+                    }
+                    Ok(fired) => {
+                        tracing::debug!("scheduler fired {} windows", fired.len());
+                        Duration::ZERO
+                    }
+                    Err(e) => {
+                        tracing::warn!("scheduler: {e}; retrying in {backoff:?}");
+                        backoff = (backoff * 2).min(self.max_backoff);
+                        backoff
+                    }
+                },
             };
             tokio::select! {
                 _ = notified => {}

@@ -134,21 +134,5 @@ fn killed_workers_lose_nothing_and_repeat_only_redelivered_steps_on_sqlite() {
 
 #[test]
 fn killed_workers_lose_nothing_and_repeat_only_redelivered_steps_on_postgres() {
-    let url = std::env::var("SQUID_MESH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if std::env::var_os("SQUID_MESH_SKIP_POSTGRES").is_some()
-        && std::env::var("CI").as_deref() != Ok("true")
-    {
-        eprintln!("\n!!!!! SKIPPING POSTGRES: SQUID_MESH_SKIP_POSTGRES is set !!!!!\n");
-        return;
-    }
-    let schema = format!("sm_chaos_{}", std::process::id());
-    chaos(&url, Some(&schema));
-    let _ = Command::new("psql")
-        .args([
-            &url,
-            "-qc",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
+    squid_mesh_e2e::on_postgres("chaos", |url, schema| chaos(url, Some(schema)));
 }

@@ -92,21 +92,5 @@ fn a_killed_worker_is_recovered_by_another_process_on_sqlite() {
 
 #[test]
 fn a_killed_worker_is_recovered_by_another_process_on_postgres() {
-    let url = std::env::var("SQUID_MESH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if std::env::var_os("SQUID_MESH_SKIP_POSTGRES").is_some()
-        && std::env::var("CI").as_deref() != Ok("true")
-    {
-        eprintln!("\n!!!!! SKIPPING POSTGRES: SQUID_MESH_SKIP_POSTGRES is set !!!!!\n");
-        return;
-    }
-    let schema = format!("sm_e2e_{}", std::process::id());
-    scenario(&url, Some(&schema));
-    let _ = Command::new("psql")
-        .args([
-            &url,
-            "-qc",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
+    squid_mesh_e2e::on_postgres("e2e", |url, schema| scenario(url, Some(schema)));
 }
