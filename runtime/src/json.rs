@@ -30,7 +30,16 @@ pub fn depth(value: &Value) -> usize {
 
 /// `None` when `value` is within [`MAX_DEPTH`], else a sentence saying how deep it is.
 pub fn too_deep(value: &Value) -> Option<String> {
-    let d = depth(value);
+    deeper_than_allowed(depth(value))
+}
+
+/// [`too_deep`] for an object held as a map (one level, plus its deepest value), without
+/// building a [`Value`] around it.
+pub fn too_deep_map(map: &serde_json::Map<String, Value>) -> Option<String> {
+    deeper_than_allowed(1 + map.values().map(depth).max().unwrap_or(0))
+}
+
+fn deeper_than_allowed(d: usize) -> Option<String> {
     (d > MAX_DEPTH).then(|| format!("nests {d} levels deep; the most is {MAX_DEPTH}"))
 }
 

@@ -735,13 +735,7 @@ fn error_outcome(max_bytes: u64, error: wit_types::StepError) -> StepOutcome {
     let details = match error.details {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(&text) {
-            // The object itself is one level: its values may nest one less.
-            Ok(Value::Object(map))
-                if map.values().map(crate::json::depth).max().unwrap_or(0)
-                    < crate::json::MAX_DEPTH =>
-            {
-                Some(map)
-            }
+            Ok(Value::Object(map)) if crate::json::too_deep_map(&map).is_none() => Some(map),
             _ => {
                 return StepOutcome::Failed(StepError::sandbox(
                     StepErrorKind::InvalidOutput,

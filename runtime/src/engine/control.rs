@@ -141,7 +141,7 @@ impl Engine {
             )]));
         }
         for (path, value) in [("payload", &signal.payload), ("metadata", &signal.metadata)] {
-            if let Some(why) = crate::json::too_deep(&Value::Object(value.clone())) {
+            if let Some(why) = crate::json::too_deep_map(value) {
                 return Err(EngineError::InvalidOption(vec![SpecProblem {
                     path: path.into(),
                     code: "too_deep".into(),
