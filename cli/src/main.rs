@@ -746,7 +746,7 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         ActionsCommand::Add(args) => {
-            let key = ActionKey::new(&args.key)?;
+            let key = ActionKey::new(&args.key).map_err(squid_mesh::ActionError::from)?;
             let bytes = std::fs::read(&args.component)
                 .with_context(|| format!("reading {}", args.component.display()))?;
             let digest = Digest::of(&bytes);

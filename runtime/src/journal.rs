@@ -5,114 +5,16 @@
 //! rows can always be checked ([`Projection::diff`]). Pure: no IO.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
 
-use crate::actions::{StepOutcome, Suspension};
-use crate::clock::Timestamp;
-use crate::inspect::Deadline;
-use crate::plan::{Route, StepState};
-
-/// Identifier of a run: a UUID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RunId(pub uuid::Uuid);
-
-impl RunId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4())
-    }
-
-    /// A deterministic id derived from `parts` (SHA-256 over length-prefixed parts, formatted
-    /// as a version-5-style UUID), so the same idempotency key always names the same run.
-    pub fn derived(parts: &[&str]) -> Self {
-        let mut h = Sha256::new();
-        for p in parts {
-            h.update(format!("{}:{p}|", p.len()).as_bytes());
-        }
-        let digest = h.finalize();
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        bytes[6] = (bytes[6] & 0x0f) | 0x50;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        Self(uuid::Uuid::from_bytes(bytes))
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-/// A string that is not a run id.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed run id {0:?}: expected a UUID")]
-pub struct InvalidRunId(pub String);
-
-impl FromStr for RunId {
-    type Err = InvalidRunId;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| InvalidRunId(s.to_owned()))
-    }
-}
-
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Work is planned or in flight.
-    Running,
-    /// Nothing is planned and the run has not ended.
-    Idle,
-    /// Stopped at a manual gate.
-    Paused,
-    /// Ended successfully.
-    Completed,
-    /// Ended with an error.
-    Failed,
-    /// Ended by cancellation.
-    Cancelled,
-}
-
-impl RunStatus {
-    /// Whether the run has ended.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-
-    /// The status as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Idle => "idle",
-            Self::Paused => "paused",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses a stored status.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => Self::Running,
-            "idle" => Self::Idle,
-            "paused" => Self::Paused,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-}
+use crate::plan::Route;
+use crate::vocab::{
+    AttemptStatus, CommandKind, CompensationStatus, Deadline, StepOutcome, StepState, Suspension,
+    Timestamp,
+};
+pub use crate::vocab::{InvalidRunId, RunId, RunStatus};
 
 /// A runnable planned for execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,8 +72,8 @@ pub struct ParentLink {
 pub struct CommandReceipt {
     /// Signal id.
     pub signal_id: String,
-    /// `start`, `resume`, `approve`, `reject`, `cancel`, `replay`...
-    pub command: String,
+    /// The command.
+    pub command: CommandKind,
     /// Idempotency key, if any.
     pub idempotency_key: Option<String>,
     /// Who issued it.
@@ -189,8 +91,8 @@ pub struct CommandReceipt {
 /// Progress and outcome of a failed run's saga compensation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compensation {
-    /// `compensating`, `compensated` or `partially_compensated`.
-    pub status: String,
+    /// Where the compensation stands.
+    pub status: CompensationStatus,
     /// The failure that started it.
     pub failure: Value,
     /// Steps still to undo, next first.
@@ -301,7 +203,7 @@ pub enum Fact {
         /// Its step.
         step: String,
         /// Final status of the attempt: `succeeded`, `failed` or `suspended`.
-        attempt_status: String,
+        attempt_status: AttemptStatus,
         /// New state of the step, when the outcome changed it.
         step_state: Option<StepState>,
         /// Merged into the run's context.
@@ -352,7 +254,7 @@ pub struct Projection {
     /// State of every step that was planned.
     pub steps: BTreeMap<String, StepState>,
     /// Status of every attempt, by runnable key.
-    pub attempts: BTreeMap<String, String>,
+    pub attempts: BTreeMap<String, AttemptStatus>,
     /// The open manual gate.
     pub manual: Option<ManualGate>,
     /// The error of a failed run.
@@ -374,15 +276,17 @@ impl Projection {
                 Fact::RunnablesPlanned { runnables } => {
                     for r in runnables {
                         p.attempts
-                            .insert(r.runnable_key.clone(), "scheduled".into());
+                            .insert(r.runnable_key.clone(), AttemptStatus::Scheduled);
                         p.steps.insert(r.step.clone(), StepState::Planned);
                     }
                 }
                 Fact::AttemptClaimed { runnable_key, .. } => {
-                    p.attempts.insert(runnable_key.clone(), "claimed".into());
+                    p.attempts
+                        .insert(runnable_key.clone(), AttemptStatus::Claimed);
                 }
                 Fact::AttemptRecorded { runnable_key, .. } => {
-                    p.attempts.insert(runnable_key.clone(), "recorded".into());
+                    p.attempts
+                        .insert(runnable_key.clone(), AttemptStatus::Recorded);
                 }
                 Fact::RunnableApplied {
                     runnable_key,
@@ -392,8 +296,7 @@ impl Projection {
                     context_patch,
                     ..
                 } => {
-                    p.attempts
-                        .insert(runnable_key.clone(), attempt_status.clone());
+                    p.attempts.insert(runnable_key.clone(), *attempt_status);
                     if let Some(state) = step_state {
                         p.steps.insert(step.clone(), *state);
                     }
@@ -426,8 +329,8 @@ impl Projection {
                     if p.compensation.is_none() {
                         // Compensation starts by abandoning the forward steps still open.
                         for s in p.attempts.values_mut() {
-                            if s == "scheduled" || s == "claimed" {
-                                *s = "cancelled".into();
+                            if s.is_open() {
+                                *s = AttemptStatus::Cancelled;
                             }
                         }
                     }
@@ -438,8 +341,8 @@ impl Projection {
                     p.error = error.clone();
                     p.manual = None;
                     for s in p.attempts.values_mut() {
-                        if s == "scheduled" || s == "claimed" {
-                            *s = "cancelled".into();
+                        if s.is_open() {
+                            *s = AttemptStatus::Cancelled;
                         }
                     }
                 }

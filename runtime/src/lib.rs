@@ -62,7 +62,6 @@
 #![deny(missing_docs)]
 
 pub mod actions;
-pub mod clock;
 pub mod engine;
 pub mod inspect;
 pub mod journal;
@@ -72,6 +71,7 @@ pub mod redact;
 pub mod schedule;
 pub mod spec;
 pub mod store;
+pub mod vocab;
 pub mod worker;
 
 /// The guide's Rust examples, compiled and run as doctests so they cannot drift.
@@ -82,6 +82,7 @@ pub struct GuideExamples;
 pub use engine::{Engine, EngineBuilder, EngineError, ExecuteOptions, RunSnapshot, StartOptions};
 pub use journal::{RunId, RunStatus};
 pub use spec::WorkflowSpec;
+pub use vocab::clock;
 pub use worker::Worker;
 
 pub use actions::{

@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::clock::Timestamp;
 use crate::spec::{
     BackoffKind, COMPLETE, DynamicDefault, InputMapping, Outcome, RetryPolicy, SpecProblem,
     StepSpec, TriggerSpec, WorkflowSpec, lookup,
 };
+pub use crate::vocab::StepState;
+use crate::vocab::Timestamp;
 
 /// Fills defaults and checks a payload against a trigger's fields. Missing, unknown and
 /// mistyped fields are all reported together.
@@ -207,18 +208,6 @@ pub fn select_route(
             to: (t.to != COMPLETE).then(|| t.to.clone()),
             recovery: t.recovery.clone(),
         })
-}
-
-/// Where a step stands in a dependency-mode run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    /// Planned (an attempt exists, not yet applied).
-    Planned,
-    /// Completed successfully.
-    Completed,
-    /// Failed for good.
-    Failed,
 }
 
 /// Steps that are ready in a dependency-mode run: not yet planned, with every dependency

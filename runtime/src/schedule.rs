@@ -17,8 +17,8 @@ use chrono::{DateTime, LocalResult, Offset as _, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use sha2::{Digest as _, Sha256};
 
-use crate::clock::Timestamp;
 use crate::spec::{CatchUp, SchedulePolicy};
+use crate::vocab::Timestamp;
 
 /// At most this many windows are looked at in one plan; older missed windows beyond it are
 /// counted once and not enumerated.

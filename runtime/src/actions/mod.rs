@@ -20,11 +20,13 @@ mod output;
 mod registry;
 mod types;
 
+pub use crate::vocab::{
+    ActionKey, Digest, LogLevel, StepError, StepErrorKind, StepOutcome, Suspension,
+};
 pub use builtin::Builtin;
 pub use host::{ActionHost, HostConfig, LoadSource};
 pub use registry::{ActionRegistry, ComponentSource, Manifest, ManifestAction, RegisteredAction};
 pub use types::{
-    ActionDescription, ActionError, ActionKey, ActionLimits, ActionTarget, Capabilities,
-    ChildRunStarter, Diagnostics, Digest, DirGrant, Invocation, LogLevel, LogRecord, StepContext,
-    StepError, StepErrorKind, StepOutcome, Suspension,
+    ActionDescription, ActionError, ActionLimits, ActionTarget, Capabilities, ChildRunStarter,
+    Diagnostics, DirGrant, Invocation, LogRecord, StepContext,
 };

@@ -1,133 +1,17 @@
 //! Values shared by the registry, the sandbox and the built-in step kinds.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
+use serde_json::Value;
 
 use super::builtin::Builtin;
-
-/// The key an action is registered and referenced by, for example `orders.validate`.
-///
-/// 1 to 128 characters from `A-Z a-z 0-9 . _ - : /`, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ActionKey(String);
-
-impl ActionKey {
-    /// Validates and wraps an action key.
-    ///
-    /// # Errors
-    ///
-    /// [`ActionError::InvalidKey`] when the key is empty, too long or has a character outside
-    /// the allowed set.
-    pub fn new(key: impl Into<String>) -> Result<Self, ActionError> {
-        let key = key.into();
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || "._-:/".contains(c);
-        let starts_well = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-        if key.len() > 128 || !starts_well || !key.chars().all(valid_char) {
-            return Err(ActionError::InvalidKey { key });
-        }
-        Ok(Self(key))
-    }
-
-    /// The key as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ActionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for ActionKey {
-    type Error = ActionError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::new(value)
-    }
-}
-
-impl From<ActionKey> for String {
-    fn from(key: ActionKey) -> Self {
-        key.0
-    }
-}
-
-impl FromStr for ActionKey {
-    type Err = ActionError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::new(s)
-    }
-}
-
-/// A SHA-256 digest pinning a component's exact bytes; written `sha256:<64 hex digits>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digest([u8; 32]);
-
-impl Digest {
-    /// Computes the digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-
-    /// The digest as 64 lowercase hex digits, without the `sha256:` prefix.
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = ActionError;
-
-    /// Parses `sha256:<hex>` (the prefix may be omitted).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
-        let mut out = [0u8; 32];
-        match hex::decode_to_slice(hex_part, &mut out) {
-            Ok(()) => Ok(Self(out)),
-            Err(_) => Err(ActionError::InvalidDigest {
-                digest: s.to_owned(),
-            }),
-        }
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = ActionError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        value.parse()
-    }
-}
-
-impl From<Digest> for String {
-    fn from(d: Digest) -> Self {
-        d.to_string()
-    }
-}
+pub use crate::vocab::{
+    ActionKey, Digest, LogLevel, StepError, StepErrorKind, StepOutcome, Suspension,
+};
+use crate::vocab::{InvalidActionKey, InvalidDigest};
 
 /// Resource limits applied to every invocation of one action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,133 +114,6 @@ impl StepContext {
     pub fn step_key(run_id: &str, step: &str) -> String {
         format!("{run_id}:{step}")
     }
-}
-
-/// Why a step attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum StepErrorKind {
-    /// The action returned an error (its own code is in [`StepError::code`]).
-    Action,
-    /// The invocation ran past its wall-clock budget.
-    Timeout,
-    /// The action tried to grow its memory past its cap.
-    MemoryLimit,
-    /// The action used up its fuel budget.
-    FuelExhausted,
-    /// The action exhausted its call stack.
-    StackOverflow,
-    /// The action trapped (a panic, `unreachable`, an out-of-bounds access...).
-    Trap,
-    /// The action returned something that is not what the contract says (not a JSON object).
-    InvalidOutput,
-    /// The action returned more bytes than its limit allows.
-    OutputTooLarge,
-    /// The step could not run: its pinned definition or action is no longer available
-    /// (unknown or disabled key, digest changed). The run fails closed.
-    Unavailable,
-}
-
-impl StepErrorKind {
-    /// The error code this kind is journaled with (for [`StepErrorKind::Action`], the
-    /// action's own code is used instead).
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Action => "action_error",
-            Self::Timeout => "timeout",
-            Self::MemoryLimit => "memory_limit",
-            Self::FuelExhausted => "fuel_exhausted",
-            Self::StackOverflow => "stack_overflow",
-            Self::Trap => "trap",
-            Self::InvalidOutput => "invalid_output",
-            Self::OutputTooLarge => "output_too_large",
-            Self::Unavailable => "action_unavailable",
-        }
-    }
-}
-
-/// A failed step attempt: journaled, inspectable, and routed by the step's retry policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepError {
-    /// What failed.
-    pub kind: StepErrorKind,
-    /// Machine-readable code: the action's own for [`StepErrorKind::Action`], else the kind's.
-    pub code: String,
-    /// Human-readable explanation.
-    pub message: String,
-    /// Whether retrying may succeed.
-    pub retryable: bool,
-    /// Earliest delay before a retry, in milliseconds.
-    pub retry_after_ms: Option<u64>,
-    /// Structured details (a JSON object).
-    pub details: Option<Map<String, Value>>,
-}
-
-impl StepError {
-    /// A sandbox-level failure of the given kind.
-    ///
-    /// A timeout is retryable (the next attempt may be faster); every other limit or trap is
-    /// not, since running the same code on the same input hits it again.
-    pub fn sandbox(kind: StepErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            code: kind.code().to_owned(),
-            message: message.into(),
-            retryable: kind == StepErrorKind::Timeout,
-            retry_after_ms: None,
-            details: None,
-        }
-    }
-}
-
-impl fmt::Display for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-/// A manual gate a built-in step stops the run at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Suspension {
-    /// Wait for `resume`.
-    Pause,
-    /// Wait for `approve` or `reject` by an actor.
-    Approval,
-}
-
-/// What one invocation of an action produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// The step succeeded with this output.
-    Succeeded {
-        /// The output object.
-        output: Map<String, Value>,
-        /// Continue the run only after this many milliseconds.
-        continue_after_ms: Option<u64>,
-    },
-    /// The step failed.
-    Failed(StepError),
-    /// The step stops the run at a manual gate.
-    Suspended(Suspension),
-}
-
-/// Severity of a log record written by an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogLevel {
-    /// Very fine-grained diagnostics.
-    Trace,
-    /// Diagnostics for developers.
-    Debug,
-    /// Normal progress.
-    Info,
-    /// Something unexpected that was handled.
-    Warn,
-    /// Something failed.
-    Error,
 }
 
 /// One log record written by an action.
@@ -557,5 +314,17 @@ impl ActionError {
             Self::Instantiate { .. } => "instantiate_failed",
             Self::Config { .. } => "host_config",
         }
+    }
+}
+
+impl From<InvalidActionKey> for ActionError {
+    fn from(e: InvalidActionKey) -> Self {
+        Self::InvalidKey { key: e.key }
+    }
+}
+
+impl From<InvalidDigest> for ActionError {
+    fn from(e: InvalidDigest) -> Self {
+        Self::InvalidDigest { digest: e.digest }
     }
 }

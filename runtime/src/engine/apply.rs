@@ -7,12 +7,13 @@ use serde_json::{Map, Value, json};
 
 use super::{Definition, Result, now_us, planned_row, to_json};
 use crate::actions::{StepOutcome, Suspension};
-use crate::clock::Timestamp;
 use crate::inspect::Deadline;
 use crate::journal::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable, RunStatus};
 use crate::plan::{self, RetryDecision, StepState};
 use crate::spec::{Mode, Outcome};
 use crate::store::{AttemptRow, RunRow, StoreTx};
+use crate::vocab::Timestamp;
+use crate::vocab::{AttemptStatus, CompensationStatus};
 
 pub(super) struct Applier<'a> {
     def: Option<&'a Definition>,
@@ -181,7 +182,7 @@ impl<'a> Applier<'a> {
             return;
         }
         let Some(step) = def.spec.step(&attempt.step) else {
-            attempt.status = "failed".into();
+            attempt.status = AttemptStatus::Failed;
             self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {} is not in the pinned definition", attempt.step)}));
             return;
         };
@@ -192,7 +193,7 @@ impl<'a> Applier<'a> {
                 output,
                 continue_after_ms,
             } => {
-                attempt.status = "succeeded".into();
+                attempt.status = AttemptStatus::Succeeded;
                 let patch = plan::shape_output(step, output);
                 for (k, v) in &patch {
                     self.context.insert(k.clone(), v.clone());
@@ -236,14 +237,14 @@ impl<'a> Applier<'a> {
                 self.facts.push(Fact::RunnableApplied {
                     runnable_key: attempt.runnable_key.clone(),
                     step: step_name,
-                    attempt_status: "succeeded".into(),
+                    attempt_status: AttemptStatus::Succeeded,
                     step_state: Some(StepState::Completed),
                     context_patch: patch,
                     route,
                 });
             }
             StepOutcome::Failed(error) => {
-                attempt.status = "failed".into();
+                attempt.status = AttemptStatus::Failed;
                 let decision = plan::retry_decision(
                     step.retry.as_ref(),
                     attempt_no,
@@ -263,7 +264,7 @@ impl<'a> Applier<'a> {
                     self.facts.push(Fact::RunnableApplied {
                         runnable_key: attempt.runnable_key.clone(),
                         step: step_name,
-                        attempt_status: "failed".into(),
+                        attempt_status: AttemptStatus::Failed,
                         step_state: None,
                         context_patch: Map::new(),
                         route: None,
@@ -299,14 +300,14 @@ impl<'a> Applier<'a> {
                 self.facts.push(Fact::RunnableApplied {
                     runnable_key: attempt.runnable_key.clone(),
                     step: step_name,
-                    attempt_status: "failed".into(),
+                    attempt_status: AttemptStatus::Failed,
                     step_state: Some(StepState::Failed),
                     context_patch: Map::new(),
                     route,
                 });
             }
             StepOutcome::Suspended(kind) => {
-                attempt.status = "suspended".into();
+                attempt.status = AttemptStatus::Suspended;
                 let target = |on| {
                     plan::select_route(&def.spec, &step_name, on, &self.known()).and_then(|r| r.to)
                 };
@@ -325,7 +326,7 @@ impl<'a> Applier<'a> {
                 self.facts.push(Fact::RunnableApplied {
                     runnable_key: attempt.runnable_key.clone(),
                     step: step_name,
-                    attempt_status: "suspended".into(),
+                    attempt_status: AttemptStatus::Suspended,
                     step_state: None,
                     context_patch: Map::new(),
                     route: None,
@@ -418,7 +419,7 @@ impl<'a> Applier<'a> {
             return;
         }
         self.compensation = Some(Compensation {
-            status: "compensating".into(),
+            status: CompensationStatus::Compensating,
             failure,
             pending,
             compensated: Vec::new(),
@@ -437,7 +438,7 @@ impl<'a> Applier<'a> {
         let Some(origin) = state.pending.first().cloned() else {
             let failure = state.failure.clone();
             if let Some(state) = &mut self.compensation {
-                state.status = "compensated".into();
+                state.status = CompensationStatus::Compensated;
             }
             self.compensation_changed = true;
             self.fail_run(failure);
@@ -486,7 +487,7 @@ impl<'a> Applier<'a> {
                 }
                 self.compensation_changed = true;
                 self.plan_next_compensation();
-                ("succeeded", Some(StepState::Completed))
+                (AttemptStatus::Succeeded, Some(StepState::Completed))
             }
             StepOutcome::Failed(error) => {
                 let policy = self
@@ -509,12 +510,12 @@ impl<'a> Applier<'a> {
                             input,
                             self.now.plus_millis(delay_ms),
                         );
-                        ("failed", None)
+                        (AttemptStatus::Failed, None)
                     }
                     _ => {
                         let mut failure = Value::Null;
                         if let Some(c) = &mut self.compensation {
-                            c.status = "partially_compensated".into();
+                            c.status = CompensationStatus::PartiallyCompensated;
                             c.failed = Some(origin.to_owned());
                             c.pending.retain(|p| p != origin);
                             c.not_compensated = std::mem::take(&mut c.pending);
@@ -522,20 +523,20 @@ impl<'a> Applier<'a> {
                         }
                         self.compensation_changed = true;
                         self.fail_run(failure);
-                        ("failed", Some(StepState::Failed))
+                        (AttemptStatus::Failed, Some(StepState::Failed))
                     }
                 }
             }
-            StepOutcome::Suspended(_) => ("failed", Some(StepState::Failed)),
+            StepOutcome::Suspended(_) => (AttemptStatus::Failed, Some(StepState::Failed)),
         };
-        attempt.status = status.into();
+        attempt.status = status;
         if let Some(state) = state {
             self.steps.insert(attempt.step.clone(), state);
         }
         self.facts.push(Fact::RunnableApplied {
             runnable_key: attempt.runnable_key.clone(),
             step: attempt.step.clone(),
-            attempt_status: status.into(),
+            attempt_status: status,
             step_state: state,
             context_patch: Map::new(),
             route: None,
@@ -622,7 +623,7 @@ impl<'a> Applier<'a> {
             None if self.steps.values().any(|s| *s == StepState::Planned) => RunStatus::Running,
             None => RunStatus::Idle,
         };
-        run.status = status.as_str().into();
+        run.status = status;
         run.context = to_json(&self.context);
         run.steps = to_json(&self.steps);
         run.manual = self.manual.as_ref().map(to_json);

@@ -9,9 +9,10 @@ use super::{
     Engine, EngineError, NewRun, Result, RunSnapshot, StartOptions, WorkflowRef, now_us, receipt,
 };
 use crate::actions::{StepContext, StepOutcome, Suspension};
-use crate::journal::{ParentLink, RunId, RunStatus};
+use crate::journal::{ParentLink, RunId};
 use crate::spec::{SpecProblem, valid_name};
 use crate::store::{Store, StoreTx};
+use crate::vocab::AttemptStatus;
 
 /// Options of `cancel`.
 #[derive(Debug, Clone, Default)]
@@ -223,10 +224,10 @@ impl Engine {
             .load_run(&id, true)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
-        let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Running);
+        let status = run.status;
         let refuse = || EngineError::InvalidTransition {
             run_id: id.clone(),
-            status: run.status.clone(),
+            status: run.status.to_string(),
             command: kind.as_str().to_owned(),
         };
         if status.is_terminal() {
@@ -331,8 +332,8 @@ impl Engine {
             .attempts
             .iter()
             .filter(|a| {
-                a.status == "succeeded"
-                    || (a.status == "recorded"
+                a.status == AttemptStatus::Succeeded
+                    || (a.status == AttemptStatus::Recorded
                         && matches!(a.outcome, Some(StepOutcome::Succeeded { .. })))
             })
             .filter(|a| {
@@ -415,7 +416,9 @@ impl Engine {
             });
         }
         let running = snapshot.attempts.iter().any(|a| {
-            a.runnable_key == parent.runnable_key && a.step == parent.step && a.status == "claimed"
+            a.runnable_key == parent.runnable_key
+                && a.step == parent.step
+                && a.status == AttemptStatus::Claimed
         });
         if !running {
             return Err(EngineError::StaleStepContext {

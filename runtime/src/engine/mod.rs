@@ -40,7 +40,6 @@ use crate::actions::{
     ActionHost, ActionKey, ActionRegistry, ActionTarget, ChildRunStarter, Digest, HostConfig,
     StepContext, StepError, StepErrorKind, StepOutcome,
 };
-use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::journal::{
     CommandReceipt, Fact, ParentLink, PlannedRunnable, Projection, RunId, RunStatus,
 };
@@ -48,6 +47,8 @@ use crate::plan;
 use crate::redact::RedactionPolicy;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
 use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous};
+use crate::vocab::AttemptStatus;
+use crate::vocab::{Clock, SystemClock, Timestamp};
 
 pub use control::{ChildOptions, CommandOptions, ReplayOptions};
 pub use error::EngineError;
@@ -239,7 +240,7 @@ pub(crate) fn receipt(signal: &Signal, policy: &RedactionPolicy) -> CommandRecei
     let payload = redacted(&signal.payload);
     CommandReceipt {
         signal_id: signal.id.clone(),
-        command: signal.kind.as_str().to_owned(),
+        command: signal.kind,
         idempotency_key: signal.idempotency_key.clone(),
         actor: payload.get("actor").cloned(),
         comment: payload
@@ -781,7 +782,7 @@ impl Engine {
             definition_hash: hash.clone(),
             trigger_name: trigger.clone(),
             queue: queue.clone(),
-            status: RunStatus::Idle.as_str().into(),
+            status: RunStatus::Idle,
             input: to_json(&input),
             context: to_json(&context),
             steps: "{}".into(),
@@ -822,10 +823,10 @@ impl Engine {
         }
         if let Some(link) = &parent {
             let mut parent_row = self.load_run_locked(tx, &link.run_id).await?;
-            if RunStatus::parse(&parent_row.status).is_some_and(RunStatus::is_terminal) {
+            if parent_row.status.is_terminal() {
                 return Err(EngineError::InvalidTransition {
                     run_id: link.run_id.clone(),
-                    status: parent_row.status.clone(),
+                    status: parent_row.status.to_string(),
                     command: "start_child".into(),
                 });
             }
@@ -1180,7 +1181,7 @@ impl Engine {
             what: format!("attempt {}", attempt.runnable_key),
             message: "run id is not a UUID".into(),
         })?;
-        if attempt.status == "recorded" {
+        if attempt.status == AttemptStatus::Recorded {
             // A crash (or a failed transaction) came between recording and applying: apply
             // the recorded outcome now, without running the step again.
             let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
@@ -1234,7 +1235,7 @@ impl Engine {
         journal: &mut Vec<(String, String)>,
         insert: bool,
     ) -> Result<ClaimedAttempt> {
-        let redelivery = attempt.status == "claimed";
+        let redelivery = attempt.status == AttemptStatus::Claimed;
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
             what: "random claim token".into(),
@@ -1243,7 +1244,7 @@ impl Engine {
         let token_hash = sha256_hex(&hex::encode(token));
         let claim_id = uuid::Uuid::new_v4().to_string();
         let lease_until = now.plus(lease_for);
-        attempt.status = "claimed".into();
+        attempt.status = AttemptStatus::Claimed;
         attempt.claim_id = Some(claim_id.clone());
         attempt.claim_token_hash = Some(token_hash.clone());
         attempt.owner = Some(owner.to_owned());
@@ -1419,12 +1420,12 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
         if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await?
-            && cur.status == "claimed"
+            && cur.status == AttemptStatus::Claimed
             && cur.claim_id == attempt.claim_id
             && cur.claim_token_hash.as_deref() == Some(token_hash)
         {
             let retry_at = now.plus(Duration::from_secs(1));
-            cur.status = "scheduled".into();
+            cur.status = AttemptStatus::Scheduled;
             cur.visible_at = now_us(retry_at);
             cur.due_at = Some(now_us(retry_at));
             cur.claim_id = None;
@@ -1466,12 +1467,12 @@ impl Engine {
             runnable_key: attempt.runnable_key.clone(),
             reason: reason.to_owned(),
         };
-        if cur.status == "cancelled" {
+        if cur.status == AttemptStatus::Cancelled {
             return Err(stale(
                 "the run ended while the step ran; its outcome is discarded",
             ));
         }
-        if cur.status != "claimed"
+        if cur.status != AttemptStatus::Claimed
             || cur.claim_id != attempt.claim_id
             || cur.claim_token_hash.as_deref() != Some(token_hash)
         {
@@ -1482,7 +1483,7 @@ impl Engine {
         if cur.lease_until.is_none_or(|l| l <= now_us(now)) {
             return Err(stale("the lease expired before the step completed"));
         }
-        cur.status = "recorded".into();
+        cur.status = AttemptStatus::Recorded;
         cur.outcome = Some(to_json(&outcome));
         cur.due_at = Some(now_us(now));
         cur.updated_at = now_us(now);
@@ -1509,7 +1510,7 @@ impl Engine {
             (None, _) => None,
             (Some(_), Some(row)) => Some((row, true)),
             (Some(chain), None) => {
-                let alive = RunStatus::parse(&run.status).is_some_and(|s| !s.is_terminal());
+                let alive = !run.status.is_terminal();
                 if alive {
                     tx.next_due_of_run(&run.run_id, &chain.queue, at)
                         .await?
@@ -1583,7 +1584,7 @@ impl Engine {
                     "message": "the run's pinned workflow definition is missing or corrupt",
                     "step": attempt.step,
                 }));
-                attempt.status = "failed".into();
+                attempt.status = AttemptStatus::Failed;
                 attempt.due_at = None;
                 attempt.updated_at = now_us(now);
                 tx.update_attempt(attempt).await?;
@@ -1597,7 +1598,9 @@ impl Engine {
                 .run_attempts(&run.run_id)
                 .await?
                 .into_iter()
-                .filter(|a| a.status == "succeeded" && !a.step.starts_with(apply::COMPENSATE))
+                .filter(|a| {
+                    a.status == AttemptStatus::Succeeded && !a.step.starts_with(apply::COMPENSATE)
+                })
                 .collect();
             done.sort_by(|a, b| {
                 (b.updated_at, b.seq, &b.runnable_key).cmp(&(a.updated_at, a.seq, &a.runnable_key))
@@ -1713,7 +1716,7 @@ pub(crate) fn planned_row(
         attempt: i64::from(r.attempt),
         seq,
         queue: run.queue.clone(),
-        status: "scheduled".into(),
+        status: AttemptStatus::Scheduled,
         visible_at: now_us(r.visible_at),
         due_at: Some(now_us(r.visible_at)),
         claim_id: None,

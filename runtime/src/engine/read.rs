@@ -2,13 +2,13 @@
 //! builders of [`crate::inspect`].
 
 use super::{Engine, EngineError, Result};
-use crate::clock::Timestamp;
 use crate::inspect::list::page;
 use crate::inspect::{
     self, Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef,
     RunRows,
 };
 use crate::store::{ListQuery, Store, StoreTx};
+use crate::vocab::Timestamp;
 
 impl Engine {
     /// The run as it stands: state, attempts (never a claim token or its hash), commands,

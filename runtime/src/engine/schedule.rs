@@ -20,14 +20,14 @@ use super::{
     Definition, Engine, EngineError, NewRun, Result, RunSnapshot, Signal, SignalKind, Written,
     now_us, receipt, to_json,
 };
-use crate::clock::Timestamp;
-use crate::journal::{RunId, RunStatus};
+use crate::journal::RunId;
 use crate::plan;
 use crate::schedule::{CronSchedule, jitter, plan_fires, window_key};
 use crate::spec::{
     DynamicDefault, Overlap, SchedulePolicy, SpecProblem, TriggerKind, WorkflowSpec, valid_name,
 };
 use crate::store::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, StoreTx};
+use crate::vocab::Timestamp;
 
 /// Most windows one backfill may start.
 pub const MAX_BACKFILL_WINDOWS: usize = 1_000;
@@ -1303,7 +1303,7 @@ impl Schedules<'_> {
             Some(id) => tx
                 .load_run(id, false)
                 .await?
-                .is_some_and(|r| !RunStatus::parse(&r.status).is_some_and(RunStatus::is_terminal)),
+                .is_some_and(|r| !r.status.is_terminal()),
             None => false,
         };
         let workflow = loaded.row.workflow.clone();

@@ -6,62 +6,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::clock::Timestamp;
 use crate::journal::RunId;
 use crate::redact::RedactionPolicy;
 use crate::spec::SpecProblem;
-
-/// The command a signal carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalKind {
-    /// Start a run (`payload`: `{workflow, trigger?, payload, queue?}`).
-    Start,
-    /// Start a run for a cron fire (`payload`: as start, plus `scheduled_for`).
-    CronStart,
-    /// Resume a paused run.
-    Resume,
-    /// Approve an approval gate.
-    Approve,
-    /// Reject an approval gate.
-    Reject,
-    /// Cancel a run.
-    Cancel,
-    /// Start a new run from a run's trigger and input (`payload`: `{allow_irreversible?}`).
-    Replay,
-}
-
-impl SignalKind {
-    /// The kind's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::CronStart => "cron_start",
-            Self::Resume => "resume",
-            Self::Approve => "approve",
-            Self::Reject => "reject",
-            Self::Cancel => "cancel",
-            Self::Replay => "replay",
-        }
-    }
-
-    fn event_type(self) -> String {
-        format!("dev.squid-mesh.{}", self.as_str())
-    }
-
-    fn from_event_type(t: &str) -> Option<Self> {
-        Some(match t.strip_prefix("dev.squid-mesh.")? {
-            "start" => Self::Start,
-            "cron_start" => Self::CronStart,
-            "resume" => Self::Resume,
-            "approve" => Self::Approve,
-            "reject" => Self::Reject,
-            "cancel" => Self::Cancel,
-            "replay" => Self::Replay,
-            _ => return None,
-        })
-    }
-}
+pub use crate::vocab::CommandKind as SignalKind;
+use crate::vocab::Timestamp;
 
 /// A control command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

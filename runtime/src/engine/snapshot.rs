@@ -8,10 +8,11 @@ use serde_json::{Map, Value};
 use super::error::parse_stored;
 use super::{EngineError, Result};
 use crate::actions::StepOutcome;
-use crate::clock::Timestamp;
 use crate::journal::{Compensation, ManualGate, Projection, RunId, RunStatus};
 use crate::plan::StepState;
 use crate::store::{AttemptRow, RunRow};
+use crate::vocab::AttemptStatus;
+use crate::vocab::Timestamp;
 
 /// One attempt of a run. Never carries the claim token or its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,8 +23,8 @@ pub struct AttemptView {
     pub step: String,
     /// Attempt number.
     pub attempt: u32,
-    /// `scheduled`, `claimed`, `recorded`, `succeeded`, `failed`, `suspended` or `cancelled`.
-    pub status: String,
+    /// Where the attempt stands.
+    pub status: AttemptStatus,
     /// Not claimable before.
     pub visible_at: Timestamp,
     /// Worker that holds (or last held) the claim.
@@ -113,7 +114,7 @@ impl RunSnapshot {
             .collect::<Result<Vec<_>>>()?;
         let next_visible_at = attempts
             .iter()
-            .filter(|a| a.status == "scheduled")
+            .filter(|a| a.status == AttemptStatus::Scheduled)
             .map(|a| a.visible_at)
             .min();
         Ok(Self {
@@ -121,10 +122,7 @@ impl RunSnapshot {
                 what: "run id".into(),
                 message: id.clone(),
             })?,
-            status: RunStatus::parse(&run.status).ok_or_else(|| EngineError::Corrupt {
-                what: format!("status of run {id}"),
-                message: run.status.clone(),
-            })?,
+            status: run.status,
             input: parse_stored("input", &id, &run.input)?,
             context: parse_stored("context", &id, &run.context)?,
             steps: parse_stored("steps", &id, &run.steps)?,

@@ -11,6 +11,7 @@ use crate::actions::Suspension;
 use crate::journal::RunStatus;
 use crate::plan::StepState;
 use crate::spec::Mode;
+use crate::vocab::{AttemptStatus, CompensationStatus};
 
 /// The one reason a run is where it is, in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,21 +138,21 @@ impl Explanation {
     /// Explains an inspected run. Pure: the same inspection gives the same explanation.
     pub fn from_inspection(insp: &RunInspection) -> Self {
         let now = insp.as_of;
-        let open = |status: &str| -> Vec<&AttemptInspection> {
+        let open = |status: AttemptStatus| -> Vec<&AttemptInspection> {
             insp.attempts
                 .iter()
                 .filter(|a| a.status == status)
                 .collect()
         };
-        let recorded = open("recorded");
-        let claimed = open("claimed");
+        let recorded = open(AttemptStatus::Recorded);
+        let claimed = open(AttemptStatus::Claimed);
         let expired: Vec<&AttemptInspection> = insp.expired_claims();
         let live_claims: Vec<&AttemptInspection> = claimed
             .iter()
             .copied()
             .filter(|a| !expired.iter().any(|e| e.runnable_key == a.runnable_key))
             .collect();
-        let scheduled = open("scheduled");
+        let scheduled = open(AttemptStatus::Scheduled);
         let visible: Vec<&AttemptInspection> = scheduled
             .iter()
             .copied()
@@ -224,7 +225,7 @@ impl Explanation {
         } else if let Some(c) = insp
             .compensation
             .as_ref()
-            .filter(|c| c.status == "compensating")
+            .filter(|c| c.status == CompensationStatus::Compensating)
         {
             let comp: Vec<&AttemptInspection> = insp
                 .attempts
@@ -239,10 +240,10 @@ impl Explanation {
                     NextAction::RecoverExpiredClaim
                 } else if comp
                     .iter()
-                    .any(|a| a.status == "scheduled" && a.visible_at > now)
+                    .any(|a| a.status == AttemptStatus::Scheduled && a.visible_at > now)
                 {
                     NextAction::WaitUntilAttemptVisible
-                } else if comp.iter().any(|a| a.status == "claimed") {
+                } else if comp.iter().any(|a| a.status == AttemptStatus::Claimed) {
                     NextAction::WaitForAttemptCompletion
                 } else {
                     NextAction::WaitForWorker
@@ -446,7 +447,7 @@ fn evidence(insp: &RunInspection, reason: Reason) -> Map<String, Value> {
             Some(k) => format!("key:{k}"),
             None => format!("payload:{}", json!(c.payload)),
         };
-        *groups.entry((c.command.clone(), key)).or_default() += 1;
+        *groups.entry((c.command.to_string(), key)).or_default() += 1;
     }
     let duplicates: Vec<Value> = groups
         .into_iter()

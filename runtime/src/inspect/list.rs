@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Deadline, DeadlineState, most_urgent};
-use crate::clock::Timestamp;
 use crate::engine::{EngineError, Result};
 use crate::journal::{ManualGate, RunStatus};
 use crate::plan::StepState;
 use crate::spec::SpecProblem;
 use crate::store::{DeadlineRow, SummaryRow};
+use crate::vocab::Timestamp;
 
 /// Which runs to list. Every filter is optional; they combine with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,9 +249,7 @@ pub(crate) fn page(
     }
     let mut runs = Vec::with_capacity(rows.len());
     for r in &rows {
-        let status = RunStatus::parse(&r.status).ok_or_else(|| {
-            EngineError::corrupt(format!("status of run {}", r.run_id), &r.status)
-        })?;
+        let status = r.status;
         let terminal = status.is_terminal();
         let gate: Option<ManualGate> = r
             .manual

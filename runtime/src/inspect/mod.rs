@@ -11,7 +11,6 @@
 //!   with keyset pagination over indexed columns.
 //! - [`redact`] narrows any of these views to what an actor may see ([`Scope`]).
 
-mod deadline;
 mod explain;
 mod graph;
 pub(crate) mod list;
@@ -23,7 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use deadline::{Deadline, DeadlineState, DeadlineStatus, most_urgent};
+pub use crate::vocab::{Deadline, DeadlineState, DeadlineStatus, most_urgent};
 pub use explain::{Explanation, NextAction, Reason};
 pub use graph::{
     ChildLink, EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus, RunGraph,
@@ -32,7 +31,6 @@ pub use list::{Page, RunFilter, RunPage, RunSummary};
 pub use visibility::{Redact, Scope, ScopeTable, VisibilityError, VisibilityPolicy, redact};
 
 use crate::actions::{StepError, StepOutcome, Suspension};
-use crate::clock::Timestamp;
 use crate::engine::{Definition, EngineError, Result};
 use crate::journal::{
     CommandReceipt, Compensation, Fact, ManualGate, ParentLink, RunId, RunStatus,
@@ -40,6 +38,7 @@ use crate::journal::{
 use crate::plan::StepState;
 use crate::spec::{DeadlineSpec, Mode, Outcome, RetryPolicy, WorkflowSpec};
 use crate::store::{AttemptRow, ChildRow, FactRow, RunRow};
+use crate::vocab::Timestamp;
 
 /// Anything that names a run: a [`RunId`] or its text (checked, so a malformed id is an
 /// [`EngineError::InvalidRunId`], not a lookup miss).
@@ -142,8 +141,8 @@ pub struct AttemptInspection {
     pub step: String,
     /// Attempt number.
     pub attempt: u32,
-    /// `scheduled`, `claimed`, `recorded`, `succeeded`, `failed`, `suspended`, `cancelled`.
-    pub status: String,
+    /// Where the attempt stands.
+    pub status: AttemptStatus,
     /// Not claimable before.
     pub visible_at: Timestamp,
     /// Worker that holds or last held the claim.
@@ -195,8 +194,8 @@ pub struct ManualState {
 /// A command the run received, as journaled (secret-looking metadata already redacted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandView {
-    /// `start`, `resume`, `approve`, `reject`, `cancel`, `replay`...
-    pub command: String,
+    /// The command.
+    pub command: CommandKind,
     /// Signal id.
     pub signal_id: String,
     /// Idempotency key.
@@ -359,7 +358,9 @@ impl RunInspection {
     pub fn expired_claims(&self) -> Vec<&AttemptInspection> {
         self.attempts
             .iter()
-            .filter(|a| a.status == "claimed" && a.lease_until.is_some_and(|l| l <= self.as_of))
+            .filter(|a| {
+                a.status == AttemptStatus::Claimed && a.lease_until.is_some_and(|l| l <= self.as_of)
+            })
             .collect()
     }
 
@@ -391,8 +392,9 @@ pub(crate) struct RunRows {
 }
 
 use crate::engine::parse_stored as parse;
+use crate::vocab::{AttemptStatus, CommandKind};
 fn summary_of(run: &RunRow) -> (Option<String>, Option<RunStatus>) {
-    (Some(run.workflow.clone()), RunStatus::parse(&run.status))
+    (Some(run.workflow.clone()), Some(run.status))
 }
 
 fn action_label(step: &crate::spec::StepSpec) -> String {
@@ -418,8 +420,7 @@ pub(crate) fn build(
         parent,
     } = rows;
     let id = run.run_id.clone();
-    let status = RunStatus::parse(&run.status)
-        .ok_or_else(|| EngineError::corrupt(format!("status of run {id}"), &run.status))?;
+    let status = run.status;
     let terminal = status.is_terminal();
     let step_states: BTreeMap<String, StepState> = parse("steps", &id, &run.steps)?;
     let gate: Option<ManualGate> = run
@@ -547,7 +548,7 @@ pub(crate) fn build(
 
     let next_visible = attempt_views
         .iter()
-        .filter(|a| a.status == "scheduled")
+        .filter(|a| a.status == AttemptStatus::Scheduled)
         .map(|a| a.visible_at)
         .min();
     let manual = gate.map(|g| ManualState {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{EdgeStatus, Explanation, NodeStatus, RunGraph, RunInspection, RunPage};
-use crate::clock::Timestamp;
+use crate::vocab::Timestamp;
 
 fn marker(status: NodeStatus) -> &'static str {
     match status {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::actions::{ActionKey, Builtin};
+pub use crate::vocab::DeadlineSpec;
 
 pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder, WorkflowBuilder};
 pub use validate::{MAX_ATTEMPTS, MAX_DELAY_MS, SpecProblem, valid_name};
@@ -446,23 +447,6 @@ pub enum BackoffKind {
     Linear,
     /// Always `min`.
     Constant,
-}
-
-/// An informational deadline, evaluated by the read side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadlineSpec {
-    /// The step is due this many milliseconds after it was planned (positive).
-    pub within_ms: u64,
-    /// It is "due soon" this many milliseconds before it is due (less than `within_ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_soon_ms: Option<u64>,
-    /// It is escalated this many milliseconds after it is due.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalate_after_ms: Option<u64>,
-    /// Label of the escalation (default `diagnostic`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalation: Option<String>,
 }
 
 /// Outcome a transition leaves on.

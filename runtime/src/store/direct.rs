@@ -11,6 +11,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::vocab::{AttemptStatus, RunStatus};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{
     CachedStatement, Connection, OpenFlags, OptionalExtension, Row, ToSql, params, params_from_iter,
@@ -120,6 +121,18 @@ impl Drop for DirectTx<'_> {
     }
 }
 
+/// A column holding one of the vocabulary's enums (see `decode_column`).
+fn enum_column<T>(r: &Row<'_>, name: &str, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(name)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown status {text:?} in column {name}").into(),
+        )
+    })
+}
+
 fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         run_id: r.get("run_id")?,
@@ -129,7 +142,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         definition_hash: r.get("definition_hash")?,
         trigger_name: r.get("trigger_name")?,
         queue: r.get("queue")?,
-        status: r.get("status")?,
+        status: enum_column(r, "status", RunStatus::parse)?,
         input: r.get("input")?,
         context: r.get("context")?,
         steps: r.get("steps")?,
@@ -154,7 +167,7 @@ fn attempt_row(r: &Row<'_>) -> rusqlite::Result<AttemptRow> {
         attempt: r.get("attempt")?,
         seq: r.get("seq")?,
         queue: r.get("queue")?,
-        status: r.get("status")?,
+        status: enum_column(r, "status", AttemptStatus::parse)?,
         visible_at: r.get("visible_at")?,
         due_at: r.get("due_at")?,
         claim_id: r.get("claim_id")?,
@@ -177,7 +190,7 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<SummaryRow> {
         version: r.get("version")?,
         trigger_name: r.get("trigger_name")?,
         queue: r.get("queue")?,
-        status: r.get("status")?,
+        status: enum_column(r, "status", RunStatus::parse)?,
         steps: r.get("steps")?,
         manual: r.get("manual")?,
         parent_run_id: r.get("parent_run_id")?,

@@ -33,6 +33,14 @@ mod sqlite;
 use std::future::Future;
 
 pub(crate) use direct::block_on;
+
+use crate::vocab::{AttemptStatus, RunStatus};
+
+/// A column holding one of the vocabulary's enums, parsed where the row is read: unknown
+/// text is a decode error of the driver, so no row with a bad status leaves the store.
+fn decode_column<T>(text: String, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+    parse(&text).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {text:?}").into()))
+}
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
@@ -88,7 +96,7 @@ pub struct RunRow {
     pub(crate) definition_hash: String,
     pub(crate) trigger_name: String,
     pub(crate) queue: String,
-    pub(crate) status: String,
+    pub(crate) status: RunStatus,
     pub(crate) input: String,
     pub(crate) context: String,
     pub(crate) steps: String,
@@ -113,7 +121,7 @@ pub struct AttemptRow {
     pub(crate) attempt: i64,
     pub(crate) seq: i64,
     pub(crate) queue: String,
-    pub(crate) status: String,
+    pub(crate) status: AttemptStatus,
     pub(crate) visible_at: i64,
     pub(crate) due_at: Option<i64>,
     pub(crate) claim_id: Option<String>,
@@ -146,7 +154,7 @@ pub struct SummaryRow {
     pub(crate) version: Option<String>,
     pub(crate) trigger_name: String,
     pub(crate) queue: String,
-    pub(crate) status: String,
+    pub(crate) status: RunStatus,
     pub(crate) steps: String,
     pub(crate) manual: Option<String>,
     pub(crate) parent_run_id: Option<String>,
@@ -197,7 +205,7 @@ impl RunRow {
             Arg::Text(&self.definition_hash),
             Arg::Text(&self.trigger_name),
             Arg::Text(&self.queue),
-            Arg::Text(&self.status),
+            Arg::Text(self.status.as_str()),
             Arg::Text(&self.input),
             Arg::Text(&self.context),
             Arg::Text(&self.steps),
@@ -218,7 +226,7 @@ impl RunRow {
     fn update_args(&self) -> Vec<Arg<'_>> {
         vec![
             Arg::Text(&self.run_id),
-            Arg::Text(&self.status),
+            Arg::Text(self.status.as_str()),
             Arg::Text(&self.context),
             Arg::Text(&self.steps),
             Arg::OptText(self.manual.as_deref()),
@@ -240,7 +248,7 @@ impl AttemptRow {
             Arg::Int(self.attempt),
             Arg::Int(self.seq),
             Arg::Text(&self.queue),
-            Arg::Text(&self.status),
+            Arg::Text(self.status.as_str()),
             Arg::Int(self.visible_at),
             Arg::OptInt(self.due_at),
             Arg::OptText(self.claim_id.as_deref()),
@@ -260,7 +268,7 @@ impl AttemptRow {
     fn update_args(&self) -> Vec<Arg<'_>> {
         vec![
             Arg::Text(&self.runnable_key),
-            Arg::Text(&self.status),
+            Arg::Text(self.status.as_str()),
             Arg::Int(self.visible_at),
             Arg::OptInt(self.due_at),
             Arg::OptText(self.claim_id.as_deref()),
@@ -569,7 +577,10 @@ macro_rules! run_from_row {
             definition_hash: r.try_get(concat!($p, "definition_hash"))?,
             trigger_name: r.try_get(concat!($p, "trigger_name"))?,
             queue: r.try_get(concat!($p, "queue"))?,
-            status: r.try_get(concat!($p, "status"))?,
+            status: decode_column(
+                r.try_get::<String, _>(concat!($p, "status"))?,
+                RunStatus::parse,
+            )?,
             input: r.try_get(concat!($p, "input"))?,
             context: r.try_get(concat!($p, "context"))?,
             steps: r.try_get(concat!($p, "steps"))?,
@@ -598,7 +609,7 @@ macro_rules! attempt_from_row {
             attempt: r.try_get("attempt")?,
             seq: r.try_get("seq")?,
             queue: r.try_get("queue")?,
-            status: r.try_get("status")?,
+            status: decode_column(r.try_get::<String, _>("status")?, AttemptStatus::parse)?,
             visible_at: r.try_get("visible_at")?,
             due_at: r.try_get("due_at")?,
             claim_id: r.try_get("claim_id")?,
@@ -974,7 +985,7 @@ macro_rules! impl_store_tx {
                         version: r.try_get("version")?,
                         trigger_name: r.try_get("trigger_name")?,
                         queue: r.try_get("queue")?,
-                        status: r.try_get("status")?,
+                        status: decode_column(r.try_get::<String, _>("status")?, RunStatus::parse)?,
                         steps: r.try_get("steps")?,
                         manual: r.try_get("manual")?,
                         parent_run_id: r.try_get("parent_run_id")?,

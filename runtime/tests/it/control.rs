@@ -182,7 +182,7 @@ async fn duplicate_commands_are_idempotent_and_secrets_are_redacted() {
             .expect("journal")
             .into_iter()
             .filter_map(|(_, f)| match f {
-                Fact::CommandReceived { command } if command.command == "approve" => Some(command),
+                Fact::CommandReceived { command } if command.command == squid_mesh::vocab::CommandKind::Approve => Some(command),
                 _ => None,
             })
             .collect();
@@ -571,7 +571,10 @@ async fn compensation_undoes_completed_steps_newest_first() {
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
         assert_eq!(s.status, RunStatus::Failed);
         let c = s.compensation.clone().expect("partial");
-        assert_eq!(c.status, "partially_compensated");
+        assert_eq!(
+            c.status,
+            squid_mesh::vocab::CompensationStatus::PartiallyCompensated
+        );
         assert_eq!(c.compensated, ["pack"]);
         assert_eq!(c.failed.as_deref(), Some("hold"));
         assert_eq!(c.not_compensated, ["reserve"]);
@@ -639,7 +642,7 @@ async fn child_runs_are_keyed_per_parent_step_across_retries() {
                 let running = s
                     .attempts
                     .iter()
-                    .find(|a| a.status == "claimed")
+                    .find(|a| a.status == squid_mesh::vocab::AttemptStatus::Claimed)
                     .unwrap_or_else(|| panic!("no running attempt in {:?}", s.attempts));
                 assert_eq!(running.attempt, attempt);
                 let ctx = squid_mesh::StepContext {

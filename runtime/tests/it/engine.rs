@@ -285,7 +285,10 @@ async fn exhausted_retries_fail_the_run_or_take_the_error_route() {
         drain(&engine).await;
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
         assert_eq!(s.status, RunStatus::Completed);
-        assert_eq!(s.attempts_of("notify")[0].status, "succeeded");
+        assert_eq!(
+            s.attempts_of("notify")[0].status,
+            squid_mesh::vocab::AttemptStatus::Succeeded
+        );
         let applied = engine
             .journal(run.run_id)
             .await
@@ -414,7 +417,7 @@ async fn dependency_roots_run_in_parallel_and_the_join_waits_for_all() {
             .attempts
             .iter()
             .filter(|a| a.step != "join")
-            .all(|a| a.status == "succeeded");
+            .all(|a| a.status == squid_mesh::vocab::AttemptStatus::Succeeded);
         assert!(roots_done);
         // The join saw every root's output.
         for k in ["a", "b", "c"] {
@@ -587,7 +590,12 @@ async fn a_crash_between_completion_and_application_is_applied_without_rerunning
         let err = engine.execute_next(crash).await.expect_err("crashed");
         assert!(matches!(err, EngineError::SimulatedCrash));
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.attempts[0].status, "recorded", "{}", db.name());
+        assert_eq!(
+            s.attempts[0].status,
+            squid_mesh::vocab::AttemptStatus::Recorded,
+            "{}",
+            db.name()
+        );
         assert!(matches!(
             s.attempts[0].outcome,
             Some(StepOutcome::Succeeded { .. })
@@ -600,9 +608,15 @@ async fn a_crash_between_completion_and_application_is_applied_without_rerunning
             .await
             .expect("ok")
             .expect("progress");
-        assert_eq!(s.attempts[0].status, "succeeded");
+        assert_eq!(
+            s.attempts[0].status,
+            squid_mesh::vocab::AttemptStatus::Succeeded
+        );
         assert_eq!(s.attempts[0].claims, 1);
-        assert_eq!(s.attempts_of("charge")[0].status, "scheduled");
+        assert_eq!(
+            s.attempts_of("charge")[0].status,
+            squid_mesh::vocab::AttemptStatus::Scheduled
+        );
         let claims = restarted
             .journal(run.run_id)
             .await
@@ -1197,7 +1211,7 @@ async fn a_chained_call_runs_a_runs_steps_back_to_back() {
         let s = engine.execute_next(one.clone()).await.expect("ok").expect("progress");
         assert_eq!(s.run_id, run.run_id);
         assert_eq!(s.status, RunStatus::Running);
-        assert_eq!(s.attempts_of("charge")[0].status, "scheduled");
+        assert_eq!(s.attempts_of("charge")[0].status, squid_mesh::vocab::AttemptStatus::Scheduled);
         // A chain of one more step finishes it; a failed step's immediate retry is chained too.
         let charge = charge_spec(false);
         let run = engine

@@ -117,7 +117,7 @@ async fn a_run_is_explained_at_every_stage_with_its_deadlines() {
         assert_eq!(d.due_at, now(&clock).plus_millis(60_000));
         assert_eq!(d.escalation, "page_payments");
         assert_eq!(i.commands.len(), 1);
-        assert_eq!(i.commands[0].command, "start");
+        assert_eq!(i.commands[0].command, squid_mesh::vocab::CommandKind::Start);
 
         // Claimed and running.
         let (o, hook) = held(opts("worker-a"));

@@ -21,7 +21,9 @@ fn nap() -> WorkflowSpec {
 async fn wait_for_first_claim(engine: &squid_mesh::Engine, run: squid_mesh::RunId) -> bool {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        if engine.snapshot(run).await.expect("snapshot").attempts[0].status == "claimed" {
+        if engine.snapshot(run).await.expect("snapshot").attempts[0].status
+            == squid_mesh::vocab::AttemptStatus::Claimed
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -118,9 +120,13 @@ async fn shutdown_lets_in_flight_steps_finish_and_claims_nothing_new() {
             "the in-flight step finished; nothing new was claimed"
         );
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.attempts[0].status, "succeeded");
         assert_eq!(
-            s.attempts[1].status, "scheduled",
+            s.attempts[0].status,
+            squid_mesh::vocab::AttemptStatus::Succeeded
+        );
+        assert_eq!(
+            s.attempts[1].status,
+            squid_mesh::vocab::AttemptStatus::Scheduled,
             "the next step waits for another worker"
         );
         drain(&engine).await;
@@ -158,7 +164,11 @@ async fn a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry() {
         );
         assert_eq!(worker.shutdown(Duration::from_millis(100)).await, 0);
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.attempts[0].status, "claimed", "left to its lease");
+        assert_eq!(
+            s.attempts[0].status,
+            squid_mesh::vocab::AttemptStatus::Claimed,
+            "left to its lease"
+        );
         // After the lease expires, any worker redelivers it (the step itself still takes 5 s
         // of real time, so here we only check that it is due again).
         clock.advance(Duration::from_secs(61));

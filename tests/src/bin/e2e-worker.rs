@@ -337,7 +337,7 @@ async fn verify_chaos(engine: &Engine, effects: &str) -> Result<serde_json::Valu
                 .unwrap_or(0);
             effects_total += times;
             duplicates += times.saturating_sub(1);
-            if a.status == "succeeded" && times == 0 {
+            if a.status == squid_mesh::vocab::AttemptStatus::Succeeded && times == 0 {
                 violations.push(format!(
                     "{} succeeded but its effect never happened",
                     a.runnable_key

@@ -4,8 +4,24 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Timestamp;
-use crate::spec::DeadlineSpec;
+use super::clock::Timestamp;
+
+/// An informational deadline, evaluated by the read side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineSpec {
+    /// The step is due this many milliseconds after it was planned (positive).
+    pub within_ms: u64,
+    /// It is "due soon" this many milliseconds before it is due (less than `within_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_soon_ms: Option<u64>,
+    /// It is escalated this many milliseconds after it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_ms: Option<u64>,
+    /// Label of the escalation (default `diagnostic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
+}
 
 /// A deadline as persisted: absolute instants computed from the step's [`DeadlineSpec`] when
 /// the attempt was planned (or the gate paused).

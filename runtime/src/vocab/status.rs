@@ -1,0 +1,213 @@
+//! Every status a run, a step, an attempt or a compensation can be in, and the command kinds.
+//! Stored as snake_case text; parsed once when a row is read.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Work is planned or in flight.
+    Running,
+    /// Nothing is planned and the run has not ended.
+    Idle,
+    /// Stopped at a manual gate.
+    Paused,
+    /// Ended successfully.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Ended by cancellation.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Idle => "idle",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "idle" => Self::Idle,
+            "paused" => Self::Paused,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a step stands in a dependency-mode run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Planned (an attempt exists, not yet applied).
+    Planned,
+    /// Completed successfully.
+    Completed,
+    /// Failed for good.
+    Failed,
+}
+
+/// Where one attempt (a runnable) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Waiting to be claimed (from its visible time).
+    Scheduled,
+    /// Claimed by a worker under a lease.
+    Claimed,
+    /// Its outcome is recorded but not yet applied to the run.
+    Recorded,
+    /// Applied: it succeeded.
+    Succeeded,
+    /// Applied: it failed.
+    Failed,
+    /// Applied: it stopped the run at a manual gate.
+    Suspended,
+    /// Closed without running to the end (the run ended).
+    Cancelled,
+}
+
+impl AttemptStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 7] = [
+        Self::Scheduled,
+        Self::Claimed,
+        Self::Recorded,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Suspended,
+        Self::Cancelled,
+    ];
+
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Claimed => "claimed",
+            Self::Recorded => "recorded",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Suspended => "suspended",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether the attempt may still run (scheduled or claimed).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Scheduled | Self::Claimed)
+    }
+}
+
+/// Where a failed run's saga compensation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationStatus {
+    /// Compensations are running, newest completed step first.
+    Compensating,
+    /// Every compensation succeeded.
+    Compensated,
+    /// A compensation failed for good; the rest were left as they were.
+    PartiallyCompensated,
+}
+
+impl CompensationStatus {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compensating => "compensating",
+            Self::Compensated => "compensated",
+            Self::PartiallyCompensated => "partially_compensated",
+        }
+    }
+}
+
+/// The command a signal carries (journaled in every command receipt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Start a run (`payload`: `{workflow, trigger?, payload, queue?}`).
+    Start,
+    /// Start a run for a cron fire (`payload`: as start, plus `scheduled_for`).
+    CronStart,
+    /// Resume a paused run.
+    Resume,
+    /// Approve an approval gate.
+    Approve,
+    /// Reject an approval gate.
+    Reject,
+    /// Cancel a run.
+    Cancel,
+    /// Start a new run from a run's trigger and input (`payload`: `{allow_irreversible?}`).
+    Replay,
+}
+
+impl CommandKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::CronStart => "cron_start",
+            Self::Resume => "resume",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+            Self::Cancel => "cancel",
+            Self::Replay => "replay",
+        }
+    }
+
+    /// The CloudEvents type of a signal of this kind.
+    pub fn event_type(self) -> String {
+        format!("dev.squid-mesh.{}", self.as_str())
+    }
+
+    /// The kind of a CloudEvents type, if it is one of ours.
+    pub fn from_event_type(t: &str) -> Option<Self> {
+        Some(match t.strip_prefix("dev.squid-mesh.")? {
+            "start" => Self::Start,
+            "cron_start" => Self::CronStart,
+            "resume" => Self::Resume,
+            "approve" => Self::Approve,
+            "reject" => Self::Reject,
+            "cancel" => Self::Cancel,
+            "replay" => Self::Replay,
+            _ => return None,
+        })
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(RunStatus, AttemptStatus, CompensationStatus, CommandKind);
