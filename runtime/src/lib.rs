@@ -62,6 +62,7 @@
 #![deny(missing_docs)]
 
 pub mod actions;
+pub(crate) mod decide;
 pub mod engine;
 pub mod inspect;
 pub mod journal;

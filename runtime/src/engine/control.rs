@@ -3,12 +3,13 @@
 
 use serde_json::{Map, Value, json};
 
-use super::apply::Applier;
+use super::{apply, refusal};
+use crate::decide::{Command, Event, GateAction, decide};
 use super::signal::{ManualAttrs, Signal, SignalKind};
 use super::{
     Engine, EngineError, NewRun, Result, RunSnapshot, StartOptions, WorkflowRef, now_us, receipt,
 };
-use crate::actions::{StepContext, StepOutcome, Suspension};
+use crate::actions::{StepContext, StepOutcome};
 use crate::journal::{ParentLink, RunId};
 use crate::spec::{SpecProblem, valid_name};
 use crate::store::{Store, StoreTx};
@@ -224,50 +225,14 @@ impl Engine {
             .load_run(&id, true)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
-        let status = run.status;
-        let refuse = || EngineError::InvalidTransition {
-            run_id: id.clone(),
-            status: run.status.to_string(),
-            command: kind.as_str().to_owned(),
-        };
-        if status.is_terminal() {
-            return Err(refuse());
-        }
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;
-        let mut applier = match &def {
-            Some(def) => Applier::new(def, &run, now)?,
-            None => Applier::orphan(&run, now)?,
-        };
-        applier.receive(receipt(&signal, &self.inner.redaction));
-        match kind {
-            SignalKind::Cancel => applier.cancel(),
+        let command = match kind {
+            SignalKind::Cancel => Command::Cancel,
             _ => {
-                let Some(gate) = applier.gate().cloned() else {
-                    return Err(refuse());
-                };
-                let fits = matches!(
-                    (kind, gate.kind),
-                    (SignalKind::Resume, Suspension::Pause)
-                        | (
-                            SignalKind::Approve | SignalKind::Reject,
-                            Suspension::Approval
-                        )
-                );
-                if !fits {
-                    return Err(EngineError::WrongManualStep {
-                        run_id: id.clone(),
-                        step: gate.step.clone(),
-                        kind: match gate.kind {
-                            Suspension::Pause => "pause".into(),
-                            Suspension::Approval => "approval".into(),
-                        },
-                        command: kind.as_str().to_owned(),
-                    });
-                }
                 let (action, decision) = match kind {
-                    SignalKind::Resume => ("resumed", None),
-                    SignalKind::Approve => ("approved", Some("approved")),
-                    _ => ("rejected", Some("rejected")),
+                    SignalKind::Resume => (GateAction::Resume, None),
+                    SignalKind::Approve => (GateAction::Approve, Some("approved")),
+                    _ => (GateAction::Reject, Some("rejected")),
                 };
                 let mut result = Map::new();
                 if let Some(d) = decision {
@@ -290,14 +255,25 @@ impl Engine {
                             .keys(&Value::Object(signal.metadata.clone())),
                     );
                 }
-                applier.resolve_gate(&gate, action, result);
+                Command::Resolve { action, result }
             }
-        }
+        };
+        let event = Event::Command {
+            receipt: receipt(&signal, &self.inner.redaction),
+            command,
+        };
+        let decision = decide(
+            &apply::run_state(&run)?,
+            def.as_deref().map(|d| &d.spec),
+            event,
+            now,
+        )
+        .map_err(|r| refusal(&id, kind.as_str(), r))?;
         if let Some(key) = &signal.idempotency_key {
             tx.insert_command(key, kind.as_str(), &id, &id, now_us(now))
                 .await?;
         }
-        applier.write(&mut tx, &mut run).await?;
+        apply::write_all(&mut tx, &mut run, decision, now).await?;
         tx.commit().await?;
         self.wake();
         self.snapshot_on(store, run_id).await

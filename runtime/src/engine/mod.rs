@@ -60,7 +60,8 @@ pub use schedule::{
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
-use apply::Applier;
+use crate::vocab::Suspension;
+use crate::decide::{self, AttemptRef, CompletedStep, Event, Refusal, decide};
 use batch::{Claim, ClaimedAttempt, Completed};
 
 /// Result of engine calls.
@@ -810,12 +811,16 @@ impl Engine {
             parent: parent.clone(),
             context,
         };
-        let mut applier = Applier::new(&definition, &run, now)?;
-        applier
-            .facts
-            .push(Fact::CommandReceived { command: receipt });
-        applier.facts.push(started);
-        applier.plan_entry();
+        let decision = decide(
+            &apply::run_state(&run)?,
+            Some(&definition.spec),
+            Event::Started {
+                receipt,
+                started: Box::new(started),
+            },
+            now,
+        )
+        .map_err(|r| refusal(&run.run_id, "start", r))?;
         if let Some((key, kind, source)) = &command_key
             && let Some(done) = self.repeated_command(tx, key, kind, source).await?
         {
@@ -888,7 +893,7 @@ impl Engine {
             tx.insert_command(key, kind, source, &run.run_id, now_us(now))
                 .await?;
         }
-        applier.write(tx, &mut run).await?;
+        apply::write_all(tx, &mut run, decision, now).await?;
         Ok(Written::New(run_id))
     }
 
@@ -1187,16 +1192,13 @@ impl Engine {
             let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
             let def = self.definition_in(tx, &run.definition_hash).await?;
             let mut journal = Vec::new();
-            self.apply_recorded(
-                tx,
-                &mut run,
-                def.as_deref(),
-                &mut attempt,
+            let unit = Unit {
+                run: &mut run,
+                def: def.as_deref(),
+                attempt: &mut attempt,
                 now,
-                &mut journal,
-                None,
-            )
-            .await?;
+            };
+            self.apply_recorded(tx, unit, &mut journal, None).await?;
             tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
@@ -1292,7 +1294,7 @@ impl Engine {
                 "the run's pinned workflow definition is missing or corrupt".into(),
             ));
         };
-        if let Some(origin) = step.strip_prefix(apply::COMPENSATE) {
+        if let Some(origin) = step.strip_prefix(decide::COMPENSATE) {
             let key = def.spec.step(origin).and_then(|s| s.compensate.clone());
             let Some(key) = key else {
                 return Err(unavailable(
@@ -1502,7 +1504,17 @@ impl Engine {
         }
         let take = chain.map(|c| c.queue.as_str());
         let taken = self
-            .apply_recorded(tx, &mut run, def, &mut cur, now, &mut journal, take)
+            .apply_recorded(
+                tx,
+                Unit {
+                    run: &mut run,
+                    def,
+                    attempt: &mut cur,
+                    now,
+                },
+                &mut journal,
+                take,
+            )
             .await?;
         // The run's next step for the same worker: one it just planned (inserted claimed),
         // else the oldest one due.
@@ -1555,18 +1567,20 @@ impl Engine {
     }
 
     /// Applies a recorded outcome and writes everything it implies in the caller's
-    /// transaction, adding its facts to `journal`. `take`: see [`Applier::write_into`].
-    #[allow(clippy::too_many_arguments)]
+    /// transaction, adding its facts to `journal`. `take`: see [`apply::write_decision`].
     async fn apply_recorded<T: StoreTx>(
         &self,
         tx: &mut T,
-        run: &mut RunRow,
-        def: Option<&Definition>,
-        attempt: &mut AttemptRow,
-        now: Timestamp,
+        unit: Unit<'_>,
         journal: &mut Vec<(String, String)>,
         take: Option<&str>,
     ) -> Result<Option<AttemptRow>> {
+        let Unit {
+            run,
+            def,
+            attempt,
+            now,
+        } = unit;
         let outcome: StepOutcome =
             serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| {
                 EngineError::Corrupt {
@@ -1574,60 +1588,66 @@ impl Engine {
                     message: e.to_string(),
                 }
             })?;
-        let mut applier = match def {
-            Some(def) => Applier::new(def, run, now)?,
-            None => {
-                // Without its definition the run cannot go on: fail it closed.
-                let mut a = Applier::orphan(run, now)?;
-                a.fail_run(serde_json::json!({
-                    "code": "definition_unavailable",
-                    "message": "the run's pinned workflow definition is missing or corrupt",
-                    "step": attempt.step,
-                }));
-                attempt.status = AttemptStatus::Failed;
-                attempt.due_at = None;
-                attempt.updated_at = now_us(now);
-                tx.update_attempt(attempt).await?;
-                return a.write_into(tx, run, journal, None).await;
-            }
+        let event = Event::Recorded {
+            attempt: AttemptRef {
+                runnable_key: attempt.runnable_key.clone(),
+                step: attempt.step.clone(),
+                attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
+                input: serde_json::from_str(&attempt.input).unwrap_or_default(),
+            },
+            outcome,
         };
-        let needs_history = matches!(outcome, StepOutcome::Failed(_))
-            || attempt.step.starts_with(apply::COMPENSATE);
-        if needs_history {
-            let mut done: Vec<AttemptRow> = tx
-                .run_attempts(&run.run_id)
-                .await?
-                .into_iter()
-                .filter(|a| {
-                    a.status == AttemptStatus::Succeeded && !a.step.starts_with(apply::COMPENSATE)
-                })
-                .collect();
-            done.sort_by(|a, b| {
-                (b.updated_at, b.seq, &b.runnable_key).cmp(&(a.updated_at, a.seq, &a.runnable_key))
-            });
-            applier.completed = done
-                .into_iter()
-                .map(|a| {
-                    let output = match a
-                        .outcome
-                        .as_deref()
-                        .map(serde_json::from_str::<StepOutcome>)
-                    {
-                        Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
-                        _ => Value::Null,
-                    };
-                    apply::CompletedStep {
-                        input: serde_json::from_str(&a.input).unwrap_or(Value::Null),
-                        step: a.step,
-                        runnable_key: a.runnable_key,
-                        output,
-                    }
-                })
-                .collect();
+        let mut state = apply::run_state(run)?;
+        if def.is_some() && event.needs_history() {
+            state.completed = self.completed_steps(tx, &run.run_id).await?;
         }
-        applier.apply(attempt, outcome);
+        let decision = decide(&state, def.map(|d| &d.spec), event, now)
+            .map_err(|r| refusal(&run.run_id, "apply", r))?;
+        if let Some(status) = decision.attempt_status {
+            attempt.status = status;
+        }
+        attempt.due_at = None;
+        attempt.updated_at = now_us(now);
         tx.update_attempt(attempt).await?;
-        applier.write_into(tx, run, journal, take).await
+        apply::write_decision(tx, run, decision, journal, take, now).await
+    }
+
+    /// The run's succeeded step attempts (not compensations), newest first.
+    async fn completed_steps<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        run_id: &str,
+    ) -> Result<Vec<CompletedStep>> {
+        let mut done: Vec<AttemptRow> = tx
+            .run_attempts(run_id)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                a.status == AttemptStatus::Succeeded && !a.step.starts_with(decide::COMPENSATE)
+            })
+            .collect();
+        done.sort_by(|a, b| {
+            (b.updated_at, b.seq, &b.runnable_key).cmp(&(a.updated_at, a.seq, &a.runnable_key))
+        });
+        Ok(done
+            .into_iter()
+            .map(|a| {
+                let output = match a
+                    .outcome
+                    .as_deref()
+                    .map(serde_json::from_str::<StepOutcome>)
+                {
+                    Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
+                    _ => Value::Null,
+                };
+                CompletedStep {
+                    input: serde_json::from_str(&a.input).unwrap_or(Value::Null),
+                    step: a.step,
+                    runnable_key: a.runnable_key,
+                    output,
+                }
+            })
+            .collect())
     }
 
     /// The snapshot of a run.
@@ -1729,5 +1749,33 @@ pub(crate) fn planned_row(
         deadline: r.deadline.as_ref().map(to_json),
         created_at: now_us(now),
         updated_at: now_us(now),
+    }
+}
+
+/// The rows one recorded outcome is applied to.
+struct Unit<'a> {
+    run: &'a mut RunRow,
+    def: Option<&'a Definition>,
+    attempt: &'a mut AttemptRow,
+    now: Timestamp,
+}
+
+/// A refusal of the decision core as an engine error.
+pub(crate) fn refusal(run_id: &str, command: &str, r: Refusal) -> EngineError {
+    match r {
+        Refusal::InvalidTransition { status } => EngineError::InvalidTransition {
+            run_id: run_id.to_owned(),
+            status: status.to_string(),
+            command: command.to_owned(),
+        },
+        Refusal::WrongManualStep { step, kind } => EngineError::WrongManualStep {
+            run_id: run_id.to_owned(),
+            step,
+            kind: match kind {
+                Suspension::Pause => "pause".into(),
+                Suspension::Approval => "approval".into(),
+            },
+            command: command.to_owned(),
+        },
     }
 }

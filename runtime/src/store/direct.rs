@@ -363,12 +363,12 @@ impl StoreTx for DirectTx<'_> {
     async fn close_open_attempts(
         &mut self,
         run_id: &str,
-        status: &str,
+        status: AttemptStatus,
         now: i64,
     ) -> StoreResult<u64> {
         let n = self
             .stmt(sql::CLOSE_OPEN_ATTEMPTS)?
-            .execute(params![run_id, status, now])?;
+            .execute(params![run_id, status.as_str(), now])?;
         Ok(n as u64)
     }
 

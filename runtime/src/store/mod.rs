@@ -501,7 +501,7 @@ pub trait StoreTx: Send {
     fn close_open_attempts(
         &mut self,
         run_id: &str,
-        status: &str,
+        status: AttemptStatus,
         now: i64,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
     /// Records a command's idempotency key; false when the key exists already.
@@ -860,13 +860,13 @@ macro_rules! impl_store_tx {
             async fn close_open_attempts(
                 &mut self,
                 run_id: &str,
-                status: &str,
+                status: AttemptStatus,
                 now: i64,
             ) -> StoreResult<u64> {
                 Finish::flush(self).await?;
                 let done = sqlx::query(sql::CLOSE_OPEN_ATTEMPTS)
                     .bind(run_id)
-                    .bind(status)
+                    .bind(status.as_str())
                     .bind(now)
                     .execute(&mut **self)
                     .await?;

@@ -1,0 +1,747 @@
+//! The decision core: the run state machine as a pure function.
+//!
+//! [`decide`] takes the typed state of one run ([`RunState`], decoded once where its row is
+//! read), the run's pinned spec, one [`Event`] and the time, and returns a [`Decision`]: the
+//! facts to append, the attempts to plan, the new status of the attempt the event is about,
+//! and the run's new state. It does no IO, has no async and imports nothing above `plan`, so
+//! every route, retry, gate, cancel and compensation is unit-tested as a table, without a
+//! database (see `tests.rs`). The engine loads the state, calls [`decide`] and writes the
+//! decision in the same transaction; a new kind of event (dynamic work, a schedule) is a new
+//! [`Event`] variant and, where it needs one, a new field of [`Decision`], not a change to
+//! the protocol code.
+
+pub mod fact;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::plan::{self, RetryDecision};
+use crate::spec::{Mode, Outcome, WorkflowSpec};
+use crate::vocab::{
+    AttemptStatus, CommandKind, CompensationStatus, Deadline, RunStatus, StepOutcome, StepState,
+    Suspension, Timestamp,
+};
+use fact::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable};
+
+/// Prefix of the step names of compensation runnables.
+pub const COMPENSATE: &str = "compensate:";
+
+/// The typed state of one run: what its row holds, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    /// The run's id (its text form, as stored).
+    pub run_id: String,
+    /// Where the run stands.
+    pub status: RunStatus,
+    /// The resolved payload.
+    pub input: Map<String, Value>,
+    /// Outputs merged in the order applied.
+    pub context: Map<String, Value>,
+    /// The state of every planned step.
+    pub steps: BTreeMap<String, StepState>,
+    /// The open manual gate.
+    pub manual: Option<ManualGate>,
+    /// The error of a failed run.
+    pub error: Option<Value>,
+    /// The saga compensation of a failed run.
+    pub compensation: Option<Compensation>,
+    /// Succeeded (non-compensation) attempts, newest first. Loaded only for events that may
+    /// need them ([`Event::needs_history`]); empty otherwise.
+    pub completed: Vec<CompletedStep>,
+}
+
+/// A step attempt that succeeded, for compensation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedStep {
+    /// The step.
+    pub step: String,
+    /// Its runnable key.
+    pub runnable_key: String,
+    /// Its input.
+    pub input: Value,
+    /// Its output (`null` when not decodable).
+    pub output: Value,
+}
+
+/// The attempt an outcome belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRef {
+    /// `<run_id>:<step>:<attempt>`.
+    pub runnable_key: String,
+    /// The step (or `compensate:<step>`).
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The attempt's input (a retry reuses it).
+    pub input: Map<String, Value>,
+}
+
+/// What resolves a manual gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateAction {
+    /// `resume` of a pause.
+    Resume,
+    /// `approve` of an approval.
+    Approve,
+    /// `reject` of an approval.
+    Reject,
+}
+
+impl GateAction {
+    /// The action as journaled in `manual_step_resolved`.
+    pub fn journaled(self) -> &'static str {
+        match self {
+            Self::Resume => "resumed",
+            Self::Approve => "approved",
+            Self::Reject => "rejected",
+        }
+    }
+
+    fn fits(self, kind: Suspension) -> bool {
+        matches!(
+            (self, kind),
+            (Self::Resume, Suspension::Pause) | (Self::Approve | Self::Reject, Suspension::Approval)
+        )
+    }
+}
+
+/// A control command on a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// End the run as cancelled.
+    Cancel,
+    /// Resolve the open gate; `result` becomes the gate step's output.
+    Resolve {
+        /// Resume, approve or reject.
+        action: GateAction,
+        /// The decision record (actor, comment, time...).
+        result: Map<String, Value>,
+    },
+}
+
+/// Something that happened to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The run was created: journal the command and the start, plan the entry steps.
+    Started {
+        /// The start command's receipt.
+        receipt: CommandReceipt,
+        /// The `run_started` fact.
+        started: Box<Fact>,
+    },
+    /// An attempt's recorded outcome is applied.
+    Recorded {
+        /// The attempt.
+        attempt: AttemptRef,
+        /// Its outcome.
+        outcome: StepOutcome,
+    },
+    /// A control command arrived.
+    Command {
+        /// Its receipt, journaled first.
+        receipt: CommandReceipt,
+        /// The command.
+        command: Command,
+    },
+}
+
+impl Event {
+    /// Whether deciding needs [`RunState::completed`] (the succeeded attempts): a failure
+    /// may start compensation, and a compensation's outcome plans the next one.
+    pub fn needs_history(&self) -> bool {
+        match self {
+            Self::Recorded { attempt, outcome } => {
+                matches!(outcome, StepOutcome::Failed(_)) || attempt.step.starts_with(COMPENSATE)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a command cannot apply to the run as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The run ended, or has no open gate for this command.
+    InvalidTransition {
+        /// The run's status.
+        status: RunStatus,
+    },
+    /// The open gate is of another kind (a resume of an approval, say).
+    WrongManualStep {
+        /// The gate step.
+        step: String,
+        /// Its kind.
+        kind: Suspension,
+    },
+}
+
+/// What an event implies: written by the engine in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The run's state after the event.
+    pub state: RunState,
+    /// Facts to append, in order. `runnables_planned` among them lists [`Self::planned`].
+    pub facts: Vec<Fact>,
+    /// Attempts to insert (scheduled from their visible time).
+    pub planned: Vec<PlannedRunnable>,
+    /// Index in [`Self::facts`] of the `runnables_planned` fact (for attempt sequence numbers).
+    pub planned_at: usize,
+    /// The new status of the event's attempt ([`Event::Recorded`]).
+    pub attempt_status: Option<AttemptStatus>,
+    /// Close every open (scheduled or claimed) attempt of the run as cancelled, before the
+    /// planned attempts are inserted.
+    pub close_open_attempts: bool,
+}
+
+/// Decides what `event` does to a run in `state` whose pinned spec is `spec` (`None` when the
+/// definition is missing or corrupt: the run can then only end).
+///
+/// # Errors
+///
+/// A [`Refusal`] when a command does not apply to the run as it stands.
+pub fn decide(
+    state: &RunState,
+    spec: Option<&WorkflowSpec>,
+    event: Event,
+    now: Timestamp,
+) -> Result<Decision, Refusal> {
+    let mut d = Decider::new(state, spec, now);
+    match event {
+        Event::Started { receipt, started } => {
+            d.facts.push(Fact::CommandReceived { command: receipt });
+            d.facts.push(*started);
+            d.plan_entry();
+        }
+        Event::Recorded { attempt, outcome } => d.apply(&attempt, outcome),
+        Event::Command { receipt, command } => {
+            if state.status.is_terminal() {
+                return Err(Refusal::InvalidTransition {
+                    status: state.status,
+                });
+            }
+            match command {
+                Command::Cancel => {
+                    d.facts.push(Fact::CommandReceived { command: receipt });
+                    d.end(RunStatus::Cancelled);
+                }
+                Command::Resolve { action, result } => {
+                    let Some(gate) = d.state.manual.clone() else {
+                        return Err(Refusal::InvalidTransition {
+                            status: state.status,
+                        });
+                    };
+                    if !action.fits(gate.kind) {
+                        return Err(Refusal::WrongManualStep {
+                            step: gate.step,
+                            kind: gate.kind,
+                        });
+                    }
+                    debug_assert!(matches!(
+                        receipt.command,
+                        CommandKind::Resume | CommandKind::Approve | CommandKind::Reject
+                    ));
+                    d.facts.push(Fact::CommandReceived { command: receipt });
+                    d.resolve_gate(&gate, action, result);
+                }
+            }
+        }
+    }
+    Ok(d.finish())
+}
+
+/// The working state of one decision.
+struct Decider<'a> {
+    spec: Option<&'a WorkflowSpec>,
+    now: Timestamp,
+    state: RunState,
+    new_gate: bool,
+    terminal: Option<RunStatus>,
+    facts: Vec<Fact>,
+    planned: Vec<PlannedRunnable>,
+    compensation_changed: bool,
+    close_open: bool,
+    attempt_status: Option<AttemptStatus>,
+}
+
+impl<'a> Decider<'a> {
+    fn new(state: &RunState, spec: Option<&'a WorkflowSpec>, now: Timestamp) -> Self {
+        Self {
+            spec,
+            now,
+            state: state.clone(),
+            new_gate: false,
+            terminal: None,
+            facts: Vec::new(),
+            planned: Vec::new(),
+            compensation_changed: false,
+            close_open: false,
+            attempt_status: None,
+        }
+    }
+
+    fn known(&self) -> Value {
+        plan::knowledge(&self.state.input, &self.state.context)
+    }
+
+    /// Plans the entry step (transition mode) or every root (dependency mode).
+    fn plan_entry(&mut self) {
+        let Some(spec) = self.spec else { return };
+        let entries: Vec<String> = spec.entry_steps().iter().map(|s| s.name.clone()).collect();
+        for step in entries {
+            self.plan_step(&step, self.now, 1, None);
+        }
+    }
+
+    fn plan_step(
+        &mut self,
+        name: &str,
+        visible_at: Timestamp,
+        attempt: u32,
+        input: Option<Map<String, Value>>,
+    ) {
+        let Some(spec) = self.spec else { return };
+        let Some(step) = spec.step(name) else {
+            self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {name} is not in the pinned definition")}));
+            return;
+        };
+        let input = match input {
+            Some(i) => i,
+            None => match plan::map_input(step, &self.known()) {
+                Ok(i) => i,
+                Err(missing) => {
+                    self.fail_run(json!({
+                        "code": "missing_input_path",
+                        "message": format!("input path {} of step {} does not resolve: {} is missing", missing.path.join("."), missing.step, missing.missing_at),
+                        "retryable": false,
+                        "step": missing.step,
+                        "target": missing.target,
+                        "path": missing.path,
+                        "missing_at": missing.missing_at,
+                    }));
+                    return;
+                }
+            },
+        };
+        self.state.steps.insert(name.to_owned(), StepState::Planned);
+        let deadline = step
+            .deadline
+            .as_ref()
+            .filter(|_| !step.is_manual())
+            .map(|d| Deadline::plan(d, visible_at));
+        self.planned.push(PlannedRunnable {
+            runnable_key: format!("{}:{}:{}", self.state.run_id, name, attempt),
+            step: name.to_owned(),
+            attempt,
+            visible_at,
+            input,
+            deadline,
+        });
+    }
+
+    fn end(&mut self, status: RunStatus) {
+        if self.terminal.is_none() {
+            self.terminal = Some(status);
+            self.state.manual = None;
+        }
+    }
+
+    fn fail_run(&mut self, error: Value) {
+        if self.terminal.is_none() {
+            self.state.error = Some(error);
+        }
+        self.end(RunStatus::Failed);
+    }
+
+    fn applied(
+        &mut self,
+        attempt: &AttemptRef,
+        status: AttemptStatus,
+        step_state: Option<StepState>,
+        context_patch: Map<String, Value>,
+        route: Option<plan::Route>,
+    ) {
+        self.attempt_status = Some(status);
+        self.facts.push(Fact::RunnableApplied {
+            runnable_key: attempt.runnable_key.clone(),
+            step: attempt.step.clone(),
+            attempt_status: status,
+            step_state,
+            context_patch,
+            route,
+        });
+    }
+
+    /// Applies `outcome` to the run and settles `attempt`.
+    fn apply(&mut self, attempt: &AttemptRef, outcome: StepOutcome) {
+        let Some(spec) = self.spec else {
+            // Without its definition the run cannot go on: fail it closed.
+            self.attempt_status = Some(AttemptStatus::Failed);
+            self.fail_run(json!({
+                "code": "definition_unavailable",
+                "message": "the run's pinned workflow definition is missing or corrupt",
+                "step": attempt.step,
+            }));
+            return;
+        };
+        if let Some(origin) = attempt.step.strip_prefix(COMPENSATE) {
+            self.apply_compensation(attempt, origin, outcome);
+            return;
+        }
+        let Some(step) = spec.step(&attempt.step) else {
+            self.attempt_status = Some(AttemptStatus::Failed);
+            self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {} is not in the pinned definition", attempt.step)}));
+            return;
+        };
+        let name = step.name.as_str();
+        match outcome {
+            StepOutcome::Succeeded {
+                output,
+                continue_after_ms,
+            } => {
+                let patch = plan::shape_output(step, output);
+                for (k, v) in &patch {
+                    self.state.context.insert(k.clone(), v.clone());
+                }
+                self.state
+                    .steps
+                    .insert(name.to_owned(), StepState::Completed);
+                let visible = self.now.plus_millis(continue_after_ms.unwrap_or(0));
+                let mut route = None;
+                match spec.mode() {
+                    Mode::Transitions => {
+                        match plan::select_route(spec, name, Outcome::Ok, &self.known()) {
+                            Some(r) => {
+                                match &r.to {
+                                    Some(to) => self.plan_step(to, visible, 1, None),
+                                    None => self.end(RunStatus::Completed),
+                                }
+                                route = Some(r);
+                            }
+                            // A step without ok routes is a final step: the run completes.
+                            None => self.end(RunStatus::Completed),
+                        }
+                    }
+                    Mode::Dependencies => {
+                        let ready: Vec<String> = plan::ready_steps(spec, &self.state.steps)
+                            .iter()
+                            .map(|s| s.name.clone())
+                            .collect();
+                        for next in &ready {
+                            self.plan_step(next, visible, 1, None);
+                        }
+                        let done = spec.steps.iter().all(|s| {
+                            self.state.steps.get(&s.name) == Some(&StepState::Completed)
+                        });
+                        if done {
+                            self.end(RunStatus::Completed);
+                        }
+                    }
+                }
+                self.applied(
+                    attempt,
+                    AttemptStatus::Succeeded,
+                    Some(StepState::Completed),
+                    patch,
+                    route,
+                );
+            }
+            StepOutcome::Failed(error) => {
+                let decision = plan::retry_decision(
+                    step.retry.as_ref(),
+                    attempt.attempt,
+                    error.retryable,
+                    error.retry_after_ms,
+                    &attempt.runnable_key,
+                );
+                if let RetryDecision::Retry { delay_ms } = decision {
+                    self.plan_step(
+                        name,
+                        self.now.plus_millis(delay_ms),
+                        attempt.attempt.saturating_add(1),
+                        Some(attempt.input.clone()),
+                    );
+                    self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
+                    return;
+                }
+                self.state.steps.insert(name.to_owned(), StepState::Failed);
+                let mut failure = json!({
+                    "step": name,
+                    "runnable_key": attempt.runnable_key,
+                    "attempt": attempt.attempt,
+                    "kind": error.kind,
+                    "code": error.code,
+                    "message": error.message,
+                    "retryable": error.retryable,
+                });
+                if let Some(details) = &error.details {
+                    failure["details"] = Value::Object(details.clone());
+                }
+                let route = match spec.mode() {
+                    Mode::Transitions => {
+                        plan::select_route(spec, name, Outcome::Error, &self.known())
+                    }
+                    Mode::Dependencies => None,
+                };
+                match &route {
+                    Some(r) => match &r.to {
+                        Some(to) => self.plan_step(to, self.now, 1, None),
+                        None => self.end(RunStatus::Completed),
+                    },
+                    None => self.fail_or_compensate(failure),
+                }
+                self.applied(
+                    attempt,
+                    AttemptStatus::Failed,
+                    Some(StepState::Failed),
+                    Map::new(),
+                    route,
+                );
+            }
+            StepOutcome::Suspended(kind) => {
+                let target =
+                    |on| plan::select_route(spec, name, on, &self.known()).and_then(|r| r.to);
+                let gate = ManualGate {
+                    step: name.to_owned(),
+                    kind,
+                    ok_target: target(Outcome::Ok),
+                    error_target: match kind {
+                        Suspension::Approval => target(Outcome::Error),
+                        Suspension::Pause => None,
+                    },
+                    output_key: step.output.clone(),
+                    paused_at: self.now,
+                    deadline: step.deadline.as_ref().map(|d| Deadline::plan(d, self.now)),
+                };
+                self.applied(attempt, AttemptStatus::Suspended, None, Map::new(), None);
+                self.state.manual = Some(gate);
+                self.new_gate = true;
+            }
+        }
+    }
+
+    /// Resolves the open gate: the decision becomes the step's output, and the run goes to the
+    /// target captured when it paused.
+    fn resolve_gate(&mut self, gate: &ManualGate, action: GateAction, result: Map<String, Value>) {
+        let patch = match &gate.output_key {
+            Some(key) => Map::from_iter([(key.clone(), Value::Object(result))]),
+            None => result,
+        };
+        for (k, v) in &patch {
+            self.state.context.insert(k.clone(), v.clone());
+        }
+        let rejected = action == GateAction::Reject;
+        self.state.steps.insert(
+            gate.step.clone(),
+            if rejected {
+                StepState::Failed
+            } else {
+                StepState::Completed
+            },
+        );
+        self.state.manual = None;
+        let target = if rejected {
+            gate.error_target.clone()
+        } else {
+            gate.ok_target.clone()
+        };
+        match &target {
+            Some(to) => self.plan_step(to, self.now, 1, None),
+            None => self.end(RunStatus::Completed),
+        }
+        self.facts.push(Fact::ManualStepResolved {
+            step: gate.step.clone(),
+            action: action.journaled().to_owned(),
+            context_patch: patch,
+            target,
+        });
+    }
+
+    /// A step failed for good with no error route: undo the completed steps that declare a
+    /// compensation, newest first, or fail the run when there are none.
+    fn fail_or_compensate(&mut self, failure: Value) {
+        let Some(spec) = self.spec else {
+            self.fail_run(failure);
+            return;
+        };
+        let mut pending: Vec<String> = Vec::new();
+        for c in &self.state.completed {
+            let declares = spec.step(&c.step).is_some_and(|s| s.compensate.is_some());
+            if declares && !pending.contains(&c.step) {
+                pending.push(c.step.clone());
+            }
+        }
+        if pending.is_empty() {
+            self.fail_run(failure);
+            return;
+        }
+        self.state.compensation = Some(Compensation {
+            status: CompensationStatus::Compensating,
+            failure,
+            pending,
+            compensated: Vec::new(),
+            not_compensated: Vec::new(),
+            failed: None,
+        });
+        self.compensation_changed = true;
+        self.close_open = true;
+        self.plan_next_compensation();
+    }
+
+    fn plan_next_compensation(&mut self) {
+        let Some(comp) = &self.state.compensation else {
+            return;
+        };
+        let Some(origin) = comp.pending.first().cloned() else {
+            let failure = comp.failure.clone();
+            if let Some(comp) = &mut self.state.compensation {
+                comp.status = CompensationStatus::Compensated;
+            }
+            self.compensation_changed = true;
+            self.fail_run(failure);
+            return;
+        };
+        let source = self.state.completed.iter().find(|c| c.step == origin);
+        let input = json!({
+            "source": {"run_id": self.state.run_id, "failure": comp.failure},
+            "step": {
+                "name": origin,
+                "runnable_key": source.map(|c| c.runnable_key.clone()),
+                "input": source.map_or(Value::Null, |c| c.input.clone()),
+                "output": source.map_or(Value::Null, |c| c.output.clone()),
+            },
+        });
+        let Value::Object(input) = input else { return };
+        self.plan_compensation(&origin, 1, input, self.now);
+    }
+
+    fn plan_compensation(
+        &mut self,
+        origin: &str,
+        attempt: u32,
+        input: Map<String, Value>,
+        visible_at: Timestamp,
+    ) {
+        let name = format!("{COMPENSATE}{origin}");
+        self.state.steps.insert(name.clone(), StepState::Planned);
+        self.planned.push(PlannedRunnable {
+            runnable_key: format!("{}:{}:{}", self.state.run_id, name, attempt),
+            step: name,
+            attempt,
+            visible_at,
+            input,
+            deadline: None,
+        });
+    }
+
+    fn apply_compensation(&mut self, attempt: &AttemptRef, origin: &str, outcome: StepOutcome) {
+        let (status, state) = match outcome {
+            StepOutcome::Succeeded { .. } => {
+                if let Some(c) = &mut self.state.compensation {
+                    c.pending.retain(|p| p != origin);
+                    c.compensated.push(origin.to_owned());
+                }
+                self.compensation_changed = true;
+                self.plan_next_compensation();
+                (AttemptStatus::Succeeded, Some(StepState::Completed))
+            }
+            StepOutcome::Failed(error) => {
+                let policy = self
+                    .spec
+                    .and_then(|s| s.step(origin))
+                    .and_then(|s| s.compensate_retry.clone());
+                match plan::retry_decision(
+                    policy.as_ref(),
+                    attempt.attempt,
+                    error.retryable,
+                    error.retry_after_ms,
+                    &attempt.runnable_key,
+                ) {
+                    RetryDecision::Retry { delay_ms } => {
+                        self.plan_compensation(
+                            origin,
+                            attempt.attempt.saturating_add(1),
+                            attempt.input.clone(),
+                            self.now.plus_millis(delay_ms),
+                        );
+                        (AttemptStatus::Failed, None)
+                    }
+                    _ => {
+                        let mut failure = Value::Null;
+                        if let Some(c) = &mut self.state.compensation {
+                            c.status = CompensationStatus::PartiallyCompensated;
+                            c.failed = Some(origin.to_owned());
+                            c.pending.retain(|p| p != origin);
+                            c.not_compensated = std::mem::take(&mut c.pending);
+                            failure = c.failure.clone();
+                        }
+                        self.compensation_changed = true;
+                        self.fail_run(failure);
+                        (AttemptStatus::Failed, Some(StepState::Failed))
+                    }
+                }
+            }
+            StepOutcome::Suspended(_) => (AttemptStatus::Failed, Some(StepState::Failed)),
+        };
+        if let Some(state) = state {
+            self.state.steps.insert(attempt.step.clone(), state);
+        }
+        self.applied(attempt, status, state, Map::new(), None);
+    }
+
+    /// The decision: planned work dropped if the run ended, the closing facts, the status.
+    fn finish(mut self) -> Decision {
+        if self.terminal.is_some() {
+            for p in &self.planned {
+                if p.attempt == 1 {
+                    self.state.steps.remove(&p.step);
+                }
+            }
+            self.planned.clear();
+            self.close_open = true;
+        }
+        let planned_at = self.facts.len();
+        if !self.planned.is_empty() {
+            self.facts.push(Fact::RunnablesPlanned {
+                runnables: self.planned.clone(),
+            });
+        }
+        if self.compensation_changed
+            && let Some(comp) = &self.state.compensation
+        {
+            self.facts.push(Fact::CompensationUpdated {
+                state: comp.clone(),
+            });
+        }
+        if self.new_gate
+            && let Some(gate) = &self.state.manual
+        {
+            self.facts
+                .push(Fact::ManualStepPaused { gate: gate.clone() });
+        }
+        self.state.status = match self.terminal {
+            Some(terminal) => {
+                self.facts.push(Fact::RunTerminal {
+                    status: terminal,
+                    error: self.state.error.clone(),
+                });
+                terminal
+            }
+            None if self.state.manual.is_some() => RunStatus::Paused,
+            None if self.state.steps.values().any(|s| *s == StepState::Planned) => {
+                RunStatus::Running
+            }
+            None => RunStatus::Idle,
+        };
+        Decision {
+            state: self.state,
+            facts: self.facts,
+            planned: self.planned,
+            planned_at,
+            attempt_status: self.attempt_status,
+            close_open_attempts: self.close_open,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Table tests of the decision core, without a database.
