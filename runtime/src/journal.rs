@@ -14,7 +14,6 @@ pub use crate::decide::fact::{
 use crate::vocab::{AttemptStatus, StepState};
 pub use crate::vocab::{InvalidRunId, RunId, RunStatus};
 
-
 /// A run's state, folded from its facts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Projection {

@@ -103,7 +103,8 @@ impl GateAction {
     fn fits(self, kind: Suspension) -> bool {
         matches!(
             (self, kind),
-            (Self::Resume, Suspension::Pause) | (Self::Approve | Self::Reject, Suspension::Approval)
+            (Self::Resume, Suspension::Pause)
+                | (Self::Approve | Self::Reject, Suspension::Approval)
         )
     }
 }
@@ -250,6 +251,29 @@ pub fn decide(
         }
     }
     Ok(d.finish())
+}
+
+/// The replay guard: the steps of a run that completed (succeeded, or recorded as a success
+/// but not yet applied) and are irreversible or not compensatable, in first-seen order.
+/// Replaying the run repeats their effects, so a replay needs explicit approval when this is
+/// not empty.
+pub fn replay_review<'a>(
+    spec: &WorkflowSpec,
+    attempts: impl IntoIterator<Item = (&'a str, AttemptStatus, Option<&'a StepOutcome>)>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (step, status, outcome) in attempts {
+        let completed = status == AttemptStatus::Succeeded
+            || (status == AttemptStatus::Recorded
+                && matches!(outcome, Some(StepOutcome::Succeeded { .. })));
+        let review = spec
+            .step(step)
+            .is_some_and(crate::spec::StepSpec::needs_replay_review);
+        if completed && review && !out.iter().any(|s| s == step) {
+            out.push(step.to_owned());
+        }
+    }
+    out
 }
 
 /// The working state of one decision.
@@ -432,9 +456,10 @@ impl<'a> Decider<'a> {
                         for next in &ready {
                             self.plan_step(next, visible, 1, None);
                         }
-                        let done = spec.steps.iter().all(|s| {
-                            self.state.steps.get(&s.name) == Some(&StepState::Completed)
-                        });
+                        let done = spec
+                            .steps
+                            .iter()
+                            .all(|s| self.state.steps.get(&s.name) == Some(&StepState::Completed));
                         if done {
                             self.end(RunStatus::Completed);
                         }

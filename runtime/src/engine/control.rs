@@ -3,13 +3,13 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{apply, refusal};
-use crate::decide::{Command, Event, GateAction, decide};
 use super::signal::{ManualAttrs, Signal, SignalKind};
 use super::{
     Engine, EngineError, NewRun, Result, RunSnapshot, StartOptions, WorkflowRef, now_us, receipt,
 };
-use crate::actions::{StepContext, StepOutcome};
+use super::{apply, refusal};
+use crate::actions::StepContext;
+use crate::decide::{self, Command, Event, GateAction, decide};
 use crate::journal::{ParentLink, RunId};
 use crate::spec::{SpecProblem, valid_name};
 use crate::store::{Store, StoreTx};
@@ -303,23 +303,13 @@ impl Engine {
             message: "the run's pinned definition is missing or corrupt; it cannot be replayed"
                 .into(),
         })?;
-        // Completed means succeeded, or recorded as a success but not yet applied.
-        let mut unsafe_steps: Vec<String> = source
-            .attempts
-            .iter()
-            .filter(|a| {
-                a.status == AttemptStatus::Succeeded
-                    || (a.status == AttemptStatus::Recorded
-                        && matches!(a.outcome, Some(StepOutcome::Succeeded { .. })))
-            })
-            .filter(|a| {
-                def.spec
-                    .step(&a.step)
-                    .is_some_and(crate::spec::StepSpec::needs_replay_review)
-            })
-            .map(|a| a.step.clone())
-            .collect();
-        unsafe_steps.dedup();
+        let unsafe_steps = decide::replay_review(
+            &def.spec,
+            source
+                .attempts
+                .iter()
+                .map(|a| (a.step.as_str(), a.status, a.outcome.as_ref())),
+        );
         if !unsafe_steps.is_empty() && !allow {
             return Err(EngineError::UnsafeReplay {
                 run_id: source_id.to_string(),

@@ -60,8 +60,8 @@ pub use schedule::{
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
 
-use crate::vocab::Suspension;
 use crate::decide::{self, AttemptRef, CompletedStep, Event, Refusal, decide};
+use crate::vocab::Suspension;
 use batch::{Claim, ClaimedAttempt, Completed};
 
 /// Result of engine calls.

@@ -177,7 +177,7 @@ impl RunSnapshot {
             attempts: self
                 .attempts
                 .iter()
-                .map(|a| (a.runnable_key.clone(), a.status.clone()))
+                .map(|a| (a.runnable_key.clone(), a.status))
                 .collect(),
             manual: self.manual.clone(),
             error: self.error.clone(),

@@ -366,9 +366,9 @@ impl StoreTx for DirectTx<'_> {
         status: AttemptStatus,
         now: i64,
     ) -> StoreResult<u64> {
-        let n = self
-            .stmt(sql::CLOSE_OPEN_ATTEMPTS)?
-            .execute(params![run_id, status.as_str(), now])?;
+        let n =
+            self.stmt(sql::CLOSE_OPEN_ATTEMPTS)?
+                .execute(params![run_id, status.as_str(), now])?;
         Ok(n as u64)
     }
 
