@@ -891,7 +891,10 @@ fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
         SpecCommand::Validate { file } => {
             let spec = read_spec(file)?;
             let registry = registry(cli)?;
-            let known = cli.manifest.exists().then_some(&registry);
+            let known = cli
+                .manifest
+                .exists()
+                .then_some(&registry as &dyn squid_mesh::spec::ActionLookup);
             match spec.validate(known) {
                 Ok(()) => {
                     if cli.json {

@@ -403,7 +403,7 @@ impl ActionHost {
         children: Option<Arc<dyn ChildRunStarter>>,
     ) -> Result<Invocation, ActionError> {
         match target {
-            ActionTarget::Builtin(builtin) => Ok(builtin.invoke(ctx)),
+            ActionTarget::Builtin(builtin) => Ok(super::builtin::invoke(builtin, ctx)),
             ActionTarget::Wasm(key) => {
                 let action = self.registry.resolve(key)?;
                 self.check_host_limits(&action)?;

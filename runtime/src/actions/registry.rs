@@ -404,3 +404,13 @@ impl Manifest {
             .collect()
     }
 }
+
+impl crate::spec::ActionLookup for ActionRegistry {
+    fn availability(&self, key: &ActionKey) -> crate::spec::Availability {
+        match self.resolve(key) {
+            Ok(_) => crate::spec::Availability::Active,
+            Err(ActionError::Disabled { .. }) => crate::spec::Availability::Disabled,
+            Err(_) => crate::spec::Availability::Unknown,
+        }
+    }
+}

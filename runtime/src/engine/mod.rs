@@ -11,18 +11,18 @@
 /// Runs `$body` with `$s` bound to the concrete store.
 macro_rules! with_store {
     ($engine:expr, $s:ident => $body:expr) => {
-        match &$engine.inner.store {
+        match $engine.any_store() {
             $crate::engine::AnyStore::Sqlite($s) => $body,
             $crate::engine::AnyStore::Postgres($s) => $body,
         }
     };
 }
+pub(crate) use with_store;
 
 mod apply;
 mod batch;
 mod control;
 mod error;
-mod read;
 mod schedule;
 pub mod signal;
 mod snapshot;
@@ -271,7 +271,7 @@ impl Definition {
 }
 
 #[derive(Debug, Clone)]
-enum AnyStore {
+pub(crate) enum AnyStore {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
 }
@@ -542,6 +542,11 @@ impl Engine {
     /// The action host.
     pub fn action_host(&self) -> &ActionHost {
         &self.inner.host
+    }
+
+    /// The store, for [`with_store!`].
+    pub(crate) fn any_store(&self) -> &AnyStore {
+        &self.inner.store
     }
 
     /// The engine's clock.
@@ -924,7 +929,7 @@ impl Engine {
             .insert(hash.to_owned(), def);
     }
 
-    async fn definition_in<T: StoreTx>(
+    pub(crate) async fn definition_in<T: StoreTx>(
         &self,
         tx: &mut T,
         hash: &str,

@@ -14,6 +14,7 @@
 mod explain;
 mod graph;
 pub(crate) mod list;
+mod read;
 pub mod render;
 mod visibility;
 

@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Builtin;
 use super::{
     Backoff, BackoffKind, Condition, DeadlineSpec, DynamicDefault, FieldSpec, FieldType,
     InputMapping, Outcome, RetryPolicy, SchedulePolicy, StepSpec, TransitionSpec, TriggerKind,
     TriggerSpec, WorkflowSpec,
 };
-use crate::actions::{ActionKey, Builtin, LogLevel};
+use crate::vocab::{ActionKey, LogLevel};
 
 /// Builds a [`WorkflowSpec`]. Nothing is checked until [`WorkflowSpec::validate`].
 #[derive(Debug, Clone)]

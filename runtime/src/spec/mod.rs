@@ -6,7 +6,10 @@
 //! once; [`WorkflowSpec::fingerprint`] identifies the executable shape. Pure: no IO.
 
 mod builder;
+mod builtin;
 mod validate;
+
+pub use validate::{ActionLookup, Availability};
 
 use std::collections::BTreeMap;
 
@@ -14,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::actions::{ActionKey, Builtin};
+use crate::vocab::ActionKey;
 pub use crate::vocab::DeadlineSpec;
+pub use builtin::Builtin;
 
 pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder, WorkflowBuilder};
 pub use validate::{MAX_ATTEMPTS, MAX_DELAY_MS, SpecProblem, valid_name};

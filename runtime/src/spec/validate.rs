@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::Builtin;
 use super::{COMPLETE, FieldType, InputMapping, Mode, Outcome, WorkflowSpec};
-use crate::actions::{ActionError, ActionRegistry, Builtin};
+use crate::vocab::ActionKey;
 
 /// One problem found in a spec (or a payload, or an option).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +94,7 @@ impl WorkflowSpec {
     /// # Errors
     ///
     /// Every problem found, in a stable order.
-    pub fn validate(&self, registry: Option<&ActionRegistry>) -> Result<(), Vec<SpecProblem>> {
+    pub fn validate(&self, registry: Option<&dyn ActionLookup>) -> Result<(), Vec<SpecProblem>> {
         let mut p = Problems::default();
         if !valid_name(&self.name) {
             p.add(
@@ -240,7 +241,7 @@ impl WorkflowSpec {
         }
     }
 
-    fn check_steps(&self, p: &mut Problems, registry: Option<&ActionRegistry>) {
+    fn check_steps(&self, p: &mut Problems, registry: Option<&dyn ActionLookup>) {
         if self.steps.is_empty() {
             p.add(
                 "steps",
@@ -629,20 +630,33 @@ impl WorkflowSpec {
     }
 }
 
-fn check_key(
-    p: &mut Problems,
-    registry: &ActionRegistry,
-    path: &str,
-    key: &crate::actions::ActionKey,
-) {
-    match registry.resolve(key) {
-        Ok(_) => {}
-        Err(ActionError::Disabled { .. }) => p.add(
+/// Where validation looks action keys up: the host's allowlist (an
+/// [`crate::actions::ActionRegistry`], or any other source of approved actions).
+pub trait ActionLookup {
+    /// Whether `key` names an action a step may use.
+    fn availability(&self, key: &ActionKey) -> Availability;
+}
+
+/// What an [`ActionLookup`] knows of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Approved and enabled.
+    Active,
+    /// Known but disabled.
+    Disabled,
+    /// Not known.
+    Unknown,
+}
+
+fn check_key(p: &mut Problems, registry: &dyn ActionLookup, path: &str, key: &ActionKey) {
+    match registry.availability(key) {
+        Availability::Active => {}
+        Availability::Disabled => p.add(
             path,
             "disabled_action",
             format!("action {key} is disabled in the registry"),
         ),
-        Err(_) => p.add(
+        Availability::Unknown => p.add(
             path,
             "unknown_action",
             format!("action {key} is not registered"),
@@ -790,7 +804,7 @@ mod tests {
         let names: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
         let mut chain = WorkflowSpec::builder("w").trigger(Trigger::manual("m"));
         for n in &names {
-            chain = chain.step(Step::log(n, crate::actions::LogLevel::Info, "x"));
+            chain = chain.step(Step::log(n, crate::vocab::LogLevel::Info, "x"));
         }
         for pair in names.windows(2) {
             chain = chain.on_ok(&pair[0], &pair[1]);
@@ -809,7 +823,7 @@ mod tests {
 
         let mut deps = WorkflowSpec::builder("w").trigger(Trigger::manual("m"));
         for (i, n) in names.iter().enumerate() {
-            let step = Step::log(n, crate::actions::LogLevel::Info, "x");
+            let step = Step::log(n, crate::vocab::LogLevel::Info, "x");
             deps = deps.step(if i == 0 {
                 step
             } else {
@@ -864,17 +878,48 @@ mod tests {
         );
     }
 
+    /// A lookup that knows `on.action` (active) and `off.action` (disabled).
+    struct Known;
+
+    impl ActionLookup for Known {
+        fn availability(&self, key: &ActionKey) -> Availability {
+            match key.as_str() {
+                "on.action" => Availability::Active,
+                "off.action" => Availability::Disabled,
+                _ => Availability::Unknown,
+            }
+        }
+    }
+
     #[test]
-    fn registry_keys_are_checked() {
-        let registry = ActionRegistry::new();
-        let spec = WorkflowSpec::builder("w")
-            .trigger(Trigger::manual("m"))
-            .step(Step::action("a", "missing.action"))
-            .build();
-        let problems = spec.validate(Some(&registry)).expect_err("unknown");
-        assert_eq!(
-            (problems[0].path.as_str(), problems[0].code.as_str()),
-            ("steps[0].action", "unknown_action")
-        );
+    fn action_keys_are_looked_up() {
+        let table = [
+            ("on.action", None),
+            ("off.action", Some("disabled_action")),
+            ("missing.action", Some("unknown_action")),
+        ];
+        for (key, want) in table {
+            let spec = WorkflowSpec::builder("w")
+                .trigger(Trigger::manual("m"))
+                .step(Step::action("a", key).compensate(key))
+                .build();
+            let got = spec.validate(Some(&Known)).err().unwrap_or_default();
+            let codes: Vec<(&str, &str)> = got
+                .iter()
+                .map(|p| (p.path.as_str(), p.code.as_str()))
+                .collect();
+            match want {
+                None => assert!(codes.is_empty(), "{key}: {codes:?}"),
+                Some(code) => assert_eq!(
+                    codes,
+                    [("steps[0].action", code), ("steps[0].compensate", code)],
+                    "{key}"
+                ),
+            }
+            assert!(
+                spec.validate(None).is_ok(),
+                "without a lookup keys are not checked"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ mod backends;
 mod control;
 mod engine;
 mod inspect;
+mod layering;
 mod properties;
 mod registry;
 mod schedules;

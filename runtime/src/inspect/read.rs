@@ -1,12 +1,12 @@
 //! The read side's calls on the engine: one read transaction per call, then the pure
 //! builders of [`crate::inspect`].
 
-use super::{Engine, EngineError, Result};
-use crate::inspect::list::page;
-use crate::inspect::{
-    self, Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef,
-    RunRows,
+use super::list::page;
+use super::{
+    Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef, RunRows,
 };
+use crate::engine::{Engine, EngineError, Result, with_store};
+use crate::inspect;
 use crate::store::{ListQuery, Store, StoreTx};
 use crate::vocab::Timestamp;
 
@@ -164,7 +164,10 @@ impl Engine {
         run_id: crate::journal::RunId,
         now: Timestamp,
         include_history: bool,
-    ) -> Result<(RunInspection, Option<std::sync::Arc<super::Definition>>)> {
+    ) -> Result<(
+        RunInspection,
+        Option<std::sync::Arc<crate::engine::Definition>>,
+    )> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
         let run = tx
