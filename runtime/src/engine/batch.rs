@@ -77,8 +77,8 @@ pub(crate) struct Completion {
     pub(crate) token_hash: String,
     pub(crate) outcome: StepOutcome,
     pub(crate) def: Option<Arc<Definition>>,
-    /// The `crash_after_record` test hook.
-    pub(crate) crash: bool,
+    /// Apply after recording, or stop (the `crash_after_record` test hook).
+    pub(crate) after_record: super::AfterRecord,
     /// Claim the run's next step for the same worker in the same transaction.
     pub(crate) chain: Option<Chain>,
 }
@@ -86,17 +86,7 @@ pub(crate) struct Completion {
 impl Completion {
     /// Records and applies it in the caller's transaction.
     async fn within<T: StoreTx>(&self, tx: &mut T) -> Result<Completed> {
-        self.engine
-            .complete_in(
-                tx,
-                &self.attempt,
-                &self.token_hash,
-                self.outcome.clone(),
-                self.def.as_deref(),
-                self.crash,
-                self.chain.as_ref(),
-            )
-            .await
+        self.engine.complete_in(tx, self).await
     }
 
     /// Records and applies it in a transaction of its own.

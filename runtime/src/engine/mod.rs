@@ -1118,11 +1118,13 @@ impl Engine {
                 match self
                     .invoke_with_heartbeat(
                         store,
-                        &target,
-                        &ctx,
-                        &input,
-                        &attempt,
-                        &token_hash,
+                        Invoke {
+                            target: &target,
+                            ctx: &ctx,
+                            input: &input,
+                            attempt: &attempt,
+                            token_hash: &token_hash,
+                        },
                         opts,
                     )
                     .await?
@@ -1151,7 +1153,11 @@ impl Engine {
             token_hash,
             outcome,
             def,
-            crash: opts.crash_after_record,
+            after_record: if opts.crash_after_record {
+                AfterRecord::Stop
+            } else {
+                AfterRecord::Apply
+            },
             chain: chain.filter(|_| !stopping),
         };
         batch::complete(store, unit).await
@@ -1208,40 +1214,38 @@ impl Engine {
             return Ok(Some(Claim::Applied(run_id)));
         }
         let mut journal = Vec::new();
-        let claimed = self
-            .claim_row(
-                tx,
-                run_id,
-                attempt,
-                run,
-                now,
-                owner,
-                lease_for,
-                &mut journal,
-                false,
-            )
-            .await?;
+        let req = ClaimRequest {
+            run_id,
+            attempt,
+            run,
+            now,
+            owner,
+            lease_for,
+            placement: Placement::Update,
+        };
+        let claimed = self.claim_row(tx, req, &mut journal).await?;
         tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
             .await?;
         Ok(Some(Claim::Claimed(Box::new(claimed))))
     }
 
-    /// Claims `attempt` (due now) for `owner` in the caller's transaction, adding the claim
-    /// fact to `journal`. `insert`: the attempt is new (planned by this transaction) and is
-    /// inserted claimed, rather than updated.
-    #[allow(clippy::too_many_arguments)]
+    /// Claims an attempt (due now) in the caller's transaction, adding the claim fact to
+    /// `journal`.
     async fn claim_row<T: StoreTx>(
         &self,
         tx: &mut T,
-        run_id: RunId,
-        mut attempt: AttemptRow,
-        run: RunRow,
-        now: Timestamp,
-        owner: &str,
-        lease_for: Duration,
+        req: ClaimRequest<'_>,
         journal: &mut Vec<(String, String)>,
-        insert: bool,
     ) -> Result<ClaimedAttempt> {
+        let ClaimRequest {
+            run_id,
+            mut attempt,
+            run,
+            now,
+            owner,
+            lease_for,
+            placement,
+        } = req;
         let redelivery = attempt.status == AttemptStatus::Claimed;
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
@@ -1259,10 +1263,9 @@ impl Engine {
         attempt.due_at = Some(now_us(lease_until));
         attempt.claims += 1;
         attempt.updated_at = now_us(now);
-        if insert {
-            tx.insert_attempt(&attempt).await?;
-        } else {
-            tx.update_attempt(&attempt).await?;
+        match placement {
+            Placement::Insert => tx.insert_attempt(&attempt).await?,
+            Placement::Update => tx.update_attempt(&attempt).await?,
         }
         let fact = Fact::AttemptClaimed {
             runnable_key: attempt.runnable_key.clone(),
@@ -1350,17 +1353,21 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs a claimed step, extending its lease while it runs (`opts.heartbeat_interval`);
+    /// a lost claim interrupts it.
     async fn invoke_with_heartbeat<S: Store>(
         &self,
         store: &S,
-        target: &ActionTarget,
-        ctx: &StepContext,
-        input: &Map<String, Value>,
-        attempt: &AttemptRow,
-        token_hash: &str,
+        call: Invoke<'_>,
         opts: &ExecuteOptions,
     ) -> Result<std::result::Result<StepOutcome, crate::actions::ActionError>> {
+        let Invoke {
+            target,
+            ctx,
+            input,
+            attempt,
+            token_hash,
+        } = call;
         let children: Arc<dyn ChildRunStarter> = Arc::new(StepChildren {
             engine: self.clone(),
             ctx: ctx.clone(),
@@ -1447,17 +1454,16 @@ impl Engine {
 
     /// Records and applies a step's outcome in the caller's transaction, fenced by the
     /// claim. One unit of a group commit.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn complete_in<T: StoreTx>(
         &self,
         tx: &mut T,
-        attempt: &AttemptRow,
-        token_hash: &str,
-        outcome: StepOutcome,
-        def: Option<&Definition>,
-        crash_after_record: bool,
-        chain: Option<&batch::Chain>,
+        unit: &batch::Completion,
     ) -> Result<Completed> {
+        let attempt = &unit.attempt;
+        let token_hash = unit.token_hash.as_str();
+        let outcome = unit.outcome.clone();
+        let def = unit.def.as_deref();
+        let chain = unit.chain.as_ref();
         let now = self.inner.clock.now();
         let (mut cur, mut run) = match tx.load_attempt_and_run(&attempt.runnable_key, true).await? {
             Some(both) => both,
@@ -1502,7 +1508,7 @@ impl Engine {
         // Every fact of the completion goes in one statement at its end.
         let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
         let at = now_us(now);
-        if crash_after_record {
+        if unit.after_record == AfterRecord::Stop {
             tx.update_attempt(&cur).await?;
             tx.append_facts(&cur.run_id, &journal, at).await?;
             return Ok(Completed::Crashed);
@@ -1525,19 +1531,19 @@ impl Engine {
         // else the oldest one due.
         let next = match (chain, taken) {
             (None, _) => None,
-            (Some(_), Some(row)) => Some((row, true)),
+            (Some(_), Some(row)) => Some((row, Placement::Insert)),
             (Some(chain), None) => {
                 let alive = !run.status.is_terminal();
                 if alive {
                     tx.next_due_of_run(&run.run_id, &chain.queue, at)
                         .await?
-                        .map(|row| (row, false))
+                        .map(|row| (row, Placement::Update))
                 } else {
                     None
                 }
             }
         };
-        let (Some(chain), Some((next, insert))) = (chain, next) else {
+        let (Some(chain), Some((next, placement))) = (chain, next) else {
             tx.append_facts(&run.run_id, &journal, at).await?;
             return Ok(Completed::Applied(None));
         };
@@ -1546,19 +1552,16 @@ impl Engine {
             message: run.run_id.clone(),
         })?;
         let run_key = run.run_id.clone();
-        let claimed = self
-            .claim_row(
-                tx,
-                run_id,
-                next,
-                run,
-                now,
-                &chain.owner,
-                chain.lease_for,
-                &mut journal,
-                insert,
-            )
-            .await?;
+        let req = ClaimRequest {
+            run_id,
+            attempt: next,
+            run,
+            now,
+            owner: &chain.owner,
+            lease_for: chain.lease_for,
+            placement,
+        };
+        let claimed = self.claim_row(tx, req, &mut journal).await?;
         tx.append_facts(&run_key, &journal, at).await?;
         Ok(Completed::Applied(Some(Box::new(claimed))))
     }
@@ -1783,4 +1786,42 @@ pub(crate) fn refusal(run_id: &str, command: &str, r: Refusal) -> EngineError {
             command: command.to_owned(),
         },
     }
+}
+
+/// Whether a claimed attempt row is new (planned by the claiming transaction) or exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Insert it, claimed.
+    Insert,
+    /// Update the existing row.
+    Update,
+}
+
+/// One claim: the attempt (due now), its run, and who takes it for how long.
+struct ClaimRequest<'a> {
+    run_id: RunId,
+    attempt: AttemptRow,
+    run: RunRow,
+    now: Timestamp,
+    owner: &'a str,
+    lease_for: Duration,
+    placement: Placement,
+}
+
+/// One invocation of a claimed step.
+struct Invoke<'a> {
+    target: &'a ActionTarget,
+    ctx: &'a StepContext,
+    input: &'a Map<String, Value>,
+    attempt: &'a AttemptRow,
+    token_hash: &'a str,
+}
+
+/// What a completion does after recording the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterRecord {
+    /// Apply it in the same transaction (always, outside tests).
+    Apply,
+    /// Stop, as a crash between recording and applying would (a test hook).
+    Stop,
 }

@@ -11,6 +11,7 @@ use crate::actions::StepError;
 use crate::journal::RunStatus;
 use crate::plan::StepState;
 use crate::spec::{Condition, Outcome, WorkflowSpec};
+use crate::vocab::AttemptStatus;
 
 /// Where a node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -207,15 +208,15 @@ fn node_status(
     match latest {
         None if insp.terminal => NodeStatus::Skipped,
         None => NodeStatus::Waiting,
-        Some(a) => match a.status.as_str() {
-            "claimed" | "recorded" => NodeStatus::Running,
-            "scheduled" if a.attempt > 1 => NodeStatus::Retrying,
-            "scheduled" => NodeStatus::Pending,
-            "cancelled" => NodeStatus::Cancelled,
-            "succeeded" => NodeStatus::Completed,
-            "failed" => NodeStatus::Failed,
+        Some(a) => match a.status {
+            AttemptStatus::Claimed | AttemptStatus::Recorded => NodeStatus::Running,
+            AttemptStatus::Scheduled if a.attempt > 1 => NodeStatus::Retrying,
+            AttemptStatus::Scheduled => NodeStatus::Pending,
+            AttemptStatus::Cancelled => NodeStatus::Cancelled,
+            AttemptStatus::Succeeded => NodeStatus::Completed,
+            AttemptStatus::Failed => NodeStatus::Failed,
             // A suspended attempt whose gate is closed was resolved.
-            _ => NodeStatus::Completed,
+            AttemptStatus::Suspended => NodeStatus::Completed,
         },
     }
 }

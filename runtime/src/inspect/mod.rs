@@ -171,7 +171,10 @@ pub struct AttemptInspection {
 impl AttemptInspection {
     /// Whether the attempt still needs a worker (scheduled, claimed or recorded).
     pub fn is_open(&self) -> bool {
-        matches!(self.status.as_str(), "scheduled" | "claimed" | "recorded")
+        matches!(
+            self.status,
+            AttemptStatus::Scheduled | AttemptStatus::Claimed | AttemptStatus::Recorded
+        )
     }
 }
 
@@ -456,9 +459,9 @@ pub(crate) fn build(
                 route,
                 ..
             } => {
-                let outcome = match attempt_status.as_str() {
-                    "succeeded" => Outcome::Ok,
-                    "failed" if step_state.is_some() => Outcome::Error,
+                let outcome = match attempt_status {
+                    AttemptStatus::Succeeded => Outcome::Ok,
+                    AttemptStatus::Failed if step_state.is_some() => Outcome::Error,
                     _ => continue,
                 };
                 if route.is_some() || outcome == Outcome::Ok {
@@ -524,7 +527,10 @@ pub(crate) fn build(
             Some(StepOutcome::Suspended(k)) => (None, None, Some(k)),
             None => (None, None, None),
         };
-        let open = matches!(a.status.as_str(), "scheduled" | "claimed" | "recorded");
+        let open = matches!(
+            a.status,
+            AttemptStatus::Scheduled | AttemptStatus::Claimed | AttemptStatus::Recorded
+        );
         attempt_views.push(AttemptInspection {
             deadline_state: deadline
                 .as_ref()
