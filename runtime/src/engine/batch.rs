@@ -119,13 +119,14 @@ impl std::fmt::Debug for Job {
 }
 
 fn gone() -> EngineError {
-    EngineError::Store(StoreError::Database(sqlx::Error::PoolClosed))
+    EngineError::Store(StoreError::LaneGone)
 }
 
 fn batch_error(e: &StoreError) -> EngineError {
-    EngineError::Store(StoreError::Database(sqlx::Error::Protocol(format!(
-        "group commit failed: {e}"
-    ))))
+    EngineError::Store(StoreError::GroupCommit {
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+    })
 }
 
 impl Batcher {

@@ -160,12 +160,6 @@ impl From<crate::journal::InvalidRunId> for EngineError {
     }
 }
 
-impl From<sqlx::Error> for EngineError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Database(e))
-    }
-}
-
 impl EngineError {
     pub(crate) fn invalid_option(path: &str, message: &str) -> Self {
         Self::InvalidOption(vec![SpecProblem {
