@@ -45,6 +45,7 @@ pub(crate) enum Completed {
     /// Recorded and applied; with the run's next step when the completion chained a claim.
     Applied(Option<Box<ClaimedAttempt>>),
     /// Recorded only (the `crash_after_record` test hook).
+    #[cfg(feature = "test-hooks")]
     Crashed,
 }
 
@@ -78,6 +79,7 @@ pub(crate) struct Completion {
     pub(crate) outcome: StepOutcome,
     pub(crate) def: Option<Arc<Definition>>,
     /// Apply after recording, or stop (the `crash_after_record` test hook).
+    #[cfg(feature = "test-hooks")]
     pub(crate) after_record: super::AfterRecord,
     /// Claim the run's next step for the same worker in the same transaction.
     pub(crate) chain: Option<Chain>,

@@ -120,8 +120,8 @@ pub enum EngineError {
         /// Why.
         message: String,
     },
-    /// Raised by the `crash_after_record` test hook.
-    #[doc(hidden)]
+    /// Raised by the `crash_after_record` test hook (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[error("simulated crash after recording an outcome")]
     SimulatedCrash,
 }
@@ -189,6 +189,7 @@ impl EngineError {
             Self::Action(e) => e.code(),
             Self::Store(_) => "store_error",
             Self::Corrupt { .. } => "corrupt_state",
+            #[cfg(feature = "test-hooks")]
             Self::SimulatedCrash => "simulated_crash",
         }
     }
@@ -198,7 +199,9 @@ impl EngineError {
         match self {
             Self::Action(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),
-            Self::StaleClaim { .. } | Self::SimulatedCrash => true,
+            Self::StaleClaim { .. } => true,
+            #[cfg(feature = "test-hooks")]
+            Self::SimulatedCrash => true,
             _ => false,
         }
     }

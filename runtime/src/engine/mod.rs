@@ -119,12 +119,13 @@ pub struct ExecuteOptions {
     /// Stop chaining once this is set (a worker pool sets it when it shuts down, so a
     /// stopping pool claims nothing new).
     pub chain_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Test hook: commit the recorded outcome and stop before applying it, as a crash
-    /// between the two would.
-    #[doc(hidden)]
+    /// Test hook (feature `test-hooks`): commit the recorded outcome and stop before
+    /// applying it, as a crash between the two would.
+    #[cfg(feature = "test-hooks")]
     pub crash_after_record: bool,
-    /// Test hook: after the claim commits, signal `claimed` and wait for `proceed`.
-    #[doc(hidden)]
+    /// Test hook (feature `test-hooks`): after the claim commits, signal `claimed` and wait
+    /// for `proceed`.
+    #[cfg(feature = "test-hooks")]
     pub after_claim: Option<AfterClaim>,
 }
 
@@ -136,14 +137,25 @@ struct Progress {
     snapshot: Option<RunSnapshot>,
 }
 
-/// Test hook of [`ExecuteOptions::after_claim`].
-#[doc(hidden)]
+/// Test hook of [`ExecuteOptions::after_claim`] (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Default)]
 pub struct AfterClaim {
     /// Notified once the claim is committed.
     pub claimed: Arc<tokio::sync::Notify>,
     /// Awaited before the step runs.
     pub proceed: Arc<tokio::sync::Notify>,
+}
+
+#[cfg(feature = "test-hooks")]
+impl ExecuteOptions {
+    fn after_record(&self) -> AfterRecord {
+        if self.crash_after_record {
+            AfterRecord::Stop
+        } else {
+            AfterRecord::Apply
+        }
+    }
 }
 
 impl Default for ExecuteOptions {
@@ -155,7 +167,9 @@ impl Default for ExecuteOptions {
             heartbeat_interval: None,
             chain: 0,
             chain_stop: None,
+            #[cfg(feature = "test-hooks")]
             crash_after_record: false,
+            #[cfg(feature = "test-hooks")]
             after_claim: None,
         }
     }
@@ -1045,6 +1059,7 @@ impl Engine {
             }
             Some(Claim::Claimed(c)) => c,
         };
+        #[cfg(feature = "test-hooks")]
         if let Some(hook) = &opts.after_claim {
             hook.claimed.notify_one();
             hook.proceed.notified().await;
@@ -1071,6 +1086,7 @@ impl Engine {
             let done = self.run_claimed(store, *claimed, opts, chain).await?;
             self.wake();
             match done {
+                #[cfg(feature = "test-hooks")]
                 Completed::Crashed => return Err(EngineError::SimulatedCrash),
                 Completed::Applied(None) => return self.progress(store, run_id, steps, want).await,
                 Completed::Applied(Some(next)) => {
@@ -1153,11 +1169,8 @@ impl Engine {
             token_hash,
             outcome,
             def,
-            after_record: if opts.crash_after_record {
-                AfterRecord::Stop
-            } else {
-                AfterRecord::Apply
-            },
+            #[cfg(feature = "test-hooks")]
+            after_record: opts.after_record(),
             chain: chain.filter(|_| !stopping),
         };
         batch::complete(store, unit).await
@@ -1508,6 +1521,7 @@ impl Engine {
         // Every fact of the completion goes in one statement at its end.
         let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
         let at = now_us(now);
+        #[cfg(feature = "test-hooks")]
         if unit.after_record == AfterRecord::Stop {
             tx.update_attempt(&cur).await?;
             tx.append_facts(&cur.run_id, &journal, at).await?;
@@ -1817,11 +1831,12 @@ struct Invoke<'a> {
     token_hash: &'a str,
 }
 
-/// What a completion does after recording the outcome.
+/// What a completion does after recording the outcome (the `crash_after_record` hook).
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterRecord {
-    /// Apply it in the same transaction (always, outside tests).
+    /// Apply it in the same transaction.
     Apply,
-    /// Stop, as a crash between recording and applying would (a test hook).
+    /// Stop, as a crash between recording and applying would.
     Stop,
 }
