@@ -345,15 +345,13 @@ impl WorkerBuilder {
             }
             let queue = self.queues[turn % self.queues.len()].clone();
             turn += 1;
-            let opts = ExecuteOptions {
-                queue: Some(queue),
-                owner_id: format!("{}/{slot}", self.owner_id),
-                lease_for: self.lease_for,
-                heartbeat_interval: self.heartbeat_interval,
-                chain: CHAIN,
-                chain_stop: Some(stopping.clone()),
-                ..ExecuteOptions::default()
-            };
+            let opts = ExecuteOptions::default()
+                .queue(queue)
+                .owner_id(format!("{}/{slot}", self.owner_id))
+                .lease_for(self.lease_for)
+                .heartbeat_interval(self.heartbeat_interval)
+                .chain(CHAIN)
+                .chain_stop(stopping.clone());
             // Register for a wake-up before looking, so work planned meanwhile is not missed.
             let notified = wake.notified();
             match self.engine.execute_step(opts).await {

@@ -158,6 +158,50 @@ impl ExecuteOptions {
     }
 }
 
+impl ExecuteOptions {
+    /// Takes work from `queue`.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Records claims as `owner_id`.
+    #[must_use]
+    pub fn owner_id(mut self, owner_id: impl Into<String>) -> Self {
+        self.owner_id = owner_id.into();
+        self
+    }
+
+    /// Holds claims for `lease_for`.
+    #[must_use]
+    pub fn lease_for(mut self, lease_for: Duration) -> Self {
+        self.lease_for = lease_for;
+        self
+    }
+
+    /// Extends the lease every `interval` while a step runs.
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Chains up to `steps` more steps of the same run in one call.
+    #[must_use]
+    pub fn chain(mut self, steps: u32) -> Self {
+        self.chain = steps;
+        self
+    }
+
+    /// Stops chaining once `flag` is set.
+    #[must_use]
+    pub fn chain_stop(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.chain_stop = Some(flag);
+        self
+    }
+}
+
 impl Default for ExecuteOptions {
     fn default() -> Self {
         Self {
