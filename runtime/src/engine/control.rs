@@ -423,18 +423,24 @@ impl Engine {
         self.start_new(new).await
     }
 
-    /// The child runs started from a run's steps: (step, child key, child run id).
+    /// The child runs started from a run's steps, oldest first.
     ///
     /// # Errors
     ///
     /// A store error.
-    pub async fn children(&self, run_id: RunId) -> Result<Vec<(String, String, RunId)>> {
+    pub async fn children(&self, run_id: RunId) -> Result<Vec<ChildRun>> {
         let rows = with_store!(self, s => {
             let mut tx = s.begin_read().await?;
             tx.children(&run_id.to_string()).await?
         });
         rows.into_iter()
-            .map(|(step, key, child)| Ok((step, key, child.parse()?)))
+            .map(|(step, child_key, child)| {
+                Ok(ChildRun {
+                    step,
+                    child_key,
+                    run_id: child.parse()?,
+                })
+            })
             .collect()
     }
 }
@@ -475,4 +481,15 @@ fn validate_manual(signal: &Signal) -> Result<()> {
     } else {
         Err(EngineError::InvalidOption(problems))
     }
+}
+
+/// A child run, as its parent knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildRun {
+    /// The parent step that started it.
+    pub step: String,
+    /// The key naming it within that step.
+    pub child_key: String,
+    /// The child run.
+    pub run_id: RunId,
 }

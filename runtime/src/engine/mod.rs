@@ -50,7 +50,7 @@ use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreT
 use crate::vocab::AttemptStatus;
 use crate::vocab::{Clock, SystemClock, Timestamp};
 
-pub use control::{ChildOptions, CommandOptions, ReplayOptions};
+pub use control::{ChildOptions, ChildRun, CommandOptions, ReplayOptions};
 pub use error::EngineError;
 pub(crate) use error::parse_stored;
 pub use schedule::{

@@ -274,6 +274,7 @@ impl Step {
                 irreversible: false,
                 compensatable: None,
                 after: Vec::new(),
+                invalid_keys: Vec::new(),
             },
         }
     }
@@ -284,7 +285,11 @@ impl Step {
         match ActionKey::new(key) {
             Ok(k) => Self::with(name, Some(k), None),
             // Keep the step visibly broken so validation reports it with its path.
-            Err(_) => Self::with(name, None, None),
+            Err(_) => {
+                let mut b = Self::with(name, None, None);
+                b.step.invalid_keys.push(("action", key.to_owned()));
+                b
+            }
         }
     }
 
@@ -417,7 +422,11 @@ impl StepBuilder {
     /// validation.
     #[must_use]
     pub fn compensate(mut self, key: &str) -> Self {
-        self.step.compensate = ActionKey::new(key).ok();
+        match ActionKey::new(key) {
+            Ok(k) => self.step.compensate = Some(k),
+            // Reported by validation at `steps[i].compensate`.
+            Err(_) => self.step.invalid_keys.push(("compensate", key.to_owned())),
+        }
         self
     }
 

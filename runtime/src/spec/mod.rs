@@ -391,6 +391,10 @@ pub struct StepSpec {
     /// Steps that must complete first (dependency mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// Keys the builder was given that are not valid action keys, as (field, key): reported
+    /// by validation with the field's path. Never serialized.
+    #[serde(skip)]
+    pub(crate) invalid_keys: Vec<(&'static str, String)>,
 }
 
 impl StepSpec {

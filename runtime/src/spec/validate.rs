@@ -262,8 +262,21 @@ impl WorkflowSpec {
                     format!("step {} is declared twice", s.name),
                 );
             }
+            for (field, key) in &s.invalid_keys {
+                p.add(
+                    format!("{at}.{field}"),
+                    "invalid_action_key",
+                    format!("{key:?} is not a valid action key: use 1-128 characters from A-Z a-z 0-9 . _ - : /, starting with a letter or digit"),
+                );
+            }
             match (&s.action, &s.builtin) {
-                (Some(_), Some(_)) | (None, None) => p.add(
+                (Some(_), Some(_)) => p.add(
+                    &at,
+                    "invalid_step_kind",
+                    "a step runs exactly one of a valid `action` key or a `builtin`",
+                ),
+                (None, None) if s.invalid_keys.iter().any(|(f, _)| *f == "action") => {}
+                (None, None) => p.add(
                     &at,
                     "invalid_step_kind",
                     "a step runs exactly one of a valid `action` key or a `builtin`",
@@ -889,6 +902,29 @@ mod tests {
                 _ => Availability::Unknown,
             }
         }
+    }
+
+    #[test]
+    fn invalid_keys_given_to_the_builder_are_reported() {
+        let spec = WorkflowSpec::builder("w")
+            .trigger(Trigger::manual("m"))
+            .step(Step::action("a", "bad key!").compensate("also bad"))
+            .step(Step::action("b", "ok.key").compensate("-nope"))
+            .on_ok("a", "b")
+            .build();
+        let problems = spec.validate(None).expect_err("invalid keys");
+        let got: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.code.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("steps[0].action", "invalid_action_key"),
+                ("steps[0].compensate", "invalid_action_key"),
+                ("steps[1].compensate", "invalid_action_key"),
+            ]
+        );
     }
 
     #[test]

@@ -698,7 +698,11 @@ async fn child_runs_are_keyed_per_parent_step_across_retries() {
         let links = engine.children(parent.run_id).await.expect("children");
         assert_eq!(
             links,
-            vec![("fan".to_owned(), "parcel-1".to_owned(), child1)]
+            vec![squid_mesh::engine::ChildRun {
+                step: "fan".to_owned(),
+                child_key: "parcel-1".to_owned(),
+                run_id: child1
+            }]
         );
         let started = engine
             .journal(parent.run_id)
@@ -781,7 +785,7 @@ async fn an_action_starts_a_child_run_through_the_host_import_when_granted() {
             .to_owned();
         let links = engine.children(run.run_id).await.expect("children");
         assert_eq!(links.len(), 1);
-        assert_eq!((links[0].0.as_str(), links[0].1.as_str(), links[0].2.to_string()), ("spawn", "parcel-1", child_id.clone()));
+        assert_eq!((links[0].step.as_str(), links[0].child_key.as_str(), links[0].run_id.to_string()), ("spawn", "parcel-1", child_id.clone()));
         let child = engine.snapshot(child_id.parse().expect("uuid")).await.expect("child run");
         assert_eq!((child.workflow.as_str(), child.input["parcel"].clone()), ("child", json!("p-1")));
 

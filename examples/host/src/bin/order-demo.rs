@@ -213,8 +213,8 @@ async fn main() -> Result<()> {
         wait_until(&engine, id, "its end", RunStatus::is_terminal).await?;
     }
     let children = engine.children(shipped).await?;
-    for (_, _, child) in &children {
-        wait_until(&engine, *child, "its end", RunStatus::is_terminal).await?;
+    for child in &children {
+        wait_until(&engine, child.run_id, "its end", RunStatus::is_terminal).await?;
     }
     worker.shutdown(Duration::from_secs(5)).await;
     println!(
@@ -226,8 +226,11 @@ async fn main() -> Result<()> {
         ("ord-1001: shipped", shipped),
         ("ord-1002: no carrier, charge refunded", stranded),
     ];
-    for (_, _, child) in &children {
-        all.push(("ord-1001: packing (child run, parallel branches)", *child));
+    for child in &children {
+        all.push((
+            "ord-1001: packing (child run, parallel branches)",
+            child.run_id,
+        ));
     }
     for (title, id) in all {
         section(title);
