@@ -91,7 +91,8 @@ struct Inner {
     cache_dir: Option<PathBuf>,
     pooling: bool,
     max_memory_bytes: u64,
-    _ticker: Ticker,
+    ticker: Ticker,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -210,10 +211,11 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Advances the engine's epoch at a fixed interval; stopped and joined on drop.
+/// Advances the engine's epoch at a fixed interval; stopped and joined by
+/// [`ActionHost::close`] or on drop.
 struct Ticker {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Ticker {
@@ -233,18 +235,24 @@ impl Ticker {
             })?;
         Ok(Self {
             stop,
-            handle: Some(handle),
+            handle: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Stops the thread and waits for it (at most one tick).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            // The thread only sleeps and increments a counter; it cannot panic.
+            let _ = handle.join();
+        }
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            // The thread only sleeps and increments a counter; it cannot panic.
-            let _ = handle.join();
-        }
+        self.stop();
     }
 }
 
@@ -316,7 +324,8 @@ impl ActionHost {
                 cache_dir,
                 pooling,
                 max_memory_bytes: config.max_memory_bytes,
-                _ticker: ticker,
+                ticker,
+                closed: AtomicBool::new(false),
             }),
         })
     }
@@ -389,6 +398,14 @@ impl ActionHost {
         self.invoke_with(target, ctx, input, None).await
     }
 
+    /// Stops the epoch ticker thread and waits for it. Later WebAssembly invocations (on
+    /// any clone of this host) fail with the retryable [`ActionError::Closed`]; built-ins
+    /// still answer. Blocks for at most one tick.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.ticker.stop();
+    }
+
     /// Like [`ActionHost::invoke`], with a way to start child runs for actions granted the
     /// `child_runs` capability.
     ///
@@ -404,6 +421,9 @@ impl ActionHost {
     ) -> Result<Invocation, ActionError> {
         match target {
             ActionTarget::Builtin(builtin) => Ok(super::builtin::invoke(builtin, ctx)),
+            ActionTarget::Wasm(_) if self.inner.closed.load(Ordering::SeqCst) => {
+                Err(ActionError::Closed)
+            }
             ActionTarget::Wasm(key) => {
                 let action = self.registry.resolve(key)?;
                 self.check_host_limits(&action)?;

@@ -290,12 +290,19 @@ pub enum ActionError {
         /// What is wrong.
         message: String,
     },
+    /// The host was closed ([`crate::actions::ActionHost::close`]); the step was not run.
+    /// Retryable: another process (or this one, reopened) can run it.
+    #[error("the action host is closed")]
+    Closed,
 }
 
 impl ActionError {
     /// Whether trying the same operation later can succeed without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Instantiate { .. } | Self::Io { .. })
+        matches!(
+            self,
+            Self::Instantiate { .. } | Self::Io { .. } | Self::Closed
+        )
     }
 
     /// A stable machine-readable code for this error.
@@ -313,6 +320,7 @@ impl ActionError {
             Self::InvalidCapability { .. } => "invalid_capability",
             Self::Instantiate { .. } => "instantiate_failed",
             Self::Config { .. } => "host_config",
+            Self::Closed => "host_closed",
         }
     }
 }

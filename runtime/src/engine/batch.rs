@@ -107,8 +107,63 @@ const POSTGRES_LANES: usize = 8;
 /// The engine's queues into its group-commit tasks.
 #[derive(Debug, Default)]
 pub(crate) struct Batcher {
-    lanes: [Mutex<Option<mpsc::UnboundedSender<Job>>>; POSTGRES_LANES],
+    lanes: [Mutex<Option<Lane>>; POSTGRES_LANES],
     next: std::sync::atomic::AtomicUsize,
+    /// Set by [`Batcher::close`]: no lane starts again, calls write alone.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// A running lane: its queue and what runs it.
+#[derive(Debug)]
+struct Lane {
+    tx: mpsc::UnboundedSender<Job>,
+    runner: Runner,
+}
+
+/// What runs a lane: a task on the runtime, or SQLite's embedded writer thread.
+#[derive(Debug)]
+enum Runner {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl Batcher {
+    /// Stops every lane once its queued jobs are written, and waits for it to end. Later
+    /// claims and completions write in transactions of their own.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        for lane in &self.lanes {
+            let taken = lane.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(Lane { tx, runner }) = taken else {
+                continue;
+            };
+            drop(tx);
+            match runner {
+                Runner::Task(task) => {
+                    let _ = task.await;
+                }
+                Runner::Thread(thread) => {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Batcher {
+    /// The engine is gone, so no job is queued (each holds an engine): closing the queues
+    /// ends the lanes; the writer thread is joined, tasks end on their own.
+    fn drop(&mut self) {
+        for lane in &mut self.lanes {
+            let taken = lane.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(Lane { tx, runner }) = taken {
+                drop(tx);
+                if let Runner::Thread(thread) = runner {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -146,9 +201,12 @@ impl Batcher {
                 h.wrapping_mul(31).wrapping_add(usize::from(b))
             }),
         } % lanes;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Box::new(job));
+        }
         let mut sender = self.lanes[lane].lock().unwrap_or_else(|e| e.into_inner());
         let job = match sender.as_ref() {
-            Some(s) => match s.send(job) {
+            Some(s) => match s.tx.send(job) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(job)) => job,
             },
@@ -158,24 +216,25 @@ impl Batcher {
             return Err(Box::new(job));
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        match store {
+        let runner = match store {
             AnyStore::Sqlite(s) => match s.direct_writer() {
                 Some((direct, lock)) => {
                     let spawned = std::thread::Builder::new()
                         .name("squid-mesh-sqlite-writer".into())
                         .spawn(move || run_direct(direct, &lock, rx));
-                    if spawned.is_err() {
-                        return Err(Box::new(job));
+                    match spawned {
+                        Ok(thread) => Runner::Thread(thread),
+                        Err(_) => return Err(Box::new(job)),
                     }
                 }
-                None => drop(handle.spawn(run(s.clone(), rx))),
+                None => Runner::Task(handle.spawn(run(s.clone(), rx))),
             },
-            AnyStore::Postgres(s) => drop(handle.spawn(run(s.clone(), rx))),
-        }
+            AnyStore::Postgres(s) => Runner::Task(handle.spawn(run(s.clone(), rx))),
+        };
         let result = tx
             .send(job)
             .map_err(|mpsc::error::SendError(job)| Box::new(job));
-        *sender = Some(tx);
+        *sender = Some(Lane { tx, runner });
         result
     }
 }

@@ -603,6 +603,18 @@ impl Engine {
     }
 
     /// The store, for [`with_store!`].
+    /// Stops the engine's background work and waits for it: the group-commit lanes write
+    /// what is queued and end (SQLite's writer thread is joined), and the action host's
+    /// epoch ticker stops. Call it after stopping the workers. Later claims and completions
+    /// write in transactions of their own; WebAssembly steps are no longer run (a claimed
+    /// one is released, not failed). Idempotent. Dropping the last clone of an engine
+    /// also stops the lanes and the ticker.
+    pub async fn close(&self) {
+        self.inner.batcher.close().await;
+        let host = self.inner.host.clone();
+        let _ = tokio::task::spawn_blocking(move || host.close()).await;
+    }
+
     pub(crate) fn any_store(&self) -> &AnyStore {
         &self.inner.store
     }

@@ -1336,3 +1336,57 @@ async fn a_foreign_sqlite_database_is_refused_untouched() {
             .expect("reads");
     assert_eq!(history, 0, "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_background_work_and_releases_wasm_steps() {
+    each(|db, clock| async move {
+        let engine = db.engine(&registry(), &clock).await;
+        // Lanes run: a first run completes through the group commit.
+        let first = engine
+            .start(&linear(), None, order(), StartOptions::default())
+            .await
+            .expect("starts");
+        assert_eq!(drain(&engine).await, 2, "{}", db.name());
+        engine.close().await;
+        engine.close().await; // idempotent
+
+        // After close, a WebAssembly step is not run: its claim is released, not failed.
+        let second = engine
+            .start(&linear(), None, order(), StartOptions::default())
+            .await
+            .expect("starts after close");
+        let err = engine
+            .execute_next(opts("w"))
+            .await
+            .expect_err("host closed");
+        assert_eq!(err.code(), "host_closed", "{}", db.name());
+        assert!(err.is_retryable());
+        let s = engine.snapshot(second.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Running);
+        assert_eq!(
+            s.attempts[0].status,
+            squid_mesh::vocab::AttemptStatus::Scheduled,
+            "released for another process"
+        );
+        assert!(s.attempts[0].outcome.is_none());
+
+        // Another engine on the same database runs it (and writes without lanes is fine).
+        let other = db.engine(&registry(), &clock).await;
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(drain(&other).await, 2, "{}", db.name());
+        let s = other.snapshot(second.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_eq!(
+            engine.snapshot(first.run_id).await.expect("s").status,
+            RunStatus::Completed
+        );
+        assert!(
+            engine
+                .verify_run(second.run_id)
+                .await
+                .expect("verify")
+                .is_empty()
+        );
+    })
+    .await;
+}
