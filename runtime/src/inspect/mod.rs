@@ -1,13 +1,13 @@
 //! The read side: what a run looks like now, why it is where it is, and which runs exist.
 //!
-//! - [`Engine::inspect_run`] returns a [`RunInspection`]: the run's state, attempts (never a
+//! - [`Engine::inspect_run`](crate::Engine::inspect_run) returns a [`RunInspection`]: the run's state, attempts (never a
 //!   claim token or its hash), command history, parent and child runs, route decisions and
 //!   the most urgent [`Deadline`], evaluated against the clock.
-//! - [`Engine::inspect_run_graph`] returns a [`RunGraph`]: nodes and edges with statuses, for
+//! - [`Engine::inspect_run_graph`](crate::Engine::inspect_run_graph) returns a [`RunGraph`]: nodes and edges with statuses, for
 //!   user interfaces.
-//! - [`Engine::explain_run`] returns an [`Explanation`]: one reason, a summary, the valid next
+//! - [`Engine::explain_run`](crate::Engine::explain_run) returns an [`Explanation`]: one reason, a summary, the valid next
 //!   actions and the evidence. [`Explanation::from_inspection`] is pure.
-//! - [`Engine::list_runs`] returns a [`RunPage`] of payload-free [`RunSummary`]s, newest first,
+//! - [`Engine::list_runs`](crate::Engine::list_runs) returns a [`RunPage`] of payload-free [`RunSummary`]s, newest first,
 //!   with keyset pagination over indexed columns.
 //! - [`redact`] narrows any of these views to what an actor may see ([`Scope`]).
 

@@ -1,0 +1,785 @@
+//! The claim / run / complete protocol: claiming due attempts, running their actions
+//! under a lease, recording and applying outcomes through the decision core.
+
+use super::*;
+
+/// What one `execute_next` call did.
+pub(super) struct Progress {
+    /// Steps run (more than one when chained).
+    pub(super) steps: u32,
+    /// The run's snapshot afterwards, when asked for.
+    pub(super) snapshot: Option<RunSnapshot>,
+}
+
+impl Engine {
+    /// Claims the oldest due attempt on the queue, runs it and applies its outcome.
+    ///
+    /// Returns the run's snapshot after any progress (also when the run failed), `None` when
+    /// nothing is due.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::StaleClaim`] when this worker's claim was lost before completion (the
+    /// outcome is discarded; another worker owns the attempt), [`EngineError::Action`] when
+    /// the action host could not run the action for a reason that may pass (the attempt is
+    /// released), [`EngineError::InvalidOption`], or a store error.
+    pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
+        let queue = self.checked_queue(&opts)?;
+        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, true).await)?;
+        Ok(progress.and_then(|p| p.snapshot))
+    }
+
+    /// [`Engine::execute_next`] without reading the snapshot afterwards (worker pools ignore
+    /// it): returns how many steps ran (more than one when chained), if any work was due.
+    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<u32>> {
+        let queue = self.checked_queue(&opts)?;
+        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, false).await)?;
+        Ok(progress.map(|p| p.steps))
+    }
+
+    pub(super) fn checked_queue(&self, opts: &ExecuteOptions) -> Result<String> {
+        let queue = opts
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.inner.default_queue.clone());
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
+        }
+        if opts.owner_id.trim().is_empty() {
+            return Err(EngineError::invalid_option("owner_id", "must not be empty"));
+        }
+        if opts.lease_for.is_zero() {
+            return Err(EngineError::invalid_option("lease_for", "must be positive"));
+        }
+        if opts
+            .heartbeat_interval
+            .is_some_and(|i| i < Duration::from_millis(10) || i >= opts.lease_for)
+        {
+            return Err(EngineError::invalid_option(
+                "heartbeat_interval",
+                "must be at least 10 ms and shorter than lease_for",
+            ));
+        }
+        Ok(queue)
+    }
+
+    /// What an `execute_next` call did: `steps` steps of run `run_id` (its snapshot when
+    /// asked for).
+    pub(super) async fn progress<S: Store>(
+        &self,
+        store: &S,
+        run_id: RunId,
+        steps: u32,
+        want: bool,
+    ) -> Result<Option<Progress>> {
+        let snapshot = if want {
+            Some(self.snapshot_on(store, run_id).await?)
+        } else {
+            None
+        };
+        Ok(Some(Progress { steps, snapshot }))
+    }
+
+    pub(super) async fn execute_next_on<S: Store>(
+        &self,
+        store: &S,
+        queue: &str,
+        opts: &ExecuteOptions,
+        want: bool,
+    ) -> Result<Option<Progress>> {
+        let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
+        let mut claimed = match claim {
+            None => return Ok(None),
+            Some(Claim::Applied(run_id)) => {
+                self.wake();
+                return self.progress(store, run_id, 1, want).await;
+            }
+            Some(Claim::Claimed(c)) => c,
+        };
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &opts.after_claim {
+            hook.claimed.notify_one();
+            hook.proceed.notified().await;
+        }
+        // A run cancelled after the claim never runs the claimed attempt's action. (A chained
+        // claim is made in the transaction that saw the run alive, and runs at once.)
+        let status = store.run_status(&claimed.attempt.run_id).await?;
+        if status
+            .as_deref()
+            .and_then(RunStatus::parse)
+            .is_some_and(RunStatus::is_terminal)
+        {
+            return self.progress(store, claimed.run_id, 1, want).await;
+        }
+        let mut remaining = opts.chain;
+        let mut steps = 1;
+        loop {
+            let run_id = claimed.run_id;
+            let chain = (remaining > 0).then(|| batch::Chain {
+                queue: queue.to_owned(),
+                owner: opts.owner_id.clone(),
+                lease_for: opts.lease_for,
+            });
+            let done = self.run_claimed(store, *claimed, opts, chain).await?;
+            self.wake();
+            match done {
+                #[cfg(feature = "test-hooks")]
+                Completed::Crashed => return Err(EngineError::SimulatedCrash),
+                Completed::Applied(None) => return self.progress(store, run_id, steps, want).await,
+                Completed::Applied(Some(next)) => {
+                    remaining -= 1;
+                    steps += 1;
+                    claimed = next;
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed attempt's action and completes it (claiming the run's next step when
+    /// `chain` asks for it).
+    pub(super) async fn run_claimed<S: Store>(
+        &self,
+        store: &S,
+        claimed: ClaimedAttempt,
+        opts: &ExecuteOptions,
+        chain: Option<batch::Chain>,
+    ) -> Result<Completed> {
+        let ClaimedAttempt {
+            attempt,
+            run,
+            def,
+            token_hash,
+            ..
+        } = claimed;
+        let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
+            Err(unavailable) => StepOutcome::Failed(unavailable),
+            Ok(target) => {
+                let ctx = StepContext {
+                    run_id: attempt.run_id.clone(),
+                    workflow: run.workflow.clone(),
+                    step: attempt.step.clone(),
+                    attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
+                    runnable_key: attempt.runnable_key.clone(),
+                    idempotency_key: attempt.runnable_key.clone(),
+                    step_idempotency_key: StepContext::step_key(&attempt.run_id, &attempt.step),
+                };
+                let input: Map<String, Value> =
+                    serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
+                        what: format!("input of {}", attempt.runnable_key),
+                        message: e.to_string(),
+                    })?;
+                match self
+                    .invoke_with_heartbeat(
+                        store,
+                        Invoke {
+                            target: &target,
+                            ctx: &ctx,
+                            input: &input,
+                            attempt: &attempt,
+                            token_hash: &token_hash,
+                        },
+                        opts,
+                    )
+                    .await?
+                {
+                    Ok(outcome) => outcome,
+                    Err(e) if e.is_retryable() => {
+                        self.release(store, &attempt, &token_hash).await?;
+                        return Err(EngineError::Action(e));
+                    }
+                    Err(e) => StepOutcome::Failed(StepError::sandbox(
+                        StepErrorKind::Unavailable,
+                        e.to_string(),
+                    )),
+                }
+            }
+        };
+        let outcome = self.redacted(outcome);
+        // Checked after the step ran: a pool that began stopping meanwhile claims nothing new.
+        let stopping = opts
+            .chain_stop
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+        let unit = batch::Completion {
+            engine: self.clone(),
+            attempt,
+            token_hash,
+            outcome,
+            def,
+            #[cfg(feature = "test-hooks")]
+            after_record: opts.after_record(),
+            chain: chain.filter(|_| !stopping),
+        };
+        batch::complete(store, unit).await
+    }
+
+    /// A step's outcome as it may be stored: secrets in an error's message and details
+    /// redacted by the engine's policy (outputs are the action's data, kept as they are).
+    pub(super) fn redacted(&self, outcome: StepOutcome) -> StepOutcome {
+        match outcome {
+            StepOutcome::Failed(mut e) => {
+                let policy = &self.inner.redaction;
+                e.message = policy.text(&e.message);
+                e.details = e.details.map(|d| match policy.value(&Value::Object(d)) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                });
+                StepOutcome::Failed(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Claims the oldest due attempt on `queue` in the caller's transaction (or applies a
+    /// recorded outcome found there). One unit of a group commit.
+    pub(super) async fn claim_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        queue: &str,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Claim>> {
+        let now = self.inner.clock.now();
+        let Some((mut attempt, run)) = tx.next_due_with_run(queue, now_us(now)).await? else {
+            return Ok(None);
+        };
+        let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
+            what: format!("attempt {}", attempt.runnable_key),
+            message: "run id is not a UUID".into(),
+        })?;
+        if attempt.status == AttemptStatus::Recorded {
+            // A crash (or a failed transaction) came between recording and applying: apply
+            // the recorded outcome now, without running the step again.
+            let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
+            let def = self.definition_in(tx, &run.definition_hash).await?;
+            let mut journal = Vec::new();
+            let unit = Unit {
+                run: &mut run,
+                def: def.as_deref(),
+                attempt: &mut attempt,
+                now,
+            };
+            self.apply_recorded(tx, unit, &mut journal, None).await?;
+            tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
+            return Ok(Some(Claim::Applied(run_id)));
+        }
+        let mut journal = Vec::new();
+        let req = ClaimRequest {
+            run_id,
+            attempt,
+            run,
+            now,
+            owner,
+            lease_for,
+            placement: Placement::Update,
+        };
+        let claimed = self.claim_row(tx, req, &mut journal).await?;
+        tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
+            .await?;
+        Ok(Some(Claim::Claimed(Box::new(claimed))))
+    }
+
+    /// Claims an attempt (due now) in the caller's transaction, adding the claim fact to
+    /// `journal`.
+    pub(super) async fn claim_row<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        req: ClaimRequest<'_>,
+        journal: &mut Vec<(String, String)>,
+    ) -> Result<ClaimedAttempt> {
+        let ClaimRequest {
+            run_id,
+            mut attempt,
+            run,
+            now,
+            owner,
+            lease_for,
+            placement,
+        } = req;
+        let redelivery = attempt.status == AttemptStatus::Claimed;
+        let mut token = [0u8; 32];
+        getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
+            what: "random claim token".into(),
+            message: e.to_string(),
+        })?;
+        let token_hash = sha256_hex(&hex::encode(token));
+        let claim_id = uuid::Uuid::new_v4().to_string();
+        let lease_until = now.plus(lease_for);
+        attempt.status = AttemptStatus::Claimed;
+        attempt.claim_id = Some(claim_id.clone());
+        attempt.claim_token_hash = Some(token_hash.clone());
+        attempt.owner = Some(owner.to_owned());
+        attempt.lease_until = Some(now_us(lease_until));
+        attempt.due_at = Some(now_us(lease_until));
+        attempt.claims += 1;
+        attempt.updated_at = now_us(now);
+        match placement {
+            Placement::Insert => tx.insert_attempt(&attempt).await?,
+            Placement::Update => tx.update_attempt(&attempt).await?,
+        }
+        let fact = Fact::AttemptClaimed {
+            runnable_key: attempt.runnable_key.clone(),
+            claim_id,
+            owner: owner.to_owned(),
+            lease_until,
+            redelivery,
+        };
+        journal.push((fact.kind().into(), to_json(&fact)));
+        let def = self.definition_in(tx, &run.definition_hash).await?;
+        Ok(ClaimedAttempt {
+            run_id,
+            attempt,
+            run,
+            def,
+            token_hash,
+        })
+    }
+
+    /// The target of a step of a pinned definition, refusing an action whose registered
+    /// digest no longer matches the pin (fail closed).
+    pub(super) fn resolve_target(
+        &self,
+        def: Option<&Definition>,
+        step: &str,
+    ) -> std::result::Result<ActionTarget, StepError> {
+        let unavailable = |code: &str, message: String| StepError {
+            code: code.to_owned(),
+            ..StepError::sandbox(StepErrorKind::Unavailable, message)
+        };
+        let Some(def) = def else {
+            return Err(unavailable(
+                "definition_unavailable",
+                "the run's pinned workflow definition is missing or corrupt".into(),
+            ));
+        };
+        if let Some(origin) = step.strip_prefix(decide::COMPENSATE) {
+            let key = def.spec.step(origin).and_then(|s| s.compensate.clone());
+            let Some(key) = key else {
+                return Err(unavailable(
+                    "definition_unavailable",
+                    format!("step {origin} declares no compensation"),
+                ));
+            };
+            return self
+                .pinned_action(def, &key)
+                .map_err(|(code, msg)| unavailable(code, msg));
+        }
+        let Some(spec) = def.spec.step(step) else {
+            return Err(unavailable(
+                "definition_unavailable",
+                format!("step {step} is not in the run's pinned definition"),
+            ));
+        };
+        match (&spec.action, &spec.builtin) {
+            (_, Some(b)) => Ok(ActionTarget::Builtin(b.clone())),
+            (Some(key), None) => self
+                .pinned_action(def, key)
+                .map_err(|(code, msg)| unavailable(code, msg)),
+            (None, None) => Err(unavailable(
+                "definition_unavailable",
+                format!("step {step} has no action"),
+            )),
+        }
+    }
+
+    /// The action `key` if the registry still holds the digest the run pinned.
+    pub(super) fn pinned_action(
+        &self,
+        def: &Definition,
+        key: &ActionKey,
+    ) -> std::result::Result<ActionTarget, (&'static str, String)> {
+        let pinned = def.actions.get(key);
+        match self.registry().resolve(key) {
+            Ok(entry) if Some(&entry.digest) == pinned => Ok(ActionTarget::Wasm(key.clone())),
+            Ok(entry) => Err((
+                "action_digest_changed",
+                format!(
+                    "action {key} is now {} but the run pinned {}",
+                    entry.digest,
+                    pinned.map_or_else(|| "nothing".into(), ToString::to_string)
+                ),
+            )),
+            Err(e) => Err(("action_unavailable", e.to_string())),
+        }
+    }
+
+    /// Runs a claimed step, extending its lease while it runs (`opts.heartbeat_interval`);
+    /// a lost claim interrupts it.
+    pub(super) async fn invoke_with_heartbeat<S: Store>(
+        &self,
+        store: &S,
+        call: Invoke<'_>,
+        opts: &ExecuteOptions,
+    ) -> Result<std::result::Result<StepOutcome, crate::actions::ActionError>> {
+        let Invoke {
+            target,
+            ctx,
+            input,
+            attempt,
+            token_hash,
+        } = call;
+        let children: Arc<dyn ChildRunStarter> = Arc::new(StepChildren {
+            engine: self.clone(),
+            ctx: ctx.clone(),
+        });
+        let invoke = self
+            .inner
+            .host
+            .invoke_with(target, ctx, input, Some(children));
+        let Some(interval) = opts.heartbeat_interval else {
+            return Ok(invoke.await.map(|i| i.outcome));
+        };
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let beat = {
+            let store = store.clone();
+            let clock = self.inner.clock.clone();
+            let key = attempt.runnable_key.clone();
+            let claim_id = attempt.claim_id.clone().unwrap_or_default();
+            let token_hash = token_hash.to_owned();
+            let lease_for = opts.lease_for;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let now = clock.now();
+                    let held = store
+                        .heartbeat(
+                            &key,
+                            &claim_id,
+                            &token_hash,
+                            now_us(now),
+                            now_us(now.plus(lease_for)),
+                        )
+                        .await;
+                    // A store error is not proof the claim is gone; keep trying until the
+                    // lease says otherwise.
+                    if matches!(held, Ok(false)) {
+                        let _ = lost_tx.send(());
+                        return;
+                    }
+                }
+            })
+        };
+        let result = tokio::select! {
+            r = invoke => Some(r),
+            _ = lost_rx => None,
+        };
+        beat.abort();
+        let _ = beat.await;
+        match result {
+            Some(r) => Ok(r.map(|i| i.outcome)),
+            None => Err(EngineError::StaleClaim {
+                runnable_key: attempt.runnable_key.clone(),
+                reason: "the lease was lost while the step ran; the step was interrupted".into(),
+            }),
+        }
+    }
+
+    /// Gives a claimed attempt back (the host could not run it for a passing reason).
+    pub(super) async fn release<S: Store>(
+        &self,
+        store: &S,
+        attempt: &AttemptRow,
+        token_hash: &str,
+    ) -> Result<()> {
+        let now = self.inner.clock.now();
+        let mut tx = store.begin_write().await?;
+        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await?
+            && cur.status == AttemptStatus::Claimed
+            && cur.claim_id == attempt.claim_id
+            && cur.claim_token_hash.as_deref() == Some(token_hash)
+        {
+            let retry_at = now.plus(Duration::from_secs(1));
+            cur.status = AttemptStatus::Scheduled;
+            cur.visible_at = now_us(retry_at);
+            cur.due_at = Some(now_us(retry_at));
+            cur.claim_id = None;
+            cur.claim_token_hash = None;
+            cur.lease_until = None;
+            cur.updated_at = now_us(now);
+            tx.update_attempt(&cur).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records and applies a step's outcome in the caller's transaction, fenced by the
+    /// claim. One unit of a group commit.
+    pub(super) async fn complete_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        unit: &batch::Completion,
+    ) -> Result<Completed> {
+        let attempt = &unit.attempt;
+        let token_hash = unit.token_hash.as_str();
+        let outcome = unit.outcome.clone();
+        let def = unit.def.as_deref();
+        let chain = unit.chain.as_ref();
+        let now = self.inner.clock.now();
+        let (mut cur, mut run) = match tx.load_attempt_and_run(&attempt.runnable_key, true).await? {
+            Some(both) => both,
+            None => {
+                // Say which one is missing.
+                self.load_run_locked(tx, &attempt.run_id).await?;
+                return Err(EngineError::Corrupt {
+                    what: format!("attempt {}", attempt.runnable_key),
+                    message: "vanished".into(),
+                });
+            }
+        };
+        let stale = |reason: &str| EngineError::StaleClaim {
+            runnable_key: attempt.runnable_key.clone(),
+            reason: reason.to_owned(),
+        };
+        if cur.status == AttemptStatus::Cancelled {
+            return Err(stale(
+                "the run ended while the step ran; its outcome is discarded",
+            ));
+        }
+        if cur.status != AttemptStatus::Claimed
+            || cur.claim_id != attempt.claim_id
+            || cur.claim_token_hash.as_deref() != Some(token_hash)
+        {
+            return Err(stale(
+                "another worker took the attempt over after this claim's lease expired",
+            ));
+        }
+        if cur.lease_until.is_none_or(|l| l <= now_us(now)) {
+            return Err(stale("the lease expired before the step completed"));
+        }
+        cur.status = AttemptStatus::Recorded;
+        cur.outcome = Some(to_json(&outcome));
+        cur.due_at = Some(now_us(now));
+        cur.updated_at = now_us(now);
+        let recorded = Fact::AttemptRecorded {
+            runnable_key: cur.runnable_key.clone(),
+            claim_id: cur.claim_id.clone(),
+            outcome,
+        };
+        // Every fact of the completion goes in one statement at its end.
+        let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
+        let at = now_us(now);
+        #[cfg(feature = "test-hooks")]
+        if unit.after_record == AfterRecord::Stop {
+            tx.update_attempt(&cur).await?;
+            tx.append_facts(&cur.run_id, &journal, at).await?;
+            return Ok(Completed::Crashed);
+        }
+        let take = chain.map(|c| c.queue.as_str());
+        let taken = self
+            .apply_recorded(
+                tx,
+                Unit {
+                    run: &mut run,
+                    def,
+                    attempt: &mut cur,
+                    now,
+                },
+                &mut journal,
+                take,
+            )
+            .await?;
+        // The run's next step for the same worker: one it just planned (inserted claimed),
+        // else the oldest one due.
+        let next = match (chain, taken) {
+            (None, _) => None,
+            (Some(_), Some(row)) => Some((row, Placement::Insert)),
+            (Some(chain), None) => {
+                let alive = !run.status.is_terminal();
+                if alive {
+                    tx.next_due_of_run(&run.run_id, &chain.queue, at)
+                        .await?
+                        .map(|row| (row, Placement::Update))
+                } else {
+                    None
+                }
+            }
+        };
+        let (Some(chain), Some((next, placement))) = (chain, next) else {
+            tx.append_facts(&run.run_id, &journal, at).await?;
+            return Ok(Completed::Applied(None));
+        };
+        let run_id: RunId = run.run_id.parse().map_err(|_| EngineError::Corrupt {
+            what: "run id".into(),
+            message: run.run_id.clone(),
+        })?;
+        let run_key = run.run_id.clone();
+        let req = ClaimRequest {
+            run_id,
+            attempt: next,
+            run,
+            now,
+            owner: &chain.owner,
+            lease_for: chain.lease_for,
+            placement,
+        };
+        let claimed = self.claim_row(tx, req, &mut journal).await?;
+        tx.append_facts(&run_key, &journal, at).await?;
+        Ok(Completed::Applied(Some(Box::new(claimed))))
+    }
+
+    pub(super) async fn load_run_locked<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        run_id: &str,
+    ) -> Result<RunRow> {
+        tx.load_run(run_id, true)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound {
+                run_id: run_id.to_owned(),
+            })
+    }
+
+    /// Applies a recorded outcome and writes everything it implies in the caller's
+    /// transaction, adding its facts to `journal`. `take`: see [`apply::write_decision`].
+    pub(super) async fn apply_recorded<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        unit: Unit<'_>,
+        journal: &mut Vec<(String, String)>,
+        take: Option<&str>,
+    ) -> Result<Option<AttemptRow>> {
+        let Unit {
+            run,
+            def,
+            attempt,
+            now,
+        } = unit;
+        let outcome: StepOutcome =
+            serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| {
+                EngineError::Corrupt {
+                    what: format!("outcome of {}", attempt.runnable_key),
+                    message: e.to_string(),
+                }
+            })?;
+        let event = Event::Recorded {
+            attempt: AttemptRef {
+                runnable_key: attempt.runnable_key.clone(),
+                step: attempt.step.clone(),
+                attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
+                input: serde_json::from_str(&attempt.input).unwrap_or_default(),
+            },
+            outcome,
+        };
+        let mut state = apply::run_state(run)?;
+        if def.is_some() && event.needs_history() {
+            state.completed = self.completed_steps(tx, &run.run_id).await?;
+        }
+        let decision = decide(&state, def.map(|d| &d.spec), event, now)
+            .map_err(|r| refusal(&run.run_id, "apply", r))?;
+        if let Some(status) = decision.attempt_status {
+            attempt.status = status;
+        }
+        attempt.due_at = None;
+        attempt.updated_at = now_us(now);
+        tx.update_attempt(attempt).await?;
+        apply::write_decision(tx, run, decision, journal, take, now).await
+    }
+
+    /// The run's succeeded step attempts (not compensations), newest first.
+    pub(super) async fn completed_steps<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        run_id: &str,
+    ) -> Result<Vec<CompletedStep>> {
+        let mut done: Vec<AttemptRow> = tx
+            .run_attempts(run_id)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                a.status == AttemptStatus::Succeeded && !a.step.starts_with(decide::COMPENSATE)
+            })
+            .collect();
+        done.sort_by(|a, b| {
+            (b.updated_at, b.seq, &b.runnable_key).cmp(&(a.updated_at, a.seq, &a.runnable_key))
+        });
+        Ok(done
+            .into_iter()
+            .map(|a| {
+                let output = match a
+                    .outcome
+                    .as_deref()
+                    .map(serde_json::from_str::<StepOutcome>)
+                {
+                    Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
+                    _ => Value::Null,
+                };
+                CompletedStep {
+                    input: serde_json::from_str(&a.input).unwrap_or(Value::Null),
+                    step: a.step,
+                    runnable_key: a.runnable_key,
+                    output,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The rows one recorded outcome is applied to.
+pub(super) struct Unit<'a> {
+    pub(super) run: &'a mut RunRow,
+    pub(super) def: Option<&'a Definition>,
+    pub(super) attempt: &'a mut AttemptRow,
+    pub(super) now: Timestamp,
+}
+
+/// A refusal of the decision core as an engine error.
+pub(crate) fn refusal(run_id: &str, command: &str, r: Refusal) -> EngineError {
+    match r {
+        Refusal::InvalidTransition { status } => EngineError::InvalidTransition {
+            run_id: run_id.to_owned(),
+            status: status.to_string(),
+            command: command.to_owned(),
+        },
+        Refusal::WrongManualStep { step, kind } => EngineError::WrongManualStep {
+            run_id: run_id.to_owned(),
+            step,
+            kind: match kind {
+                Suspension::Pause => "pause".into(),
+                Suspension::Approval => "approval".into(),
+            },
+            command: command.to_owned(),
+        },
+    }
+}
+
+/// Whether a claimed attempt row is new (planned by the claiming transaction) or exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Insert it, claimed.
+    Insert,
+    /// Update the existing row.
+    Update,
+}
+
+/// One claim: the attempt (due now), its run, and who takes it for how long.
+pub(super) struct ClaimRequest<'a> {
+    pub(super) run_id: RunId,
+    pub(super) attempt: AttemptRow,
+    pub(super) run: RunRow,
+    pub(super) now: Timestamp,
+    pub(super) owner: &'a str,
+    pub(super) lease_for: Duration,
+    pub(super) placement: Placement,
+}
+
+/// One invocation of a claimed step.
+pub(super) struct Invoke<'a> {
+    pub(super) target: &'a ActionTarget,
+    pub(super) ctx: &'a StepContext,
+    pub(super) input: &'a Map<String, Value>,
+    pub(super) attempt: &'a AttemptRow,
+    pub(super) token_hash: &'a str,
+}
+
+/// What a completion does after recording the outcome (the `crash_after_record` hook).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterRecord {
+    /// Apply it in the same transaction.
+    Apply,
+    /// Stop, as a crash between recording and applying would.
+    Stop,
+}

@@ -1,0 +1,439 @@
+//! Starting runs: resolving the payload, pinning the definition, writing the run with its
+//! first decision, and the child runs actions start.
+
+use super::*;
+
+/// Starts child runs for the action of one step attempt (the `start-child-run` import).
+#[derive(Debug)]
+pub(super) struct StepChildren {
+    pub(super) engine: Engine,
+    pub(super) ctx: StepContext,
+}
+
+impl ChildRunStarter for StepChildren {
+    fn start_child_run(
+        &self,
+        workflow: String,
+        trigger: Option<String>,
+        payload: Value,
+        child_key: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<String, String>> + Send + 'static>,
+    > {
+        let engine = self.engine.clone();
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            engine
+                .start_child_run(
+                    &ctx,
+                    WorkflowRef::Name(&workflow),
+                    trigger.as_deref(),
+                    payload,
+                    &child_key,
+                    ChildOptions::default(),
+                )
+                .await
+                .map(|child| child.run_id.to_string())
+                .map_err(|e| format!("{}: {e}", e.code()))
+        })
+    }
+}
+
+/// Everything a new run is created from.
+pub(super) struct NewRun {
+    pub(super) definition: Arc<Definition>,
+    pub(super) trigger: String,
+    pub(super) input: Map<String, Value>,
+    pub(super) queue: String,
+    pub(super) run_id: RunId,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) replayed_from: Option<String>,
+    pub(super) parent: Option<ParentLink>,
+    pub(super) receipt: CommandReceipt,
+    /// (idempotency key, command kind, source run) of a keyed command that creates the run.
+    pub(super) command_key: Option<(String, String, String)>,
+    /// The run's context at start (for example `schedule`, for a scheduled run).
+    pub(super) context: Map<String, Value>,
+    pub(super) now: Timestamp,
+}
+
+/// What [`Engine::write_new_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Wrote a new run.
+    New(RunId),
+    /// Found the run the start repeats; wrote nothing.
+    Existing(RunId),
+}
+
+impl Written {
+    pub(super) fn run_id(self) -> RunId {
+        match self {
+            Self::New(id) | Self::Existing(id) => id,
+        }
+    }
+}
+
+/// The journaled form of a signal, redacted by `policy`.
+pub(crate) fn receipt(signal: &Signal, policy: &RedactionPolicy) -> CommandReceipt {
+    let redacted = |m: &Map<String, Value>| match policy.keys(&Value::Object(m.clone())) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let payload = redacted(&signal.payload);
+    CommandReceipt {
+        signal_id: signal.id.clone(),
+        command: signal.kind,
+        idempotency_key: signal.idempotency_key.clone(),
+        actor: payload.get("actor").cloned(),
+        comment: payload
+            .get("comment")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        payload,
+        metadata: redacted(&signal.metadata),
+        occurred_at: signal.occurred_at,
+    }
+}
+
+impl Engine {
+    /// Starts a run. The payload is resolved (defaults) and validated before anything is
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::UnknownWorkflow`], [`EngineError::InvalidSpec`],
+    /// [`EngineError::UnknownTrigger`], [`EngineError::InvalidPayload`] (every problem),
+    /// [`EngineError::InvalidOption`], [`EngineError::IdempotencyConflict`] when the run id
+    /// or idempotency key names a run with a different payload, or a store error.
+    pub async fn start<'a>(
+        &self,
+        workflow: impl Into<WorkflowRef<'a>>,
+        trigger: Option<&str>,
+        payload: Value,
+        opts: StartOptions,
+    ) -> Result<RunSnapshot> {
+        let now = self.inner.clock.now();
+        let mut signal = Signal::new(SignalKind::Start, None, now);
+        signal.idempotency_key = opts.idempotency_key.clone();
+        let new = self.prepare_start(
+            workflow.into(),
+            trigger,
+            &payload,
+            opts,
+            now,
+            receipt(&signal, &self.inner.redaction),
+        )?;
+        self.start_new(new).await
+    }
+
+    /// The definition a run of `spec` executes: the spec and the digest of every action it
+    /// references, as the registry resolves them now.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Action`] for an action key the registry does not resolve.
+    pub(super) fn pin(&self, spec: WorkflowSpec) -> Result<Definition> {
+        let mut actions = BTreeMap::new();
+        for step in &spec.steps {
+            for key in step.action.iter().chain(step.compensate.iter()) {
+                let entry = self.registry().resolve(key)?;
+                actions.insert(key.clone(), entry.digest);
+            }
+        }
+        Ok(Definition { spec, actions })
+    }
+
+    /// Resolves a start: spec, trigger, payload (defaults, validation), queue, run id and the
+    /// pinned definition. Writes nothing.
+    pub(super) fn prepare_start(
+        &self,
+        workflow: WorkflowRef<'_>,
+        trigger: Option<&str>,
+        payload: &Value,
+        opts: StartOptions,
+        now: Timestamp,
+        receipt: CommandReceipt,
+    ) -> Result<NewRun> {
+        let spec = match workflow {
+            WorkflowRef::Spec(spec) => {
+                spec.validate(Some(self.registry()))
+                    .map_err(EngineError::InvalidSpec)?;
+                spec.clone()
+            }
+            WorkflowRef::Name(name) => self.registered(name)?,
+        };
+        let trigger_spec = spec
+            .trigger(trigger)
+            .ok_or_else(|| EngineError::UnknownTrigger {
+                workflow: spec.name.clone(),
+                trigger: trigger.unwrap_or_default().to_owned(),
+            })?;
+        let queue = opts
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.inner.default_queue.clone());
+        if !valid_name(&queue) {
+            return Err(EngineError::invalid_option(
+                "queue",
+                "queue names must match [A-Za-z0-9][A-Za-z0-9_.-]*",
+            ));
+        }
+        if let Some(key) = &opts.idempotency_key
+            && (key.is_empty() || key.len() > 512)
+        {
+            return Err(EngineError::invalid_option(
+                "idempotency_key",
+                "must be 1-512 characters",
+            ));
+        }
+        let input = plan::resolve_payload(trigger_spec, payload, now)
+            .map_err(EngineError::InvalidPayload)?;
+        let trigger_name = trigger_spec.name.clone();
+        let definition = self.pin(spec)?;
+        let run_id = match (opts.run_id, &opts.idempotency_key) {
+            (Some(id), _) => id,
+            (None, Some(key)) => RunId::derived(&[&definition.spec.name, &trigger_name, key]),
+            (None, None) => RunId::random(),
+        };
+        Ok(NewRun {
+            definition: Arc::new(definition),
+            trigger: trigger_name,
+            input,
+            queue,
+            run_id,
+            idempotency_key: opts.idempotency_key,
+            replayed_from: None,
+            parent: None,
+            receipt,
+            command_key: None,
+            context: Map::new(),
+            now,
+        })
+    }
+
+    pub(super) async fn start_new(&self, new: NewRun) -> Result<RunSnapshot> {
+        with_store!(self, s => self.start_on(s, new).await)
+    }
+
+    pub(super) async fn start_on<S: Store>(&self, store: &S, new: NewRun) -> Result<RunSnapshot> {
+        let mut tx = store.begin_write().await?;
+        let written = self.write_new_run(&mut tx, new).await?;
+        if let Written::New(_) = written {
+            tx.commit().await?;
+            self.wake();
+        } else {
+            drop(tx);
+        }
+        self.snapshot_on(store, written.run_id()).await
+    }
+
+    /// Writes a new run in `tx` (the caller commits), or finds the run it repeats: the same
+    /// keyed command, child key, or run id with the same payload.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::IdempotencyConflict`] when the id names a run with another payload,
+    /// [`EngineError::InvalidTransition`] for a child of an ended parent, store errors.
+    pub(super) async fn write_new_run<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        new: NewRun,
+    ) -> Result<Written> {
+        let NewRun {
+            definition,
+            trigger,
+            input,
+            queue,
+            run_id,
+            idempotency_key,
+            replayed_from,
+            parent,
+            receipt,
+            command_key,
+            context,
+            now,
+        } = new;
+        let body = definition.body();
+        let hash = sha256_hex(&body);
+        let fingerprint = definition.spec.fingerprint();
+        let payload_hash = sha256_hex(&to_json(&(&definition.spec.name, &trigger, &input)));
+        self.cache_definition(&hash, definition.clone());
+        let mut run = RunRow {
+            run_id: run_id.to_string(),
+            workflow: definition.spec.name.clone(),
+            version: definition.spec.version.clone(),
+            fingerprint: fingerprint.clone(),
+            definition_hash: hash.clone(),
+            trigger_name: trigger.clone(),
+            queue: queue.clone(),
+            status: RunStatus::Idle,
+            input: to_json(&input),
+            context: to_json(&context),
+            steps: "{}".into(),
+            manual: None,
+            compensation: None,
+            error: None,
+            idempotency_key: idempotency_key.clone(),
+            payload_hash: payload_hash.clone(),
+            parent_run_id: parent.as_ref().map(|p| p.run_id.clone()),
+            replayed_from: replayed_from.clone(),
+            created_at: now_us(now),
+            updated_at: now_us(now),
+            revision: 0,
+        };
+        let started = Fact::RunStarted {
+            workflow: definition.spec.name.clone(),
+            version: definition.spec.version.clone(),
+            fingerprint,
+            definition_hash: hash.clone(),
+            trigger,
+            queue,
+            input,
+            idempotency_key,
+            replayed_from,
+            parent: parent.clone(),
+            context,
+        };
+        let decision = decide(
+            &apply::run_state(&run)?,
+            Some(&definition.spec),
+            Event::Started {
+                receipt,
+                started: Box::new(started),
+            },
+            now,
+        )
+        .map_err(|r| refusal(&run.run_id, "start", r))?;
+        if let Some((key, kind, source)) = &command_key
+            && let Some(done) = self.repeated_command(tx, key, kind, source).await?
+        {
+            return Ok(Written::Existing(done));
+        }
+        if let Some(link) = &parent {
+            let mut parent_row = self.load_run_locked(tx, &link.run_id).await?;
+            if parent_row.status.is_terminal() {
+                return Err(EngineError::InvalidTransition {
+                    run_id: link.run_id.clone(),
+                    status: parent_row.status.to_string(),
+                    command: "start_child".into(),
+                });
+            }
+            if let Some(existing) = tx
+                .load_child(&link.run_id, &link.step, &link.child_key)
+                .await?
+            {
+                return Ok(Written::Existing(existing.parse()?));
+            }
+            tx.insert_child(
+                &link.run_id,
+                &link.step,
+                &link.child_key,
+                &run.run_id,
+                now_us(now),
+            )
+            .await?;
+            let fact = Fact::ChildRunStarted {
+                step: link.step.clone(),
+                child_key: link.child_key.clone(),
+                child_run_id: run.run_id.clone(),
+                workflow: definition.spec.name.clone(),
+            };
+            parent_row.revision += 1;
+            parent_row.updated_at = now_us(now);
+            tx.update_run(&parent_row).await?;
+            tx.append_facts(
+                &link.run_id,
+                &[(fact.kind().into(), to_json(&fact))],
+                now_us(now),
+            )
+            .await?;
+        }
+        tx.insert_definition(
+            &hash,
+            &definition.spec.name,
+            &run.fingerprint,
+            &body,
+            now_us(now),
+        )
+        .await?;
+        if !tx.insert_run(&run).await? {
+            let existing =
+                tx.load_run(&run.run_id, false)
+                    .await?
+                    .ok_or_else(|| EngineError::Corrupt {
+                        what: format!("run {run_id}"),
+                        message: "insert conflicted but the run cannot be read".into(),
+                    })?;
+            if existing.payload_hash == payload_hash && existing.fingerprint == run.fingerprint {
+                return Ok(Written::Existing(run_id));
+            }
+            return Err(EngineError::IdempotencyConflict {
+                run_id: run_id.to_string(),
+                message: "a run with this id or idempotency key exists with a different workflow, trigger or payload".into(),
+            });
+        }
+        if let Some((key, kind, source)) = &command_key {
+            tx.insert_command(key, kind, source, &run.run_id, now_us(now))
+                .await?;
+        }
+        apply::write_all(tx, &mut run, decision, now).await?;
+        Ok(Written::New(run_id))
+    }
+
+    /// The result run of a command already applied with this idempotency key, or a
+    /// conflict when the key was used for another command.
+    pub(super) async fn repeated_command<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        key: &str,
+        kind: &str,
+        run_id: &str,
+    ) -> Result<Option<RunId>> {
+        match tx.load_command(key).await? {
+            None => Ok(None),
+            Some((k, r, result)) if k == kind && r == run_id => Ok(Some(result.parse()?)),
+            Some((k, r, _)) => Err(EngineError::IdempotencyConflict {
+                run_id: run_id.to_owned(),
+                message: format!("idempotency key {key:?} was used for {k} on run {r}"),
+            }),
+        }
+    }
+
+    pub(super) fn cache_definition(&self, hash: &str, def: Arc<Definition>) {
+        self.inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_owned(), def);
+    }
+
+    pub(crate) async fn definition_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        hash: &str,
+    ) -> Result<Option<Arc<Definition>>> {
+        if let Some(d) = self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+        {
+            return Ok(Some(d.clone()));
+        }
+        let Some(body) = tx.load_definition(hash).await? else {
+            return Ok(None);
+        };
+        // A body that does not hash to its key, or does not parse, is not runnable.
+        if sha256_hex(&body) != hash {
+            return Ok(None);
+        }
+        let Ok(def) = serde_json::from_str::<Definition>(&body) else {
+            return Ok(None);
+        };
+        let def = Arc::new(def);
+        self.cache_definition(hash, def.clone());
+        Ok(Some(def))
+    }
+}
