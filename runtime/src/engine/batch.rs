@@ -16,9 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{AnyStore, Definition, Engine, EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
-use crate::store::{
-    AttemptRow, Direct, Pooled, RunRow, Store, StoreError, StoreTx, WriteSource, block_on,
-};
+use crate::store::{AttemptRow, Direct, Pooled, RunRow, Store, StoreError, StoreTx, WriteSource};
 
 /// Most units per transaction.
 const MAX_BATCH: usize = 64;
@@ -219,9 +217,16 @@ impl Batcher {
         let runner = match store {
             AnyStore::Sqlite(s) => match s.direct_writer() {
                 Some((direct, lock)) => {
+                    // The writer's own runtime: the engine code it drives is async, and a
+                    // current-thread runtime polls it properly (no IO or timer driver: the
+                    // embedded connection never waits on either, and if something ever did,
+                    // the runtime says so instead of spinning).
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+                        return Err(Box::new(job));
+                    };
                     let spawned = std::thread::Builder::new()
                         .name("squid-mesh-sqlite-writer".into())
-                        .spawn(move || run_direct(direct, &lock, rx));
+                        .spawn(move || run_direct(&runtime, direct, &lock, rx));
                     match spawned {
                         Ok(thread) => Runner::Thread(thread),
                         Err(_) => return Err(Box::new(job)),
@@ -303,6 +308,7 @@ async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
 /// SQLite's lane on a thread of its own: writes through the embedded writer's connection,
 /// holding the store's write lock for each batch.
 fn run_direct(
+    runtime: &tokio::runtime::Runtime,
     mut direct: Direct,
     lock: &tokio::sync::Mutex<()>,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -310,7 +316,7 @@ fn run_direct(
     while let Some(first) = rx.blocking_recv() {
         let jobs = gather(first, &mut rx);
         let _write = lock.blocking_lock();
-        block_on(write(&mut direct, jobs));
+        runtime.block_on(write(&mut direct, jobs));
     }
 }
 

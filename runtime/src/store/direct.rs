@@ -5,10 +5,7 @@
 //! Everything else (starts, signals, reads) keeps using sqlx; a process-wide write lock
 //! keeps the two writers of one process from meeting on SQLite's file lock.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::vocab::{AttemptStatus, RunStatus};
@@ -64,19 +61,6 @@ pub(crate) fn open(path: &Path, synchronous: Synchronous) -> StoreResult<Connect
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
-}
-
-/// Runs a future whose awaits all complete at once (the writer's transactions are
-/// synchronous) on the calling thread.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// `$n` parameters (shared with Postgres) as SQLite's numbered `?n`, so arguments bind by

@@ -32,8 +32,6 @@ mod sqlite;
 
 use std::future::Future;
 
-pub(crate) use direct::block_on;
-
 use crate::vocab::{AttemptStatus, RunStatus};
 
 /// A column holding one of the vocabulary's enums, parsed where the row is read: unknown
