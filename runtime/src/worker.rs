@@ -79,6 +79,8 @@ pub struct WorkerStats {
 /// ```
 #[derive(Debug)]
 pub struct Worker {
+    /// Parts not yet ready (the wake-up listener and every slot); see [`Worker::ready`].
+    pending: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     slots: JoinSet<()>,
@@ -100,6 +102,15 @@ impl Worker {
             schedules: true,
             schedule_poll_interval: Duration::from_secs(1),
         }
+    }
+
+    /// Waits until the pool is ready: every slot is looking for work and, on Postgres, the
+    /// wake-up listener is subscribed, so work started from now on (in any process) wakes
+    /// it at once. For health checks and tests; a pool works before it is ready, only
+    /// through polling.
+    pub async fn ready(&self) {
+        let mut pending = self.pending.clone();
+        let _ = pending.wait_for(|n| *n == 0).await;
     }
 
     /// The pool's counters.
@@ -238,13 +249,20 @@ impl WorkerBuilder {
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut slots = JoinSet::new();
+        let (ready, pending) = watch::channel(self.concurrency + 1);
+        let ready = Arc::new(ready);
+        let done = |ready: &Arc<watch::Sender<usize>>| {
+            let ready = ready.clone();
+            move || ready.send_modify(|n| *n = n.saturating_sub(1))
+        };
         {
             let engine = self.engine.clone();
             let stopped = stopped.clone();
+            let listening = Box::new(done(&ready));
             slots.spawn(async move {
                 tokio::select! {
                     // Finishes at once without cross-process notifications (SQLite).
-                    () = engine.listen_for_wakeups() => until_stopped(stopped).await,
+                    () = engine.listen_then(listening) => until_stopped(stopped).await,
                     () = until_stopped(stopped.clone()) => {}
                 }
             });
@@ -259,9 +277,14 @@ impl WorkerBuilder {
             let stats = stats.clone();
             let stopped = stopped.clone();
             let stopping = stopping.clone();
-            slots.spawn(async move { b.run_slot(slot, stopped, stopping, stats).await });
+            let looking = done(&ready);
+            slots.spawn(async move {
+                b.run_slot(slot, stopped, stopping, stats, Box::new(looking))
+                    .await;
+            });
         }
         Ok(Worker {
+            pending,
             stop,
             stopping,
             slots,
@@ -335,8 +358,10 @@ impl WorkerBuilder {
         mut stopped: watch::Receiver<bool>,
         stopping: Arc<std::sync::atomic::AtomicBool>,
         stats: Arc<WorkerStats>,
+        looking: Box<dyn FnOnce() + Send>,
     ) {
         let wake = self.engine.wakeups();
+        let mut looking = Some(looking);
         let mut backoff = Duration::from_millis(50);
         let mut turn = slot;
         loop {
@@ -354,6 +379,9 @@ impl WorkerBuilder {
                 .chain_stop(stopping.clone());
             // Register for a wake-up before looking, so work planned meanwhile is not missed.
             let notified = wake.notified();
+            if let Some(looking) = looking.take() {
+                looking();
+            }
             match self.engine.execute_step(opts).await {
                 Ok(Some(steps)) => {
                     stats

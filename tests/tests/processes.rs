@@ -46,7 +46,25 @@ fn scenario(db: &str, schema: Option<&str>) {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(1200));
+    // Killed once it holds the claim on the slow step (it runs for seconds).
+    let waiting = Instant::now();
+    loop {
+        let show = run_ok(db, schema, &["show", &run_id]);
+        let snap: Value = serde_json::from_slice(&show.stdout).expect("json snapshot");
+        let claimed = snap["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .any(|a| a["step"] == "slow_reserve" && a["status"] == "claimed");
+        if claimed {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the worker never claimed the slow step: {snap}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     doomed.kill().expect("kill");
     let _ = doomed.wait();
 

@@ -171,6 +171,10 @@ impl Engine {
                         what: format!("input of {}", attempt.runnable_key),
                         message: e.to_string(),
                     })?;
+                #[cfg(feature = "test-hooks")]
+                if let Some(hook) = &opts.after_claim {
+                    hook.invoking.notify_one();
+                }
                 match self
                     .invoke_with_heartbeat(
                         store,

@@ -190,8 +190,13 @@ impl Engine {
     /// Relays wake-ups from other processes (Postgres `LISTEN`) until dropped; finishes at
     /// once on SQLite. Worker pools run it for as long as they run.
     pub async fn listen_for_wakeups(&self) {
+        self.listen_then(Box::new(|| {})).await;
+    }
+
+    /// [`Engine::listen_for_wakeups`], calling `listening` once the subscription holds.
+    pub(crate) async fn listen_then(&self, listening: Box<dyn FnOnce() + Send>) {
         let wake = self.inner.wakeup.clone();
-        with_store!(self, s => s.listen(wake).await)
+        with_store!(self, s => s.listen(wake, listening).await)
     }
 
     pub(crate) fn wake(&self) {

@@ -72,6 +72,9 @@ pub struct AfterClaim {
     pub claimed: Arc<tokio::sync::Notify>,
     /// Awaited before the step runs.
     pub proceed: Arc<tokio::sync::Notify>,
+    /// Notified when the action is about to be invoked (past the check that the run is
+    /// still alive).
+    pub invoking: Arc<tokio::sync::Notify>,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -430,9 +430,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Begins a transaction that only reads (SQLite: on the read pool).
     fn begin_read(&self) -> impl Future<Output = StoreResult<Self::Tx>> + Send;
 
-    /// Waits for wake-ups from other processes and calls `wake` for each, until dropped.
-    /// Returns at once where the database has no notifications (SQLite: workers poll).
-    fn listen(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> impl Future<Output = ()> + Send;
+    /// Waits for wake-ups from other processes and calls `wake` for each, until dropped;
+    /// calls `listening` once the first subscription holds. Returns at once (after
+    /// `listening`) where the database has no notifications (SQLite: workers poll).
+    fn listen(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        listening: Box<dyn FnOnce() + Send>,
+    ) -> impl Future<Output = ()> + Send;
 
     /// The stored status of a run, read outside any transaction (one statement).
     fn run_status(&self, run_id: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;

@@ -274,13 +274,21 @@ impl Store for PostgresStore {
         self.begin().await
     }
 
-    async fn listen(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+    async fn listen(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        listening: Box<dyn FnOnce() + Send>,
+    ) {
         let channel = format!("{}_squid_mesh_wakeup", self.schema);
         let mut backoff = std::time::Duration::from_millis(100);
+        let mut ready = Some(listening);
         loop {
             let listening = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
                 listener.listen(&channel).await?;
+                if let Some(ready) = ready.take() {
+                    ready();
+                }
                 loop {
                     listener.recv().await?;
                     wake.notify_waiters();

@@ -180,7 +180,13 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn listen(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
+    async fn listen(
+        &self,
+        _wake: std::sync::Arc<tokio::sync::Notify>,
+        listening: Box<dyn FnOnce() + Send>,
+    ) {
+        listening();
+    }
 
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(super::sql::RUN_STATUS)

@@ -14,7 +14,7 @@ use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
 use squid_mesh::{Engine, EngineError, RunStatus, StartOptions};
 
 use crate::backends::each;
-use crate::engine::{assert_consistent, claimed_in_background, drain, opts, registry};
+use crate::engine::{assert_consistent, drain, invoking_in_background, opts, registry};
 
 fn gated(approval: bool) -> WorkflowSpec {
     let b = WorkflowSpec::builder(if approval { "reviewed" } else { "paused" })
@@ -334,9 +334,8 @@ async fn cancel_while_visible_paused_between_claim_and_execution_and_during_exec
             )
             .await
             .expect("starts");
-        let worker = claimed_in_background(&engine, opts("w")).await;
         // Past the post-claim check, inside the 400 ms step.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let worker = invoking_in_background(&engine, opts("w")).await;
         let cancelled = engine
             .cancel(run.run_id, CommandOptions::default())
             .await

@@ -77,6 +77,22 @@ pub async fn claimed_in_background(
     engine: &Engine,
     o: ExecuteOptions,
 ) -> tokio::task::JoinHandle<Result<Option<RunSnapshot>, EngineError>> {
+    in_background(engine, o, false).await
+}
+
+/// As [`claimed_in_background`], returning once the action is being invoked.
+pub async fn invoking_in_background(
+    engine: &Engine,
+    o: ExecuteOptions,
+) -> tokio::task::JoinHandle<Result<Option<RunSnapshot>, EngineError>> {
+    in_background(engine, o, true).await
+}
+
+async fn in_background(
+    engine: &Engine,
+    o: ExecuteOptions,
+    until_invoking: bool,
+) -> tokio::task::JoinHandle<Result<Option<RunSnapshot>, EngineError>> {
     let hook = squid_mesh::engine::AfterClaim::default();
     let o = ExecuteOptions {
         after_claim: Some(hook.clone()),
@@ -88,6 +104,9 @@ pub async fn claimed_in_background(
     };
     hook.claimed.notified().await;
     hook.proceed.notify_one();
+    if until_invoking {
+        hook.invoking.notified().await;
+    }
     task
 }
 

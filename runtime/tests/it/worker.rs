@@ -53,7 +53,7 @@ async fn workers_wake_on_new_work_and_drain_runs_concurrently() {
             .poll_interval(Duration::from_secs(3600))
             .start()
             .expect("starts");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        worker.ready().await;
         let mut runs = Vec::new();
         for _ in 0..8 {
             runs.push(
@@ -236,7 +236,8 @@ async fn postgres_notifications_wake_workers_of_other_engines() {
             .poll_interval(Duration::from_secs(3600))
             .start()
             .expect("starts");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The listener is subscribed: a start in another engine wakes this pool.
+        worker.ready().await;
         let run = elsewhere
             .start(
                 &nap(),
