@@ -68,10 +68,7 @@ pub async fn langs(smoke: bool) -> Result<Vec<Figure>> {
         });
 
         let cache = tempfile::tempdir()?;
-        let config = || HostConfig {
-            cache_dir: Some(cache.path().to_owned()),
-            ..HostConfig::default()
-        };
+        let config = || HostConfig::default().cache_dir(cache.path().to_owned());
 
         // Cold: compile from the bytes (empty cache), then describe.
         let host = ActionHost::new(registry.clone(), config())?;

@@ -134,10 +134,7 @@ fn echo_action() -> Result<RegisteredAction> {
 async fn wasm(smoke: bool) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let cache = tempfile::tempdir()?;
-    let config = || HostConfig {
-        cache_dir: Some(cache.path().to_owned()),
-        ..HostConfig::default()
-    };
+    let config = || HostConfig::default().cache_dir(cache.path().to_owned());
     let registry = ActionRegistry::new();
     registry.register(echo_action()?)?;
     let key = ActionKey::new("echo")?;
@@ -267,10 +264,7 @@ impl Backend {
     ) -> Result<squid_mesh::Engine> {
         let b = squid_mesh::Engine::builder()
             .registry(registry.clone())
-            .host_config(HostConfig {
-                cache_dir: Some(cache.to_owned()),
-                ..HostConfig::default()
-            });
+            .host_config(HostConfig::default().cache_dir(cache.to_owned()));
         let b = match self {
             Backend::Sqlite(path) => b.sqlite(path),
             Backend::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),

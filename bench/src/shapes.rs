@@ -67,10 +67,7 @@ async fn run_to_end(engine: &Engine, spec: &WorkflowSpec, n: i64) -> Result<Dura
         .await?;
     loop {
         // Chained like a worker pool's slot: the next step is claimed by the completion.
-        let opts = ExecuteOptions {
-            chain: 8,
-            ..ExecuteOptions::default()
-        };
+        let opts = ExecuteOptions::default().chain(8);
         match engine.execute_next(opts).await? {
             Some(s) if s.run_id == run.run_id && s.is_terminal() => break,
             Some(_) => {}

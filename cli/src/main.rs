@@ -593,10 +593,7 @@ fn registry(cli: &Cli) -> Result<ActionRegistry> {
 async fn engine(cli: &Cli) -> Result<Engine> {
     let b = Engine::builder()
         .registry(registry(cli)?)
-        .host_config(HostConfig {
-            cache_dir: Some(cache_dir(cli)),
-            ..HostConfig::default()
-        });
+        .host_config(HostConfig::default().cache_dir(cache_dir(cli)));
     let b = if is_postgres(&cli.database) {
         b.postgres(&cli.database)
             .postgres_schema(&cli.schema)
@@ -624,10 +621,7 @@ async fn engine_and_run(cli: &Cli, id: &str) -> Result<(Engine, squid_mesh::RunI
 fn check_host(cli: &Cli) -> Result<ActionHost> {
     Ok(ActionHost::new(
         ActionRegistry::new(),
-        HostConfig {
-            cache_dir: Some(cache_dir(cli)),
-            ..HostConfig::default()
-        },
+        HostConfig::default().cache_dir(cache_dir(cli)),
     )?)
 }
 
@@ -650,12 +644,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Schedules(cmd) => schedules(&cli, cmd).await,
         Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
             let (e, id) = engine_and_run(&cli, &a.id).await?;
-            let attrs = ManualAttrs {
-                actor: a.actor.clone().map(Value::String),
-                comment: a.comment.clone(),
-                metadata: serde_json::Map::new(),
-                idempotency_key: a.idempotency_key.clone(),
-            };
+            let mut attrs = ManualAttrs::default();
+            attrs.actor = a.actor.clone().map(Value::String);
+            attrs.comment = a.comment.clone();
+            attrs.idempotency_key = a.idempotency_key.clone();
             let snap = match &cli.command {
                 Command::Resume(_) => e.resume(id, attrs).await,
                 Command::Approve(_) => e.approve(id, attrs).await,
@@ -666,27 +658,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Cancel(a) => {
             let (e, id) = engine_and_run(&cli, &a.id).await?;
             let snap = e
-                .cancel(
-                    id,
-                    CommandOptions {
-                        idempotency_key: a.idempotency_key.clone(),
-                        ..CommandOptions::default()
-                    },
-                )
+                .cancel(id, {
+                    let mut o = CommandOptions::default();
+                    o.idempotency_key = a.idempotency_key.clone();
+                    o
+                })
                 .await?;
             done(&cli, &snap.run_id.to_string(), snap.status)
         }
         Command::Replay(a) => {
             let (e, id) = engine_and_run(&cli, &a.id).await?;
             let snap = e
-                .replay(
-                    id,
-                    ReplayOptions {
-                        allow_irreversible: a.allow_irreversible,
-                        idempotency_key: a.idempotency_key.clone(),
-                        ..ReplayOptions::default()
-                    },
-                )
+                .replay(id, {
+                    let mut o = ReplayOptions::default().allow_irreversible(a.allow_irreversible);
+                    o.idempotency_key = a.idempotency_key.clone();
+                    o
+                })
                 .await?;
             if cli.json {
                 print_json(
@@ -983,16 +970,12 @@ async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
         serde_json::from_str(&args.payload).map_err(|e| anyhow!("--payload is not JSON: {e}"))?;
     let e = engine(cli).await?;
     let snap = e
-        .start(
-            &spec,
-            args.trigger.as_deref(),
-            payload,
-            StartOptions {
-                idempotency_key: args.idempotency_key.clone(),
-                queue: args.queue.clone(),
-                ..StartOptions::default()
-            },
-        )
+        .start(&spec, args.trigger.as_deref(), payload, {
+            let mut o = StartOptions::default();
+            o.idempotency_key = args.idempotency_key.clone();
+            o.queue = args.queue.clone();
+            o
+        })
         .await?;
     if cli.json {
         print_json(
@@ -1091,14 +1074,13 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
     let e = engine(cli).await?;
     match cmd {
         RunsCommand::List(a) => {
-            let mut filter = RunFilter {
-                workflow: a.workflow.clone(),
-                queue: a.queue.clone(),
-                search: a.search.clone(),
-                created_from: parse_time("--since", &a.since)?,
-                created_before: parse_time("--until", &a.until)?,
-                ..RunFilter::default()
-            };
+            let mut filter = RunFilter::default().created_between(
+                parse_time("--since", &a.since)?,
+                parse_time("--until", &a.until)?,
+            );
+            filter.workflow = a.workflow.clone();
+            filter.queue = a.queue.clone();
+            filter.search = a.search.clone();
             for s in &a.statuses {
                 let status = RunStatus::parse(s).ok_or_else(|| {
                     anyhow!("unknown status {s:?}; expected running, idle, paused, completed, failed or cancelled")
@@ -1117,10 +1099,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             }
         }
         RunsCommand::Show { id, history } => {
-            let opts = InspectOptions {
-                include_history: *history,
-                now: None,
-            };
+            let opts = InspectOptions::default().include_history(*history);
             let i = e.inspect_run(id, opts).await?.redacted(cli.scope);
             if cli.json {
                 print_json(&i)?;
@@ -1135,10 +1114,7 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
             }
         }
         RunsCommand::Graph { id, history } => {
-            let opts = InspectOptions {
-                include_history: *history,
-                now: None,
-            };
+            let opts = InspectOptions::default().include_history(*history);
             let g = e.inspect_run_graph(id, opts).await?.redacted(cli.scope);
             if cli.json {
                 print_json(&g.to_json())?;

@@ -510,10 +510,7 @@ fn shared_cache() -> std::path::PathBuf {
 fn host_on(cache: &Path) -> ActionHost {
     ActionHost::new(
         ActionRegistry::new(),
-        HostConfig {
-            cache_dir: Some(cache.to_owned()),
-            ..HostConfig::default()
-        },
+        HostConfig::default().cache_dir(cache.to_owned()),
     )
     .expect("host builds")
 }
@@ -659,10 +656,7 @@ async fn a_restarted_host_loads_every_language_from_the_disk_cache() {
             ))
             .expect("registers");
     }
-    let config = || HostConfig {
-        cache_dir: Some(cache.path().to_owned()),
-        ..HostConfig::default()
-    };
+    let config = || HostConfig::default().cache_dir(cache.path().to_owned());
     let first = ActionHost::new(registry.clone(), config()).expect("host");
     for build in &languages {
         let k = key(build.language, "conformance", Limits::Roomy);
@@ -738,10 +732,7 @@ async fn a_workflow_with_steps_in_three_languages_runs_end_to_end() {
         .sqlite(dir.path().join("polyglot.db"))
         .registry(registry)
         .clock(clock.clone())
-        .host_config(HostConfig {
-            cache_dir: Some(shared_cache()),
-            ..HostConfig::default()
-        })
+        .host_config(HostConfig::default().cache_dir(shared_cache()))
         .build()
         .await
         .expect("engine builds");
@@ -791,10 +782,7 @@ async fn a_workflow_with_steps_in_three_languages_runs_end_to_end() {
         )
         .await
         .expect("starts");
-    let opts = || ExecuteOptions {
-        owner_id: "polyglot".into(),
-        ..ExecuteOptions::default()
-    };
+    let opts = || ExecuteOptions::default().owner_id("polyglot");
     let mut steps = 0;
     while engine
         .execute_next(opts())

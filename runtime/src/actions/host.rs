@@ -45,6 +45,7 @@ use bindings::squid_mesh::step::{host as wit_host, types as wit_types};
 
 /// Settings of the sandbox host.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HostConfig {
     /// Directory for compiled artifacts; `None` compiles every component at first use after
     /// each start.
@@ -60,6 +61,51 @@ pub struct HostConfig {
     pub keep_resident_bytes: u64,
     /// Granularity of wall-clock timeouts.
     pub epoch_tick: Duration,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl HostConfig {
+    /// Sets `cache_dir`.
+    #[must_use]
+    pub fn cache_dir(mut self, value: PathBuf) -> Self {
+        self.cache_dir = Some(value);
+        self
+    }
+
+    /// Sets `pooling`.
+    #[must_use]
+    pub fn pooling(mut self, value: bool) -> Self {
+        self.pooling = value;
+        self
+    }
+
+    /// Sets `max_instances`.
+    #[must_use]
+    pub fn max_instances(mut self, value: u32) -> Self {
+        self.max_instances = value;
+        self
+    }
+
+    /// Sets `max_memory_bytes`.
+    #[must_use]
+    pub fn max_memory_bytes(mut self, value: u64) -> Self {
+        self.max_memory_bytes = value;
+        self
+    }
+
+    /// Sets `keep_resident_bytes`.
+    #[must_use]
+    pub fn keep_resident_bytes(mut self, value: u64) -> Self {
+        self.keep_resident_bytes = value;
+        self
+    }
+
+    /// Sets `epoch_tick`.
+    #[must_use]
+    pub fn epoch_tick(mut self, value: Duration) -> Self {
+        self.epoch_tick = value;
+        self
+    }
 }
 
 impl Default for HostConfig {

@@ -17,6 +17,7 @@ use crate::vocab::AttemptStatus;
 
 /// Options of `cancel`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CommandOptions {
     /// Repeating the command with this key returns the first result and writes nothing.
     pub idempotency_key: Option<String>,
@@ -24,15 +25,44 @@ pub struct CommandOptions {
     pub metadata: Map<String, Value>,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl CommandOptions {
+    /// Sets `idempotency_key`.
+    #[must_use]
+    pub fn idempotency_key(mut self, value: impl Into<String>) -> Self {
+        self.idempotency_key = Some(value.into());
+        self
+    }
+
+    /// Sets `metadata`.
+    #[must_use]
+    pub fn metadata(mut self, value: Map<String, Value>) -> Self {
+        self.metadata = value;
+        self
+    }
+}
+
 /// Options of `start_child_run`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ChildOptions {
     /// Queue of the child's attempts (default: the engine's default queue).
     pub queue: Option<String>,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl ChildOptions {
+    /// Sets `queue`.
+    #[must_use]
+    pub fn queue(mut self, value: impl Into<String>) -> Self {
+        self.queue = Some(value.into());
+        self
+    }
+}
+
 /// Options of `replay`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ReplayOptions {
     /// Replay even though the source completed irreversible or non-compensatable steps.
     pub allow_irreversible: bool,
@@ -40,6 +70,30 @@ pub struct ReplayOptions {
     pub idempotency_key: Option<String>,
     /// Free metadata (secret-looking keys are redacted).
     pub metadata: Map<String, Value>,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl ReplayOptions {
+    /// Sets `allow_irreversible`.
+    #[must_use]
+    pub fn allow_irreversible(mut self, value: bool) -> Self {
+        self.allow_irreversible = value;
+        self
+    }
+
+    /// Sets `idempotency_key`.
+    #[must_use]
+    pub fn idempotency_key(mut self, value: impl Into<String>) -> Self {
+        self.idempotency_key = Some(value.into());
+        self
+    }
+
+    /// Sets `metadata`.
+    #[must_use]
+    pub fn metadata(mut self, value: Map<String, Value>) -> Self {
+        self.metadata = value;
+        self
+    }
 }
 
 fn problem(path: &str, message: &str) -> SpecProblem {

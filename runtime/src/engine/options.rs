@@ -25,6 +25,7 @@ impl<'a> From<&'a WorkflowSpec> for WorkflowRef<'a> {
 
 /// Options of [`Engine::start`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct StartOptions {
     /// Use this run id (starting twice with the same id and payload returns the same run).
     pub run_id: Option<RunId>,
@@ -35,8 +36,33 @@ pub struct StartOptions {
     pub queue: Option<String>,
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl StartOptions {
+    /// Sets `run_id`.
+    #[must_use]
+    pub fn run_id(mut self, value: RunId) -> Self {
+        self.run_id = Some(value);
+        self
+    }
+
+    /// Sets `idempotency_key`.
+    #[must_use]
+    pub fn idempotency_key(mut self, value: impl Into<String>) -> Self {
+        self.idempotency_key = Some(value.into());
+        self
+    }
+
+    /// Sets `queue`.
+    #[must_use]
+    pub fn queue(mut self, value: impl Into<String>) -> Self {
+        self.queue = Some(value.into());
+        self
+    }
+}
+
 /// Options of [`Engine::execute_next`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExecuteOptions {
     /// Queue to take work from (default: the engine's default queue).
     pub queue: Option<String>,
@@ -62,6 +88,25 @@ pub struct ExecuteOptions {
     /// for `proceed`.
     #[cfg(feature = "test-hooks")]
     pub after_claim: Option<AfterClaim>,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl ExecuteOptions {
+    #[cfg(feature = "test-hooks")]
+    /// Sets `crash_after_record`.
+    #[must_use]
+    pub fn crash_after_record(mut self, value: bool) -> Self {
+        self.crash_after_record = value;
+        self
+    }
+
+    #[cfg(feature = "test-hooks")]
+    /// Sets `after_claim`.
+    #[must_use]
+    pub fn after_claim(mut self, value: AfterClaim) -> Self {
+        self.after_claim = Some(value);
+        self
+    }
 }
 
 /// Test hook of [`ExecuteOptions::after_claim`] (feature `test-hooks`).

@@ -203,6 +203,7 @@ impl Signal {
 
 /// Who decided and why, for `resume`, `approve` and `reject`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ManualAttrs {
     /// The actor: a non-empty string or a non-empty object. Required to approve or reject.
     pub actor: Option<Value>,
@@ -212,6 +213,23 @@ pub struct ManualAttrs {
     pub metadata: Map<String, Value>,
     /// Repeating the command with this key returns the first result.
     pub idempotency_key: Option<String>,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl ManualAttrs {
+    /// Sets `actor`.
+    #[must_use]
+    pub fn actor(mut self, value: Value) -> Self {
+        self.actor = Some(value);
+        self
+    }
+
+    /// Sets `metadata`.
+    #[must_use]
+    pub fn metadata(mut self, value: Map<String, Value>) -> Self {
+        self.metadata = value;
+        self
+    }
 }
 
 impl ManualAttrs {

@@ -15,6 +15,7 @@ use crate::vocab::Timestamp;
 
 /// Which runs to list. Every filter is optional; they combine with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RunFilter {
     /// Workflow name (exact).
     pub workflow: Option<String>,
@@ -29,6 +30,30 @@ pub struct RunFilter {
     pub created_before: Option<Timestamp>,
     /// Case-insensitive text over run id, workflow, trigger and step names.
     pub search: Option<String>,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl RunFilter {
+    /// Sets `statuses`.
+    #[must_use]
+    pub fn statuses(mut self, value: Vec<RunStatus>) -> Self {
+        self.statuses = value;
+        self
+    }
+
+    /// Sets `created_from`.
+    #[must_use]
+    pub fn created_from(mut self, value: Timestamp) -> Self {
+        self.created_from = Some(value);
+        self
+    }
+
+    /// Sets `created_before`.
+    #[must_use]
+    pub fn created_before(mut self, value: Timestamp) -> Self {
+        self.created_before = Some(value);
+        self
+    }
 }
 
 impl RunFilter {

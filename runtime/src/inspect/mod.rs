@@ -84,11 +84,29 @@ impl RunRef for &String {
 
 /// Options of the read calls.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct InspectOptions {
     /// Include the journal facts (inspection) or node details (graph).
     pub include_history: bool,
     /// Evaluate deadlines and leases at this instant instead of the engine's clock.
     pub now: Option<Timestamp>,
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`).
+impl InspectOptions {
+    /// Sets `include_history`.
+    #[must_use]
+    pub fn include_history(mut self, value: bool) -> Self {
+        self.include_history = value;
+        self
+    }
+
+    /// Sets `now`.
+    #[must_use]
+    pub fn now(mut self, value: Timestamp) -> Self {
+        self.now = Some(value);
+        self
+    }
 }
 
 impl InspectOptions {

@@ -409,10 +409,7 @@ async fn timeouts_of_concurrent_invocations_do_not_block_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_cache_survives_a_restart() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let config = || squid_mesh::HostConfig {
-        cache_dir: Some(cache.path().to_owned()),
-        ..Default::default()
-    };
+    let config = || squid_mesh::HostConfig::default().cache_dir(cache.path().to_owned());
     let registry = ActionRegistry::new();
     registry
         .register(file_action(

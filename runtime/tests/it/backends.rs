@@ -33,10 +33,7 @@ impl Db {
         let b = Engine::builder()
             .registry(registry.clone())
             .clock(clock.clone())
-            .host_config(HostConfig {
-                cache_dir: Some(crate::support::shared_cache()),
-                ..HostConfig::default()
-            });
+            .host_config(HostConfig::default().cache_dir(crate::support::shared_cache()));
         match self {
             Db::Sqlite(path) => b.sqlite(path),
             Db::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),

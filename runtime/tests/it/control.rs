@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use squid_mesh::actions::LogLevel;
 use squid_mesh::engine::{
-    AfterClaim, ChildOptions, CommandOptions, ExecuteOptions, ManualAttrs, ReplayOptions, Signal,
-    SignalKind,
+    AfterClaim, ChildOptions, CommandOptions, ManualAttrs, ReplayOptions, Signal, SignalKind,
 };
 use squid_mesh::journal::Fact;
 use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
@@ -196,7 +195,7 @@ async fn duplicate_commands_are_idempotent_and_secrets_are_redacted() {
         assert!(!text.contains("sk_live_1") && !text.contains("hunter2"), "a secret reached the journal");
 
         // The same key for another command is a conflict; a keyless repeat no longer applies.
-        let reuse = CommandOptions { idempotency_key: Some("approve-1".into()), ..CommandOptions::default() };
+        let reuse = CommandOptions::default().idempotency_key("approve-1");
         assert_eq!(engine.cancel(run, reuse).await.expect_err("conflict").code(), "idempotency_conflict");
         assert_eq!(engine.approve(run, ManualAttrs::by("ana")).await.expect_err("not paused").code(), "invalid_transition");
     })
@@ -300,10 +299,7 @@ async fn cancel_while_visible_paused_between_claim_and_execution_and_during_exec
         let hook = AfterClaim::default();
         let worker = {
             let engine = engine.clone();
-            let o = ExecuteOptions {
-                after_claim: Some(hook.clone()),
-                ..opts("w")
-            };
+            let o = opts("w").after_claim(hook.clone());
             tokio::spawn(async move { engine.execute_next(o).await })
         };
         hook.claimed.notified().await;
@@ -395,10 +391,7 @@ async fn replay_makes_a_new_linked_run_and_guards_irreversible_steps() {
         let replay = engine
             .replay(
                 source.run_id,
-                ReplayOptions {
-                    allow_irreversible: true,
-                    ..ReplayOptions::default()
-                },
+                ReplayOptions::default().allow_irreversible(true),
             )
             .await
             .expect("replays");
@@ -433,10 +426,7 @@ async fn replay_makes_a_new_linked_run_and_guards_irreversible_steps() {
             )
             .await
             .expect("starts");
-        let crash = ExecuteOptions {
-            crash_after_record: true,
-            ..opts("w")
-        };
+        let crash = opts("w").crash_after_record(true);
         assert!(engine.execute_next(crash).await.is_err());
         assert_eq!(
             engine
@@ -452,10 +442,7 @@ async fn replay_makes_a_new_linked_run_and_guards_irreversible_steps() {
             .start(&gated(false), None, json!({}), StartOptions::default())
             .await
             .expect("starts");
-        let keyed = || ReplayOptions {
-            idempotency_key: Some("r-1".into()),
-            ..ReplayOptions::default()
-        };
+        let keyed = || ReplayOptions::default().idempotency_key("r-1");
         let a = engine.replay(safe.run_id, keyed()).await.expect("replays");
         let b = engine.replay(safe.run_id, keyed()).await.expect("same");
         assert_eq!(a.run_id, b.run_id);
@@ -584,9 +571,7 @@ async fn compensation_undoes_completed_steps_newest_first() {
 }
 
 fn kids() -> ChildOptions {
-    ChildOptions {
-        queue: Some("kids".into()),
-    }
+    ChildOptions::default().queue("kids")
 }
 
 fn parent_spec() -> WorkflowSpec {
@@ -630,10 +615,7 @@ async fn child_runs_are_keyed_per_parent_step_across_retries() {
                 let hook = AfterClaim::default();
                 let worker = {
                     let engine = engine.clone();
-                    let o = ExecuteOptions {
-                        after_claim: Some(hook.clone()),
-                        ..opts("w")
-                    };
+                    let o = opts("w").after_claim(hook.clone());
                     tokio::spawn(async move { engine.execute_next(o).await })
                 };
                 hook.claimed.notified().await;

@@ -50,10 +50,7 @@ fn linear() -> WorkflowSpec {
 }
 
 pub fn opts(owner: &str) -> ExecuteOptions {
-    ExecuteOptions {
-        owner_id: owner.into(),
-        ..ExecuteOptions::default()
-    }
+    ExecuteOptions::default().owner_id(owner)
 }
 
 /// Executes until nothing is due; returns how many steps ran.
@@ -94,10 +91,7 @@ async fn in_background(
     until_invoking: bool,
 ) -> tokio::task::JoinHandle<Result<Option<RunSnapshot>, EngineError>> {
     let hook = squid_mesh::engine::AfterClaim::default();
-    let o = ExecuteOptions {
-        after_claim: Some(hook.clone()),
-        ..o
-    };
+    let o = o.after_claim(hook.clone());
     let task = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.execute_next(o).await })
@@ -478,11 +472,9 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced() {
             )
             .await
             .expect("starts");
-        let short = ExecuteOptions {
-            owner_id: "late".into(),
-            lease_for: Duration::from_secs(1),
-            ..ExecuteOptions::default()
-        };
+        let short = ExecuteOptions::default()
+            .owner_id("late")
+            .lease_for(Duration::from_secs(1));
         let late = claimed_in_background(&engine, short).await;
         // The late worker holds the claim and its step runs: expire its lease.
         clock.advance(Duration::from_secs(2));
@@ -533,12 +525,10 @@ async fn heartbeats_keep_a_long_step_alive() {
             )
             .await
             .expect("starts");
-        let beating = ExecuteOptions {
-            owner_id: "steady".into(),
-            lease_for: Duration::from_millis(1500),
-            heartbeat_interval: Some(Duration::from_millis(40)),
-            ..ExecuteOptions::default()
-        };
+        let beating = ExecuteOptions::default()
+            .owner_id("steady")
+            .lease_for(Duration::from_millis(1500))
+            .heartbeat_interval(Some(Duration::from_millis(40)));
         let worker = {
             let engine = engine.clone();
             tokio::spawn(async move { engine.execute_next(beating).await })
@@ -574,11 +564,9 @@ async fn heartbeats_keep_a_long_step_alive() {
             )
             .await
             .expect("starts");
-        let lazy = ExecuteOptions {
-            owner_id: "lazy".into(),
-            lease_for: Duration::from_secs(1),
-            ..ExecuteOptions::default()
-        };
+        let lazy = ExecuteOptions::default()
+            .owner_id("lazy")
+            .lease_for(Duration::from_secs(1));
         let worker = claimed_in_background(&engine, lazy).await;
         clock.advance(Duration::from_secs(2));
         let taken = engine
@@ -602,10 +590,7 @@ async fn a_crash_between_completion_and_application_is_applied_without_rerunning
             .start("checkout", None, order(), StartOptions::default())
             .await
             .expect("starts");
-        let crash = ExecuteOptions {
-            crash_after_record: true,
-            ..opts("doomed")
-        };
+        let crash = opts("doomed").crash_after_record(true);
         let err = engine.execute_next(crash).await.expect_err("crashed");
         assert!(matches!(err, EngineError::SimulatedCrash));
         let s = engine.snapshot(run.run_id).await.expect("snapshot");
@@ -721,10 +706,7 @@ async fn starts_are_idempotent_by_key_and_by_run_id() {
     each(|db, clock| async move {
         let engine = db.engine(&registry(), &clock).await;
         engine.register_workflow(linear()).expect("valid");
-        let keyed = || StartOptions {
-            idempotency_key: Some("order-o-1".into()),
-            ..StartOptions::default()
-        };
+        let keyed = || StartOptions::default().idempotency_key("order-o-1");
         let first = engine
             .start("checkout", None, order(), keyed())
             .await
@@ -742,10 +724,7 @@ async fn starts_are_idempotent_by_key_and_by_run_id() {
             .expect_err("conflict");
         assert_eq!(err.code(), "idempotency_conflict");
 
-        let by_id = StartOptions {
-            run_id: Some(first.run_id),
-            ..StartOptions::default()
-        };
+        let by_id = StartOptions::default().run_id(first.run_id);
         assert_eq!(
             engine
                 .start("checkout", None, order(), by_id.clone())
@@ -776,10 +755,7 @@ async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
     each(|db, clock| async move {
         let engine = db.engine(&registry(), &clock).await;
         engine.register_workflow(linear()).expect("valid");
-        let keyed = StartOptions {
-            idempotency_key: Some("k".into()),
-            ..StartOptions::default()
-        };
+        let keyed = StartOptions::default().idempotency_key("k");
         let err = engine
             .start(
                 "checkout",
@@ -823,10 +799,7 @@ async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
                 "checkout",
                 None,
                 json!({"order_id": "o", "items": [], "extra": deep}),
-                StartOptions {
-                    idempotency_key: Some("k".into()),
-                    ..StartOptions::default()
-                },
+                StartOptions::default().idempotency_key("k"),
             )
             .await
             .expect_err("too deep");
@@ -856,10 +829,7 @@ async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
                 .code(),
             "unknown_trigger"
         );
-        let bad_queue = StartOptions {
-            queue: Some("no spaces".into()),
-            ..StartOptions::default()
-        };
+        let bad_queue = StartOptions::default().queue("no spaces");
         assert_eq!(
             engine
                 .start("checkout", None, order(), bad_queue)
@@ -868,10 +838,7 @@ async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
                 .code(),
             "invalid_option"
         );
-        let bad_lease = ExecuteOptions {
-            lease_for: Duration::ZERO,
-            ..ExecuteOptions::default()
-        };
+        let bad_lease = ExecuteOptions::default().lease_for(Duration::ZERO);
         assert_eq!(
             engine
                 .execute_next(bad_lease)
@@ -1184,10 +1151,7 @@ async fn a_chained_call_runs_a_runs_steps_back_to_back() {
             .start("checkout", None, order(), StartOptions::default())
             .await
             .expect("starts");
-        let chained = ExecuteOptions {
-            chain: 8,
-            ..opts("chainer")
-        };
+        let chained = opts("chainer").chain(8);
         // One call: validate, then charge, claimed by validate's completion.
         let s = engine
             .execute_next(chained.clone())
@@ -1223,10 +1187,7 @@ async fn a_chained_call_runs_a_runs_steps_back_to_back() {
             .start("checkout", None, json!({"order_id": "o-2", "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}]}), StartOptions::default())
             .await
             .expect("starts");
-        let one = ExecuteOptions {
-            chain: 0,
-            ..opts("single")
-        };
+        let one = opts("single").chain(0);
         let s = engine.execute_next(one.clone()).await.expect("ok").expect("progress");
         assert_eq!(s.run_id, run.run_id);
         assert_eq!(s.status, RunStatus::Running);
@@ -1247,7 +1208,7 @@ async fn a_chained_call_runs_a_runs_steps_back_to_back() {
         assert_eq!(s.status, RunStatus::Completed);
         assert_consistent(&engine, &s).await;
         let s = engine
-            .execute_next(ExecuteOptions { chain: 1, ..opts("w") })
+            .execute_next(opts("w").chain(1))
             .await
             .expect("ok");
         assert!(s.is_none(), "everything ran");

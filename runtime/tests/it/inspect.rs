@@ -73,13 +73,7 @@ async fn explain(engine: &Engine, run: RunId) -> Explanation {
 
 fn held(o: ExecuteOptions) -> (ExecuteOptions, AfterClaim) {
     let hook = AfterClaim::default();
-    (
-        ExecuteOptions {
-            after_claim: Some(hook.clone()),
-            ..o
-        },
-        hook,
-    )
+    (o.after_claim(hook.clone()), hook)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,10 +259,7 @@ async fn a_run_is_explained_at_every_stage_with_its_deadlines() {
         let earlier = engine
             .inspect_run(
                 run,
-                InspectOptions {
-                    now: Some(i.manual.as_ref().unwrap().paused_at),
-                    ..InspectOptions::default()
-                },
+                InspectOptions::default().now(i.manual.as_ref().unwrap().paused_at),
             )
             .await
             .expect("inspects");
@@ -375,10 +366,7 @@ async fn a_recorded_but_unapplied_outcome_and_a_pause_are_explained() {
             .await
             .expect("starts")
             .run_id;
-        let crash = ExecuteOptions {
-            crash_after_record: true,
-            ..opts("doomed")
-        };
+        let crash = opts("doomed").crash_after_record(true);
         engine.execute_next(crash).await.expect_err("crashes");
         let e = explain(&engine, run).await;
         assert_eq!(
@@ -739,10 +727,7 @@ async fn redaction_hides_payloads_from_external_and_operator_scopes() {
                 &spec,
                 None,
                 json!({"order_id": SECRET, "amount_cents": 100, "decline": true}),
-                StartOptions {
-                    idempotency_key: Some(format!("key-{SECRET}")),
-                    ..StartOptions::default()
-                },
+                StartOptions::default().idempotency_key(format!("key-{SECRET}")),
             )
             .await
             .expect("starts")
@@ -843,15 +828,7 @@ async fn listing_filters_and_pages_newest_first() {
                 (&pausing, "slow")
             };
             let id = engine
-                .start(
-                    spec,
-                    None,
-                    json!({}),
-                    StartOptions {
-                        queue: Some(queue.into()),
-                        ..StartOptions::default()
-                    },
-                )
+                .start(spec, None, json!({}), StartOptions::default().queue(queue))
                 .await
                 .expect("starts")
                 .run_id;
@@ -860,10 +837,7 @@ async fn listing_filters_and_pages_newest_first() {
         }
         for q in ["fast", "slow"] {
             while engine
-                .execute_next(ExecuteOptions {
-                    queue: Some(q.into()),
-                    ..opts("w")
-                })
+                .execute_next(opts("w").queue(q))
                 .await
                 .expect("ok")
                 .is_some()

@@ -19,14 +19,7 @@ pub fn shared_cache() -> PathBuf {
 }
 
 pub fn host(registry: ActionRegistry) -> ActionHost {
-    ActionHost::new(
-        registry,
-        HostConfig {
-            cache_dir: Some(shared_cache()),
-            ..HostConfig::default()
-        },
-    )
-    .expect("host builds")
+    ActionHost::new(registry, HostConfig::default().cache_dir(shared_cache())).expect("host builds")
 }
 
 pub fn key(k: &str) -> ActionKey {

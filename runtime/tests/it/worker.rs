@@ -175,10 +175,7 @@ async fn a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry() {
         let hook = squid_mesh::engine::AfterClaim::default();
         let again = {
             let engine = engine.clone();
-            let o = squid_mesh::engine::ExecuteOptions {
-                after_claim: Some(hook.clone()),
-                ..crate::engine::opts("rescuer")
-            };
+            let o = crate::engine::opts("rescuer").after_claim(hook.clone());
             tokio::spawn(async move { engine.execute_next(o).await })
         };
         hook.claimed.notified().await;

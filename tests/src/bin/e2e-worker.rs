@@ -162,10 +162,9 @@ async fn main() -> Result<()> {
     let mut builder = Engine::builder()
         .database_url(db)
         .registry(registry()?)
-        .host_config(HostConfig {
-            cache_dir: Some(std::env::temp_dir().join("squid-mesh-e2e-cache")),
-            ..HostConfig::default()
-        });
+        .host_config(
+            HostConfig::default().cache_dir(std::env::temp_dir().join("squid-mesh-e2e-cache")),
+        );
     if let Ok(schema) = std::env::var("SQUID_MESH_PG_SCHEMA") {
         builder = builder.postgres_schema(schema);
     }
@@ -184,12 +183,10 @@ async fn main() -> Result<()> {
     let engine = builder.build().await.context("building the engine")?;
     engine.register_workflow(checkout())?;
     engine.register_workflow(chaos())?;
-    let opts = ExecuteOptions {
-        owner_id: format!("pid-{}", std::process::id()),
-        lease_for: Duration::from_secs(1),
-        heartbeat_interval: Some(Duration::from_millis(200)),
-        ..ExecuteOptions::default()
-    };
+    let opts = ExecuteOptions::default()
+        .owner_id(format!("pid-{}", std::process::id()))
+        .lease_for(Duration::from_secs(1))
+        .heartbeat_interval(Some(Duration::from_millis(200)));
     match cmd.as_str() {
         "start" => {
             let payload = json!({"order_id": "o-9", "items": [{"sku": "tea", "quantity": 3, "unit_price_cents": 300}], "sleep_ms": 2000});

@@ -150,10 +150,7 @@ async fn main() -> Result<()> {
     let engine = Engine::builder()
         .sqlite(&db)
         .registry(ActionRegistry::from_manifest(&manifest)?)
-        .host_config(HostConfig {
-            cache_dir: Some(dir.join("wasm-cache")),
-            ..HostConfig::default()
-        })
+        .host_config(HostConfig::default().cache_dir(dir.join("wasm-cache")))
         .build()
         .await?;
     engine.register_workflow(order_fulfilment())?;
@@ -177,10 +174,7 @@ async fn main() -> Result<()> {
                     "order_fulfilment",
                     None,
                     json!({"order_id": order, "items": items, "country": country, "gateway_down_until_attempt": 2}),
-                    StartOptions {
-                        idempotency_key: Some(order.to_owned()),
-                        ..StartOptions::default()
-                    },
+                    StartOptions::default().idempotency_key(order.to_owned()),
                 )
                 .await
                 .map(|s| s.run_id)

@@ -30,10 +30,7 @@ async fn main() -> Result<()> {
     let registry = ActionRegistry::from_manifest(&manifest_path).context("loading the manifest")?;
     let host = ActionHost::new(
         registry,
-        HostConfig {
-            cache_dir: Some(work_dir.join("cache")),
-            ..HostConfig::default()
-        },
+        HostConfig::default().cache_dir(work_dir.join("cache")),
     )?;
 
     let order = json!({
