@@ -9,6 +9,7 @@ mod inspect;
 mod layering;
 mod properties;
 mod registry;
+mod render;
 mod schedules;
 mod support;
 mod wat;
