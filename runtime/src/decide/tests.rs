@@ -2,10 +2,12 @@
 //! condition, dependency join, gate, cancel, replay guard, compensation order and the
 //! crash-recovery cases, each as (state, spec, event) -> expected decision.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::spec::{BackoffKind, Step, Transition, Trigger, WorkflowSpec};
+use crate::spec::{Backoff, Step, Transition, Trigger, WorkflowSpec};
 use crate::vocab::{LogLevel, StepError, StepErrorKind};
 
 const RUN: &str = "00000000-0000-0000-0000-000000000001";
@@ -283,37 +285,59 @@ fn retries_follow_the_policy_and_reuse_the_input() {
             None,
         ),
         (
-            with(Step::action("a", "x.a").retry_exponential(5, 100, 1_000)),
+            with(Step::action("a", "x.a").retry_exponential(
+                5,
+                Duration::from_millis(100),
+                Duration::from_millis(1000),
+            )),
             1,
             failed(true),
             Some((2, 100_000)),
         ),
         (
-            with(Step::action("a", "x.a").retry_exponential(5, 100, 1_000)),
+            with(Step::action("a", "x.a").retry_exponential(
+                5,
+                Duration::from_millis(100),
+                Duration::from_millis(1000),
+            )),
             3,
             failed(true),
             Some((4, 400_000)),
         ),
         (
-            with(Step::action("a", "x.a").retry_exponential(9, 100, 1_000)),
+            with(Step::action("a", "x.a").retry_exponential(
+                9,
+                Duration::from_millis(100),
+                Duration::from_millis(1000),
+            )),
             8,
             failed(true),
             Some((9, 1_000_000)),
         ),
         (
-            with(Step::action("a", "x.a").retry_with(5, BackoffKind::Linear, 50, 1_000, false)),
+            with(Step::action("a", "x.a").retry_with(
+                5,
+                Backoff::linear(Duration::from_millis(50), Duration::from_millis(1000)),
+            )),
             3,
             failed(true),
             Some((4, 150_000)),
         ),
         (
-            with(Step::action("a", "x.a").retry_with(5, BackoffKind::Constant, 70, 1_000, false)),
+            with(
+                Step::action("a", "x.a")
+                    .retry_with(5, Backoff::constant(Duration::from_millis(70))),
+            ),
             4,
             failed(true),
             Some((5, 70_000)),
         ),
         (
-            with(Step::action("a", "x.a").retry_exponential(5, 100, 1_000)),
+            with(Step::action("a", "x.a").retry_exponential(
+                5,
+                Duration::from_millis(100),
+                Duration::from_millis(1000),
+            )),
             1,
             after(2_500),
             Some((2, 2_500_000)),
@@ -358,7 +382,10 @@ fn retries_follow_the_policy_and_reuse_the_input() {
 fn jitter_is_within_bounds_and_reproducible() {
     let spec = WorkflowSpec::builder("j")
         .trigger(Trigger::manual("manual"))
-        .step(Step::action("a", "x.a").retry_with(5, BackoffKind::Constant, 1_000, 1_000, true))
+        .step(Step::action("a", "x.a").retry_with(
+            5,
+            Backoff::constant(Duration::from_millis(1000)).with_jitter(),
+        ))
         .build();
     let state = fresh(json!({}));
     let once = decide(&state, Some(&spec), recorded("a", 1, failed(true)), NOW).expect("d");

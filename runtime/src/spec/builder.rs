@@ -1,13 +1,18 @@
 //! A builder that reads like the workflow DSL.
 //!
 //! ```
+//! use std::time::Duration;
+//!
 //! use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
 //!
 //! let spec = WorkflowSpec::builder("orders")
 //!     .version("2026-11-25")
 //!     .trigger(Trigger::manual("manual").string("order_id").list("items"))
 //!     .step(Step::action("validate", "orders.validate").output("validation"))
-//!     .step(Step::action("charge", "payments.charge").retry_exponential(3, 100, 2_000))
+//!     .step(
+//!         Step::action("charge", "payments.charge")
+//!             .retry_exponential(3, Duration::from_millis(100), Duration::from_secs(2)),
+//!     )
 //!     .on_ok("validate", "charge")
 //!     .on_ok("charge", "complete")
 //!     .build();
@@ -21,9 +26,8 @@ use serde_json::Value;
 
 use super::Builtin;
 use super::{
-    Backoff, BackoffKind, Condition, DeadlineSpec, DynamicDefault, FieldSpec, FieldType,
-    InputMapping, Outcome, RetryPolicy, SchedulePolicy, StepSpec, TransitionSpec, TriggerKind,
-    TriggerSpec, WorkflowSpec,
+    Backoff, Condition, DeadlineSpec, DynamicDefault, FieldSpec, FieldType, InputMapping, Outcome,
+    RetryPolicy, SchedulePolicy, StepSpec, TransitionSpec, TriggerKind, TriggerSpec, WorkflowSpec,
 };
 use crate::vocab::{ActionKey, LogLevel};
 
@@ -377,38 +381,21 @@ impl StepBuilder {
         self
     }
 
-    /// Retries with a backoff curve.
+    /// Retries up to `max_attempts` in total with a backoff curve, for example
+    /// `Backoff::linear(Duration::from_millis(50), Duration::from_secs(1)).with_jitter()`.
     #[must_use]
-    pub fn retry_with(
-        mut self,
-        max_attempts: u32,
-        kind: BackoffKind,
-        min_ms: u64,
-        max_ms: u64,
-        jitter: bool,
-    ) -> Self {
+    pub fn retry_with(mut self, max_attempts: u32, backoff: Backoff) -> Self {
         self.step.retry = Some(RetryPolicy {
             max_attempts,
-            backoff: Some(Backoff {
-                kind,
-                min_ms,
-                max_ms,
-                jitter,
-            }),
+            backoff: Some(backoff),
         });
         self
     }
 
-    /// Retries with exponential backoff and no jitter.
+    /// Retries with exponential backoff from `min` to `max`, no jitter.
     #[must_use]
-    pub fn retry_exponential(self, max_attempts: u32, min_ms: u64, max_ms: u64) -> Self {
-        self.retry_with(
-            max_attempts,
-            BackoffKind::Exponential,
-            min_ms,
-            max_ms,
-            false,
-        )
+    pub fn retry_exponential(self, max_attempts: u32, min: Duration, max: Duration) -> Self {
+        self.retry_with(max_attempts, Backoff::exponential(min, max))
     }
 
     /// Sets an informational deadline.

@@ -12,6 +12,7 @@ mod validate;
 pub use validate::{ActionLookup, Availability};
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -443,6 +444,40 @@ pub struct Backoff {
     /// Spread each delay uniformly over [delay/2, delay] (deterministic per runnable).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub jitter: bool,
+}
+
+impl Backoff {
+    fn curve(kind: BackoffKind, min: Duration, max: Duration) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            kind,
+            min_ms: ms(min),
+            max_ms: ms(max),
+            jitter: false,
+        }
+    }
+
+    /// `min * 2^(n-1)`, capped at `max`.
+    pub fn exponential(min: Duration, max: Duration) -> Self {
+        Self::curve(BackoffKind::Exponential, min, max)
+    }
+
+    /// `min * n`, capped at `max`.
+    pub fn linear(min: Duration, max: Duration) -> Self {
+        Self::curve(BackoffKind::Linear, min, max)
+    }
+
+    /// Always `delay`.
+    pub fn constant(delay: Duration) -> Self {
+        Self::curve(BackoffKind::Constant, delay, delay)
+    }
+
+    /// Spreads each delay over [delay/2, delay], deterministically per attempt.
+    #[must_use]
+    pub fn with_jitter(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
 }
 
 /// Backoff curves.

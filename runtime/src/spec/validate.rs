@@ -727,6 +727,7 @@ fn find_cycle<'a>(nodes: &[&'a str], edges: &[(&'a str, &'a str)]) -> Option<Vec
 mod tests {
     use super::*;
     use crate::spec::{Step, Transition, Trigger};
+    use std::time::Duration;
 
     fn codes(spec: &WorkflowSpec) -> Vec<String> {
         spec.validate(None)
@@ -741,7 +742,11 @@ mod tests {
     fn reports_every_problem_at_once_with_paths() {
         let spec = WorkflowSpec::builder("bad name!")
             .step(Step::action("a", "x.y"))
-            .step(Step::action("a", "x.y").retry_exponential(0, 10, 5))
+            .step(Step::action("a", "x.y").retry_exponential(
+                0,
+                Duration::from_millis(10),
+                Duration::from_millis(5),
+            ))
             .step(Step::action("b", "x.y"))
             .on_ok("a", "ghost")
             .build();
@@ -869,7 +874,11 @@ mod tests {
     fn numbers_are_bounded() {
         let mut spec = WorkflowSpec::builder("w")
             .trigger(Trigger::manual("m"))
-            .step(Step::action("a", "k").retry_exponential(3, 10, 100))
+            .step(Step::action("a", "k").retry_exponential(
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            ))
             .step(Step::wait(
                 "pause_a_bit",
                 std::time::Duration::from_millis(10),

@@ -195,7 +195,7 @@ async fn retries_follow_the_backoff_and_the_actions_retry_after() {
                     .integer("succeed_on_attempt")
                     .field(Field::of("retry_after_ms", FieldType::Integer).optional()),
             )
-            .step(Step::action("charge", "payments.charge").retry_exponential(4, 100, 1_000))
+            .step(Step::action("charge", "payments.charge").retry_exponential(4, Duration::from_millis(100), Duration::from_millis(1000)))
             .build();
         let run = engine
             .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 3}), StartOptions::default())

@@ -44,7 +44,7 @@ fn reviewed() -> WorkflowSpec {
         .step(
             Step::action("charge", "payments.charge")
                 .input(["order_id", "amount_cents", "succeed_on_attempt"])
-                .retry_exponential(3, 2_000, 10_000)
+                .retry_exponential(3, Duration::from_millis(2000), Duration::from_millis(10000))
                 .deadline(deadline(60, 10, 60, "page_payments"))
                 .output("payment"),
         )

@@ -74,7 +74,11 @@ fn workflow(plans: &[StepPlan]) -> (WorkflowSpec, Value) {
             .input_path("order_id", ["order_id"])
             .input_path("amount_cents", [amount.as_str()])
             .input_path("succeed_on_attempt", [k.as_str()])
-            .retry_exponential(p.attempts, 1, 1)
+            .retry_exponential(
+                p.attempts,
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            )
             .output(format!("out_{i}"));
         if p.undo {
             step = step.compensate("echo");

@@ -58,7 +58,7 @@ fn order_fulfilment() -> WorkflowSpec {
                 .input_path("amount_cents", ["validation", "total_cents"])
                 .input_path("succeed_on_attempt", ["gateway_down_until_attempt"])
                 .output("payment")
-                .retry_exponential(3, 200, 2_000)
+                .retry_exponential(3, Duration::from_millis(200), Duration::from_secs(2))
                 .compensate("payments.refund"),
         )
         .step(
