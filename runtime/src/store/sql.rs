@@ -1,0 +1,179 @@
+//! The SQL text both drivers run (`$n` parameters; SQLite's embedded writer rewrites them
+//! to `?n`; `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite), the
+//! column lists, and the row decoders generated from them.
+
+pub(super) const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, compensation, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
+pub(super) const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, deadline, created_at, updated_at";
+
+macro_rules! run_from_row {
+    ($r:expr) => {
+        run_from_row!($r, "")
+    };
+    ($r:expr, $p:literal) => {{
+        use sqlx::Row as _;
+        let r = $r;
+        RunRow {
+            run_id: r.try_get(concat!($p, "run_id"))?,
+            workflow: r.try_get(concat!($p, "workflow"))?,
+            version: r.try_get(concat!($p, "version"))?,
+            fingerprint: r.try_get(concat!($p, "fingerprint"))?,
+            definition_hash: r.try_get(concat!($p, "definition_hash"))?,
+            trigger_name: r.try_get(concat!($p, "trigger_name"))?,
+            queue: r.try_get(concat!($p, "queue"))?,
+            status: decode_column(
+                r.try_get::<String, _>(concat!($p, "status"))?,
+                RunStatus::parse,
+            )?,
+            input: r.try_get(concat!($p, "input"))?,
+            context: r.try_get(concat!($p, "context"))?,
+            steps: r.try_get(concat!($p, "steps"))?,
+            manual: r.try_get(concat!($p, "manual"))?,
+            compensation: r.try_get(concat!($p, "compensation"))?,
+            error: r.try_get(concat!($p, "error"))?,
+            idempotency_key: r.try_get(concat!($p, "idempotency_key"))?,
+            payload_hash: r.try_get(concat!($p, "payload_hash"))?,
+            parent_run_id: r.try_get(concat!($p, "parent_run_id"))?,
+            replayed_from: r.try_get(concat!($p, "replayed_from"))?,
+            created_at: r.try_get(concat!($p, "created_at"))?,
+            updated_at: r.try_get(concat!($p, "updated_at"))?,
+            revision: r.try_get(concat!($p, "revision"))?,
+        }
+    }};
+}
+
+macro_rules! attempt_from_row {
+    ($r:expr) => {{
+        use sqlx::Row as _;
+        let r = $r;
+        AttemptRow {
+            runnable_key: r.try_get("runnable_key")?,
+            run_id: r.try_get("run_id")?,
+            step: r.try_get("step")?,
+            attempt: r.try_get("attempt")?,
+            seq: r.try_get("seq")?,
+            queue: r.try_get("queue")?,
+            status: decode_column(r.try_get::<String, _>("status")?, AttemptStatus::parse)?,
+            visible_at: r.try_get("visible_at")?,
+            due_at: r.try_get("due_at")?,
+            claim_id: r.try_get("claim_id")?,
+            claim_token_hash: r.try_get("claim_token_hash")?,
+            owner: r.try_get("owner")?,
+            lease_until: r.try_get("lease_until")?,
+            claims: r.try_get("claims")?,
+            input: r.try_get("input")?,
+            outcome: r.try_get("outcome")?,
+            deadline: r.try_get("deadline")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        }
+    }};
+}
+
+pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
+pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
+pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
+pub(super) const FACTS: &str =
+    "SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id";
+pub(super) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1";
+pub(super) const CLOSE_OPEN_ATTEMPTS: &str = "UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')";
+pub(super) const INSERT_COMMAND: &str = "INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING";
+pub(super) const LOAD_COMMAND: &str =
+    "SELECT kind, run_id, result_run_id FROM commands WHERE idempotency_key = $1";
+pub(super) const INSERT_CHILD: &str = "INSERT INTO child_runs (parent_run_id, parent_step, child_key, child_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (parent_run_id, parent_step, child_key) DO NOTHING";
+pub(super) const LOAD_CHILD: &str = "SELECT child_run_id FROM child_runs WHERE parent_run_id = $1 AND parent_step = $2 AND child_key = $3";
+pub(super) const CHILDREN: &str = "SELECT parent_step, child_key, child_run_id FROM child_runs WHERE parent_run_id = $1 ORDER BY created_at, child_key";
+pub(super) const CHILD_SUMMARIES: &str = "SELECT c.parent_step, c.child_key, c.child_run_id, r.workflow, r.status FROM child_runs c LEFT JOIN runs r ON r.run_id = c.child_run_id WHERE c.parent_run_id = $1 ORDER BY c.created_at, c.child_key";
+
+pub(super) fn insert_run() -> String {
+    let params: Vec<String> = (1..=21).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (run_id) DO NOTHING",
+        params.join(", ")
+    )
+}
+
+pub(super) fn load_run(lock: &str) -> String {
+    format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1{lock}")
+}
+
+/// One statement for all the facts (ids follow the VALUES order).
+pub(super) fn insert_facts(n: usize) -> String {
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i))
+        .collect();
+    format!(
+        "INSERT INTO journal (run_id, kind, data, occurred_at) VALUES {}",
+        values.join(", ")
+    )
+}
+
+pub(super) fn insert_attempt() -> String {
+    let params: Vec<String> = (1..=19).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({})",
+        params.join(", ")
+    )
+}
+
+/// An attempt and its run (`r_` columns); `FROM runs` first, so Postgres locks the run
+/// before the attempt, as every other writer does.
+pub(super) fn load_attempt_and_run(lock: &str) -> String {
+    format!(
+        "SELECT {} FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE a.runnable_key = $1{lock}",
+        attempt_and_run_columns()
+    )
+}
+
+/// The due attempt joined with its run (`r_` columns).
+pub(super) fn next_due_with_run(skip: &str) -> String {
+    format!(
+        "SELECT {} FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.queue = $1 AND a.due_at IS NOT NULL AND a.due_at <= $2 ORDER BY a.due_at, a.runnable_key LIMIT 1{skip}",
+        attempt_and_run_columns()
+    )
+}
+
+/// The attempt's columns under their names, the run's prefixed `r_`.
+fn attempt_and_run_columns() -> String {
+    let attempt: Vec<String> = ATTEMPT_COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{c}"))
+        .collect();
+    let run: Vec<String> = RUN_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c} AS r_{c}"))
+        .collect();
+    format!("{}, {}", attempt.join(", "), run.join(", "))
+}
+
+pub(super) fn load_attempt(lock: &str) -> String {
+    format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE runnable_key = $1{lock}")
+}
+
+pub(super) fn run_attempts() -> String {
+    format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY seq, runnable_key")
+}
+
+/// The due attempt alone (SQLite's writer, where the run is a second lookup).
+pub(super) fn next_due() -> String {
+    format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1"
+    )
+}
+
+pub(super) fn next_due_of_run(skip: &str) -> String {
+    format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 AND queue = $2 AND status = 'scheduled' AND due_at IS NOT NULL AND due_at <= $3 ORDER BY due_at, runnable_key LIMIT 1{skip}"
+    )
+}
+
+pub(super) fn open_deadlines(n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT run_id, step, runnable_key, deadline FROM attempts WHERE run_id IN ({}) AND deadline IS NOT NULL AND status IN ('scheduled', 'claimed', 'recorded')",
+        params.join(", ")
+    )
+}
+
+/// Extends a lease in one statement, fenced by claim id, token hash and expiry.
+pub(super) const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";
