@@ -150,14 +150,18 @@ impl Batcher {
 
 impl Drop for Batcher {
     /// The engine is gone, so no job is queued (each holds an engine): closing the queues
-    /// ends the lanes; the writer thread is joined, tasks end on their own.
+    /// ends the lanes; the writer thread is joined, tasks end on their own. When the last
+    /// engine handle is dropped by the writer thread itself (a job it just wrote held it),
+    /// that thread cannot join itself: it ends on its own once its queue is closed.
     fn drop(&mut self) {
         for lane in &mut self.lanes {
             let taken = lane.get_mut().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(Lane { tx, runner }) = taken {
                 drop(tx);
                 if let Runner::Thread(thread) = runner {
-                    let _ = thread.join();
+                    if thread.thread().id() != std::thread::current().id() {
+                        let _ = thread.join();
+                    }
                 }
             }
         }

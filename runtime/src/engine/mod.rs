@@ -289,16 +289,7 @@ impl Engine {
             return Err(EngineError::RunNotFound { run_id: id });
         }
         let rows = tx.facts(&id).await?;
-        rows.into_iter()
-            .map(|r| {
-                let fact: Fact =
-                    serde_json::from_str(&r.data).map_err(|e| EngineError::Corrupt {
-                        what: format!("journal fact {} of run {}", r.id, r.run_id),
-                        message: e.to_string(),
-                    })?;
-                Ok((Timestamp(r.occurred_at), fact))
-            })
-            .collect()
+        decode_facts(rows)
     }
 
     /// Rebuilds a run from its journal and compares it with the derived rows; returns the
@@ -308,9 +299,24 @@ impl Engine {
     ///
     /// [`EngineError::RunNotFound`] or a store error.
     pub async fn verify_run(&self, run_id: RunId) -> Result<Vec<String>> {
-        let facts = self.journal(run_id).await?;
+        with_store!(self, s => self.verify_on(s, run_id).await)
+    }
+
+    /// The journal and the rows of one run, read in one transaction (one snapshot), so a
+    /// worker writing the run meanwhile cannot make them disagree.
+    async fn verify_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<Vec<String>> {
+        let mut tx = store.begin_read().await?;
+        let id = run_id.to_string();
+        let run = tx
+            .load_run(&id, false)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let attempts = tx.run_attempts(&id).await?;
+        let rows = tx.facts(&id).await?;
+        drop(tx);
+        let facts = decode_facts(rows)?;
         let rebuilt = Projection::fold(facts.iter().map(|(_, f)| f));
-        let snap = self.snapshot(run_id).await?;
+        let snap = RunSnapshot::from_rows(run, attempts)?;
         Ok(rebuilt.diff(&snap.projection()))
     }
 }
@@ -319,6 +325,19 @@ impl From<Vec<SpecProblem>> for EngineError {
     fn from(problems: Vec<SpecProblem>) -> Self {
         Self::InvalidSpec(problems)
     }
+}
+
+/// Journal rows decoded into facts, oldest first.
+fn decode_facts(rows: Vec<crate::store::FactRow>) -> Result<Vec<(Timestamp, Fact)>> {
+    rows.into_iter()
+        .map(|r| {
+            let fact: Fact = serde_json::from_str(&r.data).map_err(|e| EngineError::Corrupt {
+                what: format!("journal fact {} of run {}", r.id, r.run_id),
+                message: e.to_string(),
+            })?;
+            Ok((Timestamp(r.occurred_at), fact))
+        })
+        .collect()
 }
 
 pub(crate) fn planned_row(

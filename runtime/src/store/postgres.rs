@@ -215,7 +215,16 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> StoreResult<PgTx> {
+        self.begin_as(None).await
+    }
+
+    /// A transaction; `mode` (a `SET TRANSACTION` clause) comes first, before anything
+    /// takes a snapshot.
+    async fn begin_as(&self, mode: Option<&'static str>) -> StoreResult<PgTx> {
         let mut tx = self.pool.begin().await?;
+        if let Some(mode) = mode {
+            sqlx::query(mode).execute(&mut *tx).await?;
+        }
         if self.set_path {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SET LOCAL search_path TO \"{}\"",
@@ -270,8 +279,13 @@ impl Store for PostgresStore {
         self.begin().await
     }
 
+    /// One snapshot for every statement of the read, so a run's row, its attempts and its
+    /// journal are read as of one moment while workers write.
     async fn begin_read(&self) -> StoreResult<Self::Tx> {
-        self.begin().await
+        self.begin_as(Some(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        ))
+        .await
     }
 
     async fn listen(
