@@ -8,9 +8,11 @@
 //! database (see `tests.rs`). The engine loads the state, calls [`decide`] and writes the
 //! decision in the same transaction; a new kind of event (dynamic work, a schedule) is a new
 //! [`Event`] variant and, where it needs one, a new field of [`Decision`], not a change to
-//! the protocol code.
+//! the protocol code. One attempt's lease (claim, redelivery, the fence of a completion,
+//! release) is decided the same way by [`decide_lease`].
 
 pub mod fact;
+mod lease;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +27,7 @@ use crate::vocab::{
     Suspension, Timestamp,
 };
 use fact::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable};
+pub use lease::{Holder, LeaseEvent, LeaseState, Stale, decide_lease};
 
 /// Prefix of the step names of compensation runnables.
 pub const COMPENSATE: &str = "compensate:";

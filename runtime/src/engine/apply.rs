@@ -2,7 +2,7 @@
 //! [`Decision`] written back in the caller's transaction.
 
 use super::{Result, now_us, planned_row, to_json};
-use crate::decide::{Decision, RunState};
+use crate::decide::{Decision, LeaseState, RunState};
 use crate::store::{AttemptRow, RunRow, StoreTx};
 use crate::vocab::{AttemptStatus, Timestamp};
 
@@ -103,4 +103,32 @@ pub(super) async fn write_all<T: StoreTx>(
     write_decision(tx, run, decision, &mut journal, None, now).await?;
     tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
     Ok(())
+}
+
+/// The lease state of an attempt row, for [`crate::decide::decide_lease`].
+pub(super) fn lease_state(a: &AttemptRow) -> LeaseState {
+    LeaseState {
+        runnable_key: a.runnable_key.clone(),
+        status: a.status,
+        visible_at: Timestamp(a.visible_at),
+        due_at: a.due_at.map(Timestamp),
+        claim_id: a.claim_id.clone(),
+        token_hash: a.claim_token_hash.clone(),
+        owner: a.owner.clone(),
+        lease_until: a.lease_until.map(Timestamp),
+        claims: a.claims,
+    }
+}
+
+/// Writes a decided lease state into the attempt's row (the caller stores it).
+pub(super) fn set_lease(a: &mut AttemptRow, s: LeaseState, now: Timestamp) {
+    a.status = s.status;
+    a.visible_at = now_us(s.visible_at);
+    a.due_at = s.due_at.map(now_us);
+    a.claim_id = s.claim_id;
+    a.claim_token_hash = s.token_hash;
+    a.owner = s.owner;
+    a.lease_until = s.lease_until.map(now_us);
+    a.claims = s.claims;
+    a.updated_at = now_us(now);
 }

@@ -158,10 +158,10 @@ impl Drop for Batcher {
             let taken = lane.get_mut().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(Lane { tx, runner }) = taken {
                 drop(tx);
-                if let Runner::Thread(thread) = runner {
-                    if thread.thread().id() != std::thread::current().id() {
-                        let _ = thread.join();
-                    }
+                if let Runner::Thread(thread) = runner
+                    && thread.thread().id() != std::thread::current().id()
+                {
+                    let _ = thread.join();
                 }
             }
         }

@@ -303,35 +303,26 @@ impl Engine {
             lease_for,
             placement,
         } = req;
-        let redelivery = attempt.status == AttemptStatus::Claimed;
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).map_err(|e| EngineError::Corrupt {
             what: "random claim token".into(),
             message: e.to_string(),
         })?;
         let token_hash = sha256_hex(&hex::encode(token));
-        let claim_id = uuid::Uuid::new_v4().to_string();
-        let lease_until = now.plus(lease_for);
-        attempt.status = AttemptStatus::Claimed;
-        attempt.claim_id = Some(claim_id.clone());
-        attempt.claim_token_hash = Some(token_hash.clone());
-        attempt.owner = Some(owner.to_owned());
-        attempt.lease_until = Some(now_us(lease_until));
-        attempt.due_at = Some(now_us(lease_until));
-        attempt.claims += 1;
-        attempt.updated_at = now_us(now);
+        let event = decide::LeaseEvent::Claim {
+            claim_id: uuid::Uuid::new_v4().to_string(),
+            token_hash: token_hash.clone(),
+            owner: owner.to_owned(),
+            lease_for,
+        };
+        let decision = decide::decide_lease(&apply::lease_state(&attempt), event, now)
+            .map_err(|s| stale(&attempt.runnable_key, s))?;
+        apply::set_lease(&mut attempt, decision.state, now);
         match placement {
             Placement::Insert => tx.insert_attempt(&attempt).await?,
             Placement::Update => tx.update_attempt(&attempt).await?,
         }
-        let fact = Fact::AttemptClaimed {
-            runnable_key: attempt.runnable_key.clone(),
-            claim_id,
-            owner: owner.to_owned(),
-            lease_until,
-            redelivery,
-        };
-        journal.push((fact.kind().into(), to_json(&fact)));
+        journal.extend(decision.fact.map(|f| (f.kind().into(), to_json(&f))));
         let def = self.definition_in(tx, &run.definition_hash).await?;
         Ok(ClaimedAttempt {
             run_id,
@@ -490,20 +481,19 @@ impl Engine {
     ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
-        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await?
-            && cur.status == AttemptStatus::Claimed
-            && cur.claim_id == attempt.claim_id
-            && cur.claim_token_hash.as_deref() == Some(token_hash)
-        {
-            let retry_at = now.plus(Duration::from_secs(1));
-            cur.status = AttemptStatus::Scheduled;
-            cur.visible_at = now_us(retry_at);
-            cur.due_at = Some(now_us(retry_at));
-            cur.claim_id = None;
-            cur.claim_token_hash = None;
-            cur.lease_until = None;
-            cur.updated_at = now_us(now);
-            tx.update_attempt(&cur).await?;
+        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await? {
+            let event = decide::LeaseEvent::Release {
+                holder: decide::Holder {
+                    claim_id: attempt.claim_id.clone(),
+                    token_hash: token_hash.to_owned(),
+                },
+                retry_at: now.plus(Duration::from_secs(1)),
+            };
+            // A claim that is no longer this worker's has nothing to give back.
+            if let Ok(decision) = decide::decide_lease(&apply::lease_state(&cur), event, now) {
+                apply::set_lease(&mut cur, decision.state, now);
+                tx.update_attempt(&cur).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -533,35 +523,22 @@ impl Engine {
                 });
             }
         };
-        let stale = |reason: &str| EngineError::StaleClaim {
-            runnable_key: attempt.runnable_key.clone(),
-            reason: reason.to_owned(),
-        };
-        if cur.status == AttemptStatus::Cancelled {
-            return Err(stale(
-                "the run ended while the step ran; its outcome is discarded",
-            ));
-        }
-        if cur.status != AttemptStatus::Claimed
-            || cur.claim_id != attempt.claim_id
-            || cur.claim_token_hash.as_deref() != Some(token_hash)
-        {
-            return Err(stale(
-                "another worker took the attempt over after this claim's lease expired",
-            ));
-        }
-        if cur.lease_until.is_none_or(|l| l <= now_us(now)) {
-            return Err(stale("the lease expired before the step completed"));
-        }
-        cur.status = AttemptStatus::Recorded;
-        cur.outcome = Some(to_json(&outcome));
-        cur.due_at = Some(now_us(now));
-        cur.updated_at = now_us(now);
-        let recorded = Fact::AttemptRecorded {
-            runnable_key: cur.runnable_key.clone(),
-            claim_id: cur.claim_id.clone(),
+        let stored_outcome = to_json(&outcome);
+        let event = decide::LeaseEvent::Record {
+            holder: decide::Holder {
+                claim_id: attempt.claim_id.clone(),
+                token_hash: token_hash.to_owned(),
+            },
             outcome,
         };
+        let decision = decide::decide_lease(&apply::lease_state(&cur), event, now)
+            .map_err(|s| stale(&attempt.runnable_key, s))?;
+        apply::set_lease(&mut cur, decision.state, now);
+        cur.outcome = Some(stored_outcome);
+        let recorded = decision.fact.ok_or_else(|| EngineError::Corrupt {
+            what: format!("attempt {}", attempt.runnable_key),
+            message: "a recorded outcome without its fact".into(),
+        })?;
         // Every fact of the completion goes in one statement at its end.
         let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
         let at = now_us(now);
@@ -786,4 +763,12 @@ pub(crate) enum AfterRecord {
     Apply,
     /// Stop, as a crash between recording and applying would.
     Stop,
+}
+
+/// A lease refusal as the worker's error.
+fn stale(runnable_key: &str, s: decide::Stale) -> EngineError {
+    EngineError::StaleClaim {
+        runnable_key: runnable_key.to_owned(),
+        reason: s.reason().to_owned(),
+    }
 }

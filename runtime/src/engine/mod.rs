@@ -63,7 +63,7 @@ pub use options::AfterClaim;
 pub use options::{ExecuteOptions, StartOptions, WorkflowRef};
 pub use schedule::{
     BackfillReport, FireOrigin, FireOutcome, MAX_BACKFILL_WINDOWS, ScheduleCommand, ScheduleDetail,
-    ScheduleEvent, ScheduleFire, ScheduleInfo, ScheduleState, Schedules,
+    ScheduleEvent, ScheduleEventKind, ScheduleFire, ScheduleInfo, ScheduleState, Schedules,
 };
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};

@@ -28,6 +28,7 @@ use crate::spec::{
 };
 use crate::store::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, StoreTx};
 use crate::vocab::Timestamp;
+pub use crate::vocab::{FireOrigin, FireOutcome, ScheduleEventKind, ScheduleState};
 
 /// Most windows one backfill may start.
 pub const MAX_BACKFILL_WINDOWS: usize = 1_000;
@@ -41,95 +42,6 @@ const SCHEDULES_PER_CALL: usize = 1_000;
 /// How often a schedule whose window waits for the previous run (overlap `queue_one`)
 /// looks again whether that run has ended.
 const QUEUED_RECHECK_US: i64 = 1_000_000;
-
-/// Whether a schedule fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleState {
-    /// Fires its windows.
-    Active,
-    /// Fires nothing until resumed; windows that pass meanwhile follow the catch-up policy
-    /// when it resumes.
-    Paused,
-}
-
-impl ScheduleState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Paused => "paused",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "paused" => Some(Self::Paused),
-            _ => None,
-        }
-    }
-}
-
-/// What happened to a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FireOutcome {
-    /// A run started for it.
-    Started,
-    /// Not started: the previous run was still going (overlap `skip`, or `queue_one` with a
-    /// window already waiting), or its run id held another payload.
-    Skipped,
-    /// Waiting for the previous run to end (overlap `queue_one`).
-    Queued,
-}
-
-impl FireOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Skipped => "skipped",
-            Self::Queued => "queued",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "started" => Self::Started,
-            "queued" => Self::Queued,
-            _ => Self::Skipped,
-        }
-    }
-}
-
-/// Who handled a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FireOrigin {
-    /// The scheduler, on time or catching up.
-    Scheduler,
-    /// An explicit backfill.
-    Backfill,
-    /// A `cron_start` signal from a host's own timer.
-    Signal,
-}
-
-impl FireOrigin {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Scheduler => "scheduler",
-            Self::Backfill => "backfill",
-            Self::Signal => "signal",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "backfill" => Self::Backfill,
-            "signal" => Self::Signal,
-            _ => Self::Scheduler,
-        }
-    }
-}
 
 /// A schedule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,8 +104,8 @@ pub struct ScheduleFire {
 /// One entry of a schedule's audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleEvent {
-    /// `applied`, `paused`, `resumed`, `backfilled` or `removed`.
-    pub kind: String,
+    /// What happened.
+    pub kind: ScheduleEventKind,
     /// Who.
     pub actor: Option<String>,
     /// Why.
@@ -329,7 +241,7 @@ impl Loaded {
     }
 
     fn state(&self) -> ScheduleState {
-        ScheduleState::parse(&self.row.state).unwrap_or(ScheduleState::Paused)
+        self.row.state
     }
 
     /// When a scheduler must look at it next: its next window (plus jitter) while active,
@@ -378,8 +290,8 @@ fn fire_view(f: FireRow) -> ScheduleFire {
         workflow: f.workflow,
         trigger: f.trigger_name,
         scheduled_at: Timestamp(f.scheduled_at),
-        outcome: FireOutcome::parse(&f.outcome),
-        origin: FireOrigin::parse(&f.origin),
+        outcome: f.outcome,
+        origin: f.origin,
         run_id: f.run_id,
         fired_at: Timestamp(f.fired_at),
     }
@@ -438,8 +350,8 @@ impl Window<'_> {
             workflow: self.workflow.to_owned(),
             trigger_name: self.trigger.to_owned(),
             scheduled_at: self.scheduled_at.0,
-            outcome: outcome.as_str().to_owned(),
-            origin: self.origin.as_str().to_owned(),
+            outcome,
+            origin: self.origin,
             run_id: run_id.map(|r| r.to_string()),
             fired_at: now.0,
         }
@@ -842,7 +754,7 @@ impl Schedules<'_> {
                         timezone: cron.timezone().to_owned(),
                         policy: to_json(&policy),
                         queue: queue.unwrap_or(e.default_queue()).to_owned(),
-                        state: ScheduleState::Active.as_str().to_owned(),
+                        state: ScheduleState::Active,
                         next_fire_at: first(now).map(|t| t.0),
                         due_at: None,
                         queued_at: None,
@@ -856,7 +768,7 @@ impl Schedules<'_> {
                 let mut loaded = Loaded { row, cron, policy };
                 loaded.refresh_due(now);
                 tx.put_schedule(&loaded.row).await?;
-                tx.append_schedule_event(&event_row(&loaded.row, "applied", &cmd, json!({
+                tx.append_schedule_event(&event_row(&loaded.row, ScheduleEventKind::Applied, &cmd, json!({
                     "definition_hash": hash,
                     "cron": loaded.row.cron,
                     "timezone": loaded.row.timezone,
@@ -1043,13 +955,13 @@ impl Schedules<'_> {
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             let mut loaded = Loaded::new(row)?;
             if loaded.state() != state {
-                loaded.row.state = state.as_str().to_owned();
+                loaded.row.state = state;
                 loaded.row.updated_at = now.0;
                 loaded.refresh_due(now);
                 tx.put_schedule(&loaded.row).await?;
                 let kind = match state {
-                    ScheduleState::Paused => "paused",
-                    ScheduleState::Active => "resumed",
+                    ScheduleState::Paused => ScheduleEventKind::Paused,
+                    ScheduleState::Active => ScheduleEventKind::Resumed,
                 };
                 tx.append_schedule_event(&event_row(&loaded.row, kind, &cmd, json!({}), now))
                     .await?;
@@ -1176,7 +1088,7 @@ impl Schedules<'_> {
                 e.wake();
             }
             let mut tx = s.begin_write().await?;
-            tx.append_schedule_event(&event_row(&loaded.row, "backfilled", &cmd, json!({
+            tx.append_schedule_event(&event_row(&loaded.row, ScheduleEventKind::Backfilled, &cmd, json!({
                 "from": from.to_rfc3339(),
                 "to": to.to_rfc3339(),
                 "windows": report.windows,
@@ -1265,7 +1177,7 @@ impl Schedules<'_> {
                     let detail = json!({"code": err.code(), "message": err.to_string()});
                     tx.append_schedule_event(&event_row(
                         &row,
-                        "failed",
+                        ScheduleEventKind::Failed,
                         &ScheduleCommand::default(),
                         detail,
                         now,
@@ -1427,15 +1339,21 @@ async fn delete_schedule<T: ScheduleTx>(
             workflow: row.workflow.clone(),
             trigger_name: row.trigger_name.clone(),
             scheduled_at: q,
-            outcome: FireOutcome::Skipped.as_str().to_owned(),
-            origin: FireOrigin::Scheduler.as_str().to_owned(),
+            outcome: FireOutcome::Skipped,
+            origin: FireOrigin::Scheduler,
             run_id: None,
             fired_at: now.0,
         })
         .await?;
     }
-    tx.append_schedule_event(&event_row(row, "removed", cmd, detail, now))
-        .await?;
+    tx.append_schedule_event(&event_row(
+        row,
+        ScheduleEventKind::Removed,
+        cmd,
+        detail,
+        now,
+    ))
+    .await?;
     Ok(())
 }
 
@@ -1454,7 +1372,7 @@ fn first_window(
 
 fn event_row(
     row: &ScheduleRow,
-    kind: &str,
+    kind: ScheduleEventKind,
     cmd: &ScheduleCommand,
     detail: Value,
     now: Timestamp,
@@ -1463,7 +1381,7 @@ fn event_row(
         id: 0,
         workflow: row.workflow.clone(),
         trigger_name: row.trigger_name.clone(),
-        kind: kind.to_owned(),
+        kind,
         actor: cmd.actor.clone(),
         comment: cmd.comment.clone(),
         detail: to_json(&detail),

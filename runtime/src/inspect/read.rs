@@ -123,11 +123,7 @@ impl Engine {
         let after = page.cursor()?;
         let query = ListQuery {
             workflow: filter.workflow.clone(),
-            statuses: filter
-                .statuses
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect(),
+            statuses: filter.statuses.clone(),
             queue: filter.queue.clone(),
             created_from: filter.created_from.map(|t| t.0),
             created_before: filter.created_before.map(|t| t.0),
@@ -150,7 +146,7 @@ impl Engine {
         let ids: Vec<String> = rows
             .iter()
             .take(limit)
-            .filter(|r| !matches!(r.status.as_str(), "completed" | "failed" | "cancelled"))
+            .filter(|r| !r.status.is_terminal())
             .map(|r| r.run_id.clone())
             .collect();
         let deadlines = tx.open_deadlines(&ids).await?;

@@ -8,15 +8,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::vocab::{AttemptStatus, RunStatus};
+use crate::vocab::AttemptStatus;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{
     CachedStatement, Connection, OpenFlags, OptionalExtension, Row, ToSql, params, params_from_iter,
 };
 
 use super::{
-    Arg, AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, StoreError, StoreResult,
-    StoreTx, SummaryRow, Synchronous, sql,
+    Arg, AttemptRow, ChildRow, Columns, DeadlineRow, FactRow, ListQuery, RunRow, StoreError,
+    StoreResult, StoreTx, SummaryRow, Synchronous, sql,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -105,83 +105,32 @@ impl Drop for DirectTx<'_> {
     }
 }
 
-/// A column holding one of the vocabulary's enums (see `decode_column`).
-fn enum_column<T>(r: &Row<'_>, name: &str, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
-    let text: String = r.get(name)?;
-    parse(&text).ok_or_else(|| {
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn text(&self, name: &str) -> rusqlite::Result<String> {
+        self.get(name)
+    }
+
+    fn opt_text(&self, name: &str) -> rusqlite::Result<Option<String>> {
+        self.get(name)
+    }
+
+    fn int(&self, name: &str) -> rusqlite::Result<i64> {
+        self.get(name)
+    }
+
+    fn opt_int(&self, name: &str) -> rusqlite::Result<Option<i64>> {
+        self.get(name)
+    }
+
+    fn unknown(name: &str, text: &str) -> rusqlite::Error {
         rusqlite::Error::FromSqlConversionFailure(
             0,
             rusqlite::types::Type::Text,
             format!("unknown status {text:?} in column {name}").into(),
         )
-    })
-}
-
-fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
-    Ok(RunRow {
-        run_id: r.get("run_id")?,
-        workflow: r.get("workflow")?,
-        version: r.get("version")?,
-        fingerprint: r.get("fingerprint")?,
-        definition_hash: r.get("definition_hash")?,
-        trigger_name: r.get("trigger_name")?,
-        queue: r.get("queue")?,
-        status: enum_column(r, "status", RunStatus::parse)?,
-        input: r.get("input")?,
-        context: r.get("context")?,
-        steps: r.get("steps")?,
-        manual: r.get("manual")?,
-        compensation: r.get("compensation")?,
-        error: r.get("error")?,
-        idempotency_key: r.get("idempotency_key")?,
-        payload_hash: r.get("payload_hash")?,
-        parent_run_id: r.get("parent_run_id")?,
-        replayed_from: r.get("replayed_from")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
-        revision: r.get("revision")?,
-    })
-}
-
-fn attempt_row(r: &Row<'_>) -> rusqlite::Result<AttemptRow> {
-    Ok(AttemptRow {
-        runnable_key: r.get("runnable_key")?,
-        run_id: r.get("run_id")?,
-        step: r.get("step")?,
-        attempt: r.get("attempt")?,
-        seq: r.get("seq")?,
-        queue: r.get("queue")?,
-        status: enum_column(r, "status", AttemptStatus::parse)?,
-        visible_at: r.get("visible_at")?,
-        due_at: r.get("due_at")?,
-        claim_id: r.get("claim_id")?,
-        claim_token_hash: r.get("claim_token_hash")?,
-        owner: r.get("owner")?,
-        lease_until: r.get("lease_until")?,
-        claims: r.get("claims")?,
-        input: r.get("input")?,
-        outcome: r.get("outcome")?,
-        deadline: r.get("deadline")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
-    })
-}
-
-fn summary_row(r: &Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok(SummaryRow {
-        run_id: r.get("run_id")?,
-        workflow: r.get("workflow")?,
-        version: r.get("version")?,
-        trigger_name: r.get("trigger_name")?,
-        queue: r.get("queue")?,
-        status: enum_column(r, "status", RunStatus::parse)?,
-        steps: r.get("steps")?,
-        manual: r.get("manual")?,
-        parent_run_id: r.get("parent_run_id")?,
-        replayed_from: r.get("replayed_from")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
-    })
+    }
 }
 
 impl StoreTx for DirectTx<'_> {
@@ -227,7 +176,7 @@ impl StoreTx for DirectTx<'_> {
         // The transaction holds SQLite's write lock: every read is locked already.
         Ok(self
             .stmt(&sql::load_run(""))?
-            .query_row([run_id], run_row)
+            .query_row([run_id], |r| RunRow::decode(r))
             .optional()?)
     }
 
@@ -272,16 +221,8 @@ impl StoreTx for DirectTx<'_> {
     }
 
     async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
-        let mut st = self.stmt(sql::FACTS)?;
-        let rows = st.query_map([run_id], |r| {
-            Ok(FactRow {
-                id: r.get("id")?,
-                run_id: r.get("run_id")?,
-                kind: r.get("kind")?,
-                data: r.get("data")?,
-                occurred_at: r.get("occurred_at")?,
-            })
-        })?;
+        let mut st = self.stmt(&sql::facts())?;
+        let rows = st.query_map([run_id], |r| FactRow::decode(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -298,7 +239,7 @@ impl StoreTx for DirectTx<'_> {
     ) -> StoreResult<Option<AttemptRow>> {
         Ok(self
             .stmt(&sql::load_attempt(""))?
-            .query_row([runnable_key], attempt_row)
+            .query_row([runnable_key], |r| AttemptRow::decode(r))
             .optional()?)
     }
 
@@ -310,7 +251,7 @@ impl StoreTx for DirectTx<'_> {
 
     async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
         let mut st = self.stmt(&sql::run_attempts())?;
-        let rows = st.query_map([run_id], attempt_row)?;
+        let rows = st.query_map([run_id], |r| AttemptRow::decode(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -321,7 +262,7 @@ impl StoreTx for DirectTx<'_> {
     ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
         let attempt = self
             .stmt(&sql::next_due())?
-            .query_row(params![queue, now], attempt_row)
+            .query_row(params![queue, now], |r| AttemptRow::decode(r))
             .optional()?;
         let Some(attempt) = attempt else {
             return Ok(None);
@@ -340,7 +281,7 @@ impl StoreTx for DirectTx<'_> {
     ) -> StoreResult<Option<AttemptRow>> {
         Ok(self
             .stmt(&sql::next_due_of_run(""))?
-            .query_row(params![run_id, queue, now], attempt_row)
+            .query_row(params![run_id, queue, now], |r| AttemptRow::decode(r))
             .optional()?)
     }
 
@@ -429,7 +370,7 @@ impl StoreTx for DirectTx<'_> {
     async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
         let (text, args) = query.sql();
         let mut st = self.stmt(&text)?;
-        let rows = st.query_map(params_from_iter(args), summary_row)?;
+        let rows = st.query_map(params_from_iter(args), |r| SummaryRow::decode(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -42,10 +42,10 @@ mod tx;
 
 use std::future::Future;
 
-use crate::vocab::{AttemptStatus, RunStatus};
+use crate::vocab::AttemptStatus;
 pub use error::{StoreError, StoreResult};
 pub(crate) use rows::Arg;
-use rows::decode_column;
+use rows::Columns;
 pub use rows::{AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, SummaryRow};
 use sql::HEARTBEAT_SQL;
 pub(crate) use tx::{Finish, Write};

@@ -1,92 +1,217 @@
 //! The rows the store reads and writes, decoded once where they are read (statuses as
 //! the vocabulary's enums), and the values each statement binds (one list per statement).
+//!
+//! Each row type is declared once with [`stored_row!`]: the struct, its column list and its
+//! one decoder, which reads any driver's row through [`Columns`] (SQLite's embedded writer,
+//! sqlx on SQLite and on Postgres).
 
 use crate::vocab::{AttemptStatus, RunStatus};
 
-/// A column holding one of the vocabulary's enums, parsed where the row is read: unknown
-/// text is a decode error of the driver, so no row with a bad status leaves the store.
-pub(super) fn decode_column<T>(
-    text: String,
-    parse: fn(&str) -> Option<T>,
-) -> Result<T, sqlx::Error> {
-    parse(&text).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {text:?}").into()))
+/// A database row read by column name, whatever the driver.
+pub(crate) trait Columns {
+    /// The driver's error.
+    type Error;
+
+    fn text(&self, name: &str) -> Result<String, Self::Error>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>, Self::Error>;
+    fn int(&self, name: &str) -> Result<i64, Self::Error>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, Self::Error>;
+    /// The error for a column whose text names no variant of its enum.
+    fn unknown(name: &str, text: &str) -> Self::Error;
 }
 
-/// One row of `runs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunRow {
-    pub(crate) run_id: String,
-    pub(crate) workflow: String,
-    pub(crate) version: Option<String>,
-    pub(crate) fingerprint: String,
-    pub(crate) definition_hash: String,
-    pub(crate) trigger_name: String,
-    pub(crate) queue: String,
-    pub(crate) status: RunStatus,
-    pub(crate) input: String,
-    pub(crate) context: String,
-    pub(crate) steps: String,
-    pub(crate) manual: Option<String>,
-    pub(crate) compensation: Option<String>,
-    pub(crate) error: Option<String>,
-    pub(crate) idempotency_key: Option<String>,
-    pub(crate) payload_hash: String,
-    pub(crate) parent_run_id: Option<String>,
-    pub(crate) replayed_from: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) updated_at: i64,
-    pub(crate) revision: i64,
+/// A value one column holds. Enums are parsed where the row is read: unknown text is a
+/// decode error of the driver, so no row with a bad status leaves the store.
+pub(crate) trait Column: Sized {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error>;
 }
 
-/// One row of `attempts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRow {
-    pub(crate) runnable_key: String,
-    pub(crate) run_id: String,
-    pub(crate) step: String,
-    pub(crate) attempt: i64,
-    pub(crate) seq: i64,
-    pub(crate) queue: String,
-    pub(crate) status: AttemptStatus,
-    pub(crate) visible_at: i64,
-    pub(crate) due_at: Option<i64>,
-    pub(crate) claim_id: Option<String>,
-    pub(crate) claim_token_hash: Option<String>,
-    pub(crate) owner: Option<String>,
-    pub(crate) lease_until: Option<i64>,
-    pub(crate) claims: i64,
-    pub(crate) input: String,
-    pub(crate) outcome: Option<String>,
-    pub(crate) deadline: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) updated_at: i64,
+impl Column for String {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+        r.text(name)
+    }
 }
 
-/// One journal fact as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FactRow {
-    pub(crate) id: i64,
-    pub(crate) run_id: String,
-    pub(crate) kind: String,
-    pub(crate) data: String,
-    pub(crate) occurred_at: i64,
+impl Column for Option<String> {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+        r.opt_text(name)
+    }
 }
 
-/// The row a listing reads per run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SummaryRow {
-    pub(crate) run_id: String,
-    pub(crate) workflow: String,
-    pub(crate) version: Option<String>,
-    pub(crate) trigger_name: String,
-    pub(crate) queue: String,
-    pub(crate) status: RunStatus,
-    pub(crate) steps: String,
-    pub(crate) manual: Option<String>,
-    pub(crate) parent_run_id: Option<String>,
-    pub(crate) replayed_from: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) updated_at: i64,
+impl Column for i64 {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+        r.int(name)
+    }
+}
+
+impl Column for Option<i64> {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+        r.opt_int(name)
+    }
+}
+
+macro_rules! enum_columns {
+    ($($t:ty),*) => {$(
+        impl Column for $t {
+            fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+                let text = r.text(name)?;
+                <$t>::parse(&text).ok_or_else(|| R::unknown(name, &text))
+            }
+        }
+    )*};
+}
+
+enum_columns!(RunStatus, AttemptStatus);
+
+macro_rules! sqlx_columns {
+    ($($row:ty),*) => {$(
+        impl Columns for $row {
+            type Error = sqlx::Error;
+
+            fn text(&self, name: &str) -> Result<String, sqlx::Error> {
+                sqlx::Row::try_get(self, name)
+            }
+
+            fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+                sqlx::Row::try_get(self, name)
+            }
+
+            fn int(&self, name: &str) -> Result<i64, sqlx::Error> {
+                sqlx::Row::try_get(self, name)
+            }
+
+            fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::Row::try_get(self, name)
+            }
+
+            fn unknown(name: &str, text: &str) -> sqlx::Error {
+                sqlx::Error::Decode(format!("unknown status {text:?} in column {name}").into())
+            }
+        }
+    )*};
+}
+
+sqlx_columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+
+/// Declares a row type from its one list of columns (field name = column name): the
+/// struct, `COLUMNS` (the list as SQL), `decode` (a row that selected them) and `decode_r`
+/// (the same columns selected as `r_<column>` beside another table's).
+macro_rules! stored_row {
+    ($(#[$meta:meta])* pub struct $name:ident { $first:ident: $ft:ty $(, $field:ident: $t:ty)* $(,)? }) => {
+        $(#[$meta])*
+        pub struct $name {
+            pub(crate) $first: $ft,
+            $(pub(crate) $field: $t,)*
+        }
+
+        #[allow(dead_code)]
+        impl $name {
+            /// The columns, in declaration order, as a SQL list.
+            pub(crate) const COLUMNS: &'static str =
+                concat!(stringify!($first) $(, ", ", stringify!($field))*);
+
+            /// Decodes a row that selected [`Self::COLUMNS`].
+            pub(crate) fn decode<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+                Ok(Self {
+                    $first: Column::read(r, stringify!($first))?,
+                    $($field: Column::read(r, stringify!($field))?,)*
+                })
+            }
+
+            /// Decodes a row that selected the columns as `r_<column>`.
+            pub(crate) fn decode_r<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+                Ok(Self {
+                    $first: Column::read(r, concat!("r_", stringify!($first)))?,
+                    $($field: Column::read(r, concat!("r_", stringify!($field)))?,)*
+                })
+            }
+        }
+    };
+}
+
+stored_row! {
+    /// One row of `runs`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RunRow {
+        run_id: String,
+        workflow: String,
+        version: Option<String>,
+        fingerprint: String,
+        definition_hash: String,
+        trigger_name: String,
+        queue: String,
+        status: RunStatus,
+        input: String,
+        context: String,
+        steps: String,
+        manual: Option<String>,
+        compensation: Option<String>,
+        error: Option<String>,
+        idempotency_key: Option<String>,
+        payload_hash: String,
+        parent_run_id: Option<String>,
+        replayed_from: Option<String>,
+        created_at: i64,
+        updated_at: i64,
+        revision: i64,
+    }
+}
+
+stored_row! {
+    /// One row of `attempts`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AttemptRow {
+        runnable_key: String,
+        run_id: String,
+        step: String,
+        attempt: i64,
+        seq: i64,
+        queue: String,
+        status: AttemptStatus,
+        visible_at: i64,
+        due_at: Option<i64>,
+        claim_id: Option<String>,
+        claim_token_hash: Option<String>,
+        owner: Option<String>,
+        lease_until: Option<i64>,
+        claims: i64,
+        input: String,
+        outcome: Option<String>,
+        deadline: Option<String>,
+        created_at: i64,
+        updated_at: i64,
+    }
+}
+
+stored_row! {
+    /// One journal fact as stored.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FactRow {
+        id: i64,
+        run_id: String,
+        kind: String,
+        data: String,
+        occurred_at: i64,
+    }
+}
+
+stored_row! {
+    /// The row a listing reads per run.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SummaryRow {
+        run_id: String,
+        workflow: String,
+        version: Option<String>,
+        trigger_name: String,
+        queue: String,
+        status: RunStatus,
+        steps: String,
+        manual: Option<String>,
+        parent_run_id: Option<String>,
+        replayed_from: Option<String>,
+        created_at: i64,
+        updated_at: i64,
+    }
 }
 
 /// A child run as listed for its parent: (parent step, child key, child run id, the child's
@@ -100,7 +225,7 @@ pub type DeadlineRow = (String, String, String, String);
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub(crate) workflow: Option<String>,
-    pub(crate) statuses: Vec<String>,
+    pub(crate) statuses: Vec<RunStatus>,
     pub(crate) queue: Option<String>,
     pub(crate) created_from: Option<i64>,
     pub(crate) created_before: Option<i64>,
@@ -225,7 +350,7 @@ impl ListQuery {
             let ps: Vec<String> = self
                 .statuses
                 .iter()
-                .map(|s| push(&mut args, Arg::Text(s)))
+                .map(|s| push(&mut args, Arg::Text(s.as_str())))
                 .collect();
             clauses.push(format!("status IN ({})", ps.join(", ")));
         }
@@ -266,7 +391,8 @@ impl ListQuery {
         };
         (
             format!(
-                "SELECT run_id, workflow, version, trigger_name, queue, status, steps, manual, parent_run_id, replayed_from, created_at, updated_at FROM runs{filter} ORDER BY created_at DESC, run_id DESC LIMIT {limit}"
+                "SELECT {} FROM runs{filter} ORDER BY created_at DESC, run_id DESC LIMIT {limit}",
+                SummaryRow::COLUMNS
             ),
             args,
         )

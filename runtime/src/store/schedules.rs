@@ -7,6 +7,7 @@
 use std::future::Future;
 
 use super::{Finish, PgTx, SqliteTx, StoreResult, StoreTx};
+use crate::vocab::{FireOrigin, FireOutcome, ScheduleEventKind, ScheduleState};
 
 /// One row of `schedules`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -25,8 +26,9 @@ pub struct ScheduleRow {
     pub policy: String,
     /// Queue of the runs.
     pub queue: String,
-    /// `active` or `paused`.
-    pub state: String,
+    /// Whether it fires.
+    #[sqlx(try_from = "String")]
+    pub state: ScheduleState,
     /// First window not yet handled.
     pub next_fire_at: Option<i64>,
     /// When a scheduler must look next.
@@ -54,10 +56,12 @@ pub struct FireRow {
     pub trigger_name: String,
     /// The window.
     pub scheduled_at: i64,
-    /// `started`, `skipped` or `queued`.
-    pub outcome: String,
-    /// `scheduler`, `backfill` or `signal`.
-    pub origin: String,
+    /// What happened to the window.
+    #[sqlx(try_from = "String")]
+    pub outcome: FireOutcome,
+    /// Who handled it.
+    #[sqlx(try_from = "String")]
+    pub origin: FireOrigin,
     /// The run started for it.
     pub run_id: Option<String>,
     /// When it was handled.
@@ -73,8 +77,9 @@ pub struct ScheduleEventRow {
     pub workflow: String,
     /// The cron trigger.
     pub trigger_name: String,
-    /// `applied`, `paused`, `resumed`, `backfilled` or `removed`.
-    pub kind: String,
+    /// What happened.
+    #[sqlx(try_from = "String")]
+    pub kind: ScheduleEventKind,
     /// Who.
     pub actor: Option<String>,
     /// Why.
@@ -167,7 +172,7 @@ macro_rules! impl_schedule_tx {
                     .bind(&r.timezone)
                     .bind(&r.policy)
                     .bind(&r.queue)
-                    .bind(&r.state)
+                    .bind(r.state.as_str())
                     .bind(r.next_fire_at)
                     .bind(r.due_at)
                     .bind(r.queued_at)
@@ -242,8 +247,8 @@ macro_rules! impl_schedule_tx {
                     .bind(&r.workflow)
                     .bind(&r.trigger_name)
                     .bind(r.scheduled_at)
-                    .bind(&r.outcome)
-                    .bind(&r.origin)
+                    .bind(r.outcome.as_str())
+                    .bind(r.origin.as_str())
                     .bind(&r.run_id)
                     .bind(r.fired_at)
                     .execute(&mut **self)
@@ -257,7 +262,7 @@ macro_rules! impl_schedule_tx {
                     .bind(&r.workflow)
                     .bind(&r.trigger_name)
                     .bind(r.scheduled_at)
-                    .bind(&r.outcome)
+                    .bind(r.outcome.as_str())
                     .bind(&r.run_id)
                     .bind(r.fired_at)
                     .execute(&mut **self)
@@ -306,7 +311,7 @@ macro_rules! impl_schedule_tx {
                 sqlx::query(APPEND_EVENT)
                     .bind(&r.workflow)
                     .bind(&r.trigger_name)
-                    .bind(&r.kind)
+                    .bind(r.kind.as_str())
                     .bind(&r.actor)
                     .bind(&r.comment)
                     .bind(&r.detail)

@@ -1,80 +1,22 @@
 //! The SQL text both drivers run (`$n` parameters; SQLite's embedded writer rewrites them
-//! to `?n`; `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite), the
-//! column lists, and the row decoders generated from them.
+//! to `?n`; `lock` and `skip` are the Postgres row-lock suffixes, empty on SQLite), built
+//! from the rows' column lists (see `rows`).
 
-pub(super) const RUN_COLUMNS: &str = "run_id, workflow, version, fingerprint, definition_hash, trigger_name, queue, status, input, context, steps, manual, compensation, error, idempotency_key, payload_hash, parent_run_id, replayed_from, created_at, updated_at, revision";
-pub(super) const ATTEMPT_COLUMNS: &str = "runnable_key, run_id, step, attempt, seq, queue, status, visible_at, due_at, claim_id, claim_token_hash, owner, lease_until, claims, input, outcome, deadline, created_at, updated_at";
+use super::{AttemptRow, FactRow, RunRow};
 
-macro_rules! run_from_row {
-    ($r:expr) => {
-        run_from_row!($r, "")
-    };
-    ($r:expr, $p:literal) => {{
-        use sqlx::Row as _;
-        let r = $r;
-        RunRow {
-            run_id: r.try_get(concat!($p, "run_id"))?,
-            workflow: r.try_get(concat!($p, "workflow"))?,
-            version: r.try_get(concat!($p, "version"))?,
-            fingerprint: r.try_get(concat!($p, "fingerprint"))?,
-            definition_hash: r.try_get(concat!($p, "definition_hash"))?,
-            trigger_name: r.try_get(concat!($p, "trigger_name"))?,
-            queue: r.try_get(concat!($p, "queue"))?,
-            status: decode_column(
-                r.try_get::<String, _>(concat!($p, "status"))?,
-                RunStatus::parse,
-            )?,
-            input: r.try_get(concat!($p, "input"))?,
-            context: r.try_get(concat!($p, "context"))?,
-            steps: r.try_get(concat!($p, "steps"))?,
-            manual: r.try_get(concat!($p, "manual"))?,
-            compensation: r.try_get(concat!($p, "compensation"))?,
-            error: r.try_get(concat!($p, "error"))?,
-            idempotency_key: r.try_get(concat!($p, "idempotency_key"))?,
-            payload_hash: r.try_get(concat!($p, "payload_hash"))?,
-            parent_run_id: r.try_get(concat!($p, "parent_run_id"))?,
-            replayed_from: r.try_get(concat!($p, "replayed_from"))?,
-            created_at: r.try_get(concat!($p, "created_at"))?,
-            updated_at: r.try_get(concat!($p, "updated_at"))?,
-            revision: r.try_get(concat!($p, "revision"))?,
-        }
-    }};
-}
-
-macro_rules! attempt_from_row {
-    ($r:expr) => {{
-        use sqlx::Row as _;
-        let r = $r;
-        AttemptRow {
-            runnable_key: r.try_get("runnable_key")?,
-            run_id: r.try_get("run_id")?,
-            step: r.try_get("step")?,
-            attempt: r.try_get("attempt")?,
-            seq: r.try_get("seq")?,
-            queue: r.try_get("queue")?,
-            status: decode_column(r.try_get::<String, _>("status")?, AttemptStatus::parse)?,
-            visible_at: r.try_get("visible_at")?,
-            due_at: r.try_get("due_at")?,
-            claim_id: r.try_get("claim_id")?,
-            claim_token_hash: r.try_get("claim_token_hash")?,
-            owner: r.try_get("owner")?,
-            lease_until: r.try_get("lease_until")?,
-            claims: r.try_get("claims")?,
-            input: r.try_get("input")?,
-            outcome: r.try_get("outcome")?,
-            deadline: r.try_get("deadline")?,
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-        }
-    }};
-}
+pub(super) const RUN_COLUMNS: &str = RunRow::COLUMNS;
+pub(super) const ATTEMPT_COLUMNS: &str = AttemptRow::COLUMNS;
 
 pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
 pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
 pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
 pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
-pub(super) const FACTS: &str =
-    "SELECT id, run_id, kind, data, occurred_at FROM journal WHERE run_id = $1 ORDER BY id";
+pub(super) fn facts() -> String {
+    format!(
+        "SELECT {} FROM journal WHERE run_id = $1 ORDER BY id",
+        FactRow::COLUMNS
+    )
+}
 pub(super) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1";
 pub(super) const CLOSE_OPEN_ATTEMPTS: &str = "UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')";
 pub(super) const INSERT_COMMAND: &str = "INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING";

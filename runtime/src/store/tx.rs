@@ -64,7 +64,7 @@ macro_rules! impl_store_tx {
                     .fetch_optional(&mut **self)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some(run_from_row!(&r)),
+                    Some(r) => Some(RunRow::decode(&r)?),
                     None => None,
                 })
             }
@@ -81,7 +81,7 @@ macro_rules! impl_store_tx {
                     .fetch_optional(&mut **self)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some((attempt_from_row!(&r), run_from_row!(&r, "r_"))),
+                    Some(r) => Some((AttemptRow::decode(&r)?, RunRow::decode_r(&r)?)),
                     None => None,
                 })
             }
@@ -128,20 +128,13 @@ macro_rules! impl_store_tx {
 
             async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
                 Finish::flush(self).await?;
-                let rows = sqlx::query(sql::FACTS)
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql::facts()))
                     .bind(run_id)
                     .fetch_all(&mut **self)
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
-                    use sqlx::Row as _;
-                    out.push(FactRow {
-                        id: r.try_get("id")?,
-                        run_id: r.try_get("run_id")?,
-                        kind: r.try_get("kind")?,
-                        data: r.try_get("data")?,
-                        occurred_at: r.try_get("occurred_at")?,
-                    });
+                    out.push(FactRow::decode(r)?);
                 }
                 Ok(out)
             }
@@ -171,7 +164,7 @@ macro_rules! impl_store_tx {
                     .fetch_optional(&mut **self)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some(attempt_from_row!(&r)),
+                    Some(r) => Some(AttemptRow::decode(&r)?),
                     None => None,
                 })
             }
@@ -194,7 +187,7 @@ macro_rules! impl_store_tx {
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
-                    out.push(attempt_from_row!(r));
+                    out.push(AttemptRow::decode(r)?);
                 }
                 Ok(out)
             }
@@ -212,7 +205,7 @@ macro_rules! impl_store_tx {
                     .fetch_optional(&mut **self)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some((attempt_from_row!(&r), run_from_row!(&r, "r_"))),
+                    Some(r) => Some((AttemptRow::decode(&r)?, RunRow::decode_r(&r)?)),
                     None => None,
                 })
             }
@@ -232,7 +225,7 @@ macro_rules! impl_store_tx {
                     .fetch_optional(&mut **self)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some(attempt_from_row!(&r)),
+                    Some(r) => Some(AttemptRow::decode(&r)?),
                     None => None,
                 })
             }
@@ -358,21 +351,7 @@ macro_rules! impl_store_tx {
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
-                    use sqlx::Row as _;
-                    out.push(SummaryRow {
-                        run_id: r.try_get("run_id")?,
-                        workflow: r.try_get("workflow")?,
-                        version: r.try_get("version")?,
-                        trigger_name: r.try_get("trigger_name")?,
-                        queue: r.try_get("queue")?,
-                        status: decode_column(r.try_get::<String, _>("status")?, RunStatus::parse)?,
-                        steps: r.try_get("steps")?,
-                        manual: r.try_get("manual")?,
-                        parent_run_id: r.try_get("parent_run_id")?,
-                        replayed_from: r.try_get("replayed_from")?,
-                        created_at: r.try_get("created_at")?,
-                        updated_at: r.try_get("updated_at")?,
-                    });
+                    out.push(SummaryRow::decode(r)?);
                 }
                 Ok(out)
             }

@@ -12,4 +12,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use deadline::{Deadline, DeadlineSpec, DeadlineState, DeadlineStatus, most_urgent};
 pub use ids::{ActionKey, Digest, InvalidActionKey, InvalidDigest, InvalidRunId, RunId};
 pub use outcome::{LogLevel, StepError, StepErrorKind, StepOutcome, Suspension};
-pub use status::{AttemptStatus, CommandKind, CompensationStatus, RunStatus, StepState};
+pub use status::{
+    AttemptStatus, CommandKind, CompensationStatus, FireOrigin, FireOutcome, RunStatus,
+    ScheduleEventKind, ScheduleState, StepState, UnknownName,
+};

@@ -211,3 +211,137 @@ macro_rules! display_as_str {
 }
 
 display_as_str!(RunStatus, AttemptStatus, CompensationStatus, CommandKind);
+
+/// A stored name no variant of the expected enum has (a row written by something else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    /// What was expected (`schedule state`, ...).
+    pub expected: &'static str,
+    /// The text found.
+    pub found: String,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} {:?}", self.expected, self.found)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+/// An enum stored as snake_case text: `as_str`, strict `parse`, `Display` and
+/// `TryFrom<String>` (for row decoders) from one list of names.
+macro_rules! stored_names {
+    ($t:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $t {
+            /// The name as stored.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            /// Parses a stored name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($name => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = UnknownName;
+
+            fn try_from(s: String) -> Result<Self, UnknownName> {
+                Self::parse(&s).ok_or(UnknownName { expected: $what, found: s })
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// Whether a schedule fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleState {
+    /// Fires its windows.
+    Active,
+    /// Fires nothing until resumed; windows that pass meanwhile follow the catch-up policy
+    /// when it resumes.
+    Paused,
+}
+
+stored_names!(ScheduleState, "schedule state", {
+    Active => "active",
+    Paused => "paused",
+});
+
+/// What happened to a schedule's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FireOutcome {
+    /// A run started for it.
+    Started,
+    /// Not started: the previous run was still going (overlap `skip`, or `queue_one` with a
+    /// window already waiting), or its run id held another payload.
+    Skipped,
+    /// Waiting for the previous run to end (overlap `queue_one`).
+    Queued,
+}
+
+stored_names!(FireOutcome, "fire outcome", {
+    Started => "started",
+    Skipped => "skipped",
+    Queued => "queued",
+});
+
+/// Who handled a schedule's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FireOrigin {
+    /// The scheduler, on time or catching up.
+    Scheduler,
+    /// An explicit backfill.
+    Backfill,
+    /// A `cron_start` signal from a host's own timer.
+    Signal,
+}
+
+stored_names!(FireOrigin, "fire origin", {
+    Scheduler => "scheduler",
+    Backfill => "backfill",
+    Signal => "signal",
+});
+
+/// An entry of a schedule's audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleEventKind {
+    /// A spec was applied (created or changed the schedule).
+    Applied,
+    /// An operator paused it.
+    Paused,
+    /// An operator resumed it.
+    Resumed,
+    /// An operator backfilled a range.
+    Backfilled,
+    /// The schedule was removed.
+    Removed,
+    /// A window could not fire; the schedule is parked until its spec is applied again.
+    Failed,
+}
+
+stored_names!(ScheduleEventKind, "schedule event kind", {
+    Applied => "applied",
+    Paused => "paused",
+    Resumed => "resumed",
+    Backfilled => "backfilled",
+    Removed => "removed",
+    Failed => "failed",
+});

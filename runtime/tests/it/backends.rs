@@ -114,10 +114,10 @@ pub async fn postgres_url() -> Option<String> {
     pg_reachable(&url).await.then_some(url)
 }
 
-/// Runs `body` once per database with a fresh manual clock at [`T0`].
-pub async fn each<F, Fut>(body: F)
+/// Runs `body` on a fresh SQLite file with a fresh manual clock at [`T0`].
+pub async fn on_sqlite<F, Fut>(body: F)
 where
-    F: Fn(Db, ManualClock) -> Fut,
+    F: FnOnce(Db, ManualClock) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -126,6 +126,15 @@ where
         ManualClock::new(T0),
     )
     .await;
+}
+
+/// Runs `body` on a fresh Postgres schema (dropped afterwards) with a fresh manual clock at
+/// [`T0`]; skipped loudly outside CI when Postgres is not reachable.
+pub async fn on_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(Db, ManualClock) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let Some(url) = pg_url() else {
         eprintln!("\n!!!!! SKIPPING POSTGRES: SQUID_MESH_SKIP_POSTGRES is set !!!!!\n");
         return;
@@ -151,6 +160,25 @@ where
         .await;
     }
 }
+
+/// One test case per database from `async fn name(db: Db, clock: ManualClock)`: the cases
+/// are `name::sqlite` and `name::postgres`, so each backend passes or fails by name.
+macro_rules! on_each_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                crate::backends::on_sqlite(super::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                crate::backends::on_postgres(super::$name).await;
+            }
+        }
+    )+};
+}
+pub(crate) use on_each_backend;
 
 fn uuid_hex() -> String {
     squid_mesh::RunId::random().to_string().replace('-', "")

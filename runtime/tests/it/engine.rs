@@ -11,7 +11,7 @@ use squid_mesh::spec::{Field, FieldType, Step, Transition, Trigger, WorkflowSpec
 use squid_mesh::{Engine, EngineError, RunSnapshot, RunStatus, StartOptions};
 use squid_mesh_example_artifacts as artifacts;
 
-use crate::backends::{Db, T0, each};
+use crate::backends::{Db, T0, on_each_backend};
 use crate::support::file_action;
 
 pub fn registry() -> ActionRegistry {
@@ -119,114 +119,142 @@ async fn kinds(engine: &Engine, run: &RunSnapshot) -> Vec<&'static str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_linear_run_completes_with_outputs_under_their_keys() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let run = engine
-            .start("checkout", None, order(), StartOptions::default())
-            .await
-            .expect("starts");
-        assert_eq!(run.status, RunStatus::Running, "{}", db.name());
-        assert_eq!(run.attempts.len(), 1);
-        assert_eq!(run.version.as_deref(), Some("v1"));
+async fn a_linear_run_completes_with_outputs_under_their_keys(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let run = engine
+        .start("checkout", None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    assert_eq!(run.status, RunStatus::Running, "{}", db.name());
+    assert_eq!(run.attempts.len(), 1);
+    assert_eq!(run.version.as_deref(), Some("v1"));
 
-        let after_validate = engine
-            .execute_next(opts("w1"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(
-            after_validate.context["validation"]["total_cents"],
-            json!(900)
-        );
-        let charge = &after_validate.attempts_of("charge")[0];
-        assert_eq!(
-            charge.input,
-            json!({"order_id": "o-1", "amount_cents": 900})
-                .as_object()
-                .cloned()
-                .expect("object")
-        );
+    let after_validate = engine
+        .execute_next(opts("w1"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(
+        after_validate.context["validation"]["total_cents"],
+        json!(900)
+    );
+    let charge = &after_validate.attempts_of("charge")[0];
+    assert_eq!(
+        charge.input,
+        json!({"order_id": "o-1", "amount_cents": 900})
+            .as_object()
+            .cloned()
+            .expect("object")
+    );
 
-        let done = engine
-            .execute_next(opts("w1"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(done.status, RunStatus::Completed);
-        assert!(
-            done.context["payment"]["charge_id"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("ch_"))
-        );
-        assert!(engine.execute_next(opts("w1")).await.expect("ok").is_none());
-        assert_eq!(
-            kinds(&engine, &done).await,
-            [
-                "command_received",
-                "run_started",
-                "runnables_planned",
-                "attempt_claimed",
-                "attempt_recorded",
-                "runnable_applied",
-                "runnables_planned",
-                "attempt_claimed",
-                "attempt_recorded",
-                "runnable_applied",
-                "run_terminal"
-            ]
-        );
-        assert_consistent(&engine, &done).await;
-    })
-    .await;
+    let done = engine
+        .execute_next(opts("w1"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(done.status, RunStatus::Completed);
+    assert!(
+        done.context["payment"]["charge_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ch_"))
+    );
+    assert!(engine.execute_next(opts("w1")).await.expect("ok").is_none());
+    assert_eq!(
+        kinds(&engine, &done).await,
+        [
+            "command_received",
+            "run_started",
+            "runnables_planned",
+            "attempt_claimed",
+            "attempt_recorded",
+            "runnable_applied",
+            "runnables_planned",
+            "attempt_claimed",
+            "attempt_recorded",
+            "runnable_applied",
+            "run_terminal"
+        ]
+    );
+    assert_consistent(&engine, &done).await;
 }
+on_each_backend!(a_linear_run_completes_with_outputs_under_their_keys);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_follow_the_backoff_and_the_actions_retry_after() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let spec = WorkflowSpec::builder("flaky")
-            .trigger(
-                Trigger::manual("m")
-                    .string("order_id")
-                    .integer("amount_cents")
-                    .integer("succeed_on_attempt")
-                    .field(Field::of("retry_after_ms", FieldType::Integer).optional()),
-            )
-            .step(Step::action("charge", "payments.charge").retry_exponential(4, Duration::from_millis(100), Duration::from_millis(1000)))
-            .build();
-        let run = engine
-            .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 3}), StartOptions::default())
-            .await
-            .expect("starts");
-        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 1");
-        let second = s.attempts_of("charge")[1];
-        assert_eq!((second.attempt, second.status.as_str()), (2, "scheduled"));
-        assert_eq!(second.visible_at, T0.plus_millis(100), "{}", db.name());
-        assert_eq!(second.runnable_key, format!("{}:charge:2", run.run_id));
-        assert!(engine.execute_next(opts("w")).await.expect("ok").is_none(), "not visible before the backoff");
-        clock.advance(Duration::from_millis(100));
-        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 2");
-        assert_eq!(s.attempts_of("charge")[2].visible_at, T0.plus_millis(100 + 200));
-        clock.advance(Duration::from_millis(200));
-        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 3");
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_eq!(s.context["attempt"], json!(3));
-        assert_consistent(&engine, &s).await;
+async fn retries_follow_the_backoff_and_the_actions_retry_after(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let spec = WorkflowSpec::builder("flaky")
+        .trigger(
+            Trigger::manual("m")
+                .string("order_id")
+                .integer("amount_cents")
+                .integer("succeed_on_attempt")
+                .field(Field::of("retry_after_ms", FieldType::Integer).optional()),
+        )
+        .step(Step::action("charge", "payments.charge").retry_exponential(
+            4,
+            Duration::from_millis(100),
+            Duration::from_millis(1000),
+        ))
+        .build();
+    let run = engine
+        .start(
+            &spec,
+            None,
+            json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 3}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("attempt 1");
+    let second = s.attempts_of("charge")[1];
+    assert_eq!((second.attempt, second.status.as_str()), (2, "scheduled"));
+    assert_eq!(second.visible_at, T0.plus_millis(100), "{}", db.name());
+    assert_eq!(second.runnable_key, format!("{}:charge:2", run.run_id));
+    assert!(
+        engine.execute_next(opts("w")).await.expect("ok").is_none(),
+        "not visible before the backoff"
+    );
+    clock.advance(Duration::from_millis(100));
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("attempt 2");
+    assert_eq!(
+        s.attempts_of("charge")[2].visible_at,
+        T0.plus_millis(100 + 200)
+    );
+    clock.advance(Duration::from_millis(200));
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("attempt 3");
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_eq!(s.context["attempt"], json!(3));
+    assert_consistent(&engine, &s).await;
 
-        // retry-after from the action overrides the backoff.
-        let run = engine
-            .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2, "retry_after_ms": 5000}), StartOptions::default())
-            .await
-            .expect("starts");
-        let s = engine.execute_next(opts("w")).await.expect("ok").expect("attempt 1");
-        assert_eq!(s.run_id, run.run_id);
-        assert_eq!(s.attempts_of("charge")[1].visible_at, clock_now(&clock).plus_millis(5000));
-    })
-    .await;
+    // retry-after from the action overrides the backoff.
+    let run = engine
+        .start(&spec, None, json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2, "retry_after_ms": 5000}), StartOptions::default())
+        .await
+        .expect("starts");
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("attempt 1");
+    assert_eq!(s.run_id, run.run_id);
+    assert_eq!(
+        s.attempts_of("charge")[1].visible_at,
+        clock_now(&clock).plus_millis(5000)
+    );
 }
+on_each_backend!(retries_follow_the_backoff_and_the_actions_retry_after);
 
 fn clock_now(clock: &ManualClock) -> squid_mesh::clock::Timestamp {
     use squid_mesh::clock::Clock as _;
@@ -263,104 +291,105 @@ fn charge_spec(error_route: bool) -> WorkflowSpec {
     b.build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_retries_fail_the_run_or_take_the_error_route() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let payload = json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 9});
+async fn exhausted_retries_fail_the_run_or_take_the_error_route(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let payload = json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 9});
 
-        let failing = charge_spec(false);
-        let run = engine
-            .start(&failing, None, payload.clone(), StartOptions::default())
-            .await
-            .expect("starts");
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
-        let error = s.error.clone().expect("error");
-        assert_eq!(
-            (
-                error["code"].as_str(),
-                error["attempt"].as_u64(),
-                error["step"].as_str()
-            ),
-            (Some("gateway_unavailable"), Some(2), Some("charge"))
-        );
-        assert_eq!(s.attempts_of("charge").len(), 2);
-        assert!(s.attempts_of("notify").is_empty());
-        assert_consistent(&engine, &s).await;
+    let failing = charge_spec(false);
+    let run = engine
+        .start(&failing, None, payload.clone(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+    let error = s.error.clone().expect("error");
+    assert_eq!(
+        (
+            error["code"].as_str(),
+            error["attempt"].as_u64(),
+            error["step"].as_str()
+        ),
+        (Some("gateway_unavailable"), Some(2), Some("charge"))
+    );
+    assert_eq!(s.attempts_of("charge").len(), 2);
+    assert!(s.attempts_of("notify").is_empty());
+    assert_consistent(&engine, &s).await;
 
-        let routed = charge_spec(true);
-        let run = engine
-            .start(&routed, None, payload.clone(), StartOptions::default())
-            .await
-            .expect("starts");
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_eq!(
-            s.attempts_of("notify")[0].status,
-            squid_mesh::vocab::AttemptStatus::Succeeded
-        );
-        let applied = engine
-            .journal(run.run_id)
-            .await
-            .expect("journal")
-            .into_iter()
-            .find_map(|(_, f)| match f {
-                Fact::RunnableApplied {
-                    route: Some(r),
-                    step,
-                    ..
-                } if step == "charge" => Some(r),
-                _ => None,
-            });
-        assert_eq!(
-            applied.and_then(|r| r.recovery),
-            Some("compensation".into())
-        );
-        assert_consistent(&engine, &s).await;
+    let routed = charge_spec(true);
+    let run = engine
+        .start(&routed, None, payload.clone(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_eq!(
+        s.attempts_of("notify")[0].status,
+        squid_mesh::vocab::AttemptStatus::Succeeded
+    );
+    let applied = engine
+        .journal(run.run_id)
+        .await
+        .expect("journal")
+        .into_iter()
+        .find_map(|(_, f)| match f {
+            Fact::RunnableApplied {
+                route: Some(r),
+                step,
+                ..
+            } if step == "charge" => Some(r),
+            _ => None,
+        });
+    assert_eq!(
+        applied.and_then(|r| r.recovery),
+        Some("compensation".into())
+    );
+    assert_consistent(&engine, &s).await;
 
-        // A non-retryable error skips the retries.
-        let declined = json!({"order_id": "o", "amount_cents": -1, "succeed_on_attempt": 0});
-        let run = engine
-            .start(&failing, None, declined, StartOptions::default())
-            .await
-            .expect("starts");
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.attempts_of("charge").len(), 1);
-        assert_eq!(s.error.expect("error")["code"], json!("invalid_amount"));
-    })
-    .await;
+    // A non-retryable error skips the retries.
+    let declined = json!({"order_id": "o", "amount_cents": -1, "succeed_on_attempt": 0});
+    let run = engine
+        .start(&failing, None, declined, StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.attempts_of("charge").len(), 1);
+    assert_eq!(s.error.expect("error")["code"], json!("invalid_amount"));
 }
+on_each_backend!(exhausted_retries_fail_the_run_or_take_the_error_route);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conditions_route_in_declaration_order_with_a_fallback() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let spec = WorkflowSpec::builder("routing")
-            .trigger(Trigger::manual("m").string("order_id").list("items"))
-            .step(Step::action("validate", "orders.validate").output("validation"))
-            .step(Step::log("big", LogLevel::Info, "big order"))
-            .step(Step::log("small", LogLevel::Info, "small order"))
-            .transition(Transition::on_ok("validate", "big").when_greater_than(["validation", "total_cents"], 1000.0))
-            .on_ok("validate", "small")
-            .on_ok("big", "complete")
-            .on_ok("small", "complete")
-            .build();
-        let big = json!({"order_id": "b", "items": [{"sku": "x", "quantity": 3, "unit_price_cents": 500}]});
-        for (payload, expected) in [(order(), "small"), (big, "big")] {
-            let run = engine.start(&spec, None, payload, StartOptions::default()).await.expect("starts");
-            drain(&engine).await;
-            let s = engine.snapshot(run.run_id).await.expect("snapshot");
-            assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
-            let ran: Vec<&str> = s.attempts.iter().map(|a| a.step.as_str()).collect();
-            assert_eq!(ran, ["validate", expected]);
-        }
-    })
-    .await;
+async fn conditions_route_in_declaration_order_with_a_fallback(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let spec = WorkflowSpec::builder("routing")
+        .trigger(Trigger::manual("m").string("order_id").list("items"))
+        .step(Step::action("validate", "orders.validate").output("validation"))
+        .step(Step::log("big", LogLevel::Info, "big order"))
+        .step(Step::log("small", LogLevel::Info, "small order"))
+        .transition(
+            Transition::on_ok("validate", "big")
+                .when_greater_than(["validation", "total_cents"], 1000.0),
+        )
+        .on_ok("validate", "small")
+        .on_ok("big", "complete")
+        .on_ok("small", "complete")
+        .build();
+    let big =
+        json!({"order_id": "b", "items": [{"sku": "x", "quantity": 3, "unit_price_cents": 500}]});
+    for (payload, expected) in [(order(), "small"), (big, "big")] {
+        let run = engine
+            .start(&spec, None, payload, StartOptions::default())
+            .await
+            .expect("starts");
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+        let ran: Vec<&str> = s.attempts.iter().map(|a| a.step.as_str()).collect();
+        assert_eq!(ran, ["validate", expected]);
+    }
 }
+on_each_backend!(conditions_route_in_declaration_order_with_a_fallback);
 
 /// Three roots and a join. With `fail_b`, root `b` charges without an order and fails
 /// non-retryably.
@@ -378,79 +407,76 @@ fn fan_out(fail_b: bool) -> WorkflowSpec {
         .build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dependency_roots_run_in_parallel_and_the_join_waits_for_all() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let run = engine
-            .start(&fan_out(false), None, json!({}), StartOptions::default())
-            .await
-            .expect("starts");
-        let visible: Vec<&str> = run
-            .attempts
-            .iter()
-            .filter(|a| a.visible_at == T0)
-            .map(|a| a.step.as_str())
-            .collect();
-        assert_eq!(
-            visible,
-            ["a", "b", "c"],
-            "every root is visible at once ({})",
-            db.name()
-        );
+async fn dependency_roots_run_in_parallel_and_the_join_waits_for_all(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(&fan_out(false), None, json!({}), StartOptions::default())
+        .await
+        .expect("starts");
+    let visible: Vec<&str> = run
+        .attempts
+        .iter()
+        .filter(|a| a.visible_at == T0)
+        .map(|a| a.step.as_str())
+        .collect();
+    assert_eq!(
+        visible,
+        ["a", "b", "c"],
+        "every root is visible at once ({})",
+        db.name()
+    );
 
-        // Two workers drain the run concurrently.
-        let workers: Vec<_> = ["w1", "w2"]
-            .into_iter()
-            .map(|owner| {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let mut ran = 0;
-                    loop {
-                        match engine.execute_next(opts(owner)).await {
-                            Ok(Some(_)) => ran += 1,
-                            Ok(None) => break,
-                            Err(e) => panic!("{owner}: {e}"),
-                        }
+    // Two workers drain the run concurrently.
+    let workers: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|owner| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut ran = 0;
+                loop {
+                    match engine.execute_next(opts(owner)).await {
+                        Ok(Some(_)) => ran += 1,
+                        Ok(None) => break,
+                        Err(e) => panic!("{owner}: {e}"),
                     }
-                    ran
-                })
+                }
+                ran
             })
-            .collect();
-        let mut total = 0;
-        for w in workers {
-            total += w.await.expect("worker");
-        }
-        assert_eq!(total, 4);
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Completed);
-        let join = s.attempts_of("join");
-        assert_eq!(join.len(), 1, "the join runs exactly once");
-        let roots_done = s
-            .attempts
-            .iter()
-            .filter(|a| a.step != "join")
-            .all(|a| a.status == squid_mesh::vocab::AttemptStatus::Succeeded);
-        assert!(roots_done);
-        // The join saw every root's output.
-        for k in ["a", "b", "c"] {
-            assert!(join[0].input.contains_key(k), "join input lacks {k}");
-        }
-        assert_consistent(&engine, &s).await;
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("worker");
+    }
+    assert_eq!(total, 4);
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed);
+    let join = s.attempts_of("join");
+    assert_eq!(join.len(), 1, "the join runs exactly once");
+    let roots_done = s
+        .attempts
+        .iter()
+        .filter(|a| a.step != "join")
+        .all(|a| a.status == squid_mesh::vocab::AttemptStatus::Succeeded);
+    assert!(roots_done);
+    // The join saw every root's output.
+    for k in ["a", "b", "c"] {
+        assert!(join[0].input.contains_key(k), "join input lacks {k}");
+    }
+    assert_consistent(&engine, &s).await;
 
-        // A failed dependency fails the run; the join never runs.
-        let run = engine
-            .start(&fan_out(true), None, json!({}), StartOptions::default())
-            .await
-            .expect("starts");
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Failed);
-        assert!(s.attempts_of("join").is_empty());
-        assert_consistent(&engine, &s).await;
-    })
-    .await;
+    // A failed dependency fails the run; the join never runs.
+    let run = engine
+        .start(&fan_out(true), None, json!({}), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(s.attempts_of("join").is_empty());
+    assert_consistent(&engine, &s).await;
 }
+on_each_backend!(dependency_roots_run_in_parallel_and_the_join_waits_for_all);
 
 fn slow() -> WorkflowSpec {
     WorkflowSpec::builder("slow")
@@ -459,494 +485,478 @@ fn slow() -> WorkflowSpec {
         .build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let run = engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 400}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        let short = ExecuteOptions::default()
-            .owner_id("late")
-            .lease_for(Duration::from_secs(1));
-        let late = claimed_in_background(&engine, short).await;
-        // The late worker holds the claim and its step runs: expire its lease.
-        clock.advance(Duration::from_secs(2));
-        let redelivered = engine
-            .execute_next(opts("rescuer"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(redelivered.status, RunStatus::Completed, "{}", db.name());
-        let attempt = &redelivered.attempts[0];
-        assert_eq!(
-            (attempt.attempt, attempt.claims, attempt.owner.as_deref()),
-            (1, 2, Some("rescuer"))
-        );
-        assert_eq!(
-            attempt.runnable_key,
-            format!("{}:nap:1", run.run_id),
-            "same attempt, same idempotency key"
-        );
+async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 400}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let short = ExecuteOptions::default()
+        .owner_id("late")
+        .lease_for(Duration::from_secs(1));
+    let late = claimed_in_background(&engine, short).await;
+    // The late worker holds the claim and its step runs: expire its lease.
+    clock.advance(Duration::from_secs(2));
+    let redelivered = engine
+        .execute_next(opts("rescuer"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(redelivered.status, RunStatus::Completed, "{}", db.name());
+    let attempt = &redelivered.attempts[0];
+    assert_eq!(
+        (attempt.attempt, attempt.claims, attempt.owner.as_deref()),
+        (1, 2, Some("rescuer"))
+    );
+    assert_eq!(
+        attempt.runnable_key,
+        format!("{}:nap:1", run.run_id),
+        "same attempt, same idempotency key"
+    );
 
-        let err = late.await.expect("task").expect_err("fenced");
-        assert!(matches!(err, EngineError::StaleClaim { .. }), "{err}");
-        let after = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(after, redelivered, "the late completion changed nothing");
-        let recorded = engine
-            .journal(run.run_id)
-            .await
-            .expect("journal")
-            .iter()
-            .filter(|(_, f)| f.kind() == "attempt_recorded")
-            .count();
-        assert_eq!(recorded, 1);
-        assert_consistent(&engine, &after).await;
-    })
-    .await;
+    let err = late.await.expect("task").expect_err("fenced");
+    assert!(matches!(err, EngineError::StaleClaim { .. }), "{err}");
+    let after = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(after, redelivered, "the late completion changed nothing");
+    let recorded = engine
+        .journal(run.run_id)
+        .await
+        .expect("journal")
+        .iter()
+        .filter(|(_, f)| f.kind() == "attempt_recorded")
+        .count();
+    assert_eq!(recorded, 1);
+    assert_consistent(&engine, &after).await;
 }
+on_each_backend!(an_expired_lease_is_redelivered_and_the_late_worker_is_fenced);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_keep_a_long_step_alive() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let run = engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 700}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        let beating = ExecuteOptions::default()
-            .owner_id("steady")
-            .lease_for(Duration::from_millis(1500))
-            .heartbeat_interval(Some(Duration::from_millis(40)));
-        let worker = {
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.execute_next(beating).await })
-        };
-        // Time runs fast: 3 s of engine time pass while the step sleeps 0.7 s, twice the
-        // 1.5 s lease, yet no one else may take the attempt. (Engine time runs 2.5 times real
-        // time, so a heartbeat may be late by half a second on a loaded machine.)
-        for _ in 0..30 {
-            tokio::time::sleep(Duration::from_millis(40)).await;
-            clock.advance(Duration::from_millis(100));
-            assert!(
-                engine
-                    .execute_next(opts("thief"))
-                    .await
-                    .expect("ok")
-                    .is_none(),
-                "{}",
-                db.name()
-            );
-        }
-        let done = worker.await.expect("task").expect("ok").expect("progress");
-        assert_eq!(done.status, RunStatus::Completed);
-        assert_eq!(done.attempts[0].claims, 1);
-        assert_eq!(done.run_id, run.run_id);
-
-        // Without heartbeats the same step loses its claim to another worker.
-        let run = engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 700}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        let lazy = ExecuteOptions::default()
-            .owner_id("lazy")
-            .lease_for(Duration::from_secs(1));
-        let worker = claimed_in_background(&engine, lazy).await;
-        clock.advance(Duration::from_secs(2));
-        let taken = engine
-            .execute_next(opts("thief"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(taken.attempts[0].owner.as_deref(), Some("thief"));
-        assert!(worker.await.expect("task").is_err());
-        assert_eq!(taken.run_id, run.run_id);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_completion_and_application_is_applied_without_rerunning() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let run = engine
-            .start("checkout", None, order(), StartOptions::default())
-            .await
-            .expect("starts");
-        let crash = opts("doomed").crash_after_record(true);
-        let err = engine.execute_next(crash).await.expect_err("crashed");
-        assert!(matches!(err, EngineError::SimulatedCrash));
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(
-            s.attempts[0].status,
-            squid_mesh::vocab::AttemptStatus::Recorded,
+async fn heartbeats_keep_a_long_step_alive(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 700}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let beating = ExecuteOptions::default()
+        .owner_id("steady")
+        .lease_for(Duration::from_millis(1500))
+        .heartbeat_interval(Some(Duration::from_millis(40)));
+    let worker = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.execute_next(beating).await })
+    };
+    // Time runs fast: 3 s of engine time pass while the step sleeps 0.7 s, twice the
+    // 1.5 s lease, yet no one else may take the attempt. (Engine time runs 2.5 times real
+    // time, so a heartbeat may be late by half a second on a loaded machine.)
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        clock.advance(Duration::from_millis(100));
+        assert!(
+            engine
+                .execute_next(opts("thief"))
+                .await
+                .expect("ok")
+                .is_none(),
             "{}",
             db.name()
         );
-        assert!(matches!(
-            s.attempts[0].outcome,
-            Some(StepOutcome::Succeeded { .. })
-        ));
+    }
+    let done = worker.await.expect("task").expect("ok").expect("progress");
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(done.attempts[0].claims, 1);
+    assert_eq!(done.run_id, run.run_id);
 
-        // A restarted worker applies the recorded outcome; the step does not run again.
-        let restarted = db.engine(&registry(), &clock).await;
-        let s = restarted
-            .execute_next(opts("next"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(
-            s.attempts[0].status,
-            squid_mesh::vocab::AttemptStatus::Succeeded
-        );
-        assert_eq!(s.attempts[0].claims, 1);
-        assert_eq!(
-            s.attempts_of("charge")[0].status,
-            squid_mesh::vocab::AttemptStatus::Scheduled
-        );
-        let claims = restarted
-            .journal(run.run_id)
-            .await
-            .expect("journal")
-            .iter()
-            .filter(|(_, f)| f.kind() == "attempt_claimed")
-            .count();
-        assert_eq!(claims, 1);
-        drain(&restarted).await;
-        let s = restarted.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_consistent(&restarted, &s).await;
-    })
-    .await;
+    // Without heartbeats the same step loses its claim to another worker.
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 700}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let lazy = ExecuteOptions::default()
+        .owner_id("lazy")
+        .lease_for(Duration::from_secs(1));
+    let worker = claimed_in_background(&engine, lazy).await;
+    clock.advance(Duration::from_secs(2));
+    let taken = engine
+        .execute_next(opts("thief"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(taken.attempts[0].owner.as_deref(), Some("thief"));
+    assert!(worker.await.expect("task").is_err());
+    assert_eq!(taken.run_id, run.run_id);
 }
+on_each_backend!(heartbeats_keep_a_long_step_alive);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_survives_an_engine_restart() {
-    each(|db, clock| async move {
-        let run_id = {
-            let engine = db.engine(&registry(), &clock).await;
-            let spec = WorkflowSpec::builder("waiting")
-                .trigger(Trigger::manual("m").string("order_id").list("items"))
-                .step(Step::action("validate", "orders.validate").output("validation"))
-                .step(Step::wait("cool_off", Duration::from_millis(1_500)))
-                .step(
-                    Step::action("charge", "payments.charge")
-                        .input_path("order_id", ["order_id"])
-                        .input_path("amount_cents", ["validation", "total_cents"]),
-                )
-                .on_ok("validate", "cool_off")
-                .on_ok("cool_off", "charge")
-                .build();
-            let run = engine
-                .start(&spec, None, order(), StartOptions::default())
-                .await
-                .expect("starts");
-            engine
-                .execute_next(opts("w"))
-                .await
-                .expect("ok")
-                .expect("validate");
-            let s = engine
-                .execute_next(opts("w"))
-                .await
-                .expect("ok")
-                .expect("wait");
-            // The wait delays its successor durably, to the millisecond.
-            assert_eq!(
-                s.attempts_of("charge")[0].visible_at,
-                T0.plus_millis(1_500),
-                "{}",
-                db.name()
-            );
-            run.run_id
-        };
-        // A new engine (as after a process restart) on the same database finishes the run.
-        let engine = db.engine(&registry(), &clock).await;
-        assert!(
-            engine.execute_next(opts("w")).await.expect("ok").is_none(),
-            "still waiting"
-        );
-        clock.advance(Duration::from_millis(1_499));
-        assert!(
-            engine.execute_next(opts("w")).await.expect("ok").is_none(),
-            "1 ms early"
-        );
-        clock.advance(Duration::from_millis(1));
-        let s = engine
-            .execute_next(opts("w"))
-            .await
-            .expect("ok")
-            .expect("charge");
-        assert_eq!(s.run_id, run_id);
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_consistent(&engine, &s).await;
-    })
-    .await;
+async fn a_crash_between_completion_and_application_is_applied_without_rerunning(
+    db: Db,
+    clock: ManualClock,
+) {
+    let engine = db.engine(&registry(), &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let run = engine
+        .start("checkout", None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    let crash = opts("doomed").crash_after_record(true);
+    let err = engine.execute_next(crash).await.expect_err("crashed");
+    assert!(matches!(err, EngineError::SimulatedCrash));
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(
+        s.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Recorded,
+        "{}",
+        db.name()
+    );
+    assert!(matches!(
+        s.attempts[0].outcome,
+        Some(StepOutcome::Succeeded { .. })
+    ));
+
+    // A restarted worker applies the recorded outcome; the step does not run again.
+    let restarted = db.engine(&registry(), &clock).await;
+    let s = restarted
+        .execute_next(opts("next"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(
+        s.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Succeeded
+    );
+    assert_eq!(s.attempts[0].claims, 1);
+    assert_eq!(
+        s.attempts_of("charge")[0].status,
+        squid_mesh::vocab::AttemptStatus::Scheduled
+    );
+    let claims = restarted
+        .journal(run.run_id)
+        .await
+        .expect("journal")
+        .iter()
+        .filter(|(_, f)| f.kind() == "attempt_claimed")
+        .count();
+    assert_eq!(claims, 1);
+    drain(&restarted).await;
+    let s = restarted.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_consistent(&restarted, &s).await;
 }
+on_each_backend!(a_crash_between_completion_and_application_is_applied_without_rerunning);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_are_idempotent_by_key_and_by_run_id() {
-    each(|db, clock| async move {
+async fn a_run_survives_an_engine_restart(db: Db, clock: ManualClock) {
+    let run_id = {
         let engine = db.engine(&registry(), &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let keyed = || StartOptions::default().idempotency_key("order-o-1");
-        let first = engine
-            .start("checkout", None, order(), keyed())
-            .await
-            .expect("starts");
-        let again = engine
-            .start("checkout", None, order(), keyed())
-            .await
-            .expect("same run");
-        assert_eq!(first.run_id, again.run_id, "{}", db.name());
-        assert_eq!(again.attempts.len(), 1, "nothing was planned twice");
-        let other = json!({"order_id": "o-2", "items": []});
-        let err = engine
-            .start("checkout", None, other.clone(), keyed())
-            .await
-            .expect_err("conflict");
-        assert_eq!(err.code(), "idempotency_conflict");
-
-        let by_id = StartOptions::default().run_id(first.run_id);
-        assert_eq!(
-            engine
-                .start("checkout", None, order(), by_id.clone())
-                .await
-                .expect("same")
-                .run_id,
-            first.run_id
-        );
-        assert_eq!(
-            engine
-                .start("checkout", None, other, by_id)
-                .await
-                .expect_err("conflict")
-                .code(),
-            "idempotency_conflict"
-        );
-        assert_eq!(
-            engine.journal(first.run_id).await.expect("journal").len(),
-            3,
-            "receipt, start, plan"
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_payloads_and_options_are_reported_together_and_write_nothing() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let keyed = StartOptions::default().idempotency_key("k");
-        let err = engine
-            .start(
-                "checkout",
-                None,
-                json!({"items": "many", "colour": "red"}),
-                keyed,
-            )
-            .await
-            .expect_err("invalid");
-        assert_eq!(err.code(), "invalid_payload", "{}", db.name());
-        let problems: Vec<(&str, &str)> = err
-            .problems()
-            .iter()
-            .map(|p| (p.path.as_str(), p.code.as_str()))
-            .collect();
-        assert_eq!(
-            problems,
-            [
-                ("payload.order_id", "missing_field"),
-                ("payload.colour", "unknown_field"),
-                ("payload.items", "invalid_type")
-            ]
-        );
-        let would_be = squid_mesh::RunId::derived(&["checkout", "manual", "k"]);
-        assert_eq!(
-            engine
-                .snapshot(would_be)
-                .await
-                .expect_err("nothing written")
-                .code(),
-            "run_not_found"
-        );
-
-        // A payload nested deeper than the runtime could read back is refused at the door.
-        let mut deep = json!("leaf");
-        for _ in 0..125 {
-            deep = json!([deep]);
-        }
-        let err = engine
-            .start(
-                "checkout",
-                None,
-                json!({"order_id": "o", "items": [], "extra": deep}),
-                StartOptions::default().idempotency_key("k"),
-            )
-            .await
-            .expect_err("too deep");
-        assert_eq!(err.problems()[0].code, "too_deep", "{}", db.name());
-        assert_eq!(
-            engine
-                .snapshot(would_be)
-                .await
-                .expect_err("nothing written")
-                .code(),
-            "run_not_found"
-        );
-
-        assert_eq!(
-            engine
-                .start("nope", None, json!({}), StartOptions::default())
-                .await
-                .expect_err("unknown")
-                .code(),
-            "unknown_workflow"
-        );
-        assert_eq!(
-            engine
-                .start("checkout", Some("cron"), order(), StartOptions::default())
-                .await
-                .expect_err("unknown")
-                .code(),
-            "unknown_trigger"
-        );
-        let bad_queue = StartOptions::default().queue("no spaces");
-        assert_eq!(
-            engine
-                .start("checkout", None, order(), bad_queue)
-                .await
-                .expect_err("queue")
-                .code(),
-            "invalid_option"
-        );
-        let bad_lease = ExecuteOptions::default().lease_for(Duration::ZERO);
-        assert_eq!(
-            engine
-                .execute_next(bad_lease)
-                .await
-                .expect_err("lease")
-                .problems()[0]
-                .path,
-            "lease_for"
-        );
-        let broken = WorkflowSpec::builder("broken")
-            .trigger(Trigger::manual("m"))
-            .step(Step::action("a", "not.registered"))
-            .build();
-        let err = engine
-            .start(&broken, None, json!({}), StartOptions::default())
-            .await
-            .expect_err("spec");
-        assert_eq!(
-            (err.code(), err.problems()[0].code.as_str()),
-            ("invalid_spec", "unknown_action")
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_input_path_fails_the_run_with_a_structured_error() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let spec = WorkflowSpec::builder("mapping")
+        let spec = WorkflowSpec::builder("waiting")
             .trigger(Trigger::manual("m").string("order_id").list("items"))
             .step(Step::action("validate", "orders.validate").output("validation"))
+            .step(Step::wait("cool_off", Duration::from_millis(1_500)))
             .step(
                 Step::action("charge", "payments.charge")
-                    .input_path("amount_cents", ["validation", "tax", "cents"]),
+                    .input_path("order_id", ["order_id"])
+                    .input_path("amount_cents", ["validation", "total_cents"]),
             )
-            .on_ok("validate", "charge")
+            .on_ok("validate", "cool_off")
+            .on_ok("cool_off", "charge")
             .build();
         let run = engine
             .start(&spec, None, order(), StartOptions::default())
             .await
             .expect("starts");
-        let s = engine
-            .execute_next(opts("w"))
-            .await
-            .expect("ok")
-            .expect("progress");
-        assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
-        let e = s.error.clone().expect("error");
-        assert_eq!(e["code"], json!("missing_input_path"));
-        assert_eq!(e["step"], json!("charge"));
-        assert_eq!(e["missing_at"], json!("tax"));
-        assert_eq!(e["path"], json!(["validation", "tax", "cents"]));
-        assert!(s.attempts_of("charge").is_empty());
-        assert_eq!(s.run_id, run.run_id);
-        assert_consistent(&engine, &s).await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_executes_its_pinned_definition_and_fails_closed_when_it_cannot() {
-    each(|db, clock| async move {
-        let reg = registry();
-        let engine = db.engine(&reg, &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let run = engine
-            .start("checkout", None, order(), StartOptions::default())
-            .await
-            .expect("starts");
-        // The host's code changes: the workflow now has a different shape.
-        let v2 = WorkflowSpec::builder("checkout")
-            .version("v2")
-            .trigger(Trigger::manual("manual").string("order_id").list("items"))
-            .step(Step::action("only", "echo"))
-            .build();
-        engine.register_workflow(v2).expect("valid");
-        let s = engine
+        engine
             .execute_next(opts("w"))
             .await
             .expect("ok")
             .expect("validate");
-        assert_eq!(
-            s.attempts_of("charge").len(),
-            1,
-            "the pinned v1 plans charge ({})",
-            db.name()
-        );
-
-        // The charge action is replaced by a different component: the run fails closed.
-        reg.register(file_action("payments.charge", artifacts::ECHO.as_ref()))
-            .expect("re-registers");
         let s = engine
             .execute_next(opts("w"))
             .await
             .expect("ok")
-            .expect("progress");
-        assert_eq!(s.status, RunStatus::Failed);
-        let e = s.error.expect("error");
-        assert_eq!(e["code"], json!("action_digest_changed"));
-        assert_eq!(e["retryable"], json!(false));
-        assert_eq!(s.run_id, run.run_id);
-    })
-    .await;
+            .expect("wait");
+        // The wait delays its successor durably, to the millisecond.
+        assert_eq!(
+            s.attempts_of("charge")[0].visible_at,
+            T0.plus_millis(1_500),
+            "{}",
+            db.name()
+        );
+        run.run_id
+    };
+    // A new engine (as after a process restart) on the same database finishes the run.
+    let engine = db.engine(&registry(), &clock).await;
+    assert!(
+        engine.execute_next(opts("w")).await.expect("ok").is_none(),
+        "still waiting"
+    );
+    clock.advance(Duration::from_millis(1_499));
+    assert!(
+        engine.execute_next(opts("w")).await.expect("ok").is_none(),
+        "1 ms early"
+    );
+    clock.advance(Duration::from_millis(1));
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("charge");
+    assert_eq!(s.run_id, run_id);
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_consistent(&engine, &s).await;
 }
+on_each_backend!(a_run_survives_an_engine_restart);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spec_file_is_a_workflow() {
+async fn starts_are_idempotent_by_key_and_by_run_id(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let keyed = || StartOptions::default().idempotency_key("order-o-1");
+    let first = engine
+        .start("checkout", None, order(), keyed())
+        .await
+        .expect("starts");
+    let again = engine
+        .start("checkout", None, order(), keyed())
+        .await
+        .expect("same run");
+    assert_eq!(first.run_id, again.run_id, "{}", db.name());
+    assert_eq!(again.attempts.len(), 1, "nothing was planned twice");
+    let other = json!({"order_id": "o-2", "items": []});
+    let err = engine
+        .start("checkout", None, other.clone(), keyed())
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code(), "idempotency_conflict");
+
+    let by_id = StartOptions::default().run_id(first.run_id);
+    assert_eq!(
+        engine
+            .start("checkout", None, order(), by_id.clone())
+            .await
+            .expect("same")
+            .run_id,
+        first.run_id
+    );
+    assert_eq!(
+        engine
+            .start("checkout", None, other, by_id)
+            .await
+            .expect_err("conflict")
+            .code(),
+        "idempotency_conflict"
+    );
+    assert_eq!(
+        engine.journal(first.run_id).await.expect("journal").len(),
+        3,
+        "receipt, start, plan"
+    );
+}
+on_each_backend!(starts_are_idempotent_by_key_and_by_run_id);
+
+async fn bad_payloads_and_options_are_reported_together_and_write_nothing(
+    db: Db,
+    clock: ManualClock,
+) {
+    let engine = db.engine(&registry(), &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let keyed = StartOptions::default().idempotency_key("k");
+    let err = engine
+        .start(
+            "checkout",
+            None,
+            json!({"items": "many", "colour": "red"}),
+            keyed,
+        )
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), "invalid_payload", "{}", db.name());
+    let problems: Vec<(&str, &str)> = err
+        .problems()
+        .iter()
+        .map(|p| (p.path.as_str(), p.code.as_str()))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("payload.order_id", "missing_field"),
+            ("payload.colour", "unknown_field"),
+            ("payload.items", "invalid_type")
+        ]
+    );
+    let would_be = squid_mesh::RunId::derived(&["checkout", "manual", "k"]);
+    assert_eq!(
+        engine
+            .snapshot(would_be)
+            .await
+            .expect_err("nothing written")
+            .code(),
+        "run_not_found"
+    );
+
+    // A payload nested deeper than the runtime could read back is refused at the door.
+    let mut deep = json!("leaf");
+    for _ in 0..125 {
+        deep = json!([deep]);
+    }
+    let err = engine
+        .start(
+            "checkout",
+            None,
+            json!({"order_id": "o", "items": [], "extra": deep}),
+            StartOptions::default().idempotency_key("k"),
+        )
+        .await
+        .expect_err("too deep");
+    assert_eq!(err.problems()[0].code, "too_deep", "{}", db.name());
+    assert_eq!(
+        engine
+            .snapshot(would_be)
+            .await
+            .expect_err("nothing written")
+            .code(),
+        "run_not_found"
+    );
+
+    assert_eq!(
+        engine
+            .start("nope", None, json!({}), StartOptions::default())
+            .await
+            .expect_err("unknown")
+            .code(),
+        "unknown_workflow"
+    );
+    assert_eq!(
+        engine
+            .start("checkout", Some("cron"), order(), StartOptions::default())
+            .await
+            .expect_err("unknown")
+            .code(),
+        "unknown_trigger"
+    );
+    let bad_queue = StartOptions::default().queue("no spaces");
+    assert_eq!(
+        engine
+            .start("checkout", None, order(), bad_queue)
+            .await
+            .expect_err("queue")
+            .code(),
+        "invalid_option"
+    );
+    let bad_lease = ExecuteOptions::default().lease_for(Duration::ZERO);
+    assert_eq!(
+        engine
+            .execute_next(bad_lease)
+            .await
+            .expect_err("lease")
+            .problems()[0]
+            .path,
+        "lease_for"
+    );
+    let broken = WorkflowSpec::builder("broken")
+        .trigger(Trigger::manual("m"))
+        .step(Step::action("a", "not.registered"))
+        .build();
+    let err = engine
+        .start(&broken, None, json!({}), StartOptions::default())
+        .await
+        .expect_err("spec");
+    assert_eq!(
+        (err.code(), err.problems()[0].code.as_str()),
+        ("invalid_spec", "unknown_action")
+    );
+}
+on_each_backend!(bad_payloads_and_options_are_reported_together_and_write_nothing);
+
+async fn a_missing_input_path_fails_the_run_with_a_structured_error(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let spec = WorkflowSpec::builder("mapping")
+        .trigger(Trigger::manual("m").string("order_id").list("items"))
+        .step(Step::action("validate", "orders.validate").output("validation"))
+        .step(
+            Step::action("charge", "payments.charge")
+                .input_path("amount_cents", ["validation", "tax", "cents"]),
+        )
+        .on_ok("validate", "charge")
+        .build();
+    let run = engine
+        .start(&spec, None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+    let e = s.error.clone().expect("error");
+    assert_eq!(e["code"], json!("missing_input_path"));
+    assert_eq!(e["step"], json!("charge"));
+    assert_eq!(e["missing_at"], json!("tax"));
+    assert_eq!(e["path"], json!(["validation", "tax", "cents"]));
+    assert!(s.attempts_of("charge").is_empty());
+    assert_eq!(s.run_id, run.run_id);
+    assert_consistent(&engine, &s).await;
+}
+on_each_backend!(a_missing_input_path_fails_the_run_with_a_structured_error);
+
+async fn a_run_executes_its_pinned_definition_and_fails_closed_when_it_cannot(
+    db: Db,
+    clock: ManualClock,
+) {
+    let reg = registry();
+    let engine = db.engine(&reg, &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let run = engine
+        .start("checkout", None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    // The host's code changes: the workflow now has a different shape.
+    let v2 = WorkflowSpec::builder("checkout")
+        .version("v2")
+        .trigger(Trigger::manual("manual").string("order_id").list("items"))
+        .step(Step::action("only", "echo"))
+        .build();
+    engine.register_workflow(v2).expect("valid");
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("validate");
+    assert_eq!(
+        s.attempts_of("charge").len(),
+        1,
+        "the pinned v1 plans charge ({})",
+        db.name()
+    );
+
+    // The charge action is replaced by a different component: the run fails closed.
+    reg.register(file_action("payments.charge", artifacts::ECHO.as_ref()))
+        .expect("re-registers");
+    let s = engine
+        .execute_next(opts("w"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Failed);
+    let e = s.error.expect("error");
+    assert_eq!(e["code"], json!("action_digest_changed"));
+    assert_eq!(e["retryable"], json!(false));
+    assert_eq!(s.run_id, run.run_id);
+}
+on_each_backend!(a_run_executes_its_pinned_definition_and_fails_closed_when_it_cannot);
+
+async fn a_spec_file_is_a_workflow(db: Db, clock: ManualClock) {
     let toml = r#"
 name = "from_file"
 version = "1"
@@ -989,79 +999,71 @@ to = "echo"
         spec
     );
     spec.validate(Some(&registry())).expect("valid");
-    each(|db: Db, clock| {
-        let spec = spec.clone();
-        async move {
-            let engine = db.engine(&registry(), &clock).await;
-            let run = engine
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(&spec, None, json!({}), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    clock.advance(Duration::from_millis(250));
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    assert_eq!(
+        s.attempts_of("echo")[0].input,
+        json!({"greeting": "hello"})
+            .as_object()
+            .cloned()
+            .expect("object")
+    );
+}
+on_each_backend!(a_spec_file_is_a_workflow);
+
+async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let spec = WorkflowSpec::builder("one_step")
+        .trigger(Trigger::manual("m"))
+        .step(Step::action("echo", "echo"))
+        .build();
+    let mut runs = Vec::new();
+    for _ in 0..40 {
+        runs.push(
+            engine
                 .start(&spec, None, json!({}), StartOptions::default())
                 .await
-                .expect("starts");
-            drain(&engine).await;
-            clock.advance(Duration::from_millis(250));
-            drain(&engine).await;
-            let s = engine.snapshot(run.run_id).await.expect("snapshot");
-            assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
-            assert_eq!(
-                s.attempts_of("echo")[0].input,
-                json!({"greeting": "hello"})
-                    .as_object()
-                    .cloned()
-                    .expect("object")
-            );
-        }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_workers_claim_every_attempt_exactly_once() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let spec = WorkflowSpec::builder("one_step")
-            .trigger(Trigger::manual("m"))
-            .step(Step::action("echo", "echo"))
-            .build();
-        let mut runs = Vec::new();
-        for _ in 0..40 {
-            runs.push(
-                engine
-                    .start(&spec, None, json!({}), StartOptions::default())
+                .expect("starts")
+                .run_id,
+        );
+    }
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while engine
+                    .execute_next(opts(&format!("w{i}")))
                     .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
-        let workers: Vec<_> = (0..4)
-            .map(|i| {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let mut n = 0;
-                    while engine
-                        .execute_next(opts(&format!("w{i}")))
-                        .await
-                        .expect("execute_next")
-                        .is_some()
-                    {
-                        n += 1;
-                    }
-                    n
-                })
+                    .expect("execute_next")
+                    .is_some()
+                {
+                    n += 1;
+                }
+                n
             })
-            .collect();
-        let mut total = 0;
-        for w in workers {
-            total += w.await.expect("worker");
-        }
-        assert_eq!(total, 40, "{}", db.name());
-        for run in runs {
-            let s = engine.snapshot(run).await.expect("snapshot");
-            assert_eq!(s.status, RunStatus::Completed);
-            assert_eq!(s.attempts[0].claims, 1, "claimed once");
-        }
-    })
-    .await;
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("worker");
+    }
+    assert_eq!(total, 40, "{}", db.name());
+    for run in runs {
+        let s = engine.snapshot(run).await.expect("snapshot");
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_eq!(s.attempts[0].claims, 1, "claimed once");
+    }
 }
+on_each_backend!(concurrent_workers_claim_every_attempt_exactly_once);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_owned_pools_work_on_both_databases() {
@@ -1142,150 +1144,146 @@ async fn host_owned_pools_work_on_both_databases() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chained_call_runs_a_runs_steps_back_to_back() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        engine.register_workflow(linear()).expect("valid");
-        let run = engine
-            .start("checkout", None, order(), StartOptions::default())
-            .await
-            .expect("starts");
-        let chained = opts("chainer").chain(8);
-        // One call: validate, then charge, claimed by validate's completion.
-        let s = engine
+async fn a_chained_call_runs_a_runs_steps_back_to_back(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    engine.register_workflow(linear()).expect("valid");
+    let run = engine
+        .start("checkout", None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    let chained = opts("chainer").chain(8);
+    // One call: validate, then charge, claimed by validate's completion.
+    let s = engine
+        .execute_next(chained.clone())
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    assert_eq!(s.attempts.len(), 2);
+    assert!(
+        s.attempts
+            .iter()
+            .all(|a| a.claims == 1 && a.owner.as_deref() == Some("chainer"))
+    );
+    let claims = engine
+        .journal(run.run_id)
+        .await
+        .expect("journal")
+        .iter()
+        .filter(|(_, f)| f.kind() == "attempt_claimed")
+        .count();
+    assert_eq!(claims, 2, "every chained step is claimed and journaled");
+    assert_consistent(&engine, &s).await;
+    assert!(
+        engine
             .execute_next(chained.clone())
             .await
             .expect("ok")
-            .expect("progress");
-        assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
-        assert_eq!(s.attempts.len(), 2);
-        assert!(
-            s.attempts
-                .iter()
-                .all(|a| a.claims == 1 && a.owner.as_deref() == Some("chainer"))
-        );
-        let claims = engine
-            .journal(run.run_id)
-            .await
-            .expect("journal")
-            .iter()
-            .filter(|(_, f)| f.kind() == "attempt_claimed")
-            .count();
-        assert_eq!(claims, 2, "every chained step is claimed and journaled");
-        assert_consistent(&engine, &s).await;
-        assert!(
-            engine
-                .execute_next(chained.clone())
-                .await
-                .expect("ok")
-                .is_none()
-        );
+            .is_none()
+    );
 
-        // Without chaining, one call runs one step.
-        let run = engine
-            .start("checkout", None, json!({"order_id": "o-2", "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}]}), StartOptions::default())
+    // Without chaining, one call runs one step.
+    let run = engine
+        .start("checkout", None, json!({"order_id": "o-2", "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}]}), StartOptions::default())
+        .await
+        .expect("starts");
+    let one = opts("single").chain(0);
+    let s = engine
+        .execute_next(one.clone())
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(s.run_id, run.run_id);
+    assert_eq!(s.status, RunStatus::Running);
+    assert_eq!(
+        s.attempts_of("charge")[0].status,
+        squid_mesh::vocab::AttemptStatus::Scheduled
+    );
+    // A chain of one more step finishes it; a failed step's immediate retry is chained too.
+    let charge = charge_spec(false);
+    let run = engine
+        .start(
+            &charge,
+            None,
+            json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_consistent(&engine, &s).await;
+    let s = engine.execute_next(opts("w").chain(1)).await.expect("ok");
+    assert!(s.is_none(), "everything ran");
+}
+on_each_backend!(a_chained_call_runs_a_runs_steps_back_to_back);
+
+/// A step error whose message and details carry secrets is stored redacted everywhere (the
+/// attempt's outcome, the run's error, the journal), unless the host turns the policy off.
+async fn secrets_in_step_errors_are_redacted_before_they_are_stored(db: Db, clock: ManualClock) {
+    let registry = registry();
+    registry
+        .register(file_action("conformance", artifacts::CONFORMANCE.as_ref()))
+        .expect("registers");
+    let spec = WorkflowSpec::builder("leaky")
+        .trigger(Trigger::manual("m").string("op").string("reason"))
+        .step(Step::action("call", "conformance"))
+        .build();
+    let reason = r#"401 with Authorization: Bearer abc.def.ghi; retry token=tok-123 body {"password": "hunter2"}"#;
+    let secrets = ["abc.def.ghi", "tok-123", "hunter2"];
+    for (policy, redacted) in [
+        (squid_mesh::redact::RedactionPolicy::default(), true),
+        (squid_mesh::redact::RedactionPolicy::off(), false),
+    ] {
+        let engine = db
+            .builder(&registry, &clock)
+            .redaction(policy)
+            .build()
             .await
-            .expect("starts");
-        let one = opts("single").chain(0);
-        let s = engine.execute_next(one.clone()).await.expect("ok").expect("progress");
-        assert_eq!(s.run_id, run.run_id);
-        assert_eq!(s.status, RunStatus::Running);
-        assert_eq!(s.attempts_of("charge")[0].status, squid_mesh::vocab::AttemptStatus::Scheduled);
-        // A chain of one more step finishes it; a failed step's immediate retry is chained too.
-        let charge = charge_spec(false);
+            .expect("engine builds");
         let run = engine
             .start(
-                &charge,
+                &spec,
                 None,
-                json!({"order_id": "o", "amount_cents": 5, "succeed_on_attempt": 2}),
+                json!({"op": "fail_fatal", "reason": reason}),
                 StartOptions::default(),
             )
             .await
             .expect("starts");
         drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_consistent(&engine, &s).await;
-        let s = engine
-            .execute_next(opts("w").chain(1))
+        let snap = engine.snapshot(run.run_id).await.expect("snapshot");
+        assert_eq!(snap.status, RunStatus::Failed, "{}", db.name());
+        // Where the error is stored (the input is the host's own data, kept as given).
+        let outcomes: Vec<_> = snap.attempts.iter().map(|a| &a.outcome).collect();
+        let facts: Vec<_> = engine
+            .journal(run.run_id)
             .await
-            .expect("ok");
-        assert!(s.is_none(), "everything ran");
-    })
-    .await;
-}
-
-/// A step error whose message and details carry secrets is stored redacted everywhere (the
-/// attempt's outcome, the run's error, the journal), unless the host turns the policy off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_in_step_errors_are_redacted_before_they_are_stored() {
-    each(|db, clock| async move {
-        let registry = registry();
-        registry
-            .register(file_action("conformance", artifacts::CONFORMANCE.as_ref()))
-            .expect("registers");
-        let spec = WorkflowSpec::builder("leaky")
-            .trigger(Trigger::manual("m").string("op").string("reason"))
-            .step(Step::action("call", "conformance"))
-            .build();
-        let reason = r#"401 with Authorization: Bearer abc.def.ghi; retry token=tok-123 body {"password": "hunter2"}"#;
-        let secrets = ["abc.def.ghi", "tok-123", "hunter2"];
-        for (policy, redacted) in [
-            (squid_mesh::redact::RedactionPolicy::default(), true),
-            (squid_mesh::redact::RedactionPolicy::off(), false),
-        ] {
-            let engine = db
-                .builder(&registry, &clock)
-                .redaction(policy)
-                .build()
-                .await
-                .expect("engine builds");
-            let run = engine
-                .start(
-                    &spec,
-                    None,
-                    json!({"op": "fail_fatal", "reason": reason}),
-                    StartOptions::default(),
-                )
-                .await
-                .expect("starts");
-            drain(&engine).await;
-            let snap = engine.snapshot(run.run_id).await.expect("snapshot");
-            assert_eq!(snap.status, RunStatus::Failed, "{}", db.name());
-            // Where the error is stored (the input is the host's own data, kept as given).
-            let outcomes: Vec<_> = snap.attempts.iter().map(|a| &a.outcome).collect();
-            let facts: Vec<_> = engine
-                .journal(run.run_id)
-                .await
-                .expect("journal")
-                .into_iter()
-                .filter(|(_, f)| {
-                    matches!(f, Fact::AttemptRecorded { .. } | Fact::RunTerminal { .. })
-                })
-                .collect();
-            let stored = format!(
-                "{} {} {facts:?}",
-                serde_json::to_string(&snap.error).expect("json"),
-                serde_json::to_string(&outcomes).expect("json"),
+            .expect("journal")
+            .into_iter()
+            .filter(|(_, f)| matches!(f, Fact::AttemptRecorded { .. } | Fact::RunTerminal { .. }))
+            .collect();
+        let stored = format!(
+            "{} {} {facts:?}",
+            serde_json::to_string(&snap.error).expect("json"),
+            serde_json::to_string(&outcomes).expect("json"),
+        );
+        for secret in secrets {
+            assert_eq!(
+                !stored.contains(secret),
+                redacted,
+                "{secret} in {stored} ({})",
+                db.name()
             );
-            for secret in secrets {
-                assert_eq!(
-                    !stored.contains(secret),
-                    redacted,
-                    "{secret} in {stored} ({})",
-                    db.name()
-                );
-            }
-            if redacted {
-                assert!(stored.contains("[REDACTED]"));
-                let error = &snap.error.as_ref().expect("an error")["code"];
-                assert_eq!(error, &json!("request_rejected"), "the code is kept");
-            }
         }
-    })
-    .await;
+        if redacted {
+            assert!(stored.contains("[REDACTED]"));
+            let error = &snap.error.as_ref().expect("an error")["code"];
+            assert_eq!(error, &json!("request_rejected"), "the code is kept");
+        }
+    }
 }
+on_each_backend!(secrets_in_step_errors_are_redacted_before_they_are_stored);
 
 /// A host's SQLite file with a table of the same name is refused before anything is written:
 /// no migration history is left behind in a database that is not ours.
@@ -1317,56 +1315,53 @@ async fn a_foreign_sqlite_database_is_refused_untouched() {
     assert_eq!(history, 0, "nothing written");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_stops_background_work_and_releases_wasm_steps() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        // Lanes run: a first run completes through the group commit.
-        let first = engine
-            .start(&linear(), None, order(), StartOptions::default())
-            .await
-            .expect("starts");
-        assert_eq!(drain(&engine).await, 2, "{}", db.name());
-        engine.close().await;
-        engine.close().await; // idempotent
+async fn close_stops_background_work_and_releases_wasm_steps(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    // Lanes run: a first run completes through the group commit.
+    let first = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    assert_eq!(drain(&engine).await, 2, "{}", db.name());
+    engine.close().await;
+    engine.close().await; // idempotent
 
-        // After close, a WebAssembly step is not run: its claim is released, not failed.
-        let second = engine
-            .start(&linear(), None, order(), StartOptions::default())
-            .await
-            .expect("starts after close");
-        let err = engine
-            .execute_next(opts("w"))
-            .await
-            .expect_err("host closed");
-        assert_eq!(err.code(), "host_closed", "{}", db.name());
-        assert!(err.is_retryable());
-        let s = engine.snapshot(second.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Running);
-        assert_eq!(
-            s.attempts[0].status,
-            squid_mesh::vocab::AttemptStatus::Scheduled,
-            "released for another process"
-        );
-        assert!(s.attempts[0].outcome.is_none());
+    // After close, a WebAssembly step is not run: its claim is released, not failed.
+    let second = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts after close");
+    let err = engine
+        .execute_next(opts("w"))
+        .await
+        .expect_err("host closed");
+    assert_eq!(err.code(), "host_closed", "{}", db.name());
+    assert!(err.is_retryable());
+    let s = engine.snapshot(second.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Running);
+    assert_eq!(
+        s.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Scheduled,
+        "released for another process"
+    );
+    assert!(s.attempts[0].outcome.is_none());
 
-        // Another engine on the same database runs it (and writes without lanes is fine).
-        let other = db.engine(&registry(), &clock).await;
-        clock.advance(Duration::from_secs(2));
-        assert_eq!(drain(&other).await, 2, "{}", db.name());
-        let s = other.snapshot(second.run_id).await.expect("snapshot");
-        assert_eq!(s.status, RunStatus::Completed);
-        assert_eq!(
-            engine.snapshot(first.run_id).await.expect("s").status,
-            RunStatus::Completed
-        );
-        assert!(
-            engine
-                .verify_run(second.run_id)
-                .await
-                .expect("verify")
-                .is_empty()
-        );
-    })
-    .await;
+    // Another engine on the same database runs it (and writes without lanes is fine).
+    let other = db.engine(&registry(), &clock).await;
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(drain(&other).await, 2, "{}", db.name());
+    let s = other.snapshot(second.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed);
+    assert_eq!(
+        engine.snapshot(first.run_id).await.expect("s").status,
+        RunStatus::Completed
+    );
+    assert!(
+        engine
+            .verify_run(second.run_id)
+            .await
+            .expect("verify")
+            .is_empty()
+    );
 }
+on_each_backend!(close_stops_background_work_and_releases_wasm_steps);

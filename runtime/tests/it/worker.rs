@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use squid_mesh::clock::ManualClock;
 use squid_mesh::spec::{Step, Trigger, WorkflowSpec};
 use squid_mesh::{RunStatus, StartOptions, Worker};
 
-use crate::backends::each;
+use crate::backends::{Db, on_each_backend};
 use crate::engine::{drain, registry};
 
 fn nap() -> WorkflowSpec {
@@ -42,213 +43,201 @@ async fn wait_for(engine: &squid_mesh::Engine, run: squid_mesh::RunId, status: R
     false
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_wake_on_new_work_and_drain_runs_concurrently() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        // A poll interval far longer than the test: only wake-ups can drive these runs.
-        let worker = Worker::builder(&engine)
-            .concurrency(4)
-            .owner_id("pool")
-            .poll_interval(Duration::from_secs(3600))
-            .start()
-            .expect("starts");
-        worker.ready().await;
-        let mut runs = Vec::new();
-        for _ in 0..8 {
-            runs.push(
-                engine
-                    .start(
-                        &nap(),
-                        None,
-                        json!({"sleep_ms": 100}),
-                        StartOptions::default(),
-                    )
-                    .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
+async fn workers_wake_on_new_work_and_drain_runs_concurrently(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    // A poll interval far longer than the test: only wake-ups can drive these runs.
+    let worker = Worker::builder(&engine)
+        .concurrency(4)
+        .owner_id("pool")
+        .poll_interval(Duration::from_secs(3600))
+        .start()
+        .expect("starts");
+    worker.ready().await;
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(
+            engine
+                .start(
+                    &nap(),
+                    None,
+                    json!({"sleep_ms": 100}),
+                    StartOptions::default(),
+                )
+                .await
+                .expect("starts")
+                .run_id,
+        );
+    }
+    for run in &runs {
+        assert!(
+            wait_for(&engine, *run, RunStatus::Completed).await,
+            "run {run} did not complete ({})",
+            db.name()
+        );
+    }
+    let owners: std::collections::BTreeSet<String> = {
+        let mut o = std::collections::BTreeSet::new();
         for run in &runs {
-            assert!(
-                wait_for(&engine, *run, RunStatus::Completed).await,
-                "run {run} did not complete ({})",
-                db.name()
-            );
-        }
-        let owners: std::collections::BTreeSet<String> = {
-            let mut o = std::collections::BTreeSet::new();
-            for run in &runs {
-                for a in engine.snapshot(*run).await.expect("snapshot").attempts {
-                    o.extend(a.owner);
-                }
+            for a in engine.snapshot(*run).await.expect("snapshot").attempts {
+                o.extend(a.owner);
             }
-            o
-        };
-        assert!(owners.len() > 1, "several slots worked: {owners:?}");
-        assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 16);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_in_flight_steps_finish_and_claims_nothing_new() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let worker = Worker::builder(&engine)
-            .poll_interval(Duration::from_millis(20))
-            .start()
-            .expect("starts");
-        let run = engine
-            .start(
-                &nap(),
-                None,
-                json!({"sleep_ms": 400}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        // Wait until the slow first step is claimed, then shut down with a generous deadline.
-        assert!(
-            wait_for_first_claim(&engine, run.run_id).await,
-            "never claimed ({})",
-            db.name()
-        );
-        let executed = worker.shutdown(Duration::from_secs(10)).await;
-        assert_eq!(
-            executed, 1,
-            "the in-flight step finished; nothing new was claimed"
-        );
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(
-            s.attempts[0].status,
-            squid_mesh::vocab::AttemptStatus::Succeeded
-        );
-        assert_eq!(
-            s.attempts[1].status,
-            squid_mesh::vocab::AttemptStatus::Scheduled,
-            "the next step waits for another worker"
-        );
-        drain(&engine).await;
-        assert_eq!(
-            engine.snapshot(run.run_id).await.expect("snapshot").status,
-            RunStatus::Completed
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        let worker = Worker::builder(&engine)
-            .poll_interval(Duration::from_millis(20))
-            .lease_for(Duration::from_secs(60))
-            .heartbeat_interval(None)
-            .start()
-            .expect("starts");
-        let run = engine
-            .start(
-                &nap(),
-                None,
-                json!({"sleep_ms": 5000}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        assert!(
-            wait_for_first_claim(&engine, run.run_id).await,
-            "never claimed ({})",
-            db.name()
-        );
-        assert_eq!(worker.shutdown(Duration::from_millis(100)).await, 0);
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(
-            s.attempts[0].status,
-            squid_mesh::vocab::AttemptStatus::Claimed,
-            "left to its lease"
-        );
-        // After the lease expires, any worker redelivers it (the step itself still takes 5 s
-        // of real time, so here we only check that it is due again).
-        clock.advance(Duration::from_secs(61));
-        let hook = squid_mesh::engine::AfterClaim::default();
-        let again = {
-            let engine = engine.clone();
-            let o = crate::engine::opts("rescuer").after_claim(hook.clone());
-            tokio::spawn(async move { engine.execute_next(o).await })
-        };
-        hook.claimed.notified().await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        assert_eq!(
-            (s.attempts[0].claims, s.attempts[0].owner.as_deref()),
-            (2, Some("rescuer"))
-        );
-        again.abort();
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_worker_settings_are_structured_errors() {
-    each(|db, clock| async move {
-        let engine = db.engine(&registry(), &clock).await;
-        assert_eq!(
-            Worker::builder(&engine)
-                .concurrency(0)
-                .start()
-                .expect_err("zero")
-                .code(),
-            "invalid_option",
-            "{}",
-            db.name()
-        );
-        assert_eq!(
-            Worker::builder(&engine)
-                .queues(["bad queue"])
-                .start()
-                .expect_err("queue")
-                .code(),
-            "invalid_option"
-        );
-        let err = Worker::builder(&engine)
-            .lease_for(Duration::from_secs(1))
-            .heartbeat_interval(Some(Duration::from_secs(2)))
-            .start()
-            .expect_err("hb");
-        assert_eq!(err.problems()[0].path, "heartbeat_interval");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_notifications_wake_workers_of_other_engines() {
-    each(|db, clock| async move {
-        if db.name() != "postgres" {
-            return; // SQLite workers in other processes find work by polling.
         }
-        let here = db.engine(&registry(), &clock).await;
-        let elsewhere = db.engine(&registry(), &clock).await;
-        let worker = Worker::builder(&here)
-            .poll_interval(Duration::from_secs(3600))
-            .start()
-            .expect("starts");
-        // The listener is subscribed: a start in another engine wakes this pool.
-        worker.ready().await;
-        let run = elsewhere
-            .start(
-                &nap(),
-                None,
-                json!({"sleep_ms": 0}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-        assert!(
-            wait_for(&elsewhere, run.run_id, RunStatus::Completed).await,
-            "the other engine's worker was never woken"
-        );
-        assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 2);
-    })
-    .await;
+        o
+    };
+    assert!(owners.len() > 1, "several slots worked: {owners:?}");
+    assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 16);
 }
+on_each_backend!(workers_wake_on_new_work_and_drain_runs_concurrently);
+
+async fn shutdown_lets_in_flight_steps_finish_and_claims_nothing_new(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&engine)
+        .poll_interval(Duration::from_millis(20))
+        .start()
+        .expect("starts");
+    let run = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 400}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    // Wait until the slow first step is claimed, then shut down with a generous deadline.
+    assert!(
+        wait_for_first_claim(&engine, run.run_id).await,
+        "never claimed ({})",
+        db.name()
+    );
+    let executed = worker.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        executed, 1,
+        "the in-flight step finished; nothing new was claimed"
+    );
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(
+        s.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Succeeded
+    );
+    assert_eq!(
+        s.attempts[1].status,
+        squid_mesh::vocab::AttemptStatus::Scheduled,
+        "the next step waits for another worker"
+    );
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+}
+on_each_backend!(shutdown_lets_in_flight_steps_finish_and_claims_nothing_new);
+
+async fn a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry(
+    db: Db,
+    clock: ManualClock,
+) {
+    let engine = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&engine)
+        .poll_interval(Duration::from_millis(20))
+        .lease_for(Duration::from_secs(60))
+        .heartbeat_interval(None)
+        .start()
+        .expect("starts");
+    let run = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 5000}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    assert!(
+        wait_for_first_claim(&engine, run.run_id).await,
+        "never claimed ({})",
+        db.name()
+    );
+    assert_eq!(worker.shutdown(Duration::from_millis(100)).await, 0);
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(
+        s.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Claimed,
+        "left to its lease"
+    );
+    // After the lease expires, any worker redelivers it (the step itself still takes 5 s
+    // of real time, so here we only check that it is due again).
+    clock.advance(Duration::from_secs(61));
+    let hook = squid_mesh::engine::AfterClaim::default();
+    let again = {
+        let engine = engine.clone();
+        let o = crate::engine::opts("rescuer").after_claim(hook.clone());
+        tokio::spawn(async move { engine.execute_next(o).await })
+    };
+    hook.claimed.notified().await;
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(
+        (s.attempts[0].claims, s.attempts[0].owner.as_deref()),
+        (2, Some("rescuer"))
+    );
+    again.abort();
+}
+on_each_backend!(a_step_past_the_shutdown_deadline_is_abandoned_to_lease_expiry);
+
+async fn bad_worker_settings_are_structured_errors(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    assert_eq!(
+        Worker::builder(&engine)
+            .concurrency(0)
+            .start()
+            .expect_err("zero")
+            .code(),
+        "invalid_option",
+        "{}",
+        db.name()
+    );
+    assert_eq!(
+        Worker::builder(&engine)
+            .queues(["bad queue"])
+            .start()
+            .expect_err("queue")
+            .code(),
+        "invalid_option"
+    );
+    let err = Worker::builder(&engine)
+        .lease_for(Duration::from_secs(1))
+        .heartbeat_interval(Some(Duration::from_secs(2)))
+        .start()
+        .expect_err("hb");
+    assert_eq!(err.problems()[0].path, "heartbeat_interval");
+}
+on_each_backend!(bad_worker_settings_are_structured_errors);
+
+async fn postgres_notifications_wake_workers_of_other_engines(db: Db, clock: ManualClock) {
+    if db.name() != "postgres" {
+        return; // SQLite workers in other processes find work by polling.
+    }
+    let here = db.engine(&registry(), &clock).await;
+    let elsewhere = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&here)
+        .poll_interval(Duration::from_secs(3600))
+        .start()
+        .expect("starts");
+    // The listener is subscribed: a start in another engine wakes this pool.
+    worker.ready().await;
+    let run = elsewhere
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 0}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    assert!(
+        wait_for(&elsewhere, run.run_id, RunStatus::Completed).await,
+        "the other engine's worker was never woken"
+    );
+    assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 2);
+}
+on_each_backend!(postgres_notifications_wake_workers_of_other_engines);
