@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{AnyStore, Definition, Engine, EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
-use crate::store::{AttemptRow, Direct, Pooled, RunRow, Store, StoreError, StoreTx, WriteSource};
+use crate::store::{
+    AttemptRow, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx, WriteSource,
+};
 
 /// Most units per transaction.
 const MAX_BATCH: usize = 64;
@@ -219,25 +221,23 @@ impl Batcher {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = match store {
-            AnyStore::Sqlite(s) => match s.direct_writer() {
-                Some((direct, lock)) => {
-                    // The writer's own runtime: the engine code it drives is async, and a
-                    // current-thread runtime polls it properly (no IO or timer driver: the
-                    // embedded connection never waits on either, and if something ever did,
-                    // the runtime says so instead of spinning).
-                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
-                        return Err(Box::new(job));
-                    };
-                    let spawned = std::thread::Builder::new()
-                        .name("squid-mesh-sqlite-writer".into())
-                        .spawn(move || run_direct(&runtime, direct, &lock, rx));
-                    match spawned {
-                        Ok(thread) => Runner::Thread(thread),
-                        Err(_) => return Err(Box::new(job)),
-                    }
+            AnyStore::Sqlite(s) => {
+                // The writer's own runtime: the engine code it drives is async, and a
+                // current-thread runtime polls it properly (no IO or timer driver: the
+                // rusqlite connection never waits on either, and if something ever did, the
+                // runtime says so instead of spinning).
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+                    return Err(Box::new(job));
+                };
+                let store = s.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("squid-mesh-sqlite-writer".into())
+                    .spawn(move || run_on_thread(&runtime, store, rx));
+                match spawned {
+                    Ok(thread) => Runner::Thread(thread),
+                    Err(_) => return Err(Box::new(job)),
                 }
-                None => Runner::Task(handle.spawn(run(s.clone(), rx))),
-            },
+            }
             AnyStore::Postgres(s) => Runner::Task(handle.spawn(run(s.clone(), rx))),
         };
         let result = tx
@@ -309,18 +309,18 @@ async fn run<S: Store>(store: S, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// SQLite's lane on a thread of its own: writes through the embedded writer's connection,
-/// holding the store's write lock for each batch.
-fn run_direct(
+/// SQLite's lane on a thread of its own, which waits on the disk so the async workers do
+/// not: its transactions begin and commit inline (see `sqlite_tx::off_workers`).
+fn run_on_thread(
     runtime: &tokio::runtime::Runtime,
-    mut direct: Direct,
-    lock: &tokio::sync::Mutex<()>,
+    store: SqliteStore,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
+    SqliteStore::mark_lane_thread();
+    let mut pooled = Pooled(store);
     while let Some(first) = rx.blocking_recv() {
         let jobs = gather(first, &mut rx);
-        let _write = lock.blocking_lock();
-        runtime.block_on(write(&mut direct, jobs));
+        runtime.block_on(write(&mut pooled, jobs));
     }
 }
 

@@ -60,7 +60,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Uses a SQLite pool the host already has (the tables live beside the host's own).
+    /// Keeps state in the database file of a SQLite pool the host already has (the tables
+    /// live beside the host's own). The engine opens connections of its own to that file,
+    /// with its own settings (WAL, busy timeout, `synchronous`); the pool itself is not used.
     #[must_use]
     pub fn sqlite_pool(mut self, pool: sqlx::SqlitePool) -> Self {
         self.database = Some(DatabaseConfig::SqlitePool(pool));
@@ -183,7 +185,16 @@ impl EngineBuilder {
                 AnyStore::Sqlite(SqliteStore::open(&path, self.synchronous).await?)
             }
             Some(DatabaseConfig::SqlitePool(pool)) => {
-                AnyStore::Sqlite(SqliteStore::from_pool(pool))
+                // The engine works on the pool's file through connections of its own.
+                let options = pool.connect_options();
+                let path = options.get_filename();
+                if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+                    return Err(EngineError::invalid_option(
+                        "sqlite_pool",
+                        "the pool must be on a database file (an in-memory database cannot be shared)",
+                    ));
+                }
+                AnyStore::Sqlite(SqliteStore::open(path, self.synchronous).await?)
             }
             Some(DatabaseConfig::PostgresPool(pool)) => {
                 AnyStore::Postgres(PostgresStore::from_pool(pool, &self.pg_schema)?)

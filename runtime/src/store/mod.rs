@@ -1,18 +1,19 @@
 //! Storage: the only module that speaks SQL.
 //!
 //! One [`Store`] trait (begin a read or write transaction, heartbeat a claim) and one
-//! [`StoreTx`] trait (the statements of a transaction), implemented for SQLite and Postgres
-//! with sqlx. The SQL text is shared: both dialects accept `$n` parameters, `RETURNING` and
-//! partial indexes; the only differences (row locks, `SKIP LOCKED`, the write transaction's
-//! `BEGIN IMMEDIATE`) are passed to one macro that writes both implementations. The values a
-//! row write binds come from one list per statement (`RunRow::update_args` and the like),
-//! shared by the sqlx drivers, SQLite's embedded writer (`direct`) and Postgres' held-back
-//! writes (`PgTx`).
+//! [`StoreTx`] trait (the statements of a transaction), implemented once per backend:
+//! SQLite on rusqlite (`sqlite_tx.rs`: the writer connection and a pool of readers), Postgres
+//! on sqlx (`tx.rs`, with write-behind in `postgres.rs`). The SQL text is shared: both
+//! dialects accept `$n` parameters, `RETURNING` and partial indexes; the differences are row
+//! locks and `SKIP LOCKED`. Each row type declares its columns once (`rows.rs`), with one
+//! decoder that reads either driver's rows, and the values a row write binds come from one
+//! list per statement (`RunRow::update_args` and the like). Statements that need nothing
+//! backend-specific are written once on [`Statements`] (the schedules').
 //!
-//! Files: `error.rs` (StoreError, passing or lasting), `rows.rs` (rows and their bind lists),
-//! `sql.rs` (SQL text, column lists, row decoders), `tx.rs` (the sqlx transactions),
-//! `direct.rs` (SQLite's embedded writer), `sqlite.rs` / `postgres.rs` (the stores),
-//! `schedules.rs` (schedule rows).
+//! Files: `error.rs` (StoreError, passing or lasting), `rows.rs` (rows, decoders, bind
+//! lists), `sql.rs` (SQL text), `tx.rs` (Postgres' transactions), `sqlite_tx.rs` (SQLite's),
+//! `sqlite.rs` / `postgres.rs` (the stores, SQLite's migrations), `schedules.rs` (schedule
+//! rows and statements).
 
 /// Binds `args` to a sqlx query, in order.
 macro_rules! bind_args {
@@ -31,13 +32,13 @@ macro_rules! bind_args {
 }
 
 #[macro_use]
-mod sql;
-mod direct;
+mod rows;
 mod error;
 mod postgres;
-mod rows;
 mod schedules;
+mod sql;
 mod sqlite;
+mod sqlite_tx;
 mod tx;
 
 use std::future::Future;
@@ -45,10 +46,10 @@ use std::future::Future;
 use crate::vocab::AttemptStatus;
 pub use error::{StoreError, StoreResult};
 pub(crate) use rows::Arg;
-use rows::Columns;
 pub use rows::{AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, SummaryRow};
+use rows::{Columns, FromColumns};
 use sql::HEARTBEAT_SQL;
-pub(crate) use tx::{Finish, Write};
+pub(crate) use tx::Write;
 
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
@@ -91,8 +92,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
-/// Where a group-commit lane begins its write transactions: a store's pool, or the
-/// connection of SQLite's embedded writer.
+/// Where a group-commit lane begins its write transactions.
 pub(crate) trait WriteSource: Send {
     /// The transaction type.
     type Tx<'a>: StoreTx
@@ -117,14 +117,36 @@ impl<S: Store> WriteSource for Pooled<S> {
     }
 }
 
-/// The connection of SQLite's embedded writer.
-pub(crate) struct Direct(rusqlite::Connection);
+/// Plain statements with bound arguments: the base on which statements that need nothing
+/// backend-specific are written once.
+pub(crate) trait Statements: Send {
+    /// Appended to a read that locks its row (empty on SQLite, whose write transaction
+    /// holds the whole database).
+    const LOCK: &'static str;
+    /// Appended to a queue read: lock the row, skip rows other transactions hold.
+    const SKIP: &'static str;
 
-impl WriteSource for Direct {
-    type Tx<'a> = direct::DirectTx<'a>;
+    /// Runs a statement; the rows it changed.
+    fn execute(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    async fn begin(&mut self) -> StoreResult<direct::DirectTx<'_>> {
-        direct::DirectTx::begin(&mut self.0)
+    /// Runs a query; its rows, decoded.
+    fn fetch_all<T: FromColumns + Send>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = StoreResult<Vec<T>>> + Send;
+
+    /// Runs a query; its first row, decoded.
+    fn fetch_optional<T: FromColumns + Send>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = StoreResult<Option<T>>> + Send {
+        async move { Ok(self.fetch_all(sql, args).await?.into_iter().next()) }
     }
 }
 

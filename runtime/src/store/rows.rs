@@ -5,7 +5,9 @@
 //! one decoder, which reads any driver's row through [`Columns`] (SQLite's embedded writer,
 //! sqlx on SQLite and on Postgres).
 
-use crate::vocab::{AttemptStatus, RunStatus};
+use crate::vocab::{
+    AttemptStatus, FireOrigin, FireOutcome, RunStatus, ScheduleEventKind, ScheduleState,
+};
 
 /// A database row read by column name, whatever the driver.
 pub(crate) trait Columns {
@@ -61,7 +63,14 @@ macro_rules! enum_columns {
     )*};
 }
 
-enum_columns!(RunStatus, AttemptStatus);
+enum_columns!(
+    RunStatus,
+    AttemptStatus,
+    ScheduleState,
+    FireOutcome,
+    FireOrigin,
+    ScheduleEventKind
+);
 
 macro_rules! sqlx_columns {
     ($($row:ty),*) => {$(
@@ -91,39 +100,58 @@ macro_rules! sqlx_columns {
     )*};
 }
 
-sqlx_columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+sqlx_columns!(sqlx::postgres::PgRow);
+
+/// A row type decodable from any driver's row (every [`stored_row!`] type).
+pub(crate) trait FromColumns: Sized {
+    fn from_columns<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error>;
+}
+
+/// `a, b, c` from the names `a`, `b`, `c`.
+macro_rules! column_list {
+    ($first:ident $(, $rest:ident)*) => {
+        concat!(stringify!($first) $(, ", ", stringify!($rest))*)
+    };
+}
 
 /// Declares a row type from its one list of columns (field name = column name): the
 /// struct, `COLUMNS` (the list as SQL), `decode` (a row that selected them) and `decode_r`
 /// (the same columns selected as `r_<column>` beside another table's).
 macro_rules! stored_row {
-    ($(#[$meta:meta])* pub struct $name:ident { $first:ident: $ft:ty $(, $field:ident: $t:ty)* $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* $field:ident: $t:ty),+ $(,)?
+        }
+    ) => {
         $(#[$meta])*
         pub struct $name {
-            pub(crate) $first: $ft,
-            $(pub(crate) $field: $t,)*
+            $($(#[$fmeta])* pub(crate) $field: $t,)+
         }
 
         #[allow(dead_code)]
         impl $name {
             /// The columns, in declaration order, as a SQL list.
-            pub(crate) const COLUMNS: &'static str =
-                concat!(stringify!($first) $(, ", ", stringify!($field))*);
+            pub(crate) const COLUMNS: &'static str = column_list!($($field),+);
 
             /// Decodes a row that selected [`Self::COLUMNS`].
-            pub(crate) fn decode<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+            pub(crate) fn decode<R: $crate::store::rows::Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
                 Ok(Self {
-                    $first: Column::read(r, stringify!($first))?,
-                    $($field: Column::read(r, stringify!($field))?,)*
+                    $($field: $crate::store::rows::Column::read(r, stringify!($field))?,)+
                 })
             }
 
             /// Decodes a row that selected the columns as `r_<column>`.
-            pub(crate) fn decode_r<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+            pub(crate) fn decode_r<R: $crate::store::rows::Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
                 Ok(Self {
-                    $first: Column::read(r, concat!("r_", stringify!($first)))?,
-                    $($field: Column::read(r, concat!("r_", stringify!($field)))?,)*
+                    $($field: $crate::store::rows::Column::read(r, concat!("r_", stringify!($field)))?,)+
                 })
+            }
+        }
+
+        impl $crate::store::rows::FromColumns for $name {
+            fn from_columns<R: $crate::store::rows::Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+                Self::decode(r)
             }
         }
     };

@@ -1,93 +1,102 @@
 //! The statements of schedules: their rows, the windows they fired and their audit trail.
 //!
-//! A separate trait from [`StoreTx`] because only the pooled transactions of a store
-//! ([`Store::Tx`](super::Store::Tx)) run them; the group-commit lanes never do. One macro
-//! writes both implementations; only the row-lock suffixes differ.
+//! Written once, on [`Statements`] (plain statements with bound arguments), for every
+//! backend; only the row-lock suffixes differ.
 
 use std::future::Future;
 
-use super::{Finish, PgTx, SqliteTx, StoreResult, StoreTx};
+use super::{Arg, Statements, StoreResult, StoreTx};
 use crate::vocab::{FireOrigin, FireOutcome, ScheduleEventKind, ScheduleState};
 
-/// One row of `schedules`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ScheduleRow {
-    /// Workflow name.
-    pub workflow: String,
-    /// The cron trigger.
-    pub trigger_name: String,
-    /// The pinned definition runs start from.
-    pub definition_hash: String,
-    /// Cron expression.
-    pub cron: String,
-    /// IANA zone.
-    pub timezone: String,
-    /// JSON of the policy.
-    pub policy: String,
-    /// Queue of the runs.
-    pub queue: String,
-    /// Whether it fires.
-    #[sqlx(try_from = "String")]
-    pub state: ScheduleState,
-    /// First window not yet handled.
-    pub next_fire_at: Option<i64>,
-    /// When a scheduler must look next.
-    pub due_at: Option<i64>,
-    /// A window waiting for the previous run (overlap `queue_one`).
-    pub queued_at: Option<i64>,
-    /// Latest window that started a run.
-    pub last_fired_at: Option<i64>,
-    /// The run it started.
-    pub last_run_id: Option<String>,
-    /// Windows given up by the catch-up policy.
-    pub missed: i64,
-    /// Created.
-    pub created_at: i64,
-    /// Last written.
-    pub updated_at: i64,
+stored_row! {
+    /// One row of `schedules`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ScheduleRow {
+        /// Workflow name.
+        workflow: String,
+        /// The cron trigger.
+        trigger_name: String,
+        /// The pinned definition runs start from.
+        definition_hash: String,
+        /// Cron expression.
+        cron: String,
+        /// IANA zone.
+        timezone: String,
+        /// JSON of the policy.
+        policy: String,
+        /// Queue of the runs.
+        queue: String,
+        /// Whether it fires.
+        state: ScheduleState,
+        /// First window not yet handled.
+        next_fire_at: Option<i64>,
+        /// When a scheduler must look next.
+        due_at: Option<i64>,
+        /// A window waiting for the previous run (overlap `queue_one`).
+        queued_at: Option<i64>,
+        /// Latest window that started a run.
+        last_fired_at: Option<i64>,
+        /// The run it started.
+        last_run_id: Option<String>,
+        /// Windows given up by the catch-up policy.
+        missed: i64,
+        /// Created.
+        created_at: i64,
+        /// Last written.
+        updated_at: i64,
+    }
 }
 
-/// One row of `schedule_fires`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct FireRow {
-    /// Workflow name.
-    pub workflow: String,
-    /// The cron trigger.
-    pub trigger_name: String,
-    /// The window.
-    pub scheduled_at: i64,
-    /// What happened to the window.
-    #[sqlx(try_from = "String")]
-    pub outcome: FireOutcome,
-    /// Who handled it.
-    #[sqlx(try_from = "String")]
-    pub origin: FireOrigin,
-    /// The run started for it.
-    pub run_id: Option<String>,
-    /// When it was handled.
-    pub fired_at: i64,
+stored_row! {
+    /// One row of `schedule_fires`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FireRow {
+        /// Workflow name.
+        workflow: String,
+        /// The cron trigger.
+        trigger_name: String,
+        /// The window.
+        scheduled_at: i64,
+        /// What happened to the window.
+        outcome: FireOutcome,
+        /// Who handled it.
+        origin: FireOrigin,
+        /// The run started for it.
+        run_id: Option<String>,
+        /// When it was handled.
+        fired_at: i64,
+    }
 }
 
-/// One row of `schedule_events`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ScheduleEventRow {
-    /// Position in the schedule's trail.
-    pub id: i64,
-    /// Workflow name.
-    pub workflow: String,
-    /// The cron trigger.
-    pub trigger_name: String,
-    /// What happened.
-    #[sqlx(try_from = "String")]
-    pub kind: ScheduleEventKind,
-    /// Who.
-    pub actor: Option<String>,
-    /// Why.
-    pub comment: Option<String>,
-    /// JSON details.
-    pub detail: String,
-    /// When.
-    pub occurred_at: i64,
+stored_row! {
+    /// One row of `schedule_events`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ScheduleEventRow {
+        /// Position in the schedule's trail.
+        id: i64,
+        /// Workflow name.
+        workflow: String,
+        /// The cron trigger.
+        trigger_name: String,
+        /// What happened.
+        kind: ScheduleEventKind,
+        /// Who.
+        actor: Option<String>,
+        /// Why.
+        comment: Option<String>,
+        /// JSON details.
+        detail: String,
+        /// When.
+        occurred_at: i64,
+    }
+}
+
+stored_row! {
+    /// The earliest `due_at` of all schedules.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct EarliestRow {
+        due_at: Option<i64>,
+    }
 }
 
 /// Statements on schedules, inside one transaction.
@@ -147,195 +156,163 @@ pub trait ScheduleTx: StoreTx {
     ) -> impl Future<Output = StoreResult<Vec<ScheduleEventRow>>> + Send;
 }
 
-const COLUMNS: &str = "workflow, trigger_name, definition_hash, cron, timezone, policy, queue, state, next_fire_at, due_at, queued_at, last_fired_at, last_run_id, missed, created_at, updated_at";
-
 const PUT: &str = "INSERT INTO schedules (workflow, trigger_name, definition_hash, cron, timezone, policy, queue, state, next_fire_at, due_at, queued_at, last_fired_at, last_run_id, missed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (workflow, trigger_name) DO UPDATE SET definition_hash = excluded.definition_hash, cron = excluded.cron, timezone = excluded.timezone, policy = excluded.policy, queue = excluded.queue, state = excluded.state, next_fire_at = excluded.next_fire_at, due_at = excluded.due_at, queued_at = excluded.queued_at, last_fired_at = excluded.last_fired_at, last_run_id = excluded.last_run_id, missed = excluded.missed, updated_at = excluded.updated_at";
-const EARLIEST: &str = "SELECT MIN(due_at) FROM schedules WHERE due_at IS NOT NULL";
+const EARLIEST: &str = "SELECT MIN(due_at) AS due_at FROM schedules WHERE due_at IS NOT NULL";
 const DELETE: &str = "DELETE FROM schedules WHERE workflow = $1 AND trigger_name = $2";
 const INSERT_FIRE: &str = "INSERT INTO schedule_fires (workflow, trigger_name, scheduled_at, outcome, origin, run_id, fired_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workflow, trigger_name, scheduled_at) DO NOTHING";
 const UPDATE_FIRE: &str = "UPDATE schedule_fires SET outcome = $4, run_id = $5, fired_at = $6 WHERE workflow = $1 AND trigger_name = $2 AND scheduled_at = $3";
-const FIRE_COLUMNS: &str =
-    "workflow, trigger_name, scheduled_at, outcome, origin, run_id, fired_at";
 const APPEND_EVENT: &str = "INSERT INTO schedule_events (id, workflow, trigger_name, kind, actor, comment, detail, occurred_at) SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM schedule_events WHERE workflow = $1 AND trigger_name = $2";
-const EVENTS: &str = "SELECT id, workflow, trigger_name, kind, actor, comment, detail, occurred_at FROM schedule_events WHERE workflow = $1 AND trigger_name = $2 ORDER BY id";
 
-macro_rules! impl_schedule_tx {
-    ($tx:ty, lock = $lock:literal, skip = $skip:literal) => {
-        impl ScheduleTx for $tx {
-            async fn put_schedule(&mut self, r: &ScheduleRow) -> StoreResult<()> {
-                Finish::flush(self).await?;
-                sqlx::query(PUT)
-                    .bind(&r.workflow)
-                    .bind(&r.trigger_name)
-                    .bind(&r.definition_hash)
-                    .bind(&r.cron)
-                    .bind(&r.timezone)
-                    .bind(&r.policy)
-                    .bind(&r.queue)
-                    .bind(r.state.as_str())
-                    .bind(r.next_fire_at)
-                    .bind(r.due_at)
-                    .bind(r.queued_at)
-                    .bind(r.last_fired_at)
-                    .bind(&r.last_run_id)
-                    .bind(r.missed)
-                    .bind(r.created_at)
-                    .bind(r.updated_at)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
+impl<T: Statements + StoreTx> ScheduleTx for T {
+    async fn put_schedule(&mut self, r: &ScheduleRow) -> StoreResult<()> {
+        let args = [
+            Arg::Text(&r.workflow),
+            Arg::Text(&r.trigger_name),
+            Arg::Text(&r.definition_hash),
+            Arg::Text(&r.cron),
+            Arg::Text(&r.timezone),
+            Arg::Text(&r.policy),
+            Arg::Text(&r.queue),
+            Arg::Text(r.state.as_str()),
+            Arg::OptInt(r.next_fire_at),
+            Arg::OptInt(r.due_at),
+            Arg::OptInt(r.queued_at),
+            Arg::OptInt(r.last_fired_at),
+            Arg::OptText(r.last_run_id.as_deref()),
+            Arg::Int(r.missed),
+            Arg::Int(r.created_at),
+            Arg::Int(r.updated_at),
+        ];
+        self.execute(PUT, &args).await?;
+        Ok(())
+    }
 
-            async fn load_schedule(
-                &mut self,
-                workflow: &str,
-                trigger: &str,
-                lock: bool,
-            ) -> StoreResult<Option<ScheduleRow>> {
-                Finish::flush(self).await?;
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM schedules WHERE workflow = $1 AND trigger_name = $2{}",
-                    if lock { $lock } else { "" }
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(workflow)
-                    .bind(trigger)
-                    .fetch_optional(&mut **self)
-                    .await?)
-            }
+    async fn load_schedule(
+        &mut self,
+        workflow: &str,
+        trigger: &str,
+        lock: bool,
+    ) -> StoreResult<Option<ScheduleRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedules WHERE workflow = $1 AND trigger_name = $2{}",
+            ScheduleRow::COLUMNS,
+            if lock { T::LOCK } else { "" }
+        );
+        self.fetch_optional(&sql, &[Arg::Text(workflow), Arg::Text(trigger)])
+            .await
+    }
 
-            async fn next_due_schedule(&mut self, now: i64) -> StoreResult<Option<ScheduleRow>> {
-                Finish::flush(self).await?;
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM schedules WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT 1{}",
-                    $skip
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(now)
-                    .fetch_optional(&mut **self)
-                    .await?)
-            }
+    async fn next_due_schedule(&mut self, now: i64) -> StoreResult<Option<ScheduleRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedules WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT 1{}",
+            ScheduleRow::COLUMNS,
+            T::SKIP
+        );
+        self.fetch_optional(&sql, &[Arg::Int(now)]).await
+    }
 
-            async fn earliest_schedule_due(&mut self) -> StoreResult<Option<i64>> {
-                Finish::flush(self).await?;
-                let row: (Option<i64>,) = sqlx::query_as(EARLIEST).fetch_one(&mut **self).await?;
-                Ok(row.0)
-            }
+    async fn earliest_schedule_due(&mut self) -> StoreResult<Option<i64>> {
+        let row: Option<EarliestRow> = self.fetch_optional(EARLIEST, &[]).await?;
+        Ok(row.and_then(|r| r.due_at))
+    }
 
-            async fn list_schedules(&mut self) -> StoreResult<Vec<ScheduleRow>> {
-                Finish::flush(self).await?;
-                let sql =
-                    format!("SELECT {COLUMNS} FROM schedules ORDER BY workflow, trigger_name");
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut **self)
-                    .await?)
-            }
+    async fn list_schedules(&mut self) -> StoreResult<Vec<ScheduleRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedules ORDER BY workflow, trigger_name",
+            ScheduleRow::COLUMNS
+        );
+        self.fetch_all(&sql, &[]).await
+    }
 
-            async fn delete_schedule(&mut self, workflow: &str, trigger: &str) -> StoreResult<bool> {
-                Finish::flush(self).await?;
-                let done = sqlx::query(DELETE)
-                    .bind(workflow)
-                    .bind(trigger)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
+    async fn delete_schedule(&mut self, workflow: &str, trigger: &str) -> StoreResult<bool> {
+        let n = self
+            .execute(DELETE, &[Arg::Text(workflow), Arg::Text(trigger)])
+            .await?;
+        Ok(n == 1)
+    }
 
-            async fn insert_fire(&mut self, r: &FireRow) -> StoreResult<bool> {
-                Finish::flush(self).await?;
-                let done = sqlx::query(INSERT_FIRE)
-                    .bind(&r.workflow)
-                    .bind(&r.trigger_name)
-                    .bind(r.scheduled_at)
-                    .bind(r.outcome.as_str())
-                    .bind(r.origin.as_str())
-                    .bind(&r.run_id)
-                    .bind(r.fired_at)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
+    async fn insert_fire(&mut self, r: &FireRow) -> StoreResult<bool> {
+        let args = [
+            Arg::Text(&r.workflow),
+            Arg::Text(&r.trigger_name),
+            Arg::Int(r.scheduled_at),
+            Arg::Text(r.outcome.as_str()),
+            Arg::Text(r.origin.as_str()),
+            Arg::OptText(r.run_id.as_deref()),
+            Arg::Int(r.fired_at),
+        ];
+        Ok(self.execute(INSERT_FIRE, &args).await? == 1)
+    }
 
-            async fn update_fire(&mut self, r: &FireRow) -> StoreResult<()> {
-                Finish::flush(self).await?;
-                sqlx::query(UPDATE_FIRE)
-                    .bind(&r.workflow)
-                    .bind(&r.trigger_name)
-                    .bind(r.scheduled_at)
-                    .bind(r.outcome.as_str())
-                    .bind(&r.run_id)
-                    .bind(r.fired_at)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
+    async fn update_fire(&mut self, r: &FireRow) -> StoreResult<()> {
+        let args = [
+            Arg::Text(&r.workflow),
+            Arg::Text(&r.trigger_name),
+            Arg::Int(r.scheduled_at),
+            Arg::Text(r.outcome.as_str()),
+            Arg::OptText(r.run_id.as_deref()),
+            Arg::Int(r.fired_at),
+        ];
+        self.execute(UPDATE_FIRE, &args).await?;
+        Ok(())
+    }
 
-            async fn load_fire(
-                &mut self,
-                workflow: &str,
-                trigger: &str,
-                scheduled_at: i64,
-            ) -> StoreResult<Option<FireRow>> {
-                Finish::flush(self).await?;
-                let sql = format!(
-                    "SELECT {FIRE_COLUMNS} FROM schedule_fires WHERE workflow = $1 AND trigger_name = $2 AND scheduled_at = $3"
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(workflow)
-                    .bind(trigger)
-                    .bind(scheduled_at)
-                    .fetch_optional(&mut **self)
-                    .await?)
-            }
+    async fn load_fire(
+        &mut self,
+        workflow: &str,
+        trigger: &str,
+        scheduled_at: i64,
+    ) -> StoreResult<Option<FireRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedule_fires WHERE workflow = $1 AND trigger_name = $2 AND scheduled_at = $3",
+            FireRow::COLUMNS
+        );
+        let args = [
+            Arg::Text(workflow),
+            Arg::Text(trigger),
+            Arg::Int(scheduled_at),
+        ];
+        self.fetch_optional(&sql, &args).await
+    }
 
-            async fn fires(
-                &mut self,
-                workflow: &str,
-                trigger: &str,
-                limit: i64,
-            ) -> StoreResult<Vec<FireRow>> {
-                Finish::flush(self).await?;
-                let sql = format!(
-                    "SELECT {FIRE_COLUMNS} FROM schedule_fires WHERE workflow = $1 AND trigger_name = $2 ORDER BY scheduled_at DESC LIMIT $3"
-                );
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(workflow)
-                    .bind(trigger)
-                    .bind(limit)
-                    .fetch_all(&mut **self)
-                    .await?)
-            }
+    async fn fires(
+        &mut self,
+        workflow: &str,
+        trigger: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<FireRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedule_fires WHERE workflow = $1 AND trigger_name = $2 ORDER BY scheduled_at DESC LIMIT $3",
+            FireRow::COLUMNS
+        );
+        let args = [Arg::Text(workflow), Arg::Text(trigger), Arg::Int(limit)];
+        self.fetch_all(&sql, &args).await
+    }
 
-            async fn append_schedule_event(&mut self, r: &ScheduleEventRow) -> StoreResult<()> {
-                Finish::flush(self).await?;
-                sqlx::query(APPEND_EVENT)
-                    .bind(&r.workflow)
-                    .bind(&r.trigger_name)
-                    .bind(r.kind.as_str())
-                    .bind(&r.actor)
-                    .bind(&r.comment)
-                    .bind(&r.detail)
-                    .bind(r.occurred_at)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
+    async fn append_schedule_event(&mut self, r: &ScheduleEventRow) -> StoreResult<()> {
+        let args = [
+            Arg::Text(&r.workflow),
+            Arg::Text(&r.trigger_name),
+            Arg::Text(r.kind.as_str()),
+            Arg::OptText(r.actor.as_deref()),
+            Arg::OptText(r.comment.as_deref()),
+            Arg::Text(&r.detail),
+            Arg::Int(r.occurred_at),
+        ];
+        self.execute(APPEND_EVENT, &args).await?;
+        Ok(())
+    }
 
-            async fn schedule_events(
-                &mut self,
-                workflow: &str,
-                trigger: &str,
-            ) -> StoreResult<Vec<ScheduleEventRow>> {
-                Finish::flush(self).await?;
-                Ok(sqlx::query_as(EVENTS)
-                    .bind(workflow)
-                    .bind(trigger)
-                    .fetch_all(&mut **self)
-                    .await?)
-            }
-        }
-    };
+    async fn schedule_events(
+        &mut self,
+        workflow: &str,
+        trigger: &str,
+    ) -> StoreResult<Vec<ScheduleEventRow>> {
+        let sql = format!(
+            "SELECT {} FROM schedule_events WHERE workflow = $1 AND trigger_name = $2 ORDER BY id",
+            ScheduleEventRow::COLUMNS
+        );
+        self.fetch_all(&sql, &[Arg::Text(workflow), Arg::Text(trigger)])
+            .await
+    }
 }
-
-impl_schedule_tx!(SqliteTx, lock = "", skip = "");
-impl_schedule_tx!(PgTx, lock = " FOR UPDATE", skip = " FOR UPDATE SKIP LOCKED");

@@ -1,18 +1,17 @@
-//! SQLite: the embedded default. WAL, one writer connection (`BEGIN IMMEDIATE`) plus a read
-//! pool, a busy timeout so several processes can share one file. The group commit of a
-//! store opened from a path writes through its own connection instead (see `direct`); one
-//! write lock per store orders the two writers.
+//! SQLite: the embedded default. WAL; one writer connection (`BEGIN IMMEDIATE`, behind a
+//! mutex) and a small pool of readers, all rusqlite (see `sqlite_tx`); a busy timeout so
+//! several processes can share one file.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::Mutex;
 
-use super::{Direct, HEARTBEAT_SQL, Store, StoreError, StoreResult};
+use super::sqlite_tx::{self, Conn, Readers};
+use super::{Store, StoreError, StoreResult, sql};
+
+pub use super::sqlite_tx::SqliteTx;
 
 /// How hard SQLite syncs commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,42 +27,15 @@ pub enum Synchronous {
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    readers: SqlitePool,
-    /// The file, when the store opened it (the embedded writer opens it again).
-    path: Option<PathBuf>,
-    synchronous: Synchronous,
-    /// Held by every write transaction of this process.
-    write_lock: Arc<Mutex<()>>,
+    path: PathBuf,
+    /// Every write transaction of this process holds it.
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
 }
 
-/// A transaction on a SQLite store; a write transaction holds the store's write lock.
-#[derive(Debug)]
-pub struct SqliteTx {
-    tx: sqlx::Transaction<'static, Sqlite>,
-    _write: Option<OwnedMutexGuard<()>>,
-}
-
-impl SqliteTx {
-    pub(super) async fn commit(self) -> StoreResult<()> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for SqliteTx {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for SqliteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
+/// The migrations, applied with the bookkeeping of `sqlx migrate` (table
+/// `_sqlx_migrations`, same checksums), so files migrated by earlier versions carry on.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
@@ -72,112 +44,132 @@ impl SqliteStore {
     ///
     /// When the file cannot be opened.
     pub async fn open(path: impl AsRef<Path>, synchronous: Synchronous) -> StoreResult<Self> {
-        let url = format!("sqlite://{}", path.as_ref().display());
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match synchronous {
-                Synchronous::Full => SqliteSynchronous::Full,
-                Synchronous::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true)
-            .pragma("temp_store", "memory");
-        // No ping when a connection is checked out (a hop to its thread per transaction).
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        let readers = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await?;
+        let path = path.as_ref().to_owned();
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || sqlite_tx::open(&path, synchronous, true)).await
+        };
+        let writer = match opened {
+            Ok(conn) => conn?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         Ok(Self {
-            writer,
-            readers,
-            path: Some(path.as_ref().to_owned()),
-            synchronous,
-            write_lock: Arc::default(),
+            readers: Arc::new(Readers::new(path.clone(), synchronous)),
+            path,
+            writer: Arc::new(Mutex::new(writer)),
         })
     }
 
-    /// Opens the embedded writer's connection, when the store was opened from a path.
-    pub(crate) fn direct_writer(&self) -> Option<(Direct, Arc<Mutex<()>>)> {
-        let path = self.path.as_ref()?;
-        match super::direct::open(path, self.synchronous) {
-            Ok(conn) => Some((Direct(conn), self.write_lock.clone())),
-            Err(e) => {
-                tracing::warn!("SQLite embedded writer unavailable, using sqlx: {e}");
-                None
-            }
-        }
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The group-commit lane's writes (the caller marks its thread, see
+    /// [`sqlite_tx::mark_lane_thread`]).
+    pub(crate) fn mark_lane_thread() {
+        sqlite_tx::mark_lane_thread();
+    }
+
+    async fn writer(&self) -> Conn {
+        Conn::Writer(Arc::clone(&self.writer).lock_owned().await)
     }
 }
 
-impl SqliteStore {
-    /// Uses a pool the host owns for both reads and writes. Configure it for WAL and a busy
-    /// timeout; a single-connection pool gives the same one-writer discipline as [`open`].
-    ///
-    /// [`open`]: SqliteStore::open
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self {
-            writer: pool.clone(),
-            readers: pool,
-            path: None,
-            synchronous: Synchronous::Full,
-            write_lock: Arc::default(),
+/// Applies the migrations not yet applied, each in a transaction of its own (re-checked
+/// inside it, so two processes migrating one file apply each once).
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    // A database whose tables share our names but that we never migrated belongs to
+    // someone else: refuse before writing anything (not even the migration history).
+    let history: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if history == 0 {
+        let mut st = conn.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('definitions', 'runs', 'attempts', 'journal', 'commands', 'child_runs', 'schedules', 'schedule_fires', 'schedule_events') ORDER BY name",
+        )?;
+        let clash: Vec<String> = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !clash.is_empty() {
+            return Err(StoreError::InvalidSetting(format!(
+                "the database already has tables Squid Mesh did not create ({}); give the engine a file of its own",
+                clash.join(", ")
+            )));
         }
     }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            success BOOLEAN NOT NULL,
+            checksum BLOB NOT NULL,
+            execution_time BIGINT NOT NULL
+        );",
+    )?;
+    for m in MIGRATOR.iter() {
+        if !m.migration_type.is_up_migration() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = (|| -> StoreResult<()> {
+            let done: Option<(bool, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1",
+                    [m.version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match done {
+                Some((true, checksum)) if checksum == *m.checksum => Ok(()),
+                Some((true, _)) => Err(StoreError::InvalidSetting(format!(
+                    "migration {} was changed after it was applied to this database",
+                    m.version
+                ))),
+                Some((false, _)) => Err(StoreError::InvalidSetting(format!(
+                    "migration {} failed earlier and left this database partly migrated",
+                    m.version
+                ))),
+                None => {
+                    conn.execute_batch(m.sql.as_str())?;
+                    let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+                    conn.execute(
+                        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
+                        params![m.version, &*m.description, &*m.checksum, nanos],
+                    )?;
+                    Ok(())
+                }
+            }
+        })();
+        match applied {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
     type Tx = SqliteTx;
 
     async fn migrate(&self) -> StoreResult<()> {
-        let _write = self.write_lock.lock().await;
-        // A database whose tables share our names but that we never migrated belongs to
-        // someone else: refuse before writing anything (not even the migration history).
-        let (history,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.writer)
-        .await?;
-        if history == 0 {
-            let clash: Vec<(String,)> = sqlx::query_as(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('definitions', 'runs', 'attempts', 'journal', 'commands', 'child_runs', 'schedules', 'schedule_fires', 'schedule_events') ORDER BY name",
-            )
-            .fetch_all(&self.writer)
-            .await?;
-            if !clash.is_empty() {
-                let names: Vec<String> = clash.into_iter().map(|(n,)| n).collect();
-                return Err(StoreError::InvalidSetting(format!(
-                    "the database already has tables Squid Mesh did not create ({}); give the engine a file of its own",
-                    names.join(", ")
-                )));
-            }
-        }
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&self.writer)
-            .await?;
-        Ok(())
+        let (_, done) = sqlite_tx::off_workers(self.writer().await, migrate).await;
+        done
     }
 
     async fn begin_write(&self) -> StoreResult<Self::Tx> {
-        let write = self.write_lock.clone().lock_owned().await;
-        Ok(SqliteTx {
-            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            _write: Some(write),
-        })
+        SqliteTx::begin(self.writer().await).await
     }
 
     async fn begin_read(&self) -> StoreResult<Self::Tx> {
-        Ok(SqliteTx {
-            tx: self.readers.begin().await?,
-            _write: None,
-        })
+        SqliteTx::begin(Conn::Reader(self.readers.get()?)).await
     }
 
     async fn listen(
@@ -189,11 +181,12 @@ impl Store for SqliteStore {
     }
 
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as(super::sql::RUN_STATUS)
-            .bind(run_id)
-            .fetch_optional(&self.readers)
-            .await?;
-        Ok(row.map(|r| r.0))
+        let reader = Conn::Reader(self.readers.get()?);
+        Ok(reader
+            .get()
+            .prepare_cached(&sqlite_tx::numbered(sql::RUN_STATUS))?
+            .query_row([run_id], |r| r.get(0))
+            .optional()?)
     }
 
     async fn heartbeat(
@@ -204,15 +197,18 @@ impl Store for SqliteStore {
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool> {
-        let _write = self.write_lock.lock().await;
-        let done = sqlx::query(HEARTBEAT_SQL)
-            .bind(runnable_key)
-            .bind(claim_id)
-            .bind(token_hash)
-            .bind(now)
-            .bind(lease_until)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let args = (
+            runnable_key.to_owned(),
+            claim_id.to_owned(),
+            token_hash.to_owned(),
+        );
+        let (_, done) = sqlite_tx::off_workers(self.writer().await, move |c| {
+            let n = c
+                .prepare_cached(&sqlite_tx::numbered(sql::HEARTBEAT_SQL))?
+                .execute(params![args.0, args.1, args.2, now, lease_until])?;
+            Ok(n == 1)
+        })
+        .await;
+        done
     }
 }

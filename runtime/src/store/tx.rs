@@ -1,6 +1,5 @@
-//! The transaction interface implemented for sqlx's SQLite and Postgres transactions (one
-//! macro writes both; the dialects differ only in row locks, `SKIP LOCKED` and Postgres'
-//! held-back writes).
+//! The transaction interface on Postgres (sqlx), with its held-back writes (see `PgTx`).
+//! A macro writes it from the row-lock suffixes, as it once wrote SQLite's too.
 
 use std::future::Future;
 
@@ -412,26 +411,6 @@ pub(crate) trait Finish: Send {
     fn flush(&mut self) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
-impl Finish for SqliteTx {
-    async fn finish(self) -> StoreResult<()> {
-        self.commit().await
-    }
-
-    fn holds_back(&self) -> bool {
-        false
-    }
-
-    async fn defer(&mut self, _write: Write) -> StoreResult<()> {
-        Err(StoreError::InvalidSetting(
-            "SQLite transactions write at once".into(),
-        ))
-    }
-
-    async fn flush(&mut self) -> StoreResult<()> {
-        Ok(())
-    }
-}
-
 impl Finish for PgTx {
     async fn finish(mut self) -> StoreResult<()> {
         self.flush().await?;
@@ -456,16 +435,44 @@ impl Finish for PgTx {
 }
 
 impl_store_tx!(
-    SqliteTx,
-    lock = "",
-    skip = "",
-    skip_attempt = "",
-    notify = ""
-);
-impl_store_tx!(
     PgTx,
     lock = " FOR UPDATE",
     skip = " FOR UPDATE SKIP LOCKED",
     skip_attempt = " FOR UPDATE OF a SKIP LOCKED",
     notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"
 );
+
+impl Statements for PgTx {
+    const LOCK: &'static str = " FOR UPDATE";
+    const SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        Finish::flush(self).await?;
+        let done = bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
+            args.iter().copied()
+        )
+        .execute(&mut **self)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_all<T: FromColumns + Send>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> StoreResult<Vec<T>> {
+        Finish::flush(self).await?;
+        let rows = bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
+            args.iter().copied()
+        )
+        .fetch_all(&mut **self)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(T::from_columns(r)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,11 +1,13 @@
-//! SQLite's embedded writer: the group-commit lane of a SQLite store writes through a
-//! connection it owns, on a thread of its own, so a transaction's statements run back to
-//! back with no hop between threads. (sqlx's SQLite driver sends every statement to its
-//! connection's thread and waits for the answer: about a dozen round trips per step.)
-//! Everything else (starts, signals, reads) keeps using sqlx; a process-wide write lock
-//! keeps the two writers of one process from meeting on SQLite's file lock.
+//! SQLite's transactions, on rusqlite connections the store owns: one writer connection
+//! (behind a mutex: `BEGIN IMMEDIATE`, so the writers of one process queue here instead of
+//! on SQLite's file lock) and a small pool of readers. Statements run where they are called,
+//! back to back with no hop between threads; only what may wait on the disk or on another
+//! process (`BEGIN IMMEDIATE`, `COMMIT`, an autocommit write) moves off the async workers,
+//! to the blocking pool, except on the group-commit lane's own thread, which runs it inline.
 
-use std::path::Path;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::vocab::AttemptStatus;
@@ -13,10 +15,11 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{
     CachedStatement, Connection, OpenFlags, OptionalExtension, Row, ToSql, params, params_from_iter,
 };
+use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Arg, AttemptRow, ChildRow, Columns, DeadlineRow, FactRow, ListQuery, RunRow, StoreError,
-    StoreResult, StoreTx, SummaryRow, Synchronous, sql,
+    Arg, AttemptRow, ChildRow, Columns, DeadlineRow, FactRow, FromColumns, ListQuery, RunRow,
+    Statements, StoreError, StoreResult, StoreTx, SummaryRow, Synchronous, sql,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -39,16 +42,21 @@ impl ToSql for Arg<'_> {
     }
 }
 
-/// Opens the writer's connection with the settings of the store's sqlx connections.
-pub(crate) fn open(path: &Path, synchronous: Synchronous) -> StoreResult<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
+/// Opens a connection to `path` with the store's settings (the writer creates the file).
+pub(crate) fn open(path: &Path, synchronous: Synchronous, writer: bool) -> StoreResult<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    if writer {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(30))?;
-    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    if writer {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    } else {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
     conn.pragma_update(
         None,
         "synchronous",
@@ -63,9 +71,123 @@ pub(crate) fn open(path: &Path, synchronous: Synchronous) -> StoreResult<Connect
     Ok(conn)
 }
 
+/// Idle readers kept open.
+const IDLE_READERS: usize = 4;
+
+/// The store's read connections.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    path: PathBuf,
+    synchronous: Synchronous,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf, synchronous: Synchronous) -> Self {
+        Self {
+            path,
+            synchronous,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// An idle reader, or a new one.
+    pub(crate) fn get(self: &Arc<Self>) -> StoreResult<Reader> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open(&self.path, self.synchronous, false)?,
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            pool: Arc::clone(self),
+        })
+    }
+}
+
+/// A reader checked out of [`Readers`]; back in the pool when dropped.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    conn: Option<Connection>,
+    pool: Arc<Readers>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+/// The connection a transaction runs on.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    /// The store's writer (held for the whole transaction).
+    Writer(OwnedMutexGuard<Connection>),
+    /// A reader.
+    Reader(Reader),
+}
+
+impl Conn {
+    pub(crate) fn get(&self) -> &Connection {
+        match self {
+            Conn::Writer(c) => c,
+            Conn::Reader(r) => r
+                .conn
+                .as_ref()
+                .expect("a checked-out reader holds its connection"),
+        }
+    }
+}
+
+thread_local! {
+    /// Set on the group-commit lane's thread: it is there to wait on the disk.
+    static LANE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as the SQLite group-commit lane (see [`off_workers`]).
+pub(crate) fn mark_lane_thread() {
+    LANE.with(|l| l.set(true));
+}
+
+/// Runs `f` on `conn` where waiting is harmless: inline on the lane's thread or outside any
+/// runtime, else on the runtime's blocking pool, so `BEGIN IMMEDIATE` waiting on another
+/// process or a commit's fsync never stalls the async workers.
+pub(crate) async fn off_workers<T, F>(conn: Conn, f: F) -> (Conn, StoreResult<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    if LANE.with(Cell::get) || tokio::runtime::Handle::try_current().is_err() {
+        let out = f(conn.get());
+        return (conn, out);
+    }
+    match tokio::task::spawn_blocking(move || {
+        let out = f(conn.get());
+        (conn, out)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// `$n` parameters (shared with Postgres) as SQLite's numbered `?n`, so arguments bind by
 /// number whatever order the text names them in.
-fn numbered(sql: &str) -> String {
+pub(crate) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -78,30 +200,71 @@ fn numbered(sql: &str) -> String {
     out
 }
 
-/// A write transaction on the embedded writer's connection; rolled back when dropped
-/// uncommitted.
-pub(crate) struct DirectTx<'c> {
-    conn: &'c mut Connection,
-    open: bool,
+/// A transaction on a SQLite store: a write transaction on the writer (`BEGIN IMMEDIATE`),
+/// or a read on a reader (`BEGIN`, one snapshot); rolled back when dropped uncommitted.
+#[derive(Debug)]
+pub struct SqliteTx {
+    conn: Option<Conn>,
 }
 
-impl<'c> DirectTx<'c> {
-    /// `BEGIN IMMEDIATE` on `conn`.
-    pub(crate) fn begin(conn: &'c mut Connection) -> StoreResult<Self> {
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        Ok(Self { conn, open: true })
+impl SqliteTx {
+    /// Begins a transaction on `conn`.
+    pub(crate) async fn begin(conn: Conn) -> StoreResult<Self> {
+        let conn = match conn {
+            Conn::Writer(_) => {
+                let (conn, begun) = off_workers(conn, |c| {
+                    c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+                    Ok(())
+                })
+                .await;
+                begun?;
+                conn
+            }
+            Conn::Reader(_) => {
+                conn.get().prepare_cached("BEGIN")?.execute([])?;
+                conn
+            }
+        };
+        Ok(Self { conn: Some(conn) })
+    }
+
+    fn conn(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("an open transaction holds its connection")
+            .get()
     }
 
     fn stmt(&self, sql: &str) -> StoreResult<CachedStatement<'_>> {
-        Ok(self.conn.prepare_cached(&numbered(sql))?)
+        Ok(self.conn().prepare_cached(&numbered(sql))?)
     }
 }
 
-impl Drop for DirectTx<'_> {
+impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if self.open {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if let Some(conn) = &self.conn {
+            let _ = conn.get().execute_batch("ROLLBACK");
         }
+    }
+}
+
+impl Statements for SqliteTx {
+    const LOCK: &'static str = "";
+    const SKIP: &'static str = "";
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        let n = self.stmt(sql)?.execute(params_from_iter(args))?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    async fn fetch_all<T: FromColumns + Send>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> StoreResult<Vec<T>> {
+        let mut st = self.stmt(sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| T::from_columns(r))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 
@@ -133,11 +296,26 @@ impl Columns for Row<'_> {
     }
 }
 
-impl StoreTx for DirectTx<'_> {
+impl StoreTx for SqliteTx {
     async fn commit(mut self) -> StoreResult<()> {
-        self.stmt("COMMIT")?.execute([])?;
-        self.open = false;
-        Ok(())
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let commit = |c: &Connection| -> StoreResult<()> {
+            c.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        };
+        match conn {
+            Conn::Reader(_) => commit(conn.get()),
+            Conn::Writer(_) => {
+                let (conn, done) = off_workers(conn, commit).await;
+                if done.is_err() {
+                    // Failed to commit: roll back on drop.
+                    self.conn = Some(conn);
+                }
+                done
+            }
+        }
     }
 
     async fn insert_definition(
