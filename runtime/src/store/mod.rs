@@ -49,7 +49,7 @@ pub(crate) use rows::Arg;
 pub use rows::{AttemptRow, ChildRow, DeadlineRow, FactRow, ListQuery, RunRow, SummaryRow};
 use rows::{Columns, FromColumns};
 use sql::HEARTBEAT_SQL;
-pub(crate) use tx::Write;
+pub(crate) use tx::{Write, WriteRef};
 
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
@@ -117,14 +117,25 @@ impl<S: Store> WriteSource for Pooled<S> {
     }
 }
 
-/// Plain statements with bound arguments: the base on which statements that need nothing
-/// backend-specific are written once.
-pub(crate) trait Statements: Send {
+/// What a backend's transaction does, in plain statements with bound values: the base on
+/// which [`StoreTx`] and [`ScheduleTx`] are written once for every backend.
+pub(crate) trait Statements: Send + Sized {
     /// Appended to a read that locks its row (empty on SQLite, whose write transaction
     /// holds the whole database).
     const LOCK: &'static str;
     /// Appended to a queue read: lock the row, skip rows other transactions hold.
     const SKIP: &'static str;
+    /// Appended to the queue read joined with runs: lock and skip the attempt only.
+    const SKIP_ATTEMPT: &'static str;
+    /// Tells workers of other processes that a queue (`$1`) has work, at commit; `None`
+    /// where they poll.
+    const NOTIFY: Option<&'static str>;
+
+    /// Writes a row change: at once, or held back until the next read or the commit.
+    fn write(&mut self, write: WriteRef<'_>) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sends what is held back and commits.
+    fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Runs a statement; the rows it changed.
     fn execute(

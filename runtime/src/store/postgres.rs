@@ -8,7 +8,10 @@ use sqlx::{PgPool, Postgres};
 
 use sqlx::PgConnection;
 
-use super::{Arg, HEARTBEAT_SQL, Store, StoreError, StoreResult, Write, sql};
+use super::{
+    Arg, FromColumns, HEARTBEAT_SQL, Statements, Store, StoreError, StoreResult, Write, WriteRef,
+    sql,
+};
 
 /// How long a first connection to Postgres may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -65,32 +68,9 @@ impl PgTx {
         let mut parts: Vec<String> = Vec::with_capacity(held.len());
         let mut binds: Vec<Arg<'_>> = Vec::new();
         for w in &held {
-            let offset = binds.len();
-            match w {
-                Write::Run(r) => {
-                    parts.push(shifted(sql::UPDATE_RUN, offset));
-                    binds.extend(r.update_args());
-                }
-                Write::AttemptUpdate(a) => {
-                    parts.push(shifted(sql::UPDATE_ATTEMPT, offset));
-                    binds.extend(a.update_args());
-                }
-                Write::AttemptInsert(a) => {
-                    parts.push(shifted(&sql::insert_attempt(), offset));
-                    binds.extend(a.insert_args());
-                }
-                Write::Facts { run_id, facts, at } => {
-                    if facts.is_empty() {
-                        continue;
-                    }
-                    parts.push(shifted(&sql::insert_facts(facts.len()), offset));
-                    binds.push(Arg::Text(run_id));
-                    binds.push(Arg::Int(*at));
-                    for (kind, data) in facts {
-                        binds.push(Arg::Text(kind));
-                        binds.push(Arg::Text(data));
-                    }
-                }
+            if let Some((text, args)) = w.as_ref().statement() {
+                parts.push(shifted(&text, binds.len()));
+                binds.extend(args);
             }
         }
         let Some(last) = parts.pop() else {
@@ -351,6 +331,58 @@ impl Store for PostgresStore {
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Statements for PgTx {
+    const LOCK: &'static str = " FOR UPDATE";
+    const SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const SKIP_ATTEMPT: &'static str = " FOR UPDATE OF a SKIP LOCKED";
+    const NOTIFY: Option<&'static str> =
+        Some("SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)");
+
+    async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
+        let write = write.to_owned();
+        if self.held_key(&write) {
+            self.flush().await?;
+        }
+        self.hold(write);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> StoreResult<()> {
+        self.flush().await?;
+        self.commit().await
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        self.flush().await?;
+        let done = bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
+            args.iter().copied()
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_all<T: FromColumns + Send>(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> StoreResult<Vec<T>> {
+        self.flush().await?;
+        let rows = bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
+            args.iter().copied()
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(T::from_columns(r)?);
+        }
+        Ok(out)
     }
 }
 

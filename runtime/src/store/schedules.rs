@@ -163,7 +163,7 @@ const INSERT_FIRE: &str = "INSERT INTO schedule_fires (workflow, trigger_name, s
 const UPDATE_FIRE: &str = "UPDATE schedule_fires SET outcome = $4, run_id = $5, fired_at = $6 WHERE workflow = $1 AND trigger_name = $2 AND scheduled_at = $3";
 const APPEND_EVENT: &str = "INSERT INTO schedule_events (id, workflow, trigger_name, kind, actor, comment, detail, occurred_at) SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM schedule_events WHERE workflow = $1 AND trigger_name = $2";
 
-impl<T: Statements + StoreTx> ScheduleTx for T {
+impl<T: Statements> ScheduleTx for T {
     async fn put_schedule(&mut self, r: &ScheduleRow) -> StoreResult<()> {
         let args = [
             Arg::Text(&r.workflow),

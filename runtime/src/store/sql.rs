@@ -96,13 +96,6 @@ pub(super) fn run_attempts() -> String {
     format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY seq, runnable_key")
 }
 
-/// The due attempt alone (SQLite's writer, where the run is a second lookup).
-pub(super) fn next_due() -> String {
-    format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT 1"
-    )
-}
-
 pub(super) fn next_due_of_run(skip: &str) -> String {
     format!(
         "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 AND queue = $2 AND status = 'scheduled' AND due_at IS NOT NULL AND due_at <= $3 ORDER BY due_at, runnable_key LIMIT 1{skip}"

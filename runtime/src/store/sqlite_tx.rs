@@ -10,16 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::vocab::AttemptStatus;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{
-    CachedStatement, Connection, OpenFlags, OptionalExtension, Row, ToSql, params, params_from_iter,
-};
+use rusqlite::{CachedStatement, Connection, OpenFlags, Row, ToSql, params_from_iter};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Arg, AttemptRow, ChildRow, Columns, DeadlineRow, FactRow, FromColumns, ListQuery, RunRow,
-    Statements, StoreError, StoreResult, StoreTx, SummaryRow, Synchronous, sql,
+    Arg, Columns, FromColumns, Statements, StoreError, StoreResult, Synchronous, WriteRef,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -251,6 +247,37 @@ impl Drop for SqliteTx {
 impl Statements for SqliteTx {
     const LOCK: &'static str = "";
     const SKIP: &'static str = "";
+    const SKIP_ATTEMPT: &'static str = "";
+    /// SQLite's workers poll (and the engine wakes its own).
+    const NOTIFY: Option<&'static str> = None;
+
+    async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
+        if let Some((text, args)) = write.statement() {
+            self.stmt(&text)?.execute(params_from_iter(args))?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> StoreResult<()> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let commit = |c: &Connection| -> StoreResult<()> {
+            c.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        };
+        match conn {
+            Conn::Reader(_) => commit(conn.get()),
+            Conn::Writer(_) => {
+                let (conn, done) = off_workers(conn, commit).await;
+                if done.is_err() {
+                    // Not committed: rolled back when dropped.
+                    self.conn = Some(conn);
+                }
+                done
+            }
+        }
+    }
 
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
         let n = self.stmt(sql)?.execute(params_from_iter(args))?;
@@ -293,274 +320,6 @@ impl Columns for Row<'_> {
             rusqlite::types::Type::Text,
             format!("unknown status {text:?} in column {name}").into(),
         )
-    }
-}
-
-impl StoreTx for SqliteTx {
-    async fn commit(mut self) -> StoreResult<()> {
-        let Some(conn) = self.conn.take() else {
-            return Ok(());
-        };
-        let commit = |c: &Connection| -> StoreResult<()> {
-            c.prepare_cached("COMMIT")?.execute([])?;
-            Ok(())
-        };
-        match conn {
-            Conn::Reader(_) => commit(conn.get()),
-            Conn::Writer(_) => {
-                let (conn, done) = off_workers(conn, commit).await;
-                if done.is_err() {
-                    // Failed to commit: roll back on drop.
-                    self.conn = Some(conn);
-                }
-                done
-            }
-        }
-    }
-
-    async fn insert_definition(
-        &mut self,
-        hash: &str,
-        workflow: &str,
-        fingerprint: &str,
-        body: &str,
-        now: i64,
-    ) -> StoreResult<()> {
-        self.stmt(sql::INSERT_DEFINITION)?.execute(params![
-            hash,
-            workflow,
-            fingerprint,
-            body,
-            now
-        ])?;
-        Ok(())
-    }
-
-    async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
-        Ok(self
-            .stmt(sql::LOAD_DEFINITION)?
-            .query_row([hash], |r| r.get(0))
-            .optional()?)
-    }
-
-    async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
-        let n = self
-            .stmt(&sql::insert_run())?
-            .execute(params_from_iter(run.insert_args()))?;
-        Ok(n == 1)
-    }
-
-    async fn load_run(&mut self, run_id: &str, _lock: bool) -> StoreResult<Option<RunRow>> {
-        // The transaction holds SQLite's write lock: every read is locked already.
-        Ok(self
-            .stmt(&sql::load_run(""))?
-            .query_row([run_id], |r| RunRow::decode(r))
-            .optional()?)
-    }
-
-    async fn load_attempt_and_run(
-        &mut self,
-        runnable_key: &str,
-        lock: bool,
-    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-        // No round trips to save here: two lookups.
-        let Some(attempt) = self.load_attempt(runnable_key, lock).await? else {
-            return Ok(None);
-        };
-        Ok(self
-            .load_run(&attempt.run_id, lock)
-            .await?
-            .map(|run| (attempt, run)))
-    }
-
-    async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
-        self.stmt(sql::UPDATE_RUN)?
-            .execute(params_from_iter(run.update_args()))?;
-        Ok(())
-    }
-
-    async fn append_facts(
-        &mut self,
-        run_id: &str,
-        facts: &[(String, String)],
-        at: i64,
-    ) -> StoreResult<()> {
-        if facts.is_empty() {
-            return Ok(());
-        }
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&run_id, &at];
-        for (kind, data) in facts {
-            args.push(kind);
-            args.push(data);
-        }
-        self.stmt(&sql::insert_facts(facts.len()))?
-            .execute(args.as_slice())?;
-        Ok(())
-    }
-
-    async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
-        let mut st = self.stmt(&sql::facts())?;
-        let rows = st.query_map([run_id], |r| FactRow::decode(r))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-        self.stmt(&sql::insert_attempt())?
-            .execute(params_from_iter(a.insert_args()))?;
-        Ok(())
-    }
-
-    async fn load_attempt(
-        &mut self,
-        runnable_key: &str,
-        _lock: bool,
-    ) -> StoreResult<Option<AttemptRow>> {
-        Ok(self
-            .stmt(&sql::load_attempt(""))?
-            .query_row([runnable_key], |r| AttemptRow::decode(r))
-            .optional()?)
-    }
-
-    async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-        self.stmt(sql::UPDATE_ATTEMPT)?
-            .execute(params_from_iter(a.update_args()))?;
-        Ok(())
-    }
-
-    async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
-        let mut st = self.stmt(&sql::run_attempts())?;
-        let rows = st.query_map([run_id], |r| AttemptRow::decode(r))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn next_due_with_run(
-        &mut self,
-        queue: &str,
-        now: i64,
-    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-        let attempt = self
-            .stmt(&sql::next_due())?
-            .query_row(params![queue, now], |r| AttemptRow::decode(r))
-            .optional()?;
-        let Some(attempt) = attempt else {
-            return Ok(None);
-        };
-        Ok(self
-            .load_run(&attempt.run_id, false)
-            .await?
-            .map(|run| (attempt, run)))
-    }
-
-    async fn next_due_of_run(
-        &mut self,
-        run_id: &str,
-        queue: &str,
-        now: i64,
-    ) -> StoreResult<Option<AttemptRow>> {
-        Ok(self
-            .stmt(&sql::next_due_of_run(""))?
-            .query_row(params![run_id, queue, now], |r| AttemptRow::decode(r))
-            .optional()?)
-    }
-
-    async fn close_open_attempts(
-        &mut self,
-        run_id: &str,
-        status: AttemptStatus,
-        now: i64,
-    ) -> StoreResult<u64> {
-        let n =
-            self.stmt(sql::CLOSE_OPEN_ATTEMPTS)?
-                .execute(params![run_id, status.as_str(), now])?;
-        Ok(n as u64)
-    }
-
-    async fn insert_command(
-        &mut self,
-        key: &str,
-        kind: &str,
-        run_id: &str,
-        result_run_id: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let n = self.stmt(sql::INSERT_COMMAND)?.execute(params![
-            key,
-            kind,
-            run_id,
-            result_run_id,
-            now
-        ])?;
-        Ok(n == 1)
-    }
-
-    async fn load_command(&mut self, key: &str) -> StoreResult<Option<(String, String, String)>> {
-        Ok(self
-            .stmt(sql::LOAD_COMMAND)?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?)
-    }
-
-    async fn insert_child(
-        &mut self,
-        parent: &str,
-        step: &str,
-        key: &str,
-        child: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let n = self
-            .stmt(sql::INSERT_CHILD)?
-            .execute(params![parent, step, key, child, now])?;
-        Ok(n == 1)
-    }
-
-    async fn load_child(
-        &mut self,
-        parent: &str,
-        step: &str,
-        key: &str,
-    ) -> StoreResult<Option<String>> {
-        Ok(self
-            .stmt(sql::LOAD_CHILD)?
-            .query_row([parent, step, key], |r| r.get(0))
-            .optional()?)
-    }
-
-    async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {
-        let mut st = self.stmt(sql::CHILDREN)?;
-        let rows = st.query_map([parent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
-        let mut st = self.stmt(sql::CHILD_SUMMARIES)?;
-        let rows = st.query_map([parent], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn notify_queue(&mut self, _queue: &str) -> StoreResult<()> {
-        // SQLite workers poll (and the engine wakes its own workers).
-        Ok(())
-    }
-
-    async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
-        let (text, args) = query.sql();
-        let mut st = self.stmt(&text)?;
-        let rows = st.query_map(params_from_iter(args), |r| SummaryRow::decode(r))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
-        if run_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut st = self.stmt(&sql::open_deadlines(run_ids.len()))?;
-        let rows = st.query_map(params_from_iter(run_ids), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 

@@ -1,381 +1,64 @@
-//! The transaction interface on Postgres (sqlx), with its held-back writes (see `PgTx`).
-//! A macro writes it from the row-lock suffixes, as it once wrote SQLite's too.
+//! The transaction interface, written once for every backend on [`Statements`] (plain
+//! statements with bound values, decoded rows, the dialect's row-lock suffixes, and row
+//! writes that a backend may send at once, as SQLite does, or hold back, as Postgres does).
 
-use std::future::Future;
+use std::borrow::Cow;
 
 use super::*;
 
-/// Writes `StoreTx` for a sqlx transaction type. `$lock` is appended to
-/// single-row reads that lock, `$skip` to the queue read, `$skip_attempt` to the queue read
-/// joined with runs (it locks the attempt only).
-macro_rules! impl_store_tx {
-    ($ty:ty, lock = $lock:literal, skip = $skip:literal, skip_attempt = $skip_attempt:literal, notify = $notify:literal) => {
-        impl StoreTx for $ty {
-            async fn commit(self) -> StoreResult<()> {
-                Finish::finish(self).await
-            }
-
-            async fn insert_definition(
-                &mut self,
-                hash: &str,
-                workflow: &str,
-                fingerprint: &str,
-                body: &str,
-                now: i64,
-            ) -> StoreResult<()> {
-                Finish::flush(self).await?;
-                sqlx::query(sql::INSERT_DEFINITION)
-                    .bind(hash)
-                    .bind(workflow)
-                    .bind(fingerprint)
-                    .bind(body)
-                    .bind(now)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
-
-            async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
-                Finish::flush(self).await?;
-                let body: Option<(String,)> = sqlx::query_as(sql::LOAD_DEFINITION)
-                    .bind(hash)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(body.map(|b| b.0))
-            }
-
-            async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
-                Finish::flush(self).await?;
-                let done = bind_args!(
-                    sqlx::query(sqlx::AssertSqlSafe(sql::insert_run())),
-                    run.insert_args()
-                )
-                .execute(&mut **self)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
-                Finish::flush(self).await?;
-                let sql = sql::load_run(if lock { $lock } else { "" });
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(run_id)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(RunRow::decode(&r)?),
-                    None => None,
-                })
-            }
-
-            async fn load_attempt_and_run(
-                &mut self,
-                runnable_key: &str,
-                lock: bool,
-            ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-                Finish::flush(self).await?;
-                let sql = sql::load_attempt_and_run(if lock { $lock } else { "" });
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(runnable_key)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some((AttemptRow::decode(&r)?, RunRow::decode_r(&r)?)),
-                    None => None,
-                })
-            }
-
-            async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
-                if Finish::holds_back(self) {
-                    return Finish::defer(self, Write::Run(run.clone())).await;
-                }
-                bind_args!(sqlx::query(sql::UPDATE_RUN), run.update_args())
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
-
-            async fn append_facts(
-                &mut self,
-                run_id: &str,
-                facts: &[(String, String)],
-                at: i64,
-            ) -> StoreResult<()> {
-                if Finish::holds_back(self) {
-                    return Finish::defer(
-                        self,
-                        Write::Facts {
-                            run_id: run_id.to_owned(),
-                            facts: facts.to_vec(),
-                            at,
-                        },
-                    )
-                    .await;
-                }
-                if facts.is_empty() {
-                    return Ok(());
-                }
-                // One statement for all the facts (in order: ids follow the VALUES order).
-                let sql = sql::insert_facts(facts.len());
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(at);
-                for (kind, data) in facts {
-                    q = q.bind(kind).bind(data);
-                }
-                q.execute(&mut **self).await?;
-                Ok(())
-            }
-
-            async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
-                Finish::flush(self).await?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql::facts()))
-                    .bind(run_id)
-                    .fetch_all(&mut **self)
-                    .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    out.push(FactRow::decode(r)?);
-                }
-                Ok(out)
-            }
-
-            async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-                if Finish::holds_back(self) {
-                    return Finish::defer(self, Write::AttemptInsert(a.clone())).await;
-                }
-                bind_args!(
-                    sqlx::query(sqlx::AssertSqlSafe(sql::insert_attempt())),
-                    a.insert_args()
-                )
-                .execute(&mut **self)
-                .await?;
-                Ok(())
-            }
-
-            async fn load_attempt(
-                &mut self,
-                runnable_key: &str,
-                lock: bool,
-            ) -> StoreResult<Option<AttemptRow>> {
-                Finish::flush(self).await?;
-                let sql = sql::load_attempt(if lock { $lock } else { "" });
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(runnable_key)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(AttemptRow::decode(&r)?),
-                    None => None,
-                })
-            }
-
-            async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
-                if Finish::holds_back(self) {
-                    return Finish::defer(self, Write::AttemptUpdate(a.clone())).await;
-                }
-                bind_args!(sqlx::query(sql::UPDATE_ATTEMPT), a.update_args())
-                    .execute(&mut **self)
-                    .await?;
-                Ok(())
-            }
-
-            async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
-                Finish::flush(self).await?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql::run_attempts()))
-                    .bind(run_id)
-                    .fetch_all(&mut **self)
-                    .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    out.push(AttemptRow::decode(r)?);
-                }
-                Ok(out)
-            }
-
-            async fn next_due_with_run(
-                &mut self,
-                queue: &str,
-                now: i64,
-            ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-                Finish::flush(self).await?;
-                let sql = sql::next_due_with_run($skip_attempt);
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(queue)
-                    .bind(now)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some((AttemptRow::decode(&r)?, RunRow::decode_r(&r)?)),
-                    None => None,
-                })
-            }
-
-            async fn next_due_of_run(
-                &mut self,
-                run_id: &str,
-                queue: &str,
-                now: i64,
-            ) -> StoreResult<Option<AttemptRow>> {
-                Finish::flush(self).await?;
-                let sql = sql::next_due_of_run($skip);
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(run_id)
-                    .bind(queue)
-                    .bind(now)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(AttemptRow::decode(&r)?),
-                    None => None,
-                })
-            }
-
-            async fn close_open_attempts(
-                &mut self,
-                run_id: &str,
-                status: AttemptStatus,
-                now: i64,
-            ) -> StoreResult<u64> {
-                Finish::flush(self).await?;
-                let done = sqlx::query(sql::CLOSE_OPEN_ATTEMPTS)
-                    .bind(run_id)
-                    .bind(status.as_str())
-                    .bind(now)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(done.rows_affected())
-            }
-
-            async fn insert_command(
-                &mut self,
-                key: &str,
-                kind: &str,
-                run_id: &str,
-                result_run_id: &str,
-                now: i64,
-            ) -> StoreResult<bool> {
-                Finish::flush(self).await?;
-                let done = sqlx::query(sql::INSERT_COMMAND)
-                    .bind(key)
-                    .bind(kind)
-                    .bind(run_id)
-                    .bind(result_run_id)
-                    .bind(now)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn load_command(
-                &mut self,
-                key: &str,
-            ) -> StoreResult<Option<(String, String, String)>> {
-                Finish::flush(self).await?;
-                Ok(sqlx::query_as(sql::LOAD_COMMAND)
-                    .bind(key)
-                    .fetch_optional(&mut **self)
-                    .await?)
-            }
-
-            async fn insert_child(
-                &mut self,
-                parent: &str,
-                step: &str,
-                key: &str,
-                child: &str,
-                now: i64,
-            ) -> StoreResult<bool> {
-                Finish::flush(self).await?;
-                let done = sqlx::query(sql::INSERT_CHILD)
-                    .bind(parent)
-                    .bind(step)
-                    .bind(key)
-                    .bind(child)
-                    .bind(now)
-                    .execute(&mut **self)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn load_child(
-                &mut self,
-                parent: &str,
-                step: &str,
-                key: &str,
-            ) -> StoreResult<Option<String>> {
-                Finish::flush(self).await?;
-                let row: Option<(String,)> = sqlx::query_as(sql::LOAD_CHILD)
-                    .bind(parent)
-                    .bind(step)
-                    .bind(key)
-                    .fetch_optional(&mut **self)
-                    .await?;
-                Ok(row.map(|r| r.0))
-            }
-
-            async fn children(
-                &mut self,
-                parent: &str,
-            ) -> StoreResult<Vec<(String, String, String)>> {
-                Finish::flush(self).await?;
-                Ok(sqlx::query_as(sql::CHILDREN)
-                    .bind(parent)
-                    .fetch_all(&mut **self)
-                    .await?)
-            }
-
-            async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
-                Finish::flush(self).await?;
-                Ok(sqlx::query_as(sql::CHILD_SUMMARIES)
-                    .bind(parent)
-                    .fetch_all(&mut **self)
-                    .await?)
-            }
-
-            async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
-                Finish::flush(self).await?;
-                if !$notify.is_empty() {
-                    sqlx::query($notify)
-                        .bind(queue)
-                        .execute(&mut **self)
-                        .await?;
-                }
-                Ok(())
-            }
-
-            async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
-                Finish::flush(self).await?;
-                let (sql, args) = query.sql();
-                let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
-                    .fetch_all(&mut **self)
-                    .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    out.push(SummaryRow::decode(r)?);
-                }
-                Ok(out)
-            }
-
-            async fn open_deadlines(
-                &mut self,
-                run_ids: &[String],
-            ) -> StoreResult<Vec<DeadlineRow>> {
-                Finish::flush(self).await?;
-                if run_ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let sql = sql::open_deadlines(run_ids.len());
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-                for id in run_ids {
-                    q = q.bind(id);
-                }
-                Ok(q.fetch_all(&mut **self).await?)
-            }
-        }
-    };
+/// A row write, sent at once or held back and sent with the writes after it in one statement
+/// (Postgres: data-modifying CTEs) before the transaction's next read or its commit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WriteRef<'a> {
+    Run(&'a RunRow),
+    AttemptUpdate(&'a AttemptRow),
+    AttemptInsert(&'a AttemptRow),
+    Facts {
+        run_id: &'a str,
+        facts: &'a [(String, String)],
+        at: i64,
+    },
 }
 
-/// A write a transaction may hold back, to send it with the writes after it in one
-/// statement (Postgres: data-modifying CTEs) before its next read or its commit.
+impl<'a> WriteRef<'a> {
+    /// The statement and the values it binds (`None`: nothing to write).
+    pub(crate) fn statement(self) -> Option<(Cow<'static, str>, Vec<Arg<'a>>)> {
+        Some(match self {
+            WriteRef::Run(r) => (Cow::Borrowed(sql::UPDATE_RUN), r.update_args()),
+            WriteRef::AttemptUpdate(a) => (Cow::Borrowed(sql::UPDATE_ATTEMPT), a.update_args()),
+            WriteRef::AttemptInsert(a) => (Cow::Owned(sql::insert_attempt()), a.insert_args()),
+            WriteRef::Facts { run_id, facts, at } => {
+                if facts.is_empty() {
+                    return None;
+                }
+                let mut args = Vec::with_capacity(2 + 2 * facts.len());
+                args.push(Arg::Text(run_id));
+                args.push(Arg::Int(at));
+                for (kind, data) in facts {
+                    args.push(Arg::Text(kind));
+                    args.push(Arg::Text(data));
+                }
+                (Cow::Owned(sql::insert_facts(facts.len())), args)
+            }
+        })
+    }
+
+    /// The write, owned (to hold it back).
+    pub(crate) fn to_owned(self) -> Write {
+        match self {
+            WriteRef::Run(r) => Write::Run(r.clone()),
+            WriteRef::AttemptUpdate(a) => Write::AttemptUpdate(a.clone()),
+            WriteRef::AttemptInsert(a) => Write::AttemptInsert(a.clone()),
+            WriteRef::Facts { run_id, facts, at } => Write::Facts {
+                run_id: run_id.to_owned(),
+                facts: facts.to_vec(),
+                at,
+            },
+        }
+    }
+}
+
+/// A write held back.
 #[derive(Debug)]
 pub(crate) enum Write {
     Run(RunRow),
@@ -397,82 +80,310 @@ impl Write {
             Write::Facts { run_id, .. } => (2, run_id),
         }
     }
-}
 
-/// How a sqlx transaction commits, and whether it holds writes back.
-pub(crate) trait Finish: Send {
-    /// Sends what is held back, then commits.
-    fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Whether writes are held back (see [`Write`]).
-    fn holds_back(&self) -> bool;
-    /// Holds a write back (sending what is held first if it writes the same key).
-    fn defer(&mut self, write: Write) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Sends what is held back.
-    fn flush(&mut self) -> impl Future<Output = StoreResult<()>> + Send;
-}
-
-impl Finish for PgTx {
-    async fn finish(mut self) -> StoreResult<()> {
-        self.flush().await?;
-        self.commit().await
-    }
-
-    fn holds_back(&self) -> bool {
-        true
-    }
-
-    async fn defer(&mut self, write: Write) -> StoreResult<()> {
-        if self.held_key(&write) {
-            self.flush().await?;
+    pub(crate) fn as_ref(&self) -> WriteRef<'_> {
+        match self {
+            Write::Run(r) => WriteRef::Run(r),
+            Write::AttemptUpdate(a) => WriteRef::AttemptUpdate(a),
+            Write::AttemptInsert(a) => WriteRef::AttemptInsert(a),
+            Write::Facts { run_id, facts, at } => WriteRef::Facts {
+                run_id,
+                facts,
+                at: *at,
+            },
         }
-        self.hold(write);
+    }
+}
+
+stored_row! {
+    /// A definition's body.
+    #[derive(Debug)]
+    pub struct BodyRow {
+        body: String,
+    }
+}
+
+stored_row! {
+    /// What a command key recorded.
+    #[derive(Debug)]
+    pub struct CommandRow {
+        kind: String,
+        run_id: String,
+        result_run_id: String,
+    }
+}
+
+stored_row! {
+    /// A child run's id.
+    #[derive(Debug)]
+    pub struct ChildIdRow {
+        child_run_id: String,
+    }
+}
+
+stored_row! {
+    /// A child run of a parent step.
+    #[derive(Debug)]
+    pub struct ChildLinkRow {
+        parent_step: String,
+        child_key: String,
+        child_run_id: String,
+    }
+}
+
+stored_row! {
+    /// A child run with its workflow and status (when it exists).
+    #[derive(Debug)]
+    pub struct ChildSummaryRow {
+        parent_step: String,
+        child_key: String,
+        child_run_id: String,
+        workflow: Option<String>,
+        status: Option<String>,
+    }
+}
+
+stored_row! {
+    /// An open attempt's deadline.
+    #[derive(Debug)]
+    pub struct OpenDeadlineRow {
+        run_id: String,
+        step: String,
+        runnable_key: String,
+        deadline: String,
+    }
+}
+
+/// An attempt with its run, selected as `sql::attempt_and_run_columns` names them.
+impl FromColumns for (AttemptRow, RunRow) {
+    fn from_columns<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+        Ok((AttemptRow::decode(r)?, RunRow::decode_r(r)?))
+    }
+}
+
+impl<T: Statements> StoreTx for T {
+    async fn commit(self) -> StoreResult<()> {
+        self.finish().await
+    }
+
+    async fn insert_definition(
+        &mut self,
+        hash: &str,
+        workflow: &str,
+        fingerprint: &str,
+        body: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let args = [
+            Arg::Text(hash),
+            Arg::Text(workflow),
+            Arg::Text(fingerprint),
+            Arg::Text(body),
+            Arg::Int(now),
+        ];
+        self.execute(sql::INSERT_DEFINITION, &args).await?;
         Ok(())
     }
 
-    async fn flush(&mut self) -> StoreResult<()> {
-        PgTx::flush(self).await
-    }
-}
-
-impl_store_tx!(
-    PgTx,
-    lock = " FOR UPDATE",
-    skip = " FOR UPDATE SKIP LOCKED",
-    skip_attempt = " FOR UPDATE OF a SKIP LOCKED",
-    notify = "SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)"
-);
-
-impl Statements for PgTx {
-    const LOCK: &'static str = " FOR UPDATE";
-    const SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
-
-    async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
-        Finish::flush(self).await?;
-        let done = bind_args!(
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
-            args.iter().copied()
-        )
-        .execute(&mut **self)
-        .await?;
-        Ok(done.rows_affected())
+    async fn load_definition(&mut self, hash: &str) -> StoreResult<Option<String>> {
+        let row: Option<BodyRow> = self
+            .fetch_optional(sql::LOAD_DEFINITION, &[Arg::Text(hash)])
+            .await?;
+        Ok(row.map(|r| r.body))
     }
 
-    async fn fetch_all<T: FromColumns + Send>(
+    async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
+        let n = self.execute(&sql::insert_run(), &run.insert_args()).await?;
+        Ok(n == 1)
+    }
+
+    async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
+        let sql = sql::load_run(if lock { T::LOCK } else { "" });
+        self.fetch_optional(&sql, &[Arg::Text(run_id)]).await
+    }
+
+    async fn load_attempt_and_run(
         &mut self,
-        sql: &str,
-        args: &[Arg<'_>],
-    ) -> StoreResult<Vec<T>> {
-        Finish::flush(self).await?;
-        let rows = bind_args!(
-            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())),
-            args.iter().copied()
-        )
-        .fetch_all(&mut **self)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.push(T::from_columns(r)?);
+        runnable_key: &str,
+        lock: bool,
+    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+        let sql = sql::load_attempt_and_run(if lock { T::LOCK } else { "" });
+        self.fetch_optional(&sql, &[Arg::Text(runnable_key)]).await
+    }
+
+    async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
+        self.write(WriteRef::Run(run)).await
+    }
+
+    async fn append_facts(
+        &mut self,
+        run_id: &str,
+        facts: &[(String, String)],
+        at: i64,
+    ) -> StoreResult<()> {
+        self.write(WriteRef::Facts { run_id, facts, at }).await
+    }
+
+    async fn facts(&mut self, run_id: &str) -> StoreResult<Vec<FactRow>> {
+        self.fetch_all(&sql::facts(), &[Arg::Text(run_id)]).await
+    }
+
+    async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+        self.write(WriteRef::AttemptInsert(a)).await
+    }
+
+    async fn load_attempt(
+        &mut self,
+        runnable_key: &str,
+        lock: bool,
+    ) -> StoreResult<Option<AttemptRow>> {
+        let sql = sql::load_attempt(if lock { T::LOCK } else { "" });
+        self.fetch_optional(&sql, &[Arg::Text(runnable_key)]).await
+    }
+
+    async fn update_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+        self.write(WriteRef::AttemptUpdate(a)).await
+    }
+
+    async fn run_attempts(&mut self, run_id: &str) -> StoreResult<Vec<AttemptRow>> {
+        self.fetch_all(&sql::run_attempts(), &[Arg::Text(run_id)])
+            .await
+    }
+
+    async fn next_due_with_run(
+        &mut self,
+        queue: &str,
+        now: i64,
+    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+        let sql = sql::next_due_with_run(T::SKIP_ATTEMPT);
+        self.fetch_optional(&sql, &[Arg::Text(queue), Arg::Int(now)])
+            .await
+    }
+
+    async fn next_due_of_run(
+        &mut self,
+        run_id: &str,
+        queue: &str,
+        now: i64,
+    ) -> StoreResult<Option<AttemptRow>> {
+        let sql = sql::next_due_of_run(T::SKIP);
+        let args = [Arg::Text(run_id), Arg::Text(queue), Arg::Int(now)];
+        self.fetch_optional(&sql, &args).await
+    }
+
+    async fn close_open_attempts(
+        &mut self,
+        run_id: &str,
+        status: AttemptStatus,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let args = [Arg::Text(run_id), Arg::Text(status.as_str()), Arg::Int(now)];
+        self.execute(sql::CLOSE_OPEN_ATTEMPTS, &args).await
+    }
+
+    async fn insert_command(
+        &mut self,
+        key: &str,
+        kind: &str,
+        run_id: &str,
+        result_run_id: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let args = [
+            Arg::Text(key),
+            Arg::Text(kind),
+            Arg::Text(run_id),
+            Arg::Text(result_run_id),
+            Arg::Int(now),
+        ];
+        Ok(self.execute(sql::INSERT_COMMAND, &args).await? == 1)
+    }
+
+    async fn load_command(&mut self, key: &str) -> StoreResult<Option<(String, String, String)>> {
+        let row: Option<CommandRow> = self
+            .fetch_optional(sql::LOAD_COMMAND, &[Arg::Text(key)])
+            .await?;
+        Ok(row.map(|r| (r.kind, r.run_id, r.result_run_id)))
+    }
+
+    async fn insert_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+        child: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let args = [
+            Arg::Text(parent),
+            Arg::Text(step),
+            Arg::Text(key),
+            Arg::Text(child),
+            Arg::Int(now),
+        ];
+        Ok(self.execute(sql::INSERT_CHILD, &args).await? == 1)
+    }
+
+    async fn load_child(
+        &mut self,
+        parent: &str,
+        step: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>> {
+        let args = [Arg::Text(parent), Arg::Text(step), Arg::Text(key)];
+        let row: Option<ChildIdRow> = self.fetch_optional(sql::LOAD_CHILD, &args).await?;
+        Ok(row.map(|r| r.child_run_id))
+    }
+
+    async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {
+        let rows: Vec<ChildLinkRow> = self.fetch_all(sql::CHILDREN, &[Arg::Text(parent)]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.parent_step, r.child_key, r.child_run_id))
+            .collect())
+    }
+
+    async fn child_summaries(&mut self, parent: &str) -> StoreResult<Vec<ChildRow>> {
+        let rows: Vec<ChildSummaryRow> = self
+            .fetch_all(sql::CHILD_SUMMARIES, &[Arg::Text(parent)])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.parent_step,
+                    r.child_key,
+                    r.child_run_id,
+                    r.workflow,
+                    r.status,
+                )
+            })
+            .collect())
+    }
+
+    async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
+        if let Some(notify) = T::NOTIFY {
+            self.execute(notify, &[Arg::Text(queue)]).await?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    async fn list_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<SummaryRow>> {
+        let (sql, args) = query.sql();
+        self.fetch_all(&sql, &args).await
+    }
+
+    async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<Arg<'_>> = run_ids.iter().map(|id| Arg::Text(id)).collect();
+        let rows: Vec<OpenDeadlineRow> = self
+            .fetch_all(&sql::open_deadlines(run_ids.len()), &args)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.run_id, r.step, r.runnable_key, r.deadline))
+            .collect())
     }
 }
