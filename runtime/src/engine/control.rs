@@ -12,7 +12,7 @@ use crate::actions::StepContext;
 use crate::decide::{self, Command, Event, GateAction, decide};
 use crate::journal::{ParentLink, RunId};
 use crate::spec::{SpecProblem, valid_name};
-use crate::store::{Store, StoreTx};
+use crate::store::{Lock, Store, StoreTx};
 use crate::vocab::AttemptStatus;
 
 /// Options of `cancel`.
@@ -276,7 +276,7 @@ impl Engine {
             return self.snapshot_on(store, done).await;
         }
         let mut run = tx
-            .load_run(&id, true)
+            .load_run(&id, Lock::Update)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;

@@ -481,7 +481,7 @@ impl Engine {
     ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
-        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, true).await? {
+        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, Lock::Update).await? {
             let event = decide::LeaseEvent::Release {
                 holder: decide::Holder {
                     claim_id: attempt.claim_id.clone(),
@@ -512,7 +512,10 @@ impl Engine {
         let def = unit.def.as_deref();
         let chain = unit.chain.as_ref();
         let now = self.inner.clock.now();
-        let (mut cur, mut run) = match tx.load_attempt_and_run(&attempt.runnable_key, true).await? {
+        let (mut cur, mut run) = match tx
+            .load_attempt_and_run(&attempt.runnable_key, Lock::Update)
+            .await?
+        {
             Some(both) => both,
             None => {
                 // Say which one is missing.
@@ -606,7 +609,7 @@ impl Engine {
         tx: &mut T,
         run_id: &str,
     ) -> Result<RunRow> {
-        tx.load_run(run_id, true)
+        tx.load_run(run_id, Lock::Update)
             .await?
             .ok_or_else(|| EngineError::RunNotFound {
                 run_id: run_id.to_owned(),

@@ -50,7 +50,9 @@ use crate::journal::{
 use crate::plan;
 use crate::redact::RedactionPolicy;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
-use crate::store::{AttemptRow, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous};
+use crate::store::{
+    AttemptRow, Lock, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous,
+};
 use crate::vocab::AttemptStatus;
 use crate::vocab::{Clock, SystemClock, Timestamp};
 
@@ -261,7 +263,7 @@ impl Engine {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
         let run = tx
-            .load_run(&id, false)
+            .load_run(&id, Lock::None)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;
@@ -285,7 +287,7 @@ impl Engine {
     ) -> Result<Vec<(Timestamp, Fact)>> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        if tx.load_run(&id, false).await?.is_none() {
+        if tx.load_run(&id, Lock::None).await?.is_none() {
             return Err(EngineError::RunNotFound { run_id: id });
         }
         let rows = tx.facts(&id).await?;
@@ -308,7 +310,7 @@ impl Engine {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
         let run = tx
-            .load_run(&id, false)
+            .load_run(&id, Lock::None)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;

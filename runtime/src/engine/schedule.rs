@@ -26,7 +26,7 @@ use crate::schedule::{CronSchedule, jitter, plan_fires, window_key};
 use crate::spec::{
     DynamicDefault, Overlap, SchedulePolicy, SpecProblem, TriggerKind, WorkflowSpec, valid_name,
 };
-use crate::store::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, StoreTx};
+use crate::store::{FireRow, Lock, ScheduleEventRow, ScheduleRow, ScheduleTx, Store, StoreTx};
 use crate::vocab::Timestamp;
 pub use crate::vocab::{FireOrigin, FireOutcome, ScheduleEventKind, ScheduleState};
 
@@ -499,7 +499,7 @@ impl Engine {
         let stored = match self.schedules().key(workflow, text("trigger")).await {
             Ok(trigger) => with_store!(self, s => {
                 let mut tx = s.begin_read().await?;
-                tx.load_schedule(workflow, &trigger, false).await?
+                tx.load_schedule(workflow, &trigger, Lock::None).await?
             }),
             Err(_) => None,
         };
@@ -725,7 +725,7 @@ impl Schedules<'_> {
             }
             let mut out = Vec::new();
             for (trigger, cron, policy) in crons {
-                let existing = tx.load_schedule(&spec.name, &trigger, true).await?;
+                let existing = tx.load_schedule(&spec.name, &trigger, Lock::Update).await?;
                 let first = |from: Timestamp| first_window(&cron, &policy, from);
                 let row = match existing {
                     Some(mut row) => {
@@ -857,7 +857,7 @@ impl Schedules<'_> {
         let (row, fire_rows, events) = with_store!(self.engine, s => {
             let mut tx = s.begin_read().await?;
             let row = tx
-                .load_schedule(workflow, &trigger, false)
+                .load_schedule(workflow, &trigger, Lock::None)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             let fire_rows = tx.fires(workflow, &trigger, i64::from(fires)).await?;
@@ -950,7 +950,7 @@ impl Schedules<'_> {
         let info = with_store!(self.engine, s => {
             let mut tx = s.begin_write().await?;
             let row = tx
-                .load_schedule(workflow, &trigger, true)
+                .load_schedule(workflow, &trigger, Lock::Update)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             let mut loaded = Loaded::new(row)?;
@@ -990,7 +990,7 @@ impl Schedules<'_> {
         with_store!(self.engine, s => {
             let mut tx = s.begin_write().await?;
             let row = tx
-                .load_schedule(workflow, &trigger, true)
+                .load_schedule(workflow, &trigger, Lock::Update)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             delete_schedule(&mut tx, &row, &cmd, json!({}), now).await?;
@@ -1032,7 +1032,7 @@ impl Schedules<'_> {
         with_store!(e, s => {
             let mut tx = s.begin_read().await?;
             let row = tx
-                .load_schedule(workflow, &trigger, false)
+                .load_schedule(workflow, &trigger, Lock::None)
                 .await?
                 .ok_or_else(|| not_found(workflow, &trigger))?;
             let loaded = Loaded::new(row)?;
@@ -1170,7 +1170,7 @@ impl Schedules<'_> {
                     "schedule {workflow}/{trigger} could not fire and is parked: {err}; apply its spec again to fire it"
                 );
                 let mut tx = store.begin_write().await?;
-                if let Some(mut row) = tx.load_schedule(&workflow, &trigger, true).await? {
+                if let Some(mut row) = tx.load_schedule(&workflow, &trigger, Lock::Update).await? {
                     row.due_at = None;
                     row.updated_at = now.0;
                     tx.put_schedule(&row).await?;
@@ -1213,7 +1213,7 @@ impl Schedules<'_> {
             })?;
         let mut alive = match &loaded.row.last_run_id {
             Some(id) => tx
-                .load_run(id, false)
+                .load_run(id, Lock::None)
                 .await?
                 .is_some_and(|r| !r.status.is_terminal()),
             None => false,

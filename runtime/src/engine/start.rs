@@ -358,13 +358,12 @@ impl Engine {
         )
         .await?;
         if !tx.insert_run(&run).await? {
-            let existing =
-                tx.load_run(&run.run_id, false)
-                    .await?
-                    .ok_or_else(|| EngineError::Corrupt {
-                        what: format!("run {run_id}"),
-                        message: "insert conflicted but the run cannot be read".into(),
-                    })?;
+            let existing = tx.load_run(&run.run_id, Lock::None).await?.ok_or_else(|| {
+                EngineError::Corrupt {
+                    what: format!("run {run_id}"),
+                    message: "insert conflicted but the run cannot be read".into(),
+                }
+            })?;
             if existing.payload_hash == payload_hash && existing.fingerprint == run.fingerprint {
                 return Ok(Written::Existing(run_id));
             }

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::engine::{Engine, EngineError, Result, with_store};
 use crate::inspect;
-use crate::store::{ListQuery, Store, StoreTx};
+use crate::store::{ListQuery, Lock, Store, StoreTx};
 use crate::vocab::Timestamp;
 
 impl Engine {
@@ -167,14 +167,14 @@ impl Engine {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
         let run = tx
-            .load_run(&id, false)
+            .load_run(&id, Lock::None)
             .await?
             .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
         let attempts = tx.run_attempts(&id).await?;
         let facts = tx.facts(&id).await?;
         let children = tx.child_summaries(&id).await?;
         let parent = match &run.parent_run_id {
-            Some(p) => tx.load_run(p, false).await?,
+            Some(p) => tx.load_run(p, Lock::None).await?,
             None => None,
         };
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;

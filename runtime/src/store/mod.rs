@@ -55,6 +55,26 @@ pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
 
+/// Whether a read locks the rows it returns until the transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// A plain read.
+    None,
+    /// Locked for update (Postgres `FOR UPDATE`; a SQLite write transaction holds the whole
+    /// database already).
+    Update,
+}
+
+impl Lock {
+    /// The suffix of the read: `suffix` when locking, else nothing.
+    pub(crate) fn suffix(self, suffix: &'static str) -> &'static str {
+        match self {
+            Lock::None => "",
+            Lock::Update => suffix,
+        }
+    }
+}
+
 /// A database holding Squid Mesh's tables.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The transaction type.
@@ -185,14 +205,14 @@ pub trait StoreTx: Send {
     fn load_run(
         &mut self,
         run_id: &str,
-        lock: bool,
+        lock: Lock,
     ) -> impl Future<Output = StoreResult<Option<RunRow>>> + Send;
     /// Loads an attempt and its run in one statement, locking both (run first) when `lock`
     /// is set; `None` when either is missing.
     fn load_attempt_and_run(
         &mut self,
         runnable_key: &str,
-        lock: bool,
+        lock: Lock,
     ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
     /// Writes the mutable columns of a run.
     fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
@@ -214,7 +234,7 @@ pub trait StoreTx: Send {
     fn load_attempt(
         &mut self,
         runnable_key: &str,
-        lock: bool,
+        lock: Lock,
     ) -> impl Future<Output = StoreResult<Option<AttemptRow>>> + Send;
     /// Writes the mutable columns of an attempt.
     fn update_attempt(

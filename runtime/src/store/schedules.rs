@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use super::{Arg, Statements, StoreResult, StoreTx};
+use super::{Arg, Lock, Statements, StoreResult, StoreTx};
 use crate::vocab::{FireOrigin, FireOutcome, ScheduleEventKind, ScheduleState};
 
 stored_row! {
@@ -108,7 +108,7 @@ pub trait ScheduleTx: StoreTx {
         &mut self,
         workflow: &str,
         trigger: &str,
-        lock: bool,
+        lock: Lock,
     ) -> impl Future<Output = StoreResult<Option<ScheduleRow>>> + Send;
     /// The schedule most overdue at `now`, locked; Postgres skips rows another process holds.
     fn next_due_schedule(
@@ -191,12 +191,12 @@ impl<T: Statements> ScheduleTx for T {
         &mut self,
         workflow: &str,
         trigger: &str,
-        lock: bool,
+        lock: Lock,
     ) -> StoreResult<Option<ScheduleRow>> {
         let sql = format!(
             "SELECT {} FROM schedules WHERE workflow = $1 AND trigger_name = $2{}",
             ScheduleRow::COLUMNS,
-            if lock { T::LOCK } else { "" }
+            lock.suffix(T::LOCK)
         );
         self.fetch_optional(&sql, &[Arg::Text(workflow), Arg::Text(trigger)])
             .await

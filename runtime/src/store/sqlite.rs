@@ -47,7 +47,10 @@ impl SqliteStore {
         let path = path.as_ref().to_owned();
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || sqlite_tx::open(&path, synchronous, true)).await
+            tokio::task::spawn_blocking(move || {
+                sqlite_tx::open(&path, synchronous, sqlite_tx::Role::Writer)
+            })
+            .await
         };
         let writer = match opened {
             Ok(conn) => conn?,

@@ -38,8 +38,18 @@ impl ToSql for Arg<'_> {
     }
 }
 
-/// Opens a connection to `path` with the store's settings (the writer creates the file).
-pub(crate) fn open(path: &Path, synchronous: Synchronous, writer: bool) -> StoreResult<Connection> {
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The store's one writer: creates the file, sets WAL.
+    Writer,
+    /// A reader: refuses writes (`query_only`).
+    Reader,
+}
+
+/// Opens a connection to `path` with the store's settings.
+pub(crate) fn open(path: &Path, synchronous: Synchronous, role: Role) -> StoreResult<Connection> {
+    let writer = role == Role::Writer;
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
@@ -96,7 +106,7 @@ impl Readers {
             .pop();
         let conn = match idle {
             Some(c) => c,
-            None => open(&self.path, self.synchronous, false)?,
+            None => open(&self.path, self.synchronous, Role::Reader)?,
         };
         Ok(Reader {
             conn: Some(conn),

@@ -197,17 +197,17 @@ impl<T: Statements> StoreTx for T {
         Ok(n == 1)
     }
 
-    async fn load_run(&mut self, run_id: &str, lock: bool) -> StoreResult<Option<RunRow>> {
-        let sql = sql::load_run(if lock { T::LOCK } else { "" });
+    async fn load_run(&mut self, run_id: &str, lock: Lock) -> StoreResult<Option<RunRow>> {
+        let sql = sql::load_run(lock.suffix(T::LOCK));
         self.fetch_optional(&sql, &[Arg::Text(run_id)]).await
     }
 
     async fn load_attempt_and_run(
         &mut self,
         runnable_key: &str,
-        lock: bool,
+        lock: Lock,
     ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
-        let sql = sql::load_attempt_and_run(if lock { T::LOCK } else { "" });
+        let sql = sql::load_attempt_and_run(lock.suffix(T::LOCK));
         self.fetch_optional(&sql, &[Arg::Text(runnable_key)]).await
     }
 
@@ -235,9 +235,9 @@ impl<T: Statements> StoreTx for T {
     async fn load_attempt(
         &mut self,
         runnable_key: &str,
-        lock: bool,
+        lock: Lock,
     ) -> StoreResult<Option<AttemptRow>> {
-        let sql = sql::load_attempt(if lock { T::LOCK } else { "" });
+        let sql = sql::load_attempt(lock.suffix(T::LOCK));
         self.fetch_optional(&sql, &[Arg::Text(runnable_key)]).await
     }
 
