@@ -198,13 +198,12 @@ impl PostgresStore {
         self.begin_as(None).await
     }
 
-    /// A transaction; `mode` (a `SET TRANSACTION` clause) comes first, before anything
-    /// takes a snapshot.
-    async fn begin_as(&self, mode: Option<&'static str>) -> StoreResult<PgTx> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(mode) = mode {
-            sqlx::query(mode).execute(&mut *tx).await?;
-        }
+    /// A transaction begun by `begin` (a `BEGIN` with its mode), else a plain `BEGIN`.
+    async fn begin_as(&self, begin: Option<&'static str>) -> StoreResult<PgTx> {
+        let mut tx = match begin {
+            Some(statement) => self.pool.begin_with(statement).await?,
+            None => self.pool.begin().await?,
+        };
         if self.set_path {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SET LOCAL search_path TO \"{}\"",
@@ -262,10 +261,8 @@ impl Store for PostgresStore {
     /// One snapshot for every statement of the read, so a run's row, its attempts and its
     /// journal are read as of one moment while workers write.
     async fn begin_read(&self) -> StoreResult<Self::Tx> {
-        self.begin_as(Some(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        ))
-        .await
+        self.begin_as(Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            .await
     }
 
     async fn listen(
