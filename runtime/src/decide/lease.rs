@@ -117,12 +117,11 @@ pub struct LeaseDecision {
 /// A [`Stale`] refusal: the attempt is not claimable, or the claim presented is not the one
 /// holding it under a running lease.
 pub fn decide_lease(
-    state: &LeaseState,
+    mut state: LeaseState,
     event: LeaseEvent,
     now: Timestamp,
 ) -> Result<LeaseDecision, Stale> {
-    let mut next = state.clone();
-    match event {
+    let fact = match event {
         LeaseEvent::Claim {
             claim_id,
             token_hash,
@@ -135,60 +134,51 @@ pub fn decide_lease(
                 _ => return Err(Stale::NotClaimable),
             };
             let lease_until = now.plus(lease_for);
-            next.status = AttemptStatus::Claimed;
-            next.claim_id = Some(claim_id.clone());
-            next.token_hash = Some(token_hash);
-            next.owner = Some(owner.clone());
-            next.lease_until = Some(lease_until);
+            state.status = AttemptStatus::Claimed;
+            state.claim_id = Some(claim_id.clone());
+            state.token_hash = Some(token_hash);
+            state.owner = Some(owner.clone());
+            state.lease_until = Some(lease_until);
             // Due again when the lease ends: another worker redelivers it then.
-            next.due_at = Some(lease_until);
-            next.claims += 1;
-            let fact = Fact::AttemptClaimed {
+            state.due_at = Some(lease_until);
+            state.claims += 1;
+            Some(Fact::AttemptClaimed {
                 runnable_key: state.runnable_key.clone(),
                 claim_id,
                 owner,
                 lease_until,
                 redelivery,
-            };
-            Ok(LeaseDecision {
-                state: next,
-                fact: Some(fact),
             })
         }
         LeaseEvent::Record { holder, outcome } => {
-            check_holder(state, &holder, now)?;
-            next.status = AttemptStatus::Recorded;
+            check_holder(&state, &holder, now)?;
+            state.status = AttemptStatus::Recorded;
             // Due at once: if applying it fails, the next claim applies it.
-            next.due_at = Some(now);
-            let fact = Fact::AttemptRecorded {
+            state.due_at = Some(now);
+            Some(Fact::AttemptRecorded {
                 runnable_key: state.runnable_key.clone(),
                 claim_id: state.claim_id.clone(),
                 outcome,
-            };
-            Ok(LeaseDecision {
-                state: next,
-                fact: Some(fact),
             })
         }
         LeaseEvent::Release { holder, retry_at } => {
             if state.status == AttemptStatus::Cancelled {
                 return Err(Stale::Ended);
             }
-            if !holds(state, &holder) {
+            if !holds(&state, &holder) {
                 return Err(Stale::TakenOver);
             }
-            next.status = AttemptStatus::Scheduled;
-            next.visible_at = retry_at;
-            next.due_at = Some(retry_at);
-            next.claim_id = None;
-            next.token_hash = None;
-            next.lease_until = None;
-            Ok(LeaseDecision {
-                state: next,
-                fact: None,
-            })
+            state.status = AttemptStatus::Scheduled;
+            state.visible_at = retry_at;
+            state.due_at = Some(retry_at);
+            state.claim_id = None;
+            state.token_hash = None;
+            state.lease_until = None;
+            // Not journaled: the attempt is as it was before the claim.
+            None
         }
-    }
+    };
+    Ok(LeaseDecision { state, fact })
 }
 
 /// Whether `holder` presents the claim that holds the attempt.
@@ -263,14 +253,14 @@ mod tests {
 
     /// The attempt as claimed by `id` at `NOW`.
     fn claimed(id: &str) -> LeaseState {
-        decide_lease(&scheduled(NOW), claim(id), NOW)
+        decide_lease(scheduled(NOW), claim(id), NOW)
             .expect("claims")
             .state
     }
 
     #[test]
     fn a_visible_attempt_is_claimed_under_a_lease_and_due_again_when_it_ends() {
-        let d = decide_lease(&scheduled(NOW), claim("c1"), NOW).expect("claims");
+        let d = decide_lease(scheduled(NOW), claim("c1"), NOW).expect("claims");
         let until = NOW.plus(LEASE);
         assert_eq!(d.state.status, AttemptStatus::Claimed);
         assert_eq!(d.state.claim_id.as_deref(), Some("c1"));
@@ -295,13 +285,13 @@ mod tests {
     fn only_due_attempts_can_be_claimed() {
         let later = scheduled(NOW.plus(Duration::from_millis(1)));
         assert_eq!(
-            decide_lease(&later, claim("c1"), NOW),
+            decide_lease(later, claim("c1"), NOW),
             Err(Stale::NotClaimable)
         );
         let held = claimed("c1");
         let before_end = NOW.plus(LEASE - Duration::from_micros(1));
         assert_eq!(
-            decide_lease(&held, claim("c2"), before_end),
+            decide_lease(held.clone(), claim("c2"), before_end),
             Err(Stale::NotClaimable)
         );
         for status in [
@@ -313,7 +303,7 @@ mod tests {
             let mut s = held.clone();
             s.status = status;
             assert_eq!(
-                decide_lease(&s, claim("c2"), NOW.plus(LEASE)),
+                decide_lease(s, claim("c2"), NOW.plus(LEASE)),
                 Err(Stale::NotClaimable),
                 "{status}"
             );
@@ -323,7 +313,7 @@ mod tests {
     #[test]
     fn an_expired_claim_is_redelivered_to_a_new_claim() {
         let end = NOW.plus(LEASE);
-        let d = decide_lease(&claimed("c1"), claim("c2"), end).expect("redelivers");
+        let d = decide_lease(claimed("c1"), claim("c2"), end).expect("redelivers");
         assert_eq!(d.state.claim_id.as_deref(), Some("c2"));
         assert_eq!(d.state.claims, 2);
         assert_eq!(d.state.lease_until, Some(end.plus(LEASE)));
@@ -339,7 +329,7 @@ mod tests {
     #[test]
     fn the_holder_records_within_its_lease_and_the_outcome_is_due_at_once() {
         let at = NOW.plus(Duration::from_secs(1));
-        let d = decide_lease(&claimed("c1"), record("c1"), at).expect("records");
+        let d = decide_lease(claimed("c1"), record("c1"), at).expect("records");
         assert_eq!(d.state.status, AttemptStatus::Recorded);
         assert_eq!(d.state.due_at, Some(at));
         assert_eq!(d.state.claim_id.as_deref(), Some("c1"));
@@ -353,11 +343,11 @@ mod tests {
     fn a_completion_is_fenced_by_its_claim_its_lease_and_the_run() {
         let at = NOW.plus(Duration::from_secs(1));
         // Another claim (a redelivery took it over).
-        let taken = decide_lease(&claimed("c1"), claim("c2"), NOW.plus(LEASE))
+        let taken = decide_lease(claimed("c1"), claim("c2"), NOW.plus(LEASE))
             .expect("redelivers")
             .state;
         assert_eq!(
-            decide_lease(&taken, record("c1"), NOW.plus(LEASE)),
+            decide_lease(taken, record("c1"), NOW.plus(LEASE)),
             Err(Stale::TakenOver)
         );
         // The right claim id with the wrong token.
@@ -369,19 +359,19 @@ mod tests {
             outcome: StepOutcome::Failed(StepError::sandbox(StepErrorKind::Trap, "x")),
         };
         assert_eq!(
-            decide_lease(&claimed("c1"), forged, at),
+            decide_lease(claimed("c1"), forged, at),
             Err(Stale::TakenOver)
         );
         // The lease ran out (nobody redelivered yet).
         assert_eq!(
-            decide_lease(&claimed("c1"), record("c1"), NOW.plus(LEASE)),
+            decide_lease(claimed("c1"), record("c1"), NOW.plus(LEASE)),
             Err(Stale::LeaseExpired)
         );
         // The run ended while the step ran.
         let mut cancelled = claimed("c1");
         cancelled.status = AttemptStatus::Cancelled;
         assert_eq!(
-            decide_lease(&cancelled, record("c1"), at),
+            decide_lease(cancelled.clone(), record("c1"), at),
             Err(Stale::Ended)
         );
     }
@@ -393,7 +383,7 @@ mod tests {
             holder: holder(id),
             retry_at,
         };
-        let d = decide_lease(&claimed("c1"), give_back("c1"), NOW).expect("releases");
+        let d = decide_lease(claimed("c1"), give_back("c1"), NOW).expect("releases");
         assert_eq!(d.state.status, AttemptStatus::Scheduled);
         assert_eq!(d.state.visible_at, retry_at);
         assert_eq!(d.state.due_at, Some(retry_at));
@@ -402,13 +392,13 @@ mod tests {
         assert_eq!(d.state.claims, 1, "the claim still counts");
         assert_eq!(d.fact, None);
         assert_eq!(
-            decide_lease(&claimed("c1"), give_back("c2"), NOW),
+            decide_lease(claimed("c1"), give_back("c2"), NOW),
             Err(Stale::TakenOver)
         );
         let mut cancelled = claimed("c1");
         cancelled.status = AttemptStatus::Cancelled;
         assert_eq!(
-            decide_lease(&cancelled, give_back("c1"), NOW),
+            decide_lease(cancelled.clone(), give_back("c1"), NOW),
             Err(Stale::Ended)
         );
     }

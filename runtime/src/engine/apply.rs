@@ -105,16 +105,18 @@ pub(super) async fn write_all<T: StoreTx>(
     Ok(())
 }
 
-/// The lease state of an attempt row, for [`crate::decide::decide_lease`].
-pub(super) fn lease_state(a: &AttemptRow) -> LeaseState {
+/// The lease state of an attempt row, for [`crate::decide::decide_lease`]: the claim's
+/// fields move out of the row (write the decision back with [`set_lease`]; on a refusal the
+/// row is not written).
+pub(super) fn take_lease(a: &mut AttemptRow) -> LeaseState {
     LeaseState {
         runnable_key: a.runnable_key.clone(),
         status: a.status,
         visible_at: Timestamp(a.visible_at),
         due_at: a.due_at.map(Timestamp),
-        claim_id: a.claim_id.clone(),
-        token_hash: a.claim_token_hash.clone(),
-        owner: a.owner.clone(),
+        claim_id: a.claim_id.take(),
+        token_hash: a.claim_token_hash.take(),
+        owner: a.owner.take(),
         lease_until: a.lease_until.map(Timestamp),
         claims: a.claims,
     }

@@ -7,7 +7,7 @@ use super::signal::{ManualAttrs, Signal, SignalKind};
 use super::{
     Engine, EngineError, NewRun, Result, RunSnapshot, StartOptions, WorkflowRef, now_us, receipt,
 };
-use super::{apply, refusal};
+use super::{apply, existing_run, refusal};
 use crate::actions::StepContext;
 use crate::decide::{self, Command, Event, GateAction, decide};
 use crate::journal::{ParentLink, RunId};
@@ -275,10 +275,7 @@ impl Engine {
             drop(tx);
             return self.snapshot_on(store, done).await;
         }
-        let mut run = tx
-            .load_run(&id, Lock::Update)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let mut run = existing_run(&mut tx, &id, Lock::Update).await?;
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;
         let command = match kind {
             SignalKind::Cancel => Command::Cancel,

@@ -257,7 +257,7 @@ impl Engine {
         if attempt.status == AttemptStatus::Recorded {
             // A crash (or a failed transaction) came between recording and applying: apply
             // the recorded outcome now, without running the step again.
-            let mut run = self.load_run_locked(tx, &attempt.run_id).await?;
+            let mut run = existing_run(tx, &attempt.run_id, Lock::Update).await?;
             let def = self.definition_in(tx, &run.definition_hash).await?;
             let mut journal = Vec::new();
             let unit = Unit {
@@ -315,7 +315,7 @@ impl Engine {
             owner: owner.to_owned(),
             lease_for,
         };
-        let decision = decide::decide_lease(&apply::lease_state(&attempt), event, now)
+        let decision = decide::decide_lease(apply::take_lease(&mut attempt), event, now)
             .map_err(|s| stale(&attempt.runnable_key, s))?;
         apply::set_lease(&mut attempt, decision.state, now);
         match placement {
@@ -490,7 +490,7 @@ impl Engine {
                 retry_at: now.plus(Duration::from_secs(1)),
             };
             // A claim that is no longer this worker's has nothing to give back.
-            if let Ok(decision) = decide::decide_lease(&apply::lease_state(&cur), event, now) {
+            if let Ok(decision) = decide::decide_lease(apply::take_lease(&mut cur), event, now) {
                 apply::set_lease(&mut cur, decision.state, now);
                 tx.update_attempt(&cur).await?;
             }
@@ -519,7 +519,7 @@ impl Engine {
             Some(both) => both,
             None => {
                 // Say which one is missing.
-                self.load_run_locked(tx, &attempt.run_id).await?;
+                existing_run(tx, &attempt.run_id, Lock::Update).await?;
                 return Err(EngineError::Corrupt {
                     what: format!("attempt {}", attempt.runnable_key),
                     message: "vanished".into(),
@@ -534,7 +534,7 @@ impl Engine {
             },
             outcome,
         };
-        let decision = decide::decide_lease(&apply::lease_state(&cur), event, now)
+        let decision = decide::decide_lease(apply::take_lease(&mut cur), event, now)
             .map_err(|s| stale(&attempt.runnable_key, s))?;
         apply::set_lease(&mut cur, decision.state, now);
         cur.outcome = Some(stored_outcome);
@@ -602,18 +602,6 @@ impl Engine {
         let claimed = self.claim_row(tx, req, &mut journal).await?;
         tx.append_facts(&run_key, &journal, at).await?;
         Ok(Completed::Applied(Some(Box::new(claimed))))
-    }
-
-    pub(super) async fn load_run_locked<T: StoreTx>(
-        &self,
-        tx: &mut T,
-        run_id: &str,
-    ) -> Result<RunRow> {
-        tx.load_run(run_id, Lock::Update)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound {
-                run_id: run_id.to_owned(),
-            })
     }
 
     /// Applies a recorded outcome and writes everything it implies in the caller's

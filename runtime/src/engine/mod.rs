@@ -262,10 +262,7 @@ impl Engine {
     async fn snapshot_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<RunSnapshot> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        let run = tx
-            .load_run(&id, Lock::None)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let run = existing_run(&mut tx, &id, Lock::None).await?;
         let attempts = tx.run_attempts(&id).await?;
         drop(tx);
         RunSnapshot::from_rows(run, attempts)
@@ -287,9 +284,7 @@ impl Engine {
     ) -> Result<Vec<(Timestamp, Fact)>> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        if tx.load_run(&id, Lock::None).await?.is_none() {
-            return Err(EngineError::RunNotFound { run_id: id });
-        }
+        existing_run(&mut tx, &id, Lock::None).await?;
         let rows = tx.facts(&id).await?;
         decode_facts(rows)
     }
@@ -309,10 +304,7 @@ impl Engine {
     async fn verify_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<Vec<String>> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        let run = tx
-            .load_run(&id, Lock::None)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let run = existing_run(&mut tx, &id, Lock::None).await?;
         let attempts = tx.run_attempts(&id).await?;
         let rows = tx.facts(&id).await?;
         drop(tx);
@@ -327,6 +319,19 @@ impl From<Vec<SpecProblem>> for EngineError {
     fn from(problems: Vec<SpecProblem>) -> Self {
         Self::InvalidSpec(problems)
     }
+}
+
+/// A run's row, read with `lock`; [`EngineError::RunNotFound`] when there is none.
+pub(crate) async fn existing_run<T: StoreTx>(
+    tx: &mut T,
+    run_id: &str,
+    lock: Lock,
+) -> Result<RunRow> {
+    tx.load_run(run_id, lock)
+        .await?
+        .ok_or_else(|| EngineError::RunNotFound {
+            run_id: run_id.to_owned(),
+        })
 }
 
 /// Journal rows decoded into facts, oldest first.

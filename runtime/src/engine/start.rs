@@ -311,7 +311,7 @@ impl Engine {
             return Ok(Written::Existing(done));
         }
         if let Some(link) = &parent {
-            let mut parent_row = self.load_run_locked(tx, &link.run_id).await?;
+            let mut parent_row = existing_run(tx, &link.run_id, Lock::Update).await?;
             if parent_row.status.is_terminal() {
                 return Err(EngineError::InvalidTransition {
                     run_id: link.run_id.clone(),

@@ -5,7 +5,7 @@ use super::list::page;
 use super::{
     Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef, RunRows,
 };
-use crate::engine::{Engine, EngineError, Result, with_store};
+use crate::engine::{Engine, Result, existing_run, with_store};
 use crate::inspect;
 use crate::store::{ListQuery, Lock, Store, StoreTx};
 use crate::vocab::Timestamp;
@@ -166,10 +166,7 @@ impl Engine {
     )> {
         let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        let run = tx
-            .load_run(&id, Lock::None)
-            .await?
-            .ok_or_else(|| EngineError::RunNotFound { run_id: id.clone() })?;
+        let run = existing_run(&mut tx, &id, Lock::None).await?;
         let attempts = tx.run_attempts(&id).await?;
         let facts = tx.facts(&id).await?;
         let children = tx.child_summaries(&id).await?;

@@ -1065,6 +1065,78 @@ async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: Manu
 }
 on_each_backend!(concurrent_workers_claim_every_attempt_exactly_once);
 
+/// A file migrated by earlier versions (through `sqlx migrate`) opens as it is: its history
+/// is kept and nothing is applied twice; a migration changed after it was applied is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("earlier.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let connect = || async {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("pool")
+    };
+    async fn history(pool: &SqlitePool) -> Vec<(i64, Vec<u8>, String)> {
+        sqlx::query_as(
+            "SELECT version, checksum, installed_on FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("history")
+    }
+    let pool = connect().await;
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .expect("sqlx migrates");
+    let before = history(&pool).await;
+    pool.close().await;
+    assert!(!before.is_empty());
+
+    let engine = Engine::builder()
+        .sqlite(&path)
+        .registry(registry())
+        .clock(ManualClock::new(T0))
+        .build()
+        .await
+        .expect("opens the earlier file");
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+    engine.close().await;
+    drop(engine);
+
+    let pool = connect().await;
+    assert_eq!(history(&pool).await, before, "nothing applied again");
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1")
+        .execute(&pool)
+        .await
+        .expect("tampers");
+    pool.close().await;
+    let err = Engine::builder()
+        .sqlite(&path)
+        .registry(registry())
+        .build()
+        .await
+        .expect_err("a changed migration is refused");
+    assert!(
+        err.to_string().contains("changed after it was applied"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_owned_pools_work_on_both_databases() {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
