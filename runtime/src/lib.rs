@@ -84,6 +84,7 @@ pub use engine::{Engine, EngineBuilder, EngineError, ExecuteOptions, RunSnapshot
 pub use journal::{RunId, RunStatus};
 pub use spec::WorkflowSpec;
 pub use vocab::clock;
+pub use vocab::{ActionState, CatalogEventKind};
 pub use worker::Worker;
 
 pub use actions::{

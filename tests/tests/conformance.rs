@@ -442,8 +442,30 @@ fn description(action: &str) -> ActionDescription {
             name: "payments.charge".into(),
             version: "0.1.0".into(),
             summary: "Charges a payment; can be told to fail, retryably or not".into(),
-            input_schema: None,
-            output_schema: None,
+            input_schema: Some(json!({
+                "type": "object",
+                "required": ["order_id", "amount_cents"],
+                "additionalProperties": false,
+                "properties": {
+                    "order_id": {"type": "string"},
+                    "amount_cents": {"type": "integer"},
+                    "succeed_on_attempt": {"type": "integer", "minimum": 0},
+                    "retry_after_ms": {"type": "integer", "minimum": 0},
+                    "decline": {"type": "boolean"},
+                    "panic_with": {"type": "string"}
+                }
+            })),
+            output_schema: Some(json!({
+                "type": "object",
+                "required": ["charge_id", "order_id", "amount_cents", "attempt"],
+                "additionalProperties": false,
+                "properties": {
+                    "charge_id": {"type": "string"},
+                    "order_id": {"type": "string"},
+                    "amount_cents": {"type": "integer"},
+                    "attempt": {"type": "integer"}
+                }
+            })),
         },
         other => panic!("no expected description for {other}"),
     }

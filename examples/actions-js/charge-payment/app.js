@@ -45,4 +45,28 @@ export const { run, describe } = exportAction(chargePayment, {
   name: 'payments.charge',
   version: '0.1.0',
   summary: 'Charges a payment; can be told to fail, retryably or not',
+  inputSchema: {
+    type: 'object',
+    required: ['order_id', 'amount_cents'],
+    additionalProperties: false,
+    properties: {
+      order_id: {type: 'string'},
+      amount_cents: {type: 'integer'},
+      succeed_on_attempt: {type: 'integer', minimum: 0},
+      retry_after_ms: {type: 'integer', minimum: 0},
+      decline: {type: 'boolean'},
+      panic_with: {type: 'string'},
+    },
+  },
+  outputSchema: {
+    type: 'object',
+    required: ['charge_id', 'order_id', 'amount_cents', 'attempt'],
+    additionalProperties: false,
+    properties: {
+      charge_id: {type: 'string'},
+      order_id: {type: 'string'},
+      amount_cents: {type: 'integer'},
+      attempt: {type: 'integer'},
+    },
+  },
 });

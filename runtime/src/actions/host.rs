@@ -26,7 +26,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::builtin::emit;
 use super::output::{Capture, Stream};
-use super::registry::{ActionRegistry, RegisteredAction, parse_addr_pattern};
+use super::registry::{ActionRegistry, ComponentSource, RegisteredAction, parse_addr_pattern};
 use super::types::{
     ActionDescription, ActionError, ActionKey, ActionTarget, ChildRunStarter, Digest, Invocation,
     LogLevel, StepContext, StepError, StepErrorKind, StepOutcome,
@@ -164,6 +164,8 @@ pub enum LoadSource {
     DiskCache,
     /// Compiled from the component's bytes.
     Compiled,
+    /// Fetched from the action catalog's store by digest, checked, and compiled.
+    Fetched,
 }
 
 struct HostState {
@@ -402,12 +404,59 @@ impl ActionHost {
         &self,
         action: RegisteredAction,
     ) -> Result<ActionDescription, ActionError> {
-        action.verify()?;
-        self.check_host_limits(&action)?;
-        let (prepared, _) = self.prepared(&action).await?;
-        let description = self.describe_prepared(&action, &prepared).await?;
+        let description = self.check(&action).await?;
         self.registry.register(action)?;
         Ok(description)
+    }
+
+    /// Verifies, compiles and describes an action without registering it: what
+    /// [`ActionHost::register`] checks. The compiled component stays loaded (and in the disk
+    /// cache), so a later first run of the same digest starts at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`ActionHost::register`].
+    pub async fn check(&self, action: &RegisteredAction) -> Result<ActionDescription, ActionError> {
+        action.verify()?;
+        self.check_host_limits(action)?;
+        let (prepared, _) = self.prepared(action).await?;
+        self.describe_prepared(action, &prepared).await
+    }
+
+    /// Loads `action` (from memory, the disk cache, by fetching or by compiling it) and
+    /// returns its self-description and where it was loaded from.
+    ///
+    /// # Errors
+    ///
+    /// Load errors ([`ActionError::DigestMismatch`], [`ActionError::InvalidComponent`], ...).
+    pub async fn prepare_action(
+        &self,
+        action: &RegisteredAction,
+    ) -> Result<(ActionDescription, LoadSource), ActionError> {
+        let (prepared, source) = self.prepared(action).await?;
+        Ok((self.describe_prepared(action, &prepared).await?, source))
+    }
+
+    /// Runs an action the caller resolved (the engine's catalog resolves runs' pinned
+    /// versions itself), with a way to start child runs when it is granted `child_runs`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ActionHost::invoke`].
+    pub async fn invoke_action(
+        &self,
+        action: &RegisteredAction,
+        ctx: &StepContext,
+        input: &Map<String, Value>,
+        children: Option<Arc<dyn ChildRunStarter>>,
+    ) -> Result<Invocation, ActionError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(ActionError::Closed);
+        }
+        self.check_host_limits(action)?;
+        let (prepared, _) = self.prepared(action).await?;
+        let children = children.filter(|_| action.capabilities.child_runs);
+        self.run(action, &prepared, ctx, input, children).await
     }
 
     /// Loads the action registered under `key` (from memory, the disk cache or by compiling
@@ -472,10 +521,7 @@ impl ActionHost {
             }
             ActionTarget::Wasm(key) => {
                 let action = self.registry.resolve(key)?;
-                self.check_host_limits(&action)?;
-                let (prepared, _) = self.prepared(&action).await?;
-                let children = children.filter(|_| action.capabilities.child_runs);
-                self.run(&action, &prepared, ctx, input, children).await
+                self.invoke_action(&action, ctx, input, children).await
             }
         }
     }
@@ -511,18 +557,58 @@ impl ActionHost {
         let mut source = LoadSource::Memory;
         let prepared = cell
             .get_or_try_init(|| async {
-                let inner = self.inner.clone();
-                let action = action.clone();
-                let (prepared, from) = tokio::task::spawn_blocking(move || inner.load(&action))
-                    .await
-                    .map_err(|e| ActionError::Config {
-                        message: format!("component loading task failed: {e}"),
-                    })??;
-                source = from;
+                let mut action = action.clone();
+                let fetch = match &action.source {
+                    ComponentSource::Fetch(fetch) => Some(fetch.clone()),
+                    _ => None,
+                };
+                // A component kept in the store: from the disk cache when it is there, else
+                // fetched (and checked against its digest) first.
+                let cached = self
+                    .inner
+                    .cache_path(action.digest)
+                    .is_some_and(|p| p.is_file());
+                let mut fetched = false;
+                if let Some(fetch) = &fetch
+                    && !cached
+                {
+                    action.source = ComponentSource::Bytes(
+                        fetch.fetch(action.key.clone(), action.digest).await?,
+                    );
+                    fetched = true;
+                }
+                let mut loaded = self.load_blocking(&action).await;
+                if let (Err(_), Some(fetch), false) = (&loaded, &fetch, fetched) {
+                    // The cached artifact was unusable (and is gone now): fetch and compile.
+                    action.source = ComponentSource::Bytes(
+                        fetch.fetch(action.key.clone(), action.digest).await?,
+                    );
+                    fetched = true;
+                    loaded = self.load_blocking(&action).await;
+                }
+                let (prepared, from) = loaded?;
+                source = if fetched && from == LoadSource::Compiled {
+                    LoadSource::Fetched
+                } else {
+                    from
+                };
                 Ok::<_, ActionError>(Arc::new(prepared))
             })
             .await?;
         Ok((prepared.clone(), source))
+    }
+
+    async fn load_blocking(
+        &self,
+        action: &RegisteredAction,
+    ) -> Result<(Prepared, LoadSource), ActionError> {
+        let inner = self.inner.clone();
+        let action = action.clone();
+        tokio::task::spawn_blocking(move || inner.load(&action))
+            .await
+            .map_err(|e| ActionError::Config {
+                message: format!("component loading task failed: {e}"),
+            })?
     }
 
     async fn describe_prepared(

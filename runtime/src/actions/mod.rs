@@ -25,7 +25,9 @@ pub use crate::vocab::{
 };
 pub use builtin::Builtin;
 pub use host::{ActionHost, HostConfig, LoadSource};
-pub use registry::{ActionRegistry, ComponentSource, Manifest, ManifestAction, RegisteredAction};
+pub use registry::{
+    ActionRegistry, ComponentSource, FetchComponent, Manifest, ManifestAction, RegisteredAction,
+};
 pub use types::{
     ActionDescription, ActionError, ActionLimits, ActionTarget, Capabilities, ChildRunStarter,
     Diagnostics, DirGrant, Invocation, LogRecord, StepContext,

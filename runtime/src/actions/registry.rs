@@ -13,12 +13,40 @@ use serde::{Deserialize, Serialize};
 use super::types::{ActionError, ActionKey, ActionLimits, Capabilities, Digest};
 
 /// Where a component's bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ComponentSource {
     /// A component file, read when the action is first compiled.
     File(PathBuf),
     /// Component bytes held in memory.
     Bytes(Arc<[u8]>),
+    /// Bytes fetched by digest when the component is first compiled and not in the disk
+    /// cache (the action catalog's store).
+    Fetch(Arc<dyn FetchComponent>),
+}
+
+impl PartialEq for ComponentSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::File(a), Self::File(b)) => a == b,
+            (Self::Bytes(a), Self::Bytes(b)) => a == b,
+            (Self::Fetch(a), Self::Fetch(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ComponentSource {}
+
+/// Fetches a component's bytes by digest (the engine's catalog store implements it).
+pub trait FetchComponent: Send + Sync + std::fmt::Debug {
+    /// The bytes stored under `digest`; the host checks them against it.
+    fn fetch(
+        &self,
+        key: ActionKey,
+        digest: Digest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Arc<[u8]>, ActionError>> + Send + 'static>,
+    >;
 }
 
 impl ComponentSource {
@@ -30,6 +58,13 @@ impl ComponentSource {
     ) -> Result<Arc<[u8]>, ActionError> {
         let bytes: Arc<[u8]> = match self {
             Self::Bytes(b) => b.clone(),
+            Self::Fetch(_) => {
+                return Err(ActionError::Config {
+                    message: format!(
+                        "the component of action {key} ({expected}) must be fetched before it is loaded"
+                    ),
+                });
+            }
             Self::File(path) => std::fs::read(path)
                 .map_err(|source| ActionError::Io {
                     key: key.clone(),

@@ -284,6 +284,27 @@ pub enum ActionError {
         /// What failed.
         message: String,
     },
+    /// The version was revoked in the action catalog: it never runs again.
+    #[error("action {key} version {digest} is revoked")]
+    Revoked {
+        /// The key.
+        key: ActionKey,
+        /// The revoked version.
+        digest: Digest,
+    },
+    /// The component's bytes could not be fetched from the action catalog's store.
+    /// Retryable when the store failed; not when the bytes are missing.
+    #[error("cannot fetch the component of action {key} ({digest}) from the catalog: {message}")]
+    Fetch {
+        /// The key.
+        key: ActionKey,
+        /// The version.
+        digest: Digest,
+        /// What went wrong.
+        message: String,
+        /// Whether trying again can help (a store error, not missing bytes).
+        retryable: bool,
+    },
     /// The host was configured wrongly (engine or cache directory).
     #[error("action host configuration: {message}")]
     Config {
@@ -301,7 +322,13 @@ impl ActionError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Instantiate { .. } | Self::Io { .. } | Self::Closed
+            Self::Instantiate { .. }
+                | Self::Io { .. }
+                | Self::Closed
+                | Self::Fetch {
+                    retryable: true,
+                    ..
+                }
         )
     }
 
@@ -320,6 +347,8 @@ impl ActionError {
             Self::InvalidCapability { .. } => "invalid_capability",
             Self::Instantiate { .. } => "instantiate_failed",
             Self::Config { .. } => "host_config",
+            Self::Revoked { .. } => "action_revoked",
+            Self::Fetch { .. } => "component_fetch_failed",
             Self::Closed => "host_closed",
         }
     }

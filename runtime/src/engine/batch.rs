@@ -38,12 +38,16 @@ pub(crate) struct ClaimedAttempt {
     pub(crate) run: RunRow,
     pub(crate) def: Option<Arc<Definition>>,
     pub(crate) token_hash: String,
+    /// The action catalog's version read by the claim (not by a chained claim).
+    pub(crate) catalog_version: Option<i64>,
 }
 
 /// How a completion ended.
 pub(crate) enum Completed {
     /// Recorded and applied; with the run's next step when the completion chained a claim.
     Applied(Option<Box<ClaimedAttempt>>),
+    /// Not run: its action cannot run yet, and the attempt was given back to wait for it.
+    Waiting,
     /// Recorded only (the `crash_after_record` test hook).
     #[cfg(feature = "test-hooks")]
     Crashed,

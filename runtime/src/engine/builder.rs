@@ -213,7 +213,7 @@ impl EngineBuilder {
             Some(h) => h,
             None => ActionHost::new(self.registry.unwrap_or_default(), self.host_config)?,
         };
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 store,
                 host,
@@ -225,7 +225,10 @@ impl EngineBuilder {
                 redaction: self.redaction,
                 schedule_wakeup: Arc::new(tokio::sync::Notify::new()),
                 batcher: batch::Batcher::default(),
+                catalog: catalog::CatalogCache::default(),
             }),
-        })
+        };
+        engine.refresh_catalog().await?;
+        Ok(engine)
     }
 }

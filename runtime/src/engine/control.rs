@@ -238,6 +238,7 @@ impl Engine {
                         .and_then(Value::as_str)
                         .map(str::to_owned),
                 };
+                self.refresh_catalog().await?;
                 let new = self.prepare_start(
                     WorkflowRef::Name(workflow),
                     trigger,
@@ -457,6 +458,7 @@ impl Engine {
             idempotency_key: None,
             queue: opts.queue,
         };
+        self.refresh_catalog().await?;
         let mut new = self.prepare_start(
             workflow.into(),
             trigger,

@@ -129,6 +129,7 @@ impl Engine {
                 #[cfg(feature = "test-hooks")]
                 Completed::Crashed => return Err(EngineError::SimulatedCrash),
                 Completed::Applied(None) => return self.progress(store, run_id, steps, want).await,
+                Completed::Waiting => return self.progress(store, run_id, steps - 1, want).await,
                 Completed::Applied(Some(next)) => {
                     remaining -= 1;
                     steps += 1;
@@ -152,10 +153,34 @@ impl Engine {
             run,
             def,
             token_hash,
+            catalog_version,
             ..
         } = claimed;
-        let outcome = match self.resolve_target(def.as_deref(), &attempt.step) {
-            Err(unavailable) => StepOutcome::Failed(unavailable),
+        if let Some(version) = catalog_version
+            && let Err(e) = self.catalog_seen(version).await
+        {
+            // Without the catalog as of the claim, a revoked version could run: give the
+            // attempt back.
+            self.release(store, &attempt, &token_hash).await?;
+            return Err(e);
+        }
+        let outcome = match self.resolve_target(def.as_deref(), &attempt.step).await {
+            Err(Unrunnable::Fail(unavailable)) => StepOutcome::Failed(unavailable),
+            Err(Unrunnable::Wait {
+                key,
+                digest,
+                code,
+                message,
+            }) => {
+                self.wait_for_action(
+                    store,
+                    &attempt,
+                    &token_hash,
+                    (&key, digest.as_ref(), code, message),
+                )
+                .await?;
+                return Ok(Completed::Waiting);
+            }
             Ok(target) => {
                 let ctx = StepContext {
                     run_id: attempt.run_id.clone(),
@@ -247,7 +272,9 @@ impl Engine {
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
         let now = self.inner.clock.now();
-        let Some((mut attempt, run)) = tx.next_due_with_run(queue, now_us(now)).await? else {
+        let Some((mut attempt, run, catalog_version)) =
+            tx.next_due_with_run(queue, now_us(now)).await?
+        else {
             return Ok(None);
         };
         let run_id: RunId = attempt.run_id.parse().map_err(|_| EngineError::Corrupt {
@@ -280,7 +307,8 @@ impl Engine {
             lease_for,
             placement: Placement::Update,
         };
-        let claimed = self.claim_row(tx, req, &mut journal).await?;
+        let mut claimed = self.claim_row(tx, req, &mut journal).await?;
+        claimed.catalog_version = Some(catalog_version);
         tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
             .await?;
         Ok(Some(Claim::Claimed(Box::new(claimed))))
@@ -330,19 +358,23 @@ impl Engine {
             run,
             def,
             token_hash,
+            catalog_version: None,
         })
     }
 
-    /// The target of a step of a pinned definition, refusing an action whose registered
-    /// digest no longer matches the pin (fail closed).
-    pub(super) fn resolve_target(
+    /// The target of a step of a pinned definition: the pinned version of its action (fail
+    /// closed when that version is revoked or replaced in a fixed registry; wait when it is
+    /// not approved yet or disabled) or its built-in.
+    pub(super) async fn resolve_target(
         &self,
         def: Option<&Definition>,
         step: &str,
-    ) -> std::result::Result<ActionTarget, StepError> {
-        let unavailable = |code: &str, message: String| StepError {
-            code: code.to_owned(),
-            ..StepError::sandbox(StepErrorKind::Unavailable, message)
+    ) -> std::result::Result<Target, Unrunnable> {
+        let unavailable = |code: &str, message: String| {
+            Unrunnable::Fail(StepError {
+                code: code.to_owned(),
+                ..StepError::sandbox(StepErrorKind::Unavailable, message)
+            })
         };
         let Some(def) = def else {
             return Err(unavailable(
@@ -350,7 +382,7 @@ impl Engine {
                 "the run's pinned workflow definition is missing or corrupt".into(),
             ));
         };
-        if let Some(origin) = step.strip_prefix(decide::COMPENSATE) {
+        let key = if let Some(origin) = step.strip_prefix(decide::COMPENSATE) {
             let key = def.spec.step(origin).and_then(|s| s.compensate.clone());
             let Some(key) = key else {
                 return Err(unavailable(
@@ -358,46 +390,35 @@ impl Engine {
                     format!("step {origin} declares no compensation"),
                 ));
             };
-            return self
-                .pinned_action(def, &key)
-                .map_err(|(code, msg)| unavailable(code, msg));
-        }
-        let Some(spec) = def.spec.step(step) else {
-            return Err(unavailable(
-                "definition_unavailable",
-                format!("step {step} is not in the run's pinned definition"),
-            ));
+            key
+        } else {
+            let Some(spec) = def.spec.step(step) else {
+                return Err(unavailable(
+                    "definition_unavailable",
+                    format!("step {step} is not in the run's pinned definition"),
+                ));
+            };
+            match (&spec.action, &spec.builtin) {
+                (_, Some(b)) => return Ok(Target::Builtin(b.clone())),
+                (Some(key), None) => key.clone(),
+                (None, None) => {
+                    return Err(unavailable(
+                        "definition_unavailable",
+                        format!("step {step} has no action"),
+                    ));
+                }
+            }
         };
-        match (&spec.action, &spec.builtin) {
-            (_, Some(b)) => Ok(ActionTarget::Builtin(b.clone())),
-            (Some(key), None) => self
-                .pinned_action(def, key)
-                .map_err(|(code, msg)| unavailable(code, msg)),
-            (None, None) => Err(unavailable(
-                "definition_unavailable",
-                format!("step {step} has no action"),
-            )),
-        }
-    }
-
-    /// The action `key` if the registry still holds the digest the run pinned.
-    pub(super) fn pinned_action(
-        &self,
-        def: &Definition,
-        key: &ActionKey,
-    ) -> std::result::Result<ActionTarget, (&'static str, String)> {
-        let pinned = def.actions.get(key);
-        match self.registry().resolve(key) {
-            Ok(entry) if Some(&entry.digest) == pinned => Ok(ActionTarget::Wasm(key.clone())),
-            Ok(entry) => Err((
-                "action_digest_changed",
-                format!(
-                    "action {key} is now {} but the run pinned {}",
-                    entry.digest,
-                    pinned.map_or_else(|| "nothing".into(), ToString::to_string)
-                ),
-            )),
-            Err(e) => Err(("action_unavailable", e.to_string())),
+        let pinned = def.actions.get(&key).copied();
+        match self.resolve_pinned(&key, pinned.as_ref()).await {
+            catalog::Resolved::Run(action) => Ok(Target::Wasm(action)),
+            catalog::Resolved::Fail { code, message } => Err(unavailable(code, message)),
+            catalog::Resolved::Wait { code, message } => Err(Unrunnable::Wait {
+                key,
+                digest: pinned,
+                code,
+                message,
+            }),
         }
     }
 
@@ -420,10 +441,18 @@ impl Engine {
             engine: self.clone(),
             ctx: ctx.clone(),
         });
-        let invoke = self
-            .inner
-            .host
-            .invoke_with(target, ctx, input, Some(children));
+        let host = &self.inner.host;
+        let invoke = async {
+            match target {
+                Target::Builtin(b) => {
+                    host.invoke_with(&ActionTarget::Builtin(b.clone()), ctx, input, None)
+                        .await
+                }
+                Target::Wasm(action) => {
+                    host.invoke_action(action, ctx, input, Some(children)).await
+                }
+            }
+        };
         let Some(interval) = opts.heartbeat_interval else {
             return Ok(invoke.await.map(|i| i.outcome));
         };
@@ -739,7 +768,7 @@ pub(super) struct ClaimRequest<'a> {
 
 /// One invocation of a claimed step.
 pub(super) struct Invoke<'a> {
-    pub(super) target: &'a ActionTarget,
+    pub(super) target: &'a Target,
     pub(super) ctx: &'a StepContext,
     pub(super) input: &'a Map<String, Value>,
     pub(super) attempt: &'a AttemptRow,
@@ -762,4 +791,25 @@ fn stale(runnable_key: &str, s: decide::Stale) -> EngineError {
         runnable_key: runnable_key.to_owned(),
         reason: s.reason().to_owned(),
     }
+}
+
+/// What a claimed step runs.
+pub(super) enum Target {
+    /// A native step kind.
+    Builtin(crate::actions::Builtin),
+    /// The pinned version of a WebAssembly action.
+    Wasm(Arc<crate::actions::RegisteredAction>),
+}
+
+/// Why a claimed step cannot run its action.
+pub(super) enum Unrunnable {
+    /// Never: the step fails with this error.
+    Fail(StepError),
+    /// Not yet: the attempt waits for the action.
+    Wait {
+        key: ActionKey,
+        digest: Option<Digest>,
+        code: &'static str,
+        message: String,
+    },
 }

@@ -22,6 +22,7 @@ pub(crate) use with_store;
 mod apply;
 mod batch;
 mod builder;
+mod catalog;
 mod control;
 mod error;
 mod execute;
@@ -57,6 +58,10 @@ use crate::vocab::AttemptStatus;
 use crate::vocab::{Clock, SystemClock, Timestamp};
 
 pub use builder::EngineBuilder;
+pub use catalog::{
+    ActionDetail, Approval, BlobCheck, Catalog, CatalogAction, CatalogCommand, CatalogEvent,
+    ImportReport,
+};
 pub use control::{ChildOptions, ChildRun, CommandOptions, ReplayOptions};
 pub use error::EngineError;
 pub(crate) use error::parse_stored;
@@ -125,6 +130,8 @@ struct Inner {
     schedule_wakeup: Arc<tokio::sync::Notify>,
     /// The group-commit queue of claims and completions (started on first use).
     batcher: batch::Batcher,
+    /// This process's view of the action catalog.
+    catalog: catalog::CatalogCache,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -197,7 +204,11 @@ impl Engine {
 
     /// [`Engine::listen_for_wakeups`], calling `listening` once the subscription holds.
     pub(crate) async fn listen_then(&self, listening: Box<dyn FnOnce() + Send>) {
-        let wake = self.inner.wakeup.clone();
+        let wake = crate::store::Wakeups {
+            work: self.inner.wakeup.clone(),
+            catalog_changed: self.inner.catalog.stale.clone(),
+            live: self.inner.catalog.listening.clone(),
+        };
         with_store!(self, s => s.listen(wake, listening).await)
     }
 
@@ -210,13 +221,14 @@ impl Engine {
         &self.inner.default_queue
     }
 
-    /// Validates a spec against the registry and makes it startable by name.
+    /// Validates a spec against the registry and the action catalog (as this process last
+    /// saw it: [`Engine::refresh_catalog`] reads it again) and makes it startable by name.
     ///
     /// # Errors
     ///
     /// [`EngineError::InvalidSpec`] with every problem.
     pub fn register_workflow(&self, spec: WorkflowSpec) -> Result<()> {
-        spec.validate(Some(self.registry()))
+        spec.validate(Some(&self.actions_view()))
             .map_err(EngineError::InvalidSpec)?;
         self.inner
             .workflows

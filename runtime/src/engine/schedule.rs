@@ -547,6 +547,7 @@ impl Engine {
                     )])
                 })?;
                 let (name, policy) = (t.name.clone(), policy.clone());
+                self.refresh_catalog().await?;
                 (
                     Arc::new(self.pin(spec)?),
                     name,
@@ -644,7 +645,8 @@ impl Schedules<'_> {
     ) -> Result<Vec<ScheduleInfo>> {
         let e = self.engine;
         check_command(&cmd)?;
-        spec.validate(Some(e.registry()))
+        e.refresh_catalog().await?;
+        spec.validate(Some(&e.actions_view()))
             .map_err(EngineError::InvalidSpec)?;
         if queue.is_some_and(|q| !valid_name(q)) {
             return Err(EngineError::invalid_option(

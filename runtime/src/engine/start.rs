@@ -116,6 +116,7 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut signal = Signal::new(SignalKind::Start, None, now);
         signal.idempotency_key = opts.idempotency_key.clone();
+        self.refresh_catalog().await?;
         let new = self.prepare_start(
             workflow.into(),
             trigger,
@@ -137,8 +138,7 @@ impl Engine {
         let mut actions = BTreeMap::new();
         for step in &spec.steps {
             for key in step.action.iter().chain(step.compensate.iter()) {
-                let entry = self.registry().resolve(key)?;
-                actions.insert(key.clone(), entry.digest);
+                actions.insert(key.clone(), self.current_digest(key)?);
             }
         }
         Ok(Definition { spec, actions })
@@ -157,7 +157,7 @@ impl Engine {
     ) -> Result<NewRun> {
         let spec = match workflow {
             WorkflowRef::Spec(spec) => {
-                spec.validate(Some(self.registry()))
+                spec.validate(Some(&self.actions_view()))
                     .map_err(EngineError::InvalidSpec)?;
                 spec.clone()
             }

@@ -27,6 +27,9 @@ pub enum Reason {
     CompletedResultPendingApply,
     /// A claimed attempt's lease expired: a worker will redeliver it.
     ExpiredClaim,
+    /// A step's action cannot run yet: its version is not approved in the catalog, or its
+    /// key is disabled. The step waits; approving or enabling the action moves it on.
+    WaitingForAction,
     /// An attempt is visible and waits for a worker to claim it.
     AttemptVisible,
     /// Steps wait for dependencies that are still running or scheduled.
@@ -48,6 +51,7 @@ impl Reason {
             Self::Compensating => "compensating",
             Self::CompletedResultPendingApply => "completed_result_pending_apply",
             Self::ExpiredClaim => "expired_claim",
+            Self::WaitingForAction => "waiting_for_action",
             Self::AttemptVisible => "attempt_visible",
             Self::WaitingForDependencies => "waiting_for_dependencies",
             Self::AttemptClaimed => "attempt_claimed",
@@ -79,6 +83,10 @@ pub enum NextAction {
     WaitForAttemptCompletion,
     /// Wait until the scheduled attempt becomes visible.
     WaitUntilAttemptVisible,
+    /// Approve the action version the step waits for (`squid-mesh actions approve`).
+    ApproveAction,
+    /// Enable the disabled action the step waits for (`squid-mesh actions enable`).
+    EnableAction,
     /// Read the journal: the derived state does not explain the run.
     InspectHistory,
     /// A deadline is overdue or escalated: apply the host's escalation policy.
@@ -292,6 +300,30 @@ impl Explanation {
                 insp.queue
             );
             (Reason::ExpiredClaim, s, summary, d)
+        } else if let Some((a, w)) = scheduled
+            .iter()
+            .find_map(|a| a.waiting_for_action.as_ref().map(|w| (*a, w)))
+        {
+            next.push(if w.code == "action_disabled" {
+                NextAction::EnableAction
+            } else {
+                NextAction::ApproveAction
+            });
+            next.push(NextAction::CancelRun);
+            let d = obj(json!({
+                "action": w.action,
+                "digest": w.digest,
+                "code": w.code,
+                "waiting_since": w.since,
+                "checked_at": w.checked_at,
+                "next_check_at": a.visible_at,
+                "runnable_key": a.runnable_key,
+            }));
+            let summary = format!(
+                "Step {} waits for action {}: {}",
+                a.step, w.action, w.message
+            );
+            (Reason::WaitingForAction, Some(a.step.clone()), summary, d)
         } else if !visible.is_empty() {
             next.push(NextAction::WaitForWorker);
             let d = obj(json!({

@@ -149,6 +149,25 @@ pub struct StepInspection {
     pub recovery: Recovery,
     /// Deadline policy.
     pub deadline: Option<DeadlineSpec>,
+    /// The version of its action the run pinned at start (WebAssembly actions).
+    pub digest: Option<String>,
+}
+
+/// Why an attempt waits for its action instead of running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionWait {
+    /// The action key.
+    pub action: String,
+    /// The version the run pinned.
+    pub digest: Option<String>,
+    /// `action_unknown` (not approved in the catalog) or `action_disabled`.
+    pub code: String,
+    /// What to do, in a sentence.
+    pub message: String,
+    /// Since when it waits.
+    pub since: Timestamp,
+    /// When it was last checked.
+    pub checked_at: Timestamp,
 }
 
 /// One attempt, never with its claim token or the token's hash.
@@ -182,6 +201,8 @@ pub struct AttemptInspection {
     pub deadline: Option<Deadline>,
     /// The deadline evaluated now (open attempts only).
     pub deadline_state: Option<DeadlineState>,
+    /// Why a scheduled attempt waits for its action (not approved yet, disabled).
+    pub waiting_for_action: Option<ActionWait>,
     /// Last change.
     pub updated_at: Timestamp,
 }
@@ -411,6 +432,7 @@ pub(crate) struct RunRows {
     pub(crate) facts: Vec<FactRow>,
     pub(crate) children: Vec<ChildRow>,
     pub(crate) parent: Option<RunRow>,
+    pub(crate) waits: Vec<crate::store::ActionWaitRow>,
 }
 
 use crate::engine::parse_stored as parse;
@@ -440,6 +462,7 @@ pub(crate) fn build(
         facts,
         children,
         parent,
+        waits,
     } = rows;
     let id = run.run_id.clone();
     let status = run.status;
@@ -549,7 +572,20 @@ pub(crate) fn build(
             a.status,
             AttemptStatus::Scheduled | AttemptStatus::Claimed | AttemptStatus::Recorded
         );
+        let waiting_for_action = waits
+            .iter()
+            .find(|w| w.runnable_key == a.runnable_key)
+            .filter(|_| a.status == AttemptStatus::Scheduled && !terminal)
+            .map(|w| ActionWait {
+                action: w.action_key.clone(),
+                digest: w.digest.clone(),
+                code: w.code.clone(),
+                message: w.message.clone(),
+                since: Timestamp(w.since),
+                checked_at: Timestamp(w.updated_at),
+            });
         attempt_views.push(AttemptInspection {
+            waiting_for_action,
             deadline_state: deadline
                 .as_ref()
                 .filter(|_| open && !terminal)
@@ -591,6 +627,11 @@ pub(crate) fn build(
             steps.push(StepInspection {
                 name: s.name.clone(),
                 action: action_label(s),
+                digest: s
+                    .action
+                    .as_ref()
+                    .and_then(|k| def.actions.get(k))
+                    .map(ToString::to_string),
                 state: step_states.get(&s.name).copied(),
                 after: s.after.clone(),
                 recovery: Recovery {
@@ -619,6 +660,7 @@ pub(crate) fn build(
                 state: step_states.get(&name).copied(),
                 name,
                 action: comp.to_string(),
+                digest: def.actions.get(comp).map(ToString::to_string),
                 after: vec![s.name.clone()],
                 recovery: Recovery {
                     retry: s.compensate_retry.clone(),

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::engine::{Engine, Result, existing_run, with_store};
 use crate::inspect;
-use crate::store::{ListQuery, Lock, Store, StoreTx};
+use crate::store::{CatalogTx, ListQuery, Lock, Store, StoreTx};
 use crate::vocab::Timestamp;
 
 impl Engine {
@@ -175,6 +175,7 @@ impl Engine {
             None => None,
         };
         let def = self.definition_in(&mut tx, &run.definition_hash).await?;
+        let waits = tx.action_waits_of_run(&id).await?;
         drop(tx);
         let rows = RunRows {
             run,
@@ -182,6 +183,7 @@ impl Engine {
             facts,
             children,
             parent,
+            waits,
         };
         let insp = inspect::build(rows, def.as_deref(), now, include_history)?;
         Ok((insp, def))

@@ -215,6 +215,7 @@ fn attempt(mut a: AttemptInspection, scope: Scope) -> AttemptInspection {
             a.owner = None;
             a.lease_until = None;
             a.claims = 0;
+            a.waiting_for_action = None;
         }
     }
     a
@@ -333,6 +334,12 @@ const OPERATOR_DETAIL_KEYS: &[&str] = &[
     "deadline_escalation",
     "command_count",
     "latest_command",
+    "action",
+    "digest",
+    "code",
+    "waiting_since",
+    "checked_at",
+    "next_check_at",
 ];
 
 const EXTERNAL_DETAIL_KEYS: &[&str] = &[

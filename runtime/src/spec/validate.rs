@@ -667,12 +667,12 @@ fn check_key(p: &mut Problems, registry: &dyn ActionLookup, path: &str, key: &Ac
         Availability::Disabled => p.add(
             path,
             "disabled_action",
-            format!("action {key} is disabled in the registry"),
+            format!("action {key} is disabled; enable it before starting runs that use it"),
         ),
         Availability::Unknown => p.add(
             path,
             "unknown_action",
-            format!("action {key} is not registered"),
+            format!("action {key} is not approved (not in the registry or the action catalog)"),
         ),
     }
 }

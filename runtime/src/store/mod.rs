@@ -25,6 +25,7 @@ macro_rules! bind_args {
                 Arg::OptText(v) => q.bind(v),
                 Arg::Int(v) => q.bind(v),
                 Arg::OptInt(v) => q.bind(v),
+                Arg::Bytes(v) => q.bind(v),
             };
         }
         q
@@ -33,6 +34,7 @@ macro_rules! bind_args {
 
 #[macro_use]
 mod rows;
+mod catalog;
 mod error;
 mod postgres;
 mod schedules;
@@ -51,6 +53,7 @@ use rows::{Columns, FromColumns};
 use sql::HEARTBEAT_SQL;
 pub(crate) use tx::{Write, WriteRef};
 
+pub use catalog::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
@@ -78,7 +81,7 @@ impl Lock {
 /// A database holding Squid Mesh's tables.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The transaction type.
-    type Tx: StoreTx + ScheduleTx;
+    type Tx: StoreTx + ScheduleTx + CatalogTx;
 
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
@@ -94,7 +97,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// `listening`) where the database has no notifications (SQLite: workers poll).
     fn listen(
         &self,
-        wake: std::sync::Arc<tokio::sync::Notify>,
+        wake: Wakeups,
         listening: Box<dyn FnOnce() + Send>,
     ) -> impl Future<Output = ()> + Send;
 
@@ -110,6 +113,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         now: i64,
         lease_until: i64,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+}
+
+/// What a notification listener ([`Store::listen`]) signals.
+#[derive(Debug, Clone)]
+pub struct Wakeups {
+    /// Notified when another process made work due (and when the subscription broke, so
+    /// waiters poll).
+    pub work: std::sync::Arc<tokio::sync::Notify>,
+    /// Set when another process changed the action catalog (and when the subscription
+    /// broke, since changes may have been missed).
+    pub catalog_changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the subscription holds now.
+    pub live: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a group-commit lane begins its write transactions.
@@ -248,12 +264,12 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
     /// The oldest attempt on `queue` due at `now` (visible, lease expired, or recorded but not
     /// applied), locked and skipped by concurrent claimers where the database can, with its
-    /// run (read, not locked), in one statement.
+    /// run (read, not locked) and the action catalog's version, in one statement.
     fn next_due_with_run(
         &mut self,
         queue: &str,
         now: i64,
-    ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow, i64)>>> + Send;
     /// The oldest scheduled attempt of `run_id` on `queue` that is visible at `now`, locked
     /// and skipped by concurrent claimers where the database can.
     fn next_due_of_run(

@@ -265,11 +265,8 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn listen(
-        &self,
-        wake: std::sync::Arc<tokio::sync::Notify>,
-        listening: Box<dyn FnOnce() + Send>,
-    ) {
+    async fn listen(&self, wake: super::Wakeups, listening: Box<dyn FnOnce() + Send>) {
+        use std::sync::atomic::Ordering;
         let channel = format!("{}_squid_mesh_wakeup", self.schema);
         let mut backoff = std::time::Duration::from_millis(100);
         let mut ready = Some(listening);
@@ -277,20 +274,28 @@ impl Store for PostgresStore {
             let listening = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
                 listener.listen(&channel).await?;
+                // Catalog changes made while no subscription held are found by this.
+                wake.catalog_changed.store(true, Ordering::SeqCst);
+                wake.live.store(true, Ordering::SeqCst);
                 if let Some(ready) = ready.take() {
                     ready();
                 }
                 loop {
-                    listener.recv().await?;
-                    wake.notify_waiters();
+                    let note = listener.recv().await?;
+                    if note.payload() == ":catalog" {
+                        wake.catalog_changed.store(true, Ordering::SeqCst);
+                    }
+                    wake.work.notify_waiters();
                 }
                 #[allow(unreachable_code)]
                 Ok::<(), sqlx::Error>(())
             };
-            if let Err(e) = listening.await {
+            let result = listening.await;
+            wake.live.store(false, Ordering::SeqCst);
+            if let Err(e) = result {
                 tracing::warn!("wake-up listener on {channel}: {e}; reconnecting in {backoff:?}");
                 // Work planned meanwhile is found by polling.
-                wake.notify_waiters();
+                wake.work.notify_waiters();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
             }

@@ -6,7 +6,8 @@
 //! sqlx on SQLite and on Postgres).
 
 use crate::vocab::{
-    AttemptStatus, FireOrigin, FireOutcome, RunStatus, ScheduleEventKind, ScheduleState,
+    ActionState, AttemptStatus, CatalogEventKind, FireOrigin, FireOutcome, RunStatus,
+    ScheduleEventKind, ScheduleState,
 };
 
 /// A database row read by column name, whatever the driver.
@@ -18,6 +19,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> Result<Option<String>, Self::Error>;
     fn int(&self, name: &str) -> Result<i64, Self::Error>;
     fn opt_int(&self, name: &str) -> Result<Option<i64>, Self::Error>;
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, Self::Error>;
     /// The error for a column whose text names no variant of its enum.
     fn unknown(name: &str, text: &str) -> Self::Error;
 }
@@ -46,6 +48,12 @@ impl Column for i64 {
     }
 }
 
+impl Column for Vec<u8> {
+    fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
+        r.bytes(name)
+    }
+}
+
 impl Column for Option<i64> {
     fn read<R: Columns + ?Sized>(r: &R, name: &str) -> Result<Self, R::Error> {
         r.opt_int(name)
@@ -69,7 +77,9 @@ enum_columns!(
     ScheduleState,
     FireOutcome,
     FireOrigin,
-    ScheduleEventKind
+    ScheduleEventKind,
+    ActionState,
+    CatalogEventKind
 );
 
 macro_rules! sqlx_columns {
@@ -90,6 +100,10 @@ macro_rules! sqlx_columns {
             }
 
             fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::Row::try_get(self, name)
+            }
+
+            fn bytes(&self, name: &str) -> Result<Vec<u8>, sqlx::Error> {
                 sqlx::Row::try_get(self, name)
             }
 
@@ -271,6 +285,7 @@ pub(crate) enum Arg<'a> {
     OptText(Option<&'a str>),
     Int(i64),
     OptInt(Option<i64>),
+    Bytes(&'a [u8]),
 }
 
 impl RunRow {

@@ -175,11 +175,7 @@ impl Store for SqliteStore {
         SqliteTx::begin(Conn::Reader(self.readers.get()?)).await
     }
 
-    async fn listen(
-        &self,
-        _wake: std::sync::Arc<tokio::sync::Notify>,
-        listening: Box<dyn FnOnce() + Send>,
-    ) {
+    async fn listen(&self, _wake: super::Wakeups, listening: Box<dyn FnOnce() + Send>) {
         listening();
     }
 

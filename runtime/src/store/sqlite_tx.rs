@@ -34,6 +34,7 @@ impl ToSql for Arg<'_> {
             Arg::Text(v) | Arg::OptText(Some(v)) => ValueRef::Text(v.as_bytes()),
             Arg::Int(v) | Arg::OptInt(Some(v)) => ValueRef::Integer(v),
             Arg::OptText(None) | Arg::OptInt(None) => ValueRef::Null,
+            Arg::Bytes(v) => ValueRef::Blob(v),
         }))
     }
 }
@@ -321,6 +322,10 @@ impl Columns for Row<'_> {
     }
 
     fn opt_int(&self, name: &str) -> rusqlite::Result<Option<i64>> {
+        self.get(name)
+    }
+
+    fn bytes(&self, name: &str) -> rusqlite::Result<Vec<u8>> {
         self.get(name)
     }
 

@@ -161,6 +161,17 @@ impl FromColumns for (AttemptRow, RunRow) {
     }
 }
 
+/// The same, with the action catalog's version.
+impl FromColumns for (AttemptRow, RunRow, i64) {
+    fn from_columns<R: Columns + ?Sized>(r: &R) -> Result<Self, R::Error> {
+        Ok((
+            AttemptRow::decode(r)?,
+            RunRow::decode_r(r)?,
+            r.int("catalog_version")?,
+        ))
+    }
+}
+
 impl<T: Statements> StoreTx for T {
     async fn commit(self) -> StoreResult<()> {
         self.finish().await
@@ -254,7 +265,7 @@ impl<T: Statements> StoreTx for T {
         &mut self,
         queue: &str,
         now: i64,
-    ) -> StoreResult<Option<(AttemptRow, RunRow)>> {
+    ) -> StoreResult<Option<(AttemptRow, RunRow, i64)>> {
         let sql = sql::next_due_with_run(T::SKIP_ATTEMPT);
         self.fetch_optional(&sql, &[Arg::Text(queue), Arg::Int(now)])
             .await

@@ -13,6 +13,6 @@ pub use deadline::{Deadline, DeadlineSpec, DeadlineState, DeadlineStatus, most_u
 pub use ids::{ActionKey, Digest, InvalidActionKey, InvalidDigest, InvalidRunId, RunId};
 pub use outcome::{LogLevel, StepError, StepErrorKind, StepOutcome, Suspension};
 pub use status::{
-    AttemptStatus, CommandKind, CompensationStatus, FireOrigin, FireOutcome, RunStatus,
-    ScheduleEventKind, ScheduleState, StepState, UnknownName,
+    ActionState, AttemptStatus, CatalogEventKind, CommandKind, CompensationStatus, FireOrigin,
+    FireOutcome, RunStatus, ScheduleEventKind, ScheduleState, StepState, UnknownName,
 };

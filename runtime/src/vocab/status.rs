@@ -345,3 +345,63 @@ stored_names!(ScheduleEventKind, "schedule event kind", {
     Removed => "removed",
     Failed => "failed",
 });
+
+/// The state of one approved version of an action in the catalog.
+///
+/// A key has at most one current version, `Active` or `Disabled`; approving another makes
+/// the old one `Superseded`. Runs keep the digest they pinned at start: a superseded
+/// version still runs for them, a revoked one never runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// The key's current version: new starts pin it and steps run it.
+    Active,
+    /// The key's current version, switched off: new starts are refused and steps that reach
+    /// it wait (explained) until it is enabled again.
+    Disabled,
+    /// Replaced by a newer approval: runs that pinned it still run it; new starts do not.
+    Superseded,
+    /// Withdrawn for good: steps pinned to it fail closed with `action_revoked`.
+    Revoked,
+}
+
+stored_names!(ActionState, "action state", {
+    Active => "active",
+    Disabled => "disabled",
+    Superseded => "superseded",
+    Revoked => "revoked",
+});
+
+impl ActionState {
+    /// Whether a step pinned to a version in this state may run it.
+    pub fn runs(self) -> bool {
+        matches!(self, Self::Active | Self::Superseded)
+    }
+
+    /// Whether this is the key's current version (active or disabled).
+    pub fn is_current(self) -> bool {
+        matches!(self, Self::Active | Self::Disabled)
+    }
+}
+
+/// An entry of the action catalog's audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogEventKind {
+    /// A version was approved (new, or re-approved with other limits or capabilities); the
+    /// key's previous current version, if any, was superseded.
+    Approved,
+    /// The key's current version was disabled.
+    Disabled,
+    /// The key's current version was enabled again.
+    Enabled,
+    /// A version was revoked.
+    Revoked,
+}
+
+stored_names!(CatalogEventKind, "catalog event kind", {
+    Approved => "approved",
+    Disabled => "disabled",
+    Enabled => "enabled",
+    Revoked => "revoked",
+});

@@ -3,6 +3,7 @@
 
 mod actions;
 mod backends;
+mod catalog;
 mod control;
 mod engine;
 mod inspect;

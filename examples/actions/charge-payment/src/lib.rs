@@ -40,6 +40,36 @@ impl Action for ChargePayment {
 
     const NAME: Option<&'static str> = Some("payments.charge");
 
+    fn input_schema() -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "type": "object",
+            "required": ["order_id", "amount_cents"],
+            "additionalProperties": false,
+            "properties": {
+                "order_id": {"type": "string"},
+                "amount_cents": {"type": "integer"},
+                "succeed_on_attempt": {"type": "integer", "minimum": 0},
+                "retry_after_ms": {"type": "integer", "minimum": 0},
+                "decline": {"type": "boolean"},
+                "panic_with": {"type": "string"}
+            }
+        }))
+    }
+
+    fn output_schema() -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "type": "object",
+            "required": ["charge_id", "order_id", "amount_cents", "attempt"],
+            "additionalProperties": false,
+            "properties": {
+                "charge_id": {"type": "string"},
+                "order_id": {"type": "string"},
+                "amount_cents": {"type": "integer"},
+                "attempt": {"type": "integer"}
+            }
+        }))
+    }
+
     fn run(ctx: &Context, charge: Charge) -> Result<Charged, ActionError> {
         if let Some(message) = charge.panic_with {
             panic!("{message}");
