@@ -1,7 +1,7 @@
 //! `squid-mesh`: run and operate Squid Mesh from a terminal.
 //!
-//! Works against `--database` (a SQLite file by default, or a Postgres URL) and an actions
-//! manifest (`--manifest`, default `actions.toml`). Human-readable output by default,
+//! Works against `--database` (a SQLite file by default, or a Postgres URL), whose action
+//! catalog holds the approved actions every process runs. Human-readable output by default,
 //! `--json` for scripts; errors go to stderr with a non-zero exit code (2 for bad input,
 //! 3 for a run that does not exist, 1 for everything else).
 
@@ -12,15 +12,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
-use squid_mesh::actions::{ActionHost, Manifest, ManifestAction};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::engine::{
-    CommandOptions, ManualAttrs, ReplayOptions, ScheduleCommand, ScheduleInfo,
+    Approval, CatalogAction, CatalogCommand, CommandOptions, ManualAttrs, ReplayOptions,
+    ScheduleCommand, ScheduleInfo,
 };
 use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
 use squid_mesh::{
-    ActionKey, ActionLimits, ActionRegistry, Capabilities, Digest, Engine, EngineError, HostConfig,
-    RunStatus, StartOptions, Worker, WorkflowSpec,
+    ActionKey, ActionLimits, Capabilities, Digest, Engine, EngineError, HostConfig, RunStatus,
+    StartOptions, Worker, WorkflowSpec,
 };
 
 /// `print!` that ends the program quietly (exit 0) when stdout is closed, as when the output
@@ -81,15 +81,8 @@ struct Cli {
         default_value = "squid_mesh"
     )]
     schema: String,
-    /// The actions manifest.
-    #[arg(
-        long,
-        global = true,
-        env = "SQUID_MESH_MANIFEST",
-        default_value = "actions.toml"
-    )]
-    manifest: PathBuf,
-    /// Directory of compiled components (default: next to the manifest, `.squid-mesh-cache`).
+    /// Directory of compiled components (default: `.squid-mesh-cache` next to a SQLite
+    /// database, or in the working directory for Postgres).
     #[arg(long, global = true, env = "SQUID_MESH_CACHE")]
     cache: Option<PathBuf>,
     /// Print JSON instead of text.
@@ -121,7 +114,7 @@ struct Cli {
 enum Command {
     /// Create or update the tables.
     Migrate,
-    /// Manage the actions manifest.
+    /// The action catalog: approve, disable, enable, revoke, list, show, export, import.
     #[command(subcommand)]
     Actions(ActionsCommand),
     /// Check or draw a workflow spec file (JSON or TOML).
@@ -244,21 +237,91 @@ impl WhoArgs {
 
 #[derive(Debug, Subcommand)]
 enum ActionsCommand {
-    /// List the actions of the manifest.
+    /// Every action of the catalog: its current version (or latest, when it has none).
     List,
-    /// Add (or with --replace, update) an action: pins the component's digest after checking
-    /// that it implements the action world.
-    Add(AddArgs),
-    /// Re-check every component against its pinned digest and the action world.
+    /// One action: every version and its audit trail.
+    Show {
+        /// Action key.
+        key: String,
+    },
+    /// Approve a component under a key (checked against the action world, stored in the
+    /// database): it becomes the key's active version, the previous one is superseded.
+    #[command(alias = "add")]
+    Approve(ApproveArgs),
+    /// Disable a key: new starts refuse it; steps that reach it wait until it is enabled.
+    Disable(ChangeArgs),
+    /// Enable a disabled key; steps waiting for it run at once.
+    Enable(ChangeArgs),
+    /// Revoke a version (the current one by default): steps pinned to it fail closed.
+    Revoke {
+        #[command(flatten)]
+        change: ChangeArgs,
+        /// The version to revoke (`sha256:...`).
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Write the current versions as a manifest and component files into a directory.
+    Export {
+        /// Directory to write `actions.toml` and `components/` into.
+        dir: PathBuf,
+    },
+    /// Approve every action of a manifest (component paths relative to it).
+    Import {
+        /// The manifest.
+        #[arg(default_value = "actions.toml")]
+        manifest: PathBuf,
+        #[command(flatten)]
+        who: ActorArgs,
+    },
+    /// Re-check every stored component against its digest and the action world.
     Verify,
 }
 
 #[derive(Debug, Args)]
-struct AddArgs {
+struct ActorArgs {
+    /// Who makes the change (recorded in the catalog's trail; default: $USER).
+    #[arg(long, env = "SQUID_MESH_ACTOR")]
+    actor: Option<String>,
+    /// Why.
+    #[arg(long)]
+    comment: Option<String>,
+}
+
+impl ActorArgs {
+    fn command(&self) -> Result<CatalogCommand> {
+        let actor = self
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.trim().is_empty())
+            .ok_or_else(|| {
+                EngineError::invalid_option("--actor", "say who changes the catalog (or set $USER)")
+            })?;
+        let mut c = CatalogCommand::by(actor);
+        if let Some(comment) = &self.comment {
+            c = c.comment(comment.clone());
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    /// Action key.
+    key: String,
+    #[command(flatten)]
+    who: ActorArgs,
+}
+
+#[derive(Debug, Args)]
+struct ApproveArgs {
     /// Action key, for example `payments.charge`.
     key: String,
     /// The component file (`.wasm`).
     component: PathBuf,
+    /// Refuse the file unless its digest is this (`sha256:...`).
+    #[arg(long)]
+    digest: Option<String>,
     /// Wall-clock limit per attempt, in milliseconds.
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -271,17 +334,29 @@ struct AddArgs {
     /// Allow the action to start child runs.
     #[arg(long)]
     allow_child_runs: bool,
-    /// Replace an existing entry with the same key.
+    /// An environment variable the action sees, `NAME=value` (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// A socket address the action may connect to, `ip:port` or `ip:*` (repeatable).
+    #[arg(long = "network", value_name = "ADDR")]
+    network: Vec<String>,
+    /// Let the action resolve host names.
     #[arg(long)]
-    replace: bool,
+    dns: bool,
+    #[command(flatten)]
+    who: ActorArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum SpecCommand {
-    /// Print every problem of a spec, with its path.
+    /// Print every problem of a spec, with its path: its shape, and against the database's
+    /// action catalog its action keys and the data flow the actions' schemas allow.
     Validate {
         /// The spec file.
         file: PathBuf,
+        /// Check the spec alone, not against the database.
+        #[arg(long)]
+        offline: bool,
     },
     /// Draw the steps and routes of a spec.
     Graph {
@@ -443,6 +518,13 @@ impl From<anyhow::Error> for Failure {
                 | EngineError::UnsafeReplay { .. }
                 | EngineError::IdempotencyConflict { .. },
             ) => 2,
+            Some(EngineError::Action(e)) if bad_action_input(e) => 2,
+            None if error
+                .downcast_ref::<squid_mesh::ActionError>()
+                .is_some_and(bad_action_input) =>
+            {
+                2
+            }
             // A spec file that does not parse is bad input too.
             _ if error
                 .chain()
@@ -471,6 +553,26 @@ failure_from!(
     EngineError,
     squid_mesh::ActionError
 );
+
+/// Whether an action error is the caller's input (a bad key, file, digest or limit), not a
+/// fault of the system.
+fn bad_action_input(e: &squid_mesh::ActionError) -> bool {
+    use squid_mesh::ActionError as A;
+    matches!(
+        e,
+        A::InvalidKey { .. }
+            | A::InvalidDigest { .. }
+            | A::UnknownAction { .. }
+            | A::Disabled { .. }
+            | A::DigestMismatch { .. }
+            | A::Io { .. }
+            | A::InvalidComponent { .. }
+            | A::Manifest { .. }
+            | A::InvalidLimits { .. }
+            | A::InvalidCapability { .. }
+            | A::Revoked { .. }
+    )
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -567,33 +669,28 @@ fn is_postgres(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// The directory of the manifest (`.` for a bare file name).
-fn manifest_dir(cli: &Cli) -> &Path {
-    match cli.manifest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
+/// Where compiled components are cached: `--cache`, else next to a SQLite database, else
+/// in the working directory.
 fn cache_dir(cli: &Cli) -> PathBuf {
-    cli.cache
-        .clone()
-        .unwrap_or_else(|| manifest_dir(cli).join(".squid-mesh-cache"))
-}
-
-fn registry(cli: &Cli) -> Result<ActionRegistry> {
-    if cli.manifest.exists() {
-        ActionRegistry::from_manifest(&cli.manifest)
-            .with_context(|| format!("loading the actions manifest {}", cli.manifest.display()))
-    } else {
-        Ok(ActionRegistry::new())
+    if let Some(dir) = &cli.cache {
+        return dir.clone();
+    }
+    if is_postgres(&cli.database) {
+        return PathBuf::from(".squid-mesh-cache");
+    }
+    let db = Path::new(
+        cli.database
+            .strip_prefix("sqlite://")
+            .unwrap_or(&cli.database),
+    );
+    match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(".squid-mesh-cache"),
+        _ => PathBuf::from(".squid-mesh-cache"),
     }
 }
 
 async fn engine(cli: &Cli) -> Result<Engine> {
-    let b = Engine::builder()
-        .registry(registry(cli)?)
-        .host_config(HostConfig::default().cache_dir(cache_dir(cli)));
+    let b = Engine::builder().host_config(HostConfig::default().cache_dir(cache_dir(cli)));
     let b = if is_postgres(&cli.database) {
         b.postgres(&cli.database)
             .postgres_schema(&cli.schema)
@@ -617,14 +714,6 @@ async fn engine_and_run(cli: &Cli, id: &str) -> Result<(Engine, squid_mesh::RunI
     Ok((e, id))
 }
 
-/// An action host with no actions, to check components before they are pinned.
-fn check_host(cli: &Cli) -> Result<ActionHost> {
-    Ok(ActionHost::new(
-        ActionRegistry::new(),
-        HostConfig::default().cache_dir(cache_dir(cli)),
-    )?)
-}
-
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Migrate => {
@@ -637,7 +726,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Actions(cmd) => actions(&cli, cmd).await,
-        Command::Spec(cmd) => spec(&cli, cmd),
+        Command::Spec(cmd) => spec(&cli, cmd).await,
         Command::Start(args) => start(&cli, args).await,
         Command::Worker(args) => worker(&cli, args).await,
         Command::Runs(cmd) => runs(&cli, cmd).await,
@@ -696,163 +785,236 @@ fn done(cli: &Cli, run_id: &str, status: RunStatus) -> Result<u8, Failure> {
     Ok(0)
 }
 
+fn parse_key(key: &str) -> Result<ActionKey, Failure> {
+    Ok(ActionKey::new(key).map_err(squid_mesh::ActionError::from)?)
+}
+
+fn parse_digest(digest: &str) -> Result<Digest, Failure> {
+    Ok(digest
+        .parse::<Digest>()
+        .map_err(squid_mesh::ActionError::from)?)
+}
+
+/// The first 19 characters of a digest (`sha256:` and 12 hex digits).
+fn short(digest: &Digest) -> String {
+    digest.to_string().chars().take(19).collect()
+}
+
+fn print_action_line(a: &CatalogAction) {
+    outln!(
+        "{:<24}  {:<10}  {:<19}  {:>8}  {:>6}  {} {}",
+        a.key.to_string(),
+        a.state.as_str(),
+        short(&a.digest),
+        format!("{}ms", a.limits.timeout_ms),
+        format!("{}MB", a.limits.memory_bytes / (1024 * 1024)),
+        a.description.name,
+        a.description.version
+    );
+}
+
+fn limits_of(args: &ApproveArgs) -> Result<ActionLimits, Failure> {
+    let mut limits = ActionLimits::default();
+    if let Some(t) = args.timeout_ms {
+        limits.timeout_ms = t;
+    }
+    if let Some(m) = args.memory_mb {
+        limits.memory_bytes = m.checked_mul(1024 * 1024).ok_or_else(|| {
+            EngineError::InvalidOption(vec![squid_mesh::spec::SpecProblem {
+                path: "--memory-mb".into(),
+                code: "invalid_limits".into(),
+                message: format!("{m} MiB is too large: the most is 4096 (4 GiB)"),
+            }])
+        })?;
+    }
+    limits.fuel = args.fuel.or(limits.fuel);
+    Ok(limits)
+}
+
+fn capabilities_of(args: &ApproveArgs) -> Result<Capabilities, Failure> {
+    let mut env = std::collections::BTreeMap::new();
+    for pair in &args.env {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(EngineError::invalid_option("--env", "expected NAME=value").into());
+        };
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    Ok(Capabilities {
+        env,
+        network: args.network.clone(),
+        dns: args.dns,
+        child_runs: args.allow_child_runs,
+        ..Capabilities::default()
+    })
+}
+
 async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
-    let manifest_or_empty = || -> Result<Manifest> {
-        if cli.manifest.exists() {
-            Ok(Manifest::read(&cli.manifest)?)
-        } else {
-            Ok(Manifest::default())
-        }
-    };
+    let e = engine(cli).await?;
+    let catalog = e.catalog();
     match cmd {
         ActionsCommand::List => {
-            let m = manifest_or_empty()?;
+            let listed = catalog.list().await?;
             if cli.json {
-                print_json(&m.actions)?;
+                print_json(&listed)?;
+                return Ok(0);
+            }
+            if listed.is_empty() {
+                outln!(
+                    "no actions approved; approve one with: squid-mesh actions approve KEY FILE"
+                );
                 return Ok(0);
             }
             outln!(
-                "{:<24}  {:<8}  {:<16}  {:>8}  {:>8}  component",
+                "{:<24}  {:<10}  {:<19}  {:>8}  {:>6}  component",
                 "key",
-                "enabled",
+                "state",
                 "digest",
                 "timeout",
                 "memory"
             );
-            for a in &m.actions {
+            for a in &listed {
+                print_action_line(a);
+            }
+            Ok(0)
+        }
+        ActionsCommand::Show { key } => {
+            let detail = catalog.show(&parse_key(key)?).await?;
+            if cli.json {
+                print_json(&detail)?;
+                return Ok(0);
+            }
+            outln!("action {}", detail.key);
+            for v in &detail.versions {
                 outln!(
-                    "{:<24}  {:<8}  {:<16}  {:>6}ms  {:>6}MB  {}",
-                    a.key.to_string(),
-                    a.enabled,
-                    &a.digest.to_string()[..16.min(a.digest.to_string().len())],
-                    a.limits.timeout_ms,
-                    a.limits.memory_bytes / (1024 * 1024),
-                    a.component.display()
+                    "  {}  {:<10}  approved by {} at {}",
+                    v.digest,
+                    v.state.as_str(),
+                    v.approved_by,
+                    v.approved_at.to_rfc3339()
+                );
+            }
+            if let Some(c) = &detail.current {
+                outln!(
+                    "  current: {} {} ({}), timeout {}ms, memory {}MB{}",
+                    c.description.name,
+                    c.description.version,
+                    c.description.summary,
+                    c.limits.timeout_ms,
+                    c.limits.memory_bytes / (1024 * 1024),
+                    if c.capabilities == Capabilities::default() {
+                        String::new()
+                    } else {
+                        format!(", capabilities {}", serde_json::to_string(&c.capabilities)?)
+                    }
+                );
+            }
+            outln!("history:");
+            for h in &detail.history {
+                outln!(
+                    "  {}  {:<9} {}  by {}{}",
+                    h.at.to_rfc3339(),
+                    h.kind.as_str(),
+                    short(&h.digest),
+                    h.actor,
+                    h.comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(0)
         }
-        ActionsCommand::Add(args) => {
-            let key = ActionKey::new(&args.key).map_err(squid_mesh::ActionError::from)?;
-            let bytes = std::fs::read(&args.component)
-                .with_context(|| format!("reading {}", args.component.display()))?;
-            let digest = Digest::of(&bytes);
-            let mut limits = ActionLimits::default();
-            if let Some(t) = args.timeout_ms {
-                limits.timeout_ms = t;
+        ActionsCommand::Approve(args) => {
+            let key = parse_key(&args.key)?;
+            let mut approval =
+                Approval::from_file(key.clone(), &args.component, args.who.command()?)?
+                    .limits(limits_of(args)?)
+                    .capabilities(capabilities_of(args)?);
+            if let Some(d) = &args.digest {
+                approval = approval.expect_digest(parse_digest(d)?);
             }
-            if let Some(m) = args.memory_mb {
-                limits.memory_bytes = m.checked_mul(1024 * 1024).ok_or_else(|| {
-                    EngineError::InvalidOption(vec![squid_mesh::spec::SpecProblem {
-                        path: "--memory-mb".into(),
-                        code: "invalid_limits".into(),
-                        message: format!("{m} MiB is too large: the most is 4096 (4 GiB)"),
-                    }])
-                })?;
-            }
-            limits.fuel = args.fuel.or(limits.fuel);
-            let capabilities = Capabilities {
-                child_runs: args.allow_child_runs,
-                ..Capabilities::default()
-            };
-            let mut m = manifest_or_empty()?;
-            let exists = m.actions.iter().position(|a| a.key == key);
-            if exists.is_some() && !args.replace {
-                return Err(anyhow!(
-                    "action {key} is already in {}; pass --replace to update it",
-                    cli.manifest.display()
-                )
-                .into());
-            }
-            // Relative to the manifest when the component lives under its directory.
-            let component = std::path::absolute(&args.component)?;
-            let base = std::path::absolute(manifest_dir(cli))?;
-            let component = component
-                .strip_prefix(&base)
-                .map(Path::to_path_buf)
-                .unwrap_or(component);
-            let entry = ManifestAction {
-                key: key.clone(),
-                component,
-                digest,
-                enabled: true,
-                limits,
-                capabilities,
-            };
-            // Check the component before pinning it: it must implement the action world.
-            let host = check_host(cli)?;
-            let probe = Manifest {
-                actions: vec![entry.clone()],
-            };
-            let action = probe
-                .resolve(&cli.manifest)
-                .pop()
-                .ok_or_else(|| anyhow!("no action to check"))?;
-            let description = host
-                .register(action)
-                .await
-                .with_context(|| format!("checking {}", args.component.display()))?;
-            match exists {
-                Some(i) => m.actions[i] = entry,
-                None => m.actions.push(entry),
-            }
-            m.write(&cli.manifest)?;
+            let approved = catalog.approve(approval).await?;
             if cli.json {
-                print_json(
-                    &json!({"key": key.to_string(), "digest": digest.to_string(), "name": description.name, "version": description.version}),
-                )?;
+                print_json(&approved)?;
             } else {
                 outln!(
-                    "added {key} ({} {}) pinned to {digest}",
-                    description.name,
-                    description.version
+                    "approved {key} ({} {}) as {}",
+                    approved.description.name,
+                    approved.description.version,
+                    approved.digest
+                );
+            }
+            Ok(0)
+        }
+        ActionsCommand::Disable(c) | ActionsCommand::Enable(c) => {
+            let key = parse_key(&c.key)?;
+            let changed = match cmd {
+                ActionsCommand::Disable(_) => catalog.disable(&key, c.who.command()?).await?,
+                _ => catalog.enable(&key, c.who.command()?).await?,
+            };
+            if cli.json {
+                print_json(&changed)?;
+            } else {
+                outln!("action {key} is {}", changed.state.as_str());
+            }
+            Ok(0)
+        }
+        ActionsCommand::Revoke { change, digest } => {
+            let key = parse_key(&change.key)?;
+            let digest = digest.as_deref().map(parse_digest).transpose()?;
+            let revoked = catalog.revoke(&key, digest, change.who.command()?).await?;
+            if cli.json {
+                print_json(&revoked)?;
+            } else {
+                outln!("revoked {key} {}", revoked.digest);
+            }
+            Ok(0)
+        }
+        ActionsCommand::Export { dir } => {
+            let manifest = catalog.export(dir).await?;
+            if cli.json {
+                print_json(&manifest.actions)?;
+            } else {
+                outln!(
+                    "exported {} action(s) to {}",
+                    manifest.actions.len(),
+                    dir.join("actions.toml").display()
+                );
+            }
+            Ok(0)
+        }
+        ActionsCommand::Import { manifest, who } => {
+            let report = catalog.import(manifest, who.command()?).await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                outln!(
+                    "imported {}: {} approved, {} unchanged, {} disabled, {} enabled",
+                    manifest.display(),
+                    report.approved.len(),
+                    report.unchanged.len(),
+                    report.disabled.len(),
+                    report.enabled.len()
                 );
             }
             Ok(0)
         }
         ActionsCommand::Verify => {
-            if !cli.manifest.exists() {
-                return Err(anyhow!("no actions manifest at {}", cli.manifest.display()).into());
-            }
-            let m = Manifest::read(&cli.manifest)?;
-            let host = check_host(cli)?;
-            let mut results = Vec::new();
-            let mut failed = 0;
-            for action in m.resolve(&cli.manifest) {
-                let key = action.key.to_string();
-                match host.register(action).await {
-                    Ok(d) => results.push(
-                        json!({"key": key, "ok": true, "name": d.name, "version": d.version}),
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        results.push(json!({"key": key, "ok": false, "code": e.code(), "error": e.to_string()}));
-                    }
-                }
-            }
+            let checks = catalog.verify().await?;
+            let failed = checks.iter().filter(|c| !c.ok).count();
             if cli.json {
-                print_json(&results)?;
+                print_json(&checks)?;
             } else {
-                for r in &results {
-                    if r["ok"] == true {
-                        outln!(
-                            "ok      {} ({} {})",
-                            r["key"].as_str().unwrap_or(""),
-                            r["name"].as_str().unwrap_or(""),
-                            r["version"].as_str().unwrap_or("")
-                        );
-                    } else {
-                        outln!(
-                            "FAILED  {}: {}",
-                            r["key"].as_str().unwrap_or(""),
-                            r["error"].as_str().unwrap_or("")
-                        );
+                for c in &checks {
+                    match &c.error {
+                        None => outln!("ok      {} {}", c.key, short(&c.digest)),
+                        Some(e) => outln!("FAILED  {} {}: {e}", c.key, short(&c.digest)),
                     }
                 }
             }
             if failed > 0 {
                 if !cli.json {
-                    eprintln!("error: {failed} action(s) failed verification");
+                    eprintln!("error: {failed} stored component(s) failed verification");
                 }
                 return Ok(1);
             }
@@ -873,38 +1035,55 @@ fn read_spec(file: &Path) -> Result<WorkflowSpec> {
     spec.with_context(|| format!("parsing {}", file.display()))
 }
 
-fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
+async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
     match cmd {
-        SpecCommand::Validate { file } => {
+        SpecCommand::Validate { file, offline } => {
             let spec = read_spec(file)?;
-            let registry = registry(cli)?;
-            let known = cli
-                .manifest
-                .exists()
-                .then_some(&registry as &dyn squid_mesh::spec::ActionLookup);
-            match spec.validate(known) {
-                Ok(()) => {
-                    if cli.json {
-                        print_json(&json!({"valid": true, "problems": []}))?;
-                    } else {
-                        outln!("{} is valid", file.display());
+            // Against the database's action catalog, unless there is none to read.
+            let sqlite_missing = !is_postgres(&cli.database)
+                && !Path::new(
+                    cli.database
+                        .strip_prefix("sqlite://")
+                        .unwrap_or(&cli.database),
+                )
+                .exists();
+            let (report, checked) = if *offline || sqlite_missing {
+                (spec.check(None), false)
+            } else {
+                (engine(cli).await?.check_spec(&spec).await?, true)
+            };
+            let item = |p: &squid_mesh::spec::SpecProblem| json!({"path": p.path, "code": p.code, "message": p.message});
+            if cli.json {
+                print_json(&json!({
+                    "valid": report.is_valid(),
+                    "actions_checked": checked,
+                    "problems": report.problems.iter().map(item).collect::<Vec<_>>(),
+                    "warnings": report.warnings.iter().map(item).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                if report.is_valid() {
+                    outln!("{} is valid", file.display());
+                } else {
+                    outln!(
+                        "{} has {} problem(s):",
+                        file.display(),
+                        report.problems.len()
+                    );
+                    for p in &report.problems {
+                        outln!("  {}: {} ({})", p.path, p.message, p.code);
                     }
-                    Ok(0)
                 }
-                Err(problems) => {
-                    if cli.json {
-                        print_json(
-                            &json!({"valid": false, "problems": problems.iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()}),
-                        )?;
-                    } else {
-                        outln!("{} has {} problem(s):", file.display(), problems.len());
-                        for p in &problems {
-                            outln!("  {}: {} ({})", p.path, p.message, p.code);
-                        }
-                    }
-                    Ok(2)
+                for w in &report.warnings {
+                    outln!("  warning: {}: {} ({})", w.path, w.message, w.code);
+                }
+                if !checked {
+                    outln!(
+                        "  note: action keys and schemas were not checked (no database at {}; pass --database)",
+                        cli.database
+                    );
                 }
             }
+            Ok(if report.is_valid() { 0 } else { 2 })
         }
         SpecCommand::Graph { file } => {
             let spec = read_spec(file)?;

@@ -20,9 +20,8 @@ impl Cli {
         Command::new(BIN)
             .current_dir(&self.dir)
             .env_remove("SQUID_MESH_DATABASE")
-            .env_remove("SQUID_MESH_MANIFEST")
+            .env("SQUID_MESH_ACTOR", "cli-test")
             .args(["--database", &self.database, "--schema", &self.schema])
-            .args(["--manifest", "actions.toml"])
             .args(args)
             .output()
             .expect("squid-mesh runs")
@@ -117,9 +116,28 @@ fn scenario(cli: &Cli) {
     };
     cli.ok(&["migrate"]);
 
-    // Actions: listed, verified, and a tampered component is caught.
+    // Actions: a manifest seeds the catalog; listed and verified from the database.
+    let imported = cli.json(&["actions", "import", "actions.toml"]);
+    assert_eq!(
+        imported["approved"].as_array().map(Vec::len),
+        Some(5),
+        "{name}"
+    );
+    let again = cli.json(&["actions", "import"]);
+    assert_eq!(
+        again["unchanged"].as_array().map(Vec::len),
+        Some(5),
+        "{again}"
+    );
     let listed = cli.json(&["actions", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(5), "{name}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["state"] == "active")
+    );
     let verified = cli.json(&["actions", "verify"]);
     assert!(verified.as_array().unwrap().iter().all(|r| r["ok"] == true));
 
@@ -275,23 +293,71 @@ fn scenario(cli: &Cli) {
     let body: Value = serde_json::from_str(err.trim()).expect("JSON error");
     assert_eq!(body["error"]["code"], "invalid_run_id");
 
-    // Tampering with a pinned component is caught by verify.
-    std::fs::write(cli.dir.join("components/echo.wasm"), b"not a component").unwrap();
-    let out = cli.cmd(&["actions", "verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED  echo"));
-    // Adding pins the digest; adding twice needs --replace.
-    let added = cli.json(&["actions", "add", "echo2", "components/payments.refund.wasm"]);
+    // Approving stores the component in the database; the same file again changes nothing,
+    // another supersedes it; disable, enable and revoke are in the trail.
+    let added = cli.json(&[
+        "actions",
+        "approve",
+        "echo2",
+        "components/payments.refund.wasm",
+        "--comment",
+        "first",
+    ]);
     assert!(added["digest"].as_str().unwrap().starts_with("sha256:"));
-    let (code, err) = cli.fails(&["actions", "add", "echo2", "components/payments.refund.wasm"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--replace"), "{err}");
-    let (_, err) = cli.fails(&["actions", "add", "bad", "components/echo.wasm"]);
-    assert!(err.contains("checking components/echo.wasm"), "{err}");
+    assert_eq!(added["state"], "active");
+    let again = cli.json(&["actions", "add", "echo2", "components/payments.refund.wasm"]);
+    assert_eq!(again["digest"], added["digest"]);
+    let v2 = cli.json(&["actions", "approve", "echo2", "components/echo.wasm"]);
+    assert_ne!(v2["digest"], added["digest"]);
+    cli.json(&["actions", "disable", "echo2", "--actor", "ana"]);
+    cli.json(&["actions", "enable", "echo2"]);
+    let digest = added["digest"].as_str().unwrap();
+    let revoked = cli.json(&["actions", "revoke", "echo2", "--digest", digest]);
+    assert_eq!(revoked["state"], "revoked");
+    let shown = cli.json(&["actions", "show", "echo2"]);
+    assert_eq!(shown["versions"][0]["state"], "revoked");
+    assert_eq!(shown["current"]["digest"], v2["digest"]);
+    let kinds: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["approved", "approved", "disabled", "enabled", "revoked"]
+    );
+    assert_eq!(shown["history"][0]["comment"], "first");
+    assert_eq!(shown["history"][2]["actor"], "ana");
+    assert_eq!(shown["history"][1]["actor"], "cli-test");
+    let text = cli.ok(&["actions", "show", "echo2"]);
+    assert!(
+        text.contains("revoked") && !text.contains("superseded"),
+        "{text}"
+    );
+    // Bad input: exit code 2, nothing written.
+    let (code, err) = cli.fails(&["actions", "approve", "bad", "order.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not a valid squid-mesh:step action component"),
+        "{err}"
+    );
+    let (code, err) = cli.fails(&[
+        "actions",
+        "approve",
+        "bad",
+        "components/echo.wasm",
+        "--digest",
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not match its pinned digest"), "{err}");
+    let (code, err) = cli.fails(&["actions", "revoke", "ghost"]);
+    assert_eq!(code, 2, "{err}");
     // Absurd limits are refused, not wrapped or panicked on.
     let huge = [
         "actions",
-        "add",
+        "approve",
         "big",
         "components/payments.refund.wasm",
         "--memory-mb",
@@ -302,13 +368,25 @@ fn scenario(cli: &Cli) {
     assert!(err.contains("invalid_limits"), "{err}");
     let (_, err) = cli.fails(&[
         "actions",
-        "add",
+        "approve",
         "big",
         "components/payments.refund.wasm",
         "--memory-mb",
         "8192",
     ]);
     assert!(err.contains("memory_bytes must be"), "{err}");
+    let listed = cli.json(&["actions", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(6), "{listed}");
+
+    // Read-only commands need no component file; the bytes are in the database.
+    std::fs::remove_dir_all(cli.dir.join("components")).unwrap();
+    let listed = cli.json(&["runs", "list"]);
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 3);
+    let verified = cli.json(&["actions", "verify"]);
+    assert!(
+        verified.as_array().unwrap().iter().all(|r| r["ok"] == true),
+        "{verified}"
+    );
 }
 
 #[test]
@@ -407,6 +485,7 @@ builtin = { kind = "log", message = "report" }
 "#;
 
 fn schedule_scenario(cli: &Cli) {
+    cli.json(&["actions", "import"]);
     std::fs::write(cli.dir.join("hourly.toml"), HOURLY).unwrap();
     let applied = cli.json(&["schedules", "apply", "hourly.toml", "--actor", "ops"]);
     assert_eq!(applied[0]["workflow"], "hourly_report");
@@ -549,7 +628,7 @@ fn workers_fire_each_window_once(cli: &Cli) {
                 .current_dir(&cli.dir)
                 .env_remove("SQUID_MESH_DATABASE")
                 .args(["--database", &cli.database, "--schema", &cli.schema])
-                .args(["--manifest", "actions.toml", "--json"])
+                .arg("--json")
                 .args(["worker", "--concurrency", "2", "--shutdown-secs", "5"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -653,12 +732,13 @@ fn sigterm_drains_a_running_step() {
         .to_string(),
     )
     .unwrap();
+    cli.json(&["actions", "import"]);
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 1500}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
     let worker = Command::new(BIN)
         .current_dir(&cli.dir)
         .env_remove("SQUID_MESH_DATABASE")
-        .args(["--database", &cli.database, "--manifest", "actions.toml"])
+        .args(["--database", &cli.database])
         .args(["worker", "--concurrency", "1", "--shutdown-secs", "20"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -711,7 +791,7 @@ fn json_logs_carry_what_steps_log() {
     let out = Command::new(BIN)
         .current_dir(&cli.dir)
         .env("SQUID_MESH_LOG", "squid_mesh::action=info")
-        .args(["--database", &cli.database, "--manifest", "actions.toml"])
+        .args(["--database", &cli.database])
         .args(["--log-format", "json", "worker", "--exit-when-idle"])
         .output()
         .expect("worker runs");
@@ -729,4 +809,114 @@ fn json_logs_carry_what_steps_log() {
                 && r["fields"]["run_id"] == run["run_id"]),
         "{stderr}"
     );
+}
+
+/// A worker process started before an action exists runs it once another process approved
+/// it: no restart, and the bytes come from the database (the worker has a cache of its own,
+/// empty at first).
+fn a_running_worker_picks_up_a_new_approval(cli: &Cli) {
+    setup(&cli.dir);
+    cli.ok(&["migrate"]);
+    let worker_cache = cli.dir.join("worker-cache");
+    let worker = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env_remove("SQUID_MESH_DATABASE")
+        .args(["--database", &cli.database, "--schema", &cli.schema])
+        .arg("--cache")
+        .arg(&worker_cache)
+        .args(["worker", "--concurrency", "1", "--shutdown-secs", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    std::fs::write(
+        cli.dir.join("pay.json"),
+        json!({
+            "name": "pay",
+            "triggers": [{"name": "m", "type": "manual", "payload": [
+                {"name": "order_id", "type": "string"}, {"name": "amount_cents", "type": "integer"}]}],
+            "steps": [{"name": "charge", "action": "pay.charge", "output": "payment",
+                       "input": {"order_id": ["order_id"], "amount_cents": ["amount_cents"]}}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // Before approval the spec is refused: the key is unknown.
+    let (code, err) = cli.fails(&[
+        "start",
+        "pay.json",
+        "--payload",
+        r#"{"order_id": "o", "amount_cents": 5}"#,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown_action"), "{err}");
+    cli.json(&[
+        "actions",
+        "approve",
+        "pay.charge",
+        "components/payments.charge.wasm",
+    ]);
+    let run = cli.json(&[
+        "start",
+        "pay.json",
+        "--payload",
+        r#"{"order_id": "o", "amount_cents": 5}"#,
+    ]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let shown = loop {
+        let shown = cli.json(&["runs", "show", &run_id]);
+        if shown["status"] == "completed" || shown["status"] == "failed" {
+            break shown;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the running worker never ran it: {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let out = worker.wait_with_output().expect("worker exits");
+    assert!(out.status.success());
+    assert_eq!(shown["status"], "completed", "{shown}");
+    assert_eq!(shown["context"]["payment"]["amount_cents"], 5);
+    // The worker compiled the component from the bytes it fetched.
+    let cached = walk(&worker_cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .count();
+    assert_eq!(cached, 1, "one component compiled by the worker");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_running_worker_picks_up_a_new_approval_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    a_running_worker_picks_up_a_new_approval(&cli);
+}
+
+#[test]
+fn a_running_worker_picks_up_a_new_approval_on_postgres() {
+    on_postgres("cli_approve", a_running_worker_picks_up_a_new_approval);
 }

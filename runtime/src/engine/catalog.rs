@@ -18,7 +18,7 @@ use crate::actions::{
     ActionDescription, ActionError, ActionLimits, Capabilities, ComponentSource, FetchComponent,
     Manifest, ManifestAction, RegisteredAction,
 };
-use crate::spec::{ActionLookup, Availability};
+use crate::spec::{ActionLookup, ActionSchemas, Availability, SpecReport};
 use crate::store::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
 use crate::vocab::{ActionState, CatalogEventKind};
 
@@ -361,6 +361,19 @@ impl ActionLookup for ActionsView<'_> {
             None => Availability::Unknown,
         }
     }
+
+    fn schemas(&self, key: &ActionKey) -> Option<ActionSchemas> {
+        if self.registry.get(key).is_some() {
+            return None;
+        }
+        let current = self.snapshot.current.get(key)?;
+        let d = self.snapshot.versions.get(&(key.clone(), *current))?;
+        let d = d.description.as_ref()?;
+        Some(ActionSchemas {
+            input: d.input_schema.clone(),
+            output: d.output_schema.clone(),
+        })
+    }
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -384,6 +397,18 @@ impl Engine {
             registry: self.registry(),
             snapshot: self.inner.catalog.snapshot(),
         }
+    }
+
+    /// Checks a spec against the registry and the action catalog (read again first): every
+    /// problem (unknown or disabled actions, data flow that contradicts the actions' schemas)
+    /// and every warning (actions whose data flow cannot be checked).
+    ///
+    /// # Errors
+    ///
+    /// A store error reading the catalog.
+    pub async fn check_spec(&self, spec: &WorkflowSpec) -> Result<SpecReport> {
+        self.refresh_catalog().await?;
+        Ok(spec.check(Some(&self.actions_view())))
     }
 
     /// Reloads the catalog snapshot if the database holds a newer version (one read; on
@@ -1036,7 +1061,10 @@ impl Catalog {
     ) -> Result<ImportReport> {
         command.check()?;
         let manifest = Manifest::read(manifest_path)?;
-        let base = manifest_path.parent().unwrap_or(Path::new("."));
+        let base = match manifest_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let base = std::path::absolute(base).map_err(|e| ActionError::Manifest {
             path: manifest_path.to_owned(),
             message: e.to_string(),

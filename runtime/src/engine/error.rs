@@ -161,7 +161,8 @@ impl From<crate::journal::InvalidRunId> for EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn invalid_option(path: &str, message: &str) -> Self {
+    /// An [`EngineError::InvalidOption`] with one problem at `path` (code `invalid_option`).
+    pub fn invalid_option(path: &str, message: &str) -> Self {
         Self::InvalidOption(vec![SpecProblem {
             path: path.to_owned(),
             code: "invalid_option".to_owned(),

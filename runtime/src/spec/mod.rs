@@ -7,8 +7,10 @@
 
 mod builder;
 mod builtin;
+mod schema;
 mod validate;
 
+pub use schema::{ActionSchemas, SpecReport};
 pub use validate::{ActionLookup, Availability};
 
 use std::collections::BTreeMap;

@@ -89,12 +89,27 @@ impl Problems {
 }
 
 impl WorkflowSpec {
-    /// Checks the spec, and its action keys against `registry` when given.
+    /// Checks the spec, and against `registry` when given: its action keys, and its data flow
+    /// against the schemas the actions declare (see [`WorkflowSpec::check`], which also
+    /// returns warnings).
     ///
     /// # Errors
     ///
     /// Every problem found, in a stable order.
     pub fn validate(&self, registry: Option<&dyn ActionLookup>) -> Result<(), Vec<SpecProblem>> {
+        let report = self.check(registry);
+        if report.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(report.problems)
+        }
+    }
+
+    /// The checks that need no action schema.
+    pub(crate) fn validate_structure(
+        &self,
+        registry: Option<&dyn ActionLookup>,
+    ) -> Result<(), Vec<SpecProblem>> {
         let mut p = Problems::default();
         if !valid_name(&self.name) {
             p.add(
@@ -648,6 +663,12 @@ impl WorkflowSpec {
 pub trait ActionLookup {
     /// Whether `key` names an action a step may use.
     fn availability(&self, key: &ActionKey) -> Availability;
+
+    /// The schemas the action declares, when known (the action catalog stores them).
+    fn schemas(&self, key: &ActionKey) -> Option<super::ActionSchemas> {
+        let _ = key;
+        None
+    }
 }
 
 /// What an [`ActionLookup`] knows of a key.

@@ -578,3 +578,128 @@ async fn a_catalog_exports_to_a_manifest_and_imports_into_another_database(
     );
 }
 on_each_backend!(a_catalog_exports_to_a_manifest_and_imports_into_another_database);
+
+async fn the_schema_check_catches_data_flow_mistakes_before_anything_runs(
+    db: Db,
+    clock: ManualClock,
+) {
+    let engine = bare_engine(&db, &clock).await;
+    let catalog = engine.catalog();
+    for (k, path) in [
+        ("orders.validate", artifacts::VALIDATE_ORDER),
+        ("pay.charge", artifacts::CHARGE_PAYMENT),
+        ("echo", artifacts::ECHO),
+    ] {
+        catalog
+            .approve(Approval::new(key(k), bytes(path), by("ana")))
+            .await
+            .expect("approves");
+    }
+    let spec = |charge_input: Value, condition_path: Value| {
+        WorkflowSpec::from_json(
+            &json!({
+                "name": "flow",
+                "triggers": [{"name": "m", "type": "manual", "payload": [
+                    {"name": "order_id", "type": "string"},
+                    {"name": "items", "type": "list"},
+                    {"name": "note", "type": "string", "required": false}
+                ]}],
+                "steps": [
+                    {"name": "validate", "action": "orders.validate",
+                     "input": ["order_id", "items"], "output": "validation"},
+                    {"name": "charge", "action": "pay.charge", "input": charge_input, "output": "payment"},
+                    {"name": "big", "action": "echo", "input": {"id": ["payment", "charge_id"]}},
+                    {"name": "small", "action": "echo"}
+                ],
+                "transitions": [
+                    {"from": "validate", "on": "ok", "to": "charge"},
+                    {"from": "charge", "on": "ok", "to": "big",
+                     "condition": {"path": condition_path, "greater_than": 1000}},
+                    {"from": "charge", "on": "ok", "to": "small"}
+                ]
+            })
+            .to_string(),
+        )
+        .expect("parses")
+    };
+    let good = spec(
+        json!({"order_id": ["order_id"], "amount_cents": ["validation", "total_cents"]}),
+        json!(["payment", "amount_cents"]),
+    );
+    let report = engine.check_spec(&good).await.expect("checks");
+    assert!(report.is_valid(), "{:?}", report.problems);
+    // echo declares no schema: accepted, with a warning per step that uses it.
+    assert_eq!(
+        report
+            .warnings
+            .iter()
+            .filter(|w| w.code == "no_action_schema")
+            .count(),
+        2,
+        "{:?}",
+        report.warnings
+    );
+
+    // A field charge does not accept, a field validate does not produce, a string where an
+    // integer goes, a required field left out, and a condition on a field charge never
+    // produces: each a problem with its path and code.
+    let bad = spec(
+        json!({"order_id": ["order_id"], "amount": ["validation", "totl_cents"], "amount_cents": ["note"], "decline": ["validation", "currency"]}),
+        json!(["payment", "amount"]),
+    );
+    let report = engine.check_spec(&bad).await.expect("checks");
+    let found: Vec<(&str, &str)> = report
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.code.as_str()))
+        .collect();
+    for expected in [
+        ("steps[1].input.amount", "unknown_output_field"),
+        ("steps[1].input.amount", "input_not_accepted"),
+        ("steps[1].input.amount_cents", "input_type_mismatch"),
+        ("steps[1].input.decline", "input_type_mismatch"),
+        ("transitions[1].condition.path", "unknown_output_field"),
+    ] {
+        assert!(
+            found.contains(&expected),
+            "missing {expected:?} in {found:?}"
+        );
+    }
+    let missing = spec(
+        json!({"order_id": ["order_id"]}),
+        json!(["payment", "amount_cents"]),
+    );
+    let report = engine.check_spec(&missing).await.expect("checks");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.code == "missing_required_input" && p.message.contains("amount_cents")),
+        "{:?}",
+        report.problems
+    );
+
+    // Starting the bad spec is refused with the same problems; nothing runs.
+    let refused = engine
+        .start(
+            &bad,
+            None,
+            json!({"order_id": "o", "items": []}),
+            StartOptions::default(),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&refused, EngineError::InvalidSpec(p) if p.iter().any(|p| p.code == "input_not_accepted")),
+        "{refused:?}"
+    );
+    assert!(
+        engine
+            .list_runs(&Default::default(), &Default::default())
+            .await
+            .expect("lists")
+            .runs
+            .is_empty()
+    );
+}
+on_each_backend!(the_schema_check_catches_data_flow_mistakes_before_anything_runs);
