@@ -26,7 +26,8 @@ pub use crate::vocab::{
 pub use builtin::Builtin;
 pub use host::{ActionHost, HostConfig, LoadSource};
 pub use registry::{
-    ActionRegistry, ComponentSource, FetchComponent, Manifest, ManifestAction, RegisteredAction,
+    ActionRegistry, ComponentSource, FetchComponent, Fetching, Manifest, ManifestAction,
+    RegisteredAction,
 };
 pub use types::{
     ActionDescription, ActionError, ActionLimits, ActionTarget, Capabilities, ChildRunStarter,

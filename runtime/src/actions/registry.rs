@@ -37,16 +37,14 @@ impl PartialEq for ComponentSource {
 
 impl Eq for ComponentSource {}
 
+/// A component's bytes, on their way.
+pub type Fetching =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<[u8]>, ActionError>> + Send>>;
+
 /// Fetches a component's bytes by digest (the engine's catalog store implements it).
 pub trait FetchComponent: Send + Sync + std::fmt::Debug {
     /// The bytes stored under `digest`; the host checks them against it.
-    fn fetch(
-        &self,
-        key: ActionKey,
-        digest: Digest,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Arc<[u8]>, ActionError>> + Send + 'static>,
-    >;
+    fn fetch(&self, key: ActionKey, digest: Digest) -> Fetching;
 }
 
 impl ComponentSource {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::*;
 use crate::actions::{
     ActionDescription, ActionError, ActionLimits, Capabilities, ComponentSource, FetchComponent,
-    Manifest, ManifestAction, RegisteredAction,
+    Fetching, Manifest, ManifestAction, RegisteredAction,
 };
 use crate::spec::{ActionLookup, ActionSchemas, Availability, SpecReport};
 use crate::store::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
@@ -293,17 +293,7 @@ struct StoreFetch {
 }
 
 impl FetchComponent for StoreFetch {
-    fn fetch(
-        &self,
-        key: ActionKey,
-        digest: Digest,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<Arc<[u8]>, ActionError>>
-                + Send
-                + 'static,
-        >,
-    > {
+    fn fetch(&self, key: ActionKey, digest: Digest) -> Fetching {
         let store = self.store.clone();
         Box::pin(async move {
             let failed = |message: String, retryable: bool| ActionError::Fetch {

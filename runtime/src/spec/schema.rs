@@ -273,9 +273,7 @@ impl WorkflowSpec {
         };
         let mut walked = vec![first.as_str()];
         for segment in rest {
-            let Some(props) = properties(&schema) else {
-                return None;
-            };
+            let props = properties(&schema)?;
             match props.get(segment) {
                 Some(next) => schema = next.clone(),
                 None if closed(&schema) || schema.get("additionalProperties").is_none() => {
