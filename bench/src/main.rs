@@ -10,6 +10,7 @@
 //! cargo run --release -p squid-mesh-bench -- wakeup        # start -> first step, idle pool
 //! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
 //! cargo run --release -p squid-mesh-bench -- schedules     # fire lateness, idle CPU, 1,000 schedules
+//! cargo run --release -p squid-mesh-bench -- catalog       # approval -> first step, first use, claims
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`, a fresh schema), skipping
 //! Postgres with a message when it cannot be reached.
 
+mod catalog;
 mod langs;
 mod read;
 mod schedules;
@@ -71,8 +73,9 @@ fn main() -> Result<()> {
             "scale" => figures.extend(runtime.block_on(shapes::scale(smoke))?),
             "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
             "schedules" => figures.extend(runtime.block_on(schedules::schedules(smoke))?),
+            "catalog" => figures.extend(runtime.block_on(catalog::catalog(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog"
             ),
         }
     }

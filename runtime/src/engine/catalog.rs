@@ -1129,6 +1129,34 @@ impl Catalog {
         Ok(report)
     }
 
+    /// Loads every active version into this process's action host (from memory, the disk
+    /// cache, or fetched from the database and compiled), so the first steps that use them
+    /// start at once; says where each came from. Call it when a worker starts.
+    ///
+    /// # Errors
+    ///
+    /// A store error, or the first load error (naming the key).
+    pub async fn warm(&self) -> Result<Vec<(ActionKey, crate::actions::LoadSource)>> {
+        let e = &self.engine;
+        e.inner.catalog.mark_stale();
+        e.refresh_catalog().await?;
+        let snap = e.inner.catalog.snapshot();
+        let mut current: Vec<(&ActionKey, &Digest)> = snap.current.iter().collect();
+        current.sort();
+        let mut out = Vec::new();
+        for (key, digest) in current {
+            let Some(v) = snap.versions.get(&(key.clone(), *digest)) else {
+                continue;
+            };
+            if v.state != ActionState::Active {
+                continue;
+            }
+            let (_, from) = e.action_host().prepare_action(&v.action).await?;
+            out.push((key.clone(), from));
+        }
+        Ok(out)
+    }
+
     /// Re-checks every stored version: its bytes hash to its digest and load as an action.
     ///
     /// # Errors
