@@ -865,7 +865,7 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
                 return Ok(0);
             }
             outln!(
-                "{:<24}  {:<10}  {:<19}  {:>8}  {:>6}  component",
+                "{:<24}  {:<10}  {:<19}  {:>8}  {:>6}  name",
                 "key",
                 "state",
                 "digest",

@@ -222,10 +222,9 @@ pub enum ActionError {
         /// The key.
         key: ActionKey,
     },
-    /// The component's bytes do not match the pinned digest.
-    #[error(
-        "component of action {key} does not match its pinned digest: expected {expected}, found {actual}"
-    )]
+    /// The component's bytes do not match the pinned digest. The message leaves out the
+    /// digest of the bytes found (they may be an unrelated file's); `actual` holds it.
+    #[error("component of action {key} does not match its pinned digest {expected}")]
     DigestMismatch {
         /// The key.
         key: ActionKey,

@@ -22,6 +22,9 @@ use crate::spec::{ActionLookup, ActionSchemas, Availability, SpecReport};
 use crate::store::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
 use crate::vocab::{ActionState, CatalogEventKind};
 
+/// The largest component the catalog stores: 64 MiB.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
 /// How long a process without a live Postgres notification listener trusts its snapshot
 /// before it reads the catalog version again.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -110,12 +113,22 @@ impl Approval {
         path: impl AsRef<Path>,
         command: CatalogCommand,
     ) -> Result<Self> {
+        use std::io::Read as _;
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ActionError::Io {
+        let io = |source| ActionError::Io {
             key: key.clone(),
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")).into());
+        }
+        // Read one byte past the bound, so a larger file is refused without reading it all.
+        let mut bytes = Vec::new();
+        file.take(MAX_COMPONENT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
         Ok(Self::new(key, bytes, command))
     }
 
@@ -657,6 +670,16 @@ impl Catalog {
     /// [`Catalog::approve`], saying whether it changed anything.
     async fn approve_changed(&self, approval: Approval) -> Result<(CatalogAction, bool)> {
         approval.command.check()?;
+        if approval.bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(ActionError::InvalidComponent {
+                key: approval.key.clone(),
+                message: format!(
+                    "the component is larger than {} MiB",
+                    MAX_COMPONENT_BYTES >> 20
+                ),
+            }
+            .into());
+        }
         let digest = Digest::of(&approval.bytes);
         if let Some(expected) = approval.expected
             && expected != digest

@@ -60,7 +60,7 @@ use crate::vocab::{Clock, SystemClock, Timestamp};
 pub use builder::EngineBuilder;
 pub use catalog::{
     ActionDetail, Approval, BlobCheck, Catalog, CatalogAction, CatalogCommand, CatalogEvent,
-    ImportReport,
+    ImportReport, MAX_COMPONENT_BYTES,
 };
 pub use control::{ChildOptions, ChildRun, CommandOptions, ReplayOptions};
 pub use error::EngineError;

@@ -449,6 +449,19 @@ async fn bad_approvals_write_nothing(db: Db, clock: ManualClock) {
         EngineError::Action(ActionError::InvalidLimits { .. })
     ));
 
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Approval::from_file(k.clone(), dir.path(), by("ana")).expect_err("a directory");
+    assert!(
+        matches!(err, EngineError::Action(ActionError::Io { .. })),
+        "{err:?}"
+    );
+    let huge = vec![0u8; squid_mesh::engine::MAX_COMPONENT_BYTES + 1];
+    let err = catalog
+        .approve(Approval::new(k.clone(), huge, by("ana")))
+        .await
+        .expect_err("too large");
+    assert!(err.to_string().contains("larger than 64 MiB"), "{err}");
+
     let err = catalog
         .approve(Approval::new(k.clone(), bytes(artifacts::ECHO), by("  ")))
         .await

@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Builds the example actions from source, pins them in a manifest, creates a fresh SQLite
-//! database (`WORK_DIR/demo.db`, default `target/order-demo`) and starts two orders of the
-//! `order_fulfilment` workflow, driven by a pool of workers:
+//! database (`WORK_DIR/demo.db`, default `target/order-demo`), approves the actions into its
+//! action catalog (checking each spec's data flow against their schemas) and starts two orders
+//! of the `order_fulfilment` workflow, driven by a pool of workers:
 //!
 //! 1. validate the order, charge it (the gateway is down on the first attempt: retried with
 //!    exponential backoff; the charge declares a refund as its compensation), wait for a
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use squid_mesh::actions::{ActionRegistry, LogLevel};
-use squid_mesh::engine::ManualAttrs;
+use squid_mesh::actions::LogLevel;
+use squid_mesh::engine::{CatalogCommand, ManualAttrs};
 use squid_mesh::inspect::{InspectOptions, render};
 use squid_mesh::spec::{DeadlineSpec, Field, FieldType, Step, Trigger, WorkflowSpec};
 use squid_mesh::{Engine, HostConfig, RunId, RunStatus, StartOptions, Worker};
@@ -149,16 +150,24 @@ async fn main() -> Result<()> {
     }
     let engine = Engine::builder()
         .sqlite(&db)
-        .registry(ActionRegistry::from_manifest(&manifest)?)
         .host_config(HostConfig::default().cache_dir(dir.join("wasm-cache")))
         .build()
         .await?;
-    engine.register_workflow(order_fulfilment())?;
-    engine.register_workflow(packing())?;
+    let imported = engine
+        .catalog()
+        .import(&manifest, CatalogCommand::by("order-demo"))
+        .await?;
+    // Checked against the catalog: keys, and each mapping against the actions' schemas.
+    let mut unchecked = 0;
+    for spec in [order_fulfilment(), packing()] {
+        unchecked += engine.check_spec(&spec).await?.warnings.len();
+        engine.register_workflow(spec)?;
+    }
     println!(
-        "database  {}\nmanifest  {}",
+        "database  {}\nmanifest  {} ({} actions approved into the database's catalog;\n          specs checked against their schemas, {unchecked} steps use actions without one)",
         db.display(),
-        manifest.display()
+        manifest.display(),
+        imported.approved.len()
     );
 
     let items = json!([
@@ -271,9 +280,9 @@ async fn main() -> Result<()> {
         bail!("unexpected outcome: {:?} / {:?}", s.status, f.status);
     }
     println!(
-        "\ninspect it yourself:\n  cargo run -q -p squid-mesh-cli -- --database {} --manifest {} runs list",
+        "\ninspect it yourself:\n  cargo run -q -p squid-mesh-cli -- --database {} runs list\n  cargo run -q -p squid-mesh-cli -- --database {} actions list",
         db.display(),
-        manifest.display()
+        db.display()
     );
     Ok(())
 }
