@@ -98,9 +98,16 @@ impl Completion {
     /// Records and applies it in a transaction of its own.
     async fn alone<W: WriteSource>(&self, source: &mut W) -> Result<Completed> {
         let mut tx = source.begin().await?;
-        let done = self.within(&mut tx).await?;
-        tx.commit().await?;
-        Ok(done)
+        match self.within(&mut tx).await {
+            Ok(done) => {
+                tx.commit().await?;
+                Ok(done)
+            }
+            Err(e) => {
+                tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -299,9 +306,16 @@ async fn claim_alone<W: WriteSource>(
     lease_for: Duration,
 ) -> Result<Option<Claim>> {
     let mut tx = source.begin().await?;
-    let claim = engine.claim_in(&mut tx, queue, owner, lease_for).await?;
-    tx.commit().await?;
-    Ok(claim)
+    match engine.claim_in(&mut tx, queue, owner, lease_for).await {
+        Ok(claim) => {
+            tx.commit().await?;
+            Ok(claim)
+        }
+        Err(e) => {
+            tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// A lane on the runtime: writes through the store's pool.
@@ -404,7 +418,10 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     let committed = match source.begin().await {
         Ok(mut tx) => match batched(&mut tx, &units).await {
             Some(answers) => Some((answers, tx.commit().await)),
-            None => None,
+            None => {
+                tx.rollback().await;
+                None
+            }
         },
         Err(_) => None,
     };

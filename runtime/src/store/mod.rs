@@ -173,6 +173,9 @@ pub(crate) trait Statements: Send + Sized {
     /// Sends what is held back and commits.
     fn finish(self) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// Rolls back, now.
+    fn abort(self) -> impl Future<Output = ()> + Send;
+
     /// Runs a statement; the rows it changed.
     fn execute(
         &mut self,
@@ -201,6 +204,10 @@ pub(crate) trait Statements: Send + Sized {
 pub trait StoreTx: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Rolls back now, releasing its row locks before it returns (dropping a transaction
+    /// also rolls it back, but Postgres may only send that later, holding the locks until
+    /// then: other workers' `SKIP LOCKED` claims would pass the rows by).
+    fn rollback(self) -> impl Future<Output = ()> + Send;
     /// Stores a definition body under its hash, if absent.
     fn insert_definition(
         &mut self,

@@ -357,6 +357,11 @@ impl Statements for PgTx {
         self.commit().await
     }
 
+    async fn abort(self) {
+        // Held-back writes are simply dropped; a failed rollback closes the connection.
+        let _ = self.tx.rollback().await;
+    }
+
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
         self.flush().await?;
         let done = bind_args!(

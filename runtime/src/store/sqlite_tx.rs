@@ -269,6 +269,11 @@ impl Statements for SqliteTx {
         Ok(())
     }
 
+    async fn abort(self) {
+        // Dropping it rolls back, synchronously.
+        drop(self);
+    }
+
     async fn finish(mut self) -> StoreResult<()> {
         let Some(conn) = self.conn.take() else {
             return Ok(());

@@ -177,6 +177,10 @@ impl<T: Statements> StoreTx for T {
         self.finish().await
     }
 
+    async fn rollback(self) {
+        self.abort().await;
+    }
+
     async fn insert_definition(
         &mut self,
         hash: &str,
