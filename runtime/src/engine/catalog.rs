@@ -255,6 +255,16 @@ pub(crate) enum Resolved {
     Fail { code: &'static str, message: String },
 }
 
+/// Why a claimed step waits, and the catalog version that said so.
+pub(super) struct ActionWait<'a> {
+    pub(super) key: &'a ActionKey,
+    pub(super) digest: Option<&'a Digest>,
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    /// The snapshot's version when the step was resolved.
+    pub(super) seen: i64,
+}
+
 /// This process's view of the catalog.
 #[derive(Debug, Default)]
 pub(crate) struct CatalogCache {
@@ -294,7 +304,7 @@ impl CatalogCache {
             .clone()
     }
 
-    fn version(&self) -> i64 {
+    pub(super) fn version(&self) -> i64 {
         self.snapshot().version
     }
 }
@@ -431,10 +441,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        let version = with_store!(self, s => {
-            let mut tx = s.begin_read().await?;
-            tx.catalog_version().await?
-        });
+        let version = with_store!(self, s => s.catalog_version().await?);
         self.catalog_seen(version).await
     }
 
@@ -606,17 +613,30 @@ impl Engine {
         store: &S,
         attempt: &AttemptRow,
         token_hash: &str,
-        wait: (&ActionKey, Option<&Digest>, &'static str, String),
+        wait: ActionWait<'_>,
     ) -> Result<()> {
-        let (key, digest, code, message) = wait;
+        let ActionWait {
+            key,
+            digest,
+            code,
+            message,
+            seen,
+        } = wait;
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
+        // Locked first, so an approval either committed before (the version moved: look
+        // again at once) or runs after this commits (and wakes the attempt).
+        let version = tx.lock_catalog().await?;
         let since = tx
             .action_wait(&attempt.runnable_key)
             .await?
             .map_or(now_us(now), |w| w.since);
         let waited = Duration::from_micros(u64::try_from(now_us(now) - since).unwrap_or(0));
-        let delay = (waited / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let delay = if version == seen {
+            (waited / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        } else {
+            Duration::ZERO
+        };
         if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, Lock::Update).await? {
             let event = decide::LeaseEvent::Release {
                 holder: decide::Holder {
@@ -721,10 +741,12 @@ impl Catalog {
         let limits = to_json(&a.limits);
         let capabilities = to_json(&a.capabilities);
         let mut tx = store.begin_write().await?;
+        tx.lock_catalog().await?;
         let versions = tx.versions_of(&key).await?;
         let same = versions.iter().find(|v| v.digest == digest.to_string());
         if let Some(v) = same {
             if v.state == ActionState::Revoked {
+                tx.rollback().await;
                 return Err(ActionError::Revoked {
                     key: a.key.clone(),
                     digest,
@@ -734,7 +756,9 @@ impl Catalog {
             // The current version again, as granted: nothing changes (a disabled one stays
             // disabled: enabling is its own decision).
             if v.state.is_current() && v.limits == limits && v.capabilities == capabilities {
-                return Ok((row_to_action(v.clone())?, false));
+                let unchanged = row_to_action(v.clone());
+                tx.rollback().await;
+                return Ok((unchanged?, false));
             }
         }
         let seq = tx.bump_catalog_version().await?;
@@ -828,11 +852,14 @@ impl Catalog {
     ) -> Result<CatalogAction> {
         let now = now_us(self.engine.now());
         let mut tx = store.begin_write().await?;
+        tx.lock_catalog().await?;
         let versions = tx.versions_of(key.as_str()).await?;
         let Some(current) = versions.into_iter().find(|v| v.state.is_current()) else {
+            tx.rollback().await;
             return Err(ActionError::UnknownAction { key: key.clone() }.into());
         };
         if current.state == to {
+            tx.rollback().await;
             return row_to_action(current);
         }
         let seq = tx.bump_catalog_version().await?;
@@ -894,15 +921,18 @@ impl Catalog {
     ) -> Result<CatalogAction> {
         let now = now_us(self.engine.now());
         let mut tx = store.begin_write().await?;
+        tx.lock_catalog().await?;
         let versions = tx.versions_of(key.as_str()).await?;
         let target = versions.into_iter().find(|v| match digest {
             Some(d) => v.digest == d.to_string(),
             None => v.state.is_current(),
         });
         let Some(mut row) = target else {
+            tx.rollback().await;
             return Err(ActionError::UnknownAction { key: key.clone() }.into());
         };
         if row.state == ActionState::Revoked {
+            tx.rollback().await;
             return row_to_action(row);
         }
         let seq = tx.bump_catalog_version().await?;

@@ -164,6 +164,7 @@ impl Engine {
             self.release(store, &attempt, &token_hash).await?;
             return Err(e);
         }
+        let seen = self.inner.catalog.version();
         let outcome = match self.resolve_target(def.as_deref(), &attempt.step).await {
             Err(Unrunnable::Fail(unavailable)) => StepOutcome::Failed(unavailable),
             Err(Unrunnable::Wait {
@@ -172,13 +173,15 @@ impl Engine {
                 code,
                 message,
             }) => {
-                self.wait_for_action(
-                    store,
-                    &attempt,
-                    &token_hash,
-                    (&key, digest.as_ref(), code, message),
-                )
-                .await?;
+                let wait = catalog::ActionWait {
+                    key: &key,
+                    digest: digest.as_ref(),
+                    code,
+                    message,
+                    seen,
+                };
+                self.wait_for_action(store, &attempt, &token_hash, wait)
+                    .await?;
                 return Ok(Completed::Waiting);
             }
             Ok(target) => {

@@ -101,6 +101,9 @@ stored_row! {
 pub trait CatalogTx: StoreTx {
     /// The catalog version: bumped by every change, in the changing transaction.
     fn catalog_version(&mut self) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// The catalog version, locked until commit: catalog writers (and a step starting to
+    /// wait for an action) take it first, so they follow one another.
+    fn lock_catalog(&mut self) -> impl Future<Output = StoreResult<i64>> + Send;
     /// Bumps the catalog version (locking it until commit); the new version.
     fn bump_catalog_version(&mut self) -> impl Future<Output = StoreResult<i64>> + Send;
     /// Stores component bytes under their digest unless stored already; whether it stored.
@@ -176,6 +179,12 @@ const FORGET: &str = "DELETE FROM action_waits WHERE action_key = $1";
 impl<T: Statements> CatalogTx for T {
     async fn catalog_version(&mut self) -> StoreResult<i64> {
         let row: Option<VersionRow> = self.fetch_optional(VERSION, &[]).await?;
+        Ok(row.map_or(0, |r| r.version))
+    }
+
+    async fn lock_catalog(&mut self) -> StoreResult<i64> {
+        let sql = format!("{VERSION}{}", T::LOCK);
+        let row: Option<VersionRow> = self.fetch_optional(&sql, &[]).await?;
         Ok(row.map_or(0, |r| r.version))
     }
 

@@ -101,6 +101,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         listening: Box<dyn FnOnce() + Send>,
     ) -> impl Future<Output = ()> + Send;
 
+    /// The action catalog's version, read outside any transaction (one statement).
+    fn catalog_version(&self) -> impl Future<Output = StoreResult<i64>> + Send;
+
     /// The stored status of a run, read outside any transaction (one statement).
     fn run_status(&self, run_id: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 

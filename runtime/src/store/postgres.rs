@@ -302,6 +302,17 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn catalog_version(&self) -> StoreResult<i64> {
+        let query = sqlx::query_as(sql::CATALOG_VERSION);
+        let row: Option<(i64,)> = if self.set_path {
+            let mut tx = self.begin().await?;
+            query.fetch_optional(&mut *tx).await?
+        } else {
+            query.fetch_optional(&self.pool).await?
+        };
+        Ok(row.map_or(0, |r| r.0))
+    }
+
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
         let query = sqlx::query_as(sql::RUN_STATUS).bind(run_id);
         let row: Option<(String,)> = if self.set_path {

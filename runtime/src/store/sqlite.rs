@@ -179,6 +179,16 @@ impl Store for SqliteStore {
         listening();
     }
 
+    async fn catalog_version(&self) -> StoreResult<i64> {
+        let reader = Conn::Reader(self.readers.get()?);
+        Ok(reader
+            .get()
+            .prepare_cached(sql::CATALOG_VERSION)?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader
