@@ -295,7 +295,10 @@ impl ActorArgs {
             .or_else(|| std::env::var("USER").ok())
             .filter(|a| !a.trim().is_empty())
             .ok_or_else(|| {
-                EngineError::invalid_option("--actor", "say who changes the catalog (or set $USER)")
+                EngineError::invalid_option(
+                    "--actor",
+                    "say who changes the catalog (or set SQUID_MESH_ACTOR or $USER)",
+                )
             })?;
         let mut c = CatalogCommand::by(actor);
         if let Some(comment) = &self.comment {
@@ -571,6 +574,7 @@ fn bad_action_input(e: &squid_mesh::ActionError) -> bool {
             | A::InvalidLimits { .. }
             | A::InvalidCapability { .. }
             | A::Revoked { .. }
+            | A::NotInCatalog { .. }
     )
 }
 
@@ -807,7 +811,7 @@ fn print_action_line(a: &CatalogAction) {
         a.state.as_str(),
         short(&a.digest),
         format!("{}ms", a.limits.timeout_ms),
-        format!("{}MB", a.limits.memory_bytes / (1024 * 1024)),
+        format!("{}MiB", a.limits.memory_bytes / (1024 * 1024)),
         a.description.name,
         a.description.version
     );
@@ -895,7 +899,7 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
             }
             if let Some(c) = &detail.current {
                 outln!(
-                    "  current: {} {} ({}), timeout {}ms, memory {}MB{}",
+                    "  current: {} {} ({}), timeout {}ms, memory {}MiB{}",
                     c.description.name,
                     c.description.version,
                     c.description.summary,
@@ -1222,18 +1226,28 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
 }
 
 /// Whether any run on `queues` still has work a worker can do (running, not paused).
+/// Whether a running run on the queues can still move without anyone acting: runs whose
+/// steps wait for an action to be approved or enabled do not count.
 async fn has_work(e: &Engine, queues: &[String]) -> Result<bool> {
     for q in queues {
-        let page = e
-            .list_runs(
-                &RunFilter::default()
-                    .queue(q.clone())
-                    .status(RunStatus::Running),
-                &Page::first(1),
-            )
-            .await?;
-        if !page.runs.is_empty() {
-            return Ok(true);
+        let filter = RunFilter::default()
+            .queue(q.clone())
+            .status(RunStatus::Running);
+        let mut page = Page::first(100);
+        loop {
+            let runs = e.list_runs(&filter, &page).await?;
+            for r in &runs.runs {
+                let why = e
+                    .explain_run(r.run_id.as_str(), InspectOptions::default())
+                    .await?;
+                if why.reason != squid_mesh::inspect::Reason::WaitingForAction {
+                    return Ok(true);
+                }
+            }
+            match runs.next_page {
+                Some(token) => page = Page::after(100, token),
+                None => break,
+            }
         }
     }
     Ok(false)

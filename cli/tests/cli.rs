@@ -888,6 +888,36 @@ fn a_running_worker_picks_up_a_new_approval(cli: &Cli) {
         .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .count();
     assert_eq!(cached, 1, "one component compiled by the worker");
+
+    // A run whose action is disabled waits, explained; an idle worker does not wait for it.
+    cli.json(&["actions", "disable", "pay.charge", "--comment", "outage"]);
+    let (code, err) = cli.fails(&[
+        "start",
+        "pay.json",
+        "--payload",
+        r#"{"order_id": "p", "amount_cents": 7}"#,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("disabled_action"), "{err}");
+    cli.json(&["actions", "enable", "pay.charge"]);
+    let run = cli.json(&[
+        "start",
+        "pay.json",
+        "--payload",
+        r#"{"order_id": "p", "amount_cents": 7}"#,
+    ]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    cli.json(&["actions", "disable", "pay.charge"]);
+    let stopped = cli.json(&["worker", "--exit-when-idle"]);
+    assert_eq!(stopped["stopped"], "idle", "{stopped}");
+    let why = cli.json(&["runs", "explain", &run_id]);
+    assert_eq!(why["reason"], "waiting_for_action", "{why}");
+    assert_eq!(why["next_actions"], json!(["enable_action", "cancel_run"]));
+    let shown = cli.ok(&["runs", "show", &run_id]);
+    assert!(shown.contains("waiting for action pay.charge"), "{shown}");
+    cli.json(&["actions", "enable", "pay.charge"]);
+    cli.json(&["worker", "--exit-when-idle"]);
+    assert_eq!(cli.json(&["runs", "show", &run_id])["status"], "completed");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -304,6 +304,15 @@ pub enum ActionError {
         /// Whether trying again can help (a store error, not missing bytes).
         retryable: bool,
     },
+    /// The action catalog has no such version of the key (or the key has no current
+    /// version to act on).
+    #[error("{message}")]
+    NotInCatalog {
+        /// The key.
+        key: ActionKey,
+        /// What is missing, and what to do.
+        message: String,
+    },
     /// The host was configured wrongly (engine or cache directory).
     #[error("action host configuration: {message}")]
     Config {
@@ -347,6 +356,7 @@ impl ActionError {
             Self::Instantiate { .. } => "instantiate_failed",
             Self::Config { .. } => "host_config",
             Self::Revoked { .. } => "action_revoked",
+            Self::NotInCatalog { .. } => "not_in_catalog",
             Self::Fetch { .. } => "component_fetch_failed",
             Self::Closed => "host_closed",
         }

@@ -690,6 +690,14 @@ impl Catalog {
     /// [`Catalog::approve`], saying whether it changed anything.
     async fn approve_changed(&self, approval: Approval) -> Result<(CatalogAction, bool)> {
         approval.command.check()?;
+        if !approval.bytes.starts_with(b"\0asm") {
+            return Err(ActionError::InvalidComponent {
+                key: approval.key.clone(),
+                message: "the file is not a WebAssembly binary (it does not start with \\0asm)"
+                    .into(),
+            }
+            .into());
+        }
         if approval.bytes.len() > MAX_COMPONENT_BYTES {
             return Err(ActionError::InvalidComponent {
                 key: approval.key.clone(),
@@ -743,16 +751,17 @@ impl Catalog {
         let mut tx = store.begin_write().await?;
         tx.lock_catalog().await?;
         let versions = tx.versions_of(&key).await?;
+        // A revoked digest stays revoked, under every key.
+        if tx.digest_revoked(&digest.to_string()).await? {
+            tx.rollback().await;
+            return Err(ActionError::Revoked {
+                key: a.key.clone(),
+                digest,
+            }
+            .into());
+        }
         let same = versions.iter().find(|v| v.digest == digest.to_string());
         if let Some(v) = same {
-            if v.state == ActionState::Revoked {
-                tx.rollback().await;
-                return Err(ActionError::Revoked {
-                    key: a.key.clone(),
-                    digest,
-                }
-                .into());
-            }
             // The current version again, as granted: nothing changes (a disabled one stays
             // disabled: enabling is its own decision).
             if v.state.is_current() && v.limits == limits && v.capabilities == capabilities {
@@ -854,9 +863,19 @@ impl Catalog {
         let mut tx = store.begin_write().await?;
         tx.lock_catalog().await?;
         let versions = tx.versions_of(key.as_str()).await?;
+        let known = !versions.is_empty();
         let Some(current) = versions.into_iter().find(|v| v.state.is_current()) else {
             tx.rollback().await;
-            return Err(ActionError::UnknownAction { key: key.clone() }.into());
+            return Err(match known {
+                false => ActionError::UnknownAction { key: key.clone() },
+                true => ActionError::NotInCatalog {
+                    key: key.clone(),
+                    message: format!(
+                        "action {key} has no current version (its versions are superseded or revoked); approve one first"
+                    ),
+                },
+            }
+            .into());
         };
         if current.state == to {
             tx.rollback().await;
@@ -923,13 +942,26 @@ impl Catalog {
         let mut tx = store.begin_write().await?;
         tx.lock_catalog().await?;
         let versions = tx.versions_of(key.as_str()).await?;
-        let target = versions.into_iter().find(|v| match digest {
+        let target = versions.iter().cloned().find(|v| match digest {
             Some(d) => v.digest == d.to_string(),
             None => v.state.is_current(),
         });
         let Some(mut row) = target else {
             tx.rollback().await;
-            return Err(ActionError::UnknownAction { key: key.clone() }.into());
+            let error = match (versions.is_empty(), digest) {
+                (true, _) => ActionError::UnknownAction { key: key.clone() },
+                (false, Some(d)) => ActionError::NotInCatalog {
+                    key: key.clone(),
+                    message: format!("action {key} has no version {d} in the catalog"),
+                },
+                (false, None) => ActionError::NotInCatalog {
+                    key: key.clone(),
+                    message: format!(
+                        "action {key} has no current version; name the version to revoke (--digest)"
+                    ),
+                },
+            };
+            return Err(error.into());
         };
         if row.state == ActionState::Revoked {
             tx.rollback().await;

@@ -154,6 +154,18 @@ pub(crate) fn parse_stored<T: serde::de::DeserializeOwned>(
         .map_err(|e| EngineError::corrupt(format!("{what} of run {run_id}"), e))
 }
 
+impl From<crate::vocab::InvalidActionKey> for EngineError {
+    fn from(e: crate::vocab::InvalidActionKey) -> Self {
+        Self::Action(e.into())
+    }
+}
+
+impl From<crate::vocab::InvalidDigest> for EngineError {
+    fn from(e: crate::vocab::InvalidDigest) -> Self {
+        Self::Action(e.into())
+    }
+}
+
 impl From<crate::journal::InvalidRunId> for EngineError {
     fn from(e: crate::journal::InvalidRunId) -> Self {
         Self::InvalidRunId { value: e.0 }

@@ -309,7 +309,6 @@ impl Explanation {
             } else {
                 NextAction::ApproveAction
             });
-            next.push(NextAction::CancelRun);
             let d = obj(json!({
                 "action": w.action,
                 "digest": w.digest,

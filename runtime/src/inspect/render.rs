@@ -244,6 +244,15 @@ pub fn inspection_text(i: &RunInspection) -> String {
         if let Some(e) = &a.error {
             let _ = write!(line, " {}: {}", e.code, e.message);
         }
+        if let Some(w) = &a.waiting_for_action {
+            let _ = write!(
+                line,
+                " waiting for action {} ({}) since {}",
+                w.action,
+                w.code,
+                time(w.since)
+            );
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }

@@ -162,7 +162,9 @@ impl WorkflowSpec {
             let at = format!("steps[{i}]");
             let Some(key) = &step.action else { continue };
             let declared = schema.as_ref();
-            if declared.is_none_or(|s| s.input.is_none() && s.output.is_none()) {
+            // An unknown key is a problem already; its schema is no news.
+            let known = actions.availability(key) != super::Availability::Unknown;
+            if known && declared.is_none_or(|s| s.input.is_none() && s.output.is_none()) {
                 report.warnings.push(problem(
                     format!("{at}.action"),
                     "no_action_schema",

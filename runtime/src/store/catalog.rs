@@ -132,6 +132,8 @@ pub trait CatalogTx: StoreTx {
         &mut self,
         key: &str,
     ) -> impl Future<Output = StoreResult<Vec<ActionVersionRow>>> + Send;
+    /// Whether `digest` is revoked under any key.
+    fn digest_revoked(&mut self, digest: &str) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Appends to the trail.
     fn append_catalog_event(
         &mut self,
@@ -240,6 +242,15 @@ impl<T: Statements> CatalogTx for T {
             ActionVersionRow::COLUMNS
         );
         self.fetch_all(&sql, &[Arg::Text(key)]).await
+    }
+
+    async fn digest_revoked(&mut self, digest: &str) -> StoreResult<bool> {
+        let sql = format!(
+            "SELECT {} FROM action_versions WHERE digest = $1 AND state = 'revoked' LIMIT 1",
+            ActionVersionRow::COLUMNS
+        );
+        let row: Option<ActionVersionRow> = self.fetch_optional(&sql, &[Arg::Text(digest)]).await?;
+        Ok(row.is_some())
     }
 
     async fn append_catalog_event(&mut self, r: &CatalogEventRow) -> StoreResult<()> {

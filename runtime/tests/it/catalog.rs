@@ -455,7 +455,16 @@ async fn bad_approvals_write_nothing(db: Db, clock: ManualClock) {
         matches!(err, EngineError::Action(ActionError::Io { .. })),
         "{err:?}"
     );
-    let huge = vec![0u8; squid_mesh::engine::MAX_COMPONENT_BYTES + 1];
+    let err = catalog
+        .approve(Approval::new(k.clone(), b"hello".to_vec(), by("ana")))
+        .await
+        .expect_err("not WebAssembly");
+    assert!(
+        err.to_string().contains("not a WebAssembly binary"),
+        "{err}"
+    );
+    let mut huge = b"\0asm".to_vec();
+    huge.resize(squid_mesh::engine::MAX_COMPONENT_BYTES + 1, 0);
     let err = catalog
         .approve(Approval::new(k.clone(), huge, by("ana")))
         .await
