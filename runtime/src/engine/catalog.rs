@@ -942,10 +942,13 @@ impl Catalog {
         let mut tx = store.begin_write().await?;
         tx.lock_catalog().await?;
         let versions = tx.versions_of(key.as_str()).await?;
-        let target = versions.iter().cloned().find(|v| match digest {
-            Some(d) => v.digest == d.to_string(),
-            None => v.state.is_current(),
-        });
+        let target = versions
+            .iter()
+            .find(|v| match digest {
+                Some(d) => v.digest == d.to_string(),
+                None => v.state.is_current(),
+            })
+            .cloned();
         let Some(mut row) = target else {
             tx.rollback().await;
             let error = match (versions.is_empty(), digest) {
