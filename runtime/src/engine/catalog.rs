@@ -802,20 +802,10 @@ impl Catalog {
             "name": description.name,
             "version": description.version,
         });
-        tx.append_catalog_event(&CatalogEventRow {
-            seq,
-            action_key: key.clone(),
-            digest: digest.to_string(),
-            kind: CatalogEventKind::Approved,
-            actor: a.command.actor.clone(),
-            comment: a.command.comment.clone(),
-            detail: to_json(&detail),
-            occurred_at: now,
-        })
-        .await?;
-        tx.wake_action_waits(&key, now).await?;
-        tx.notify_queue(CATALOG_CHANNEL).await?;
-        tx.commit().await?;
+        let event = a
+            .command
+            .event(seq, &key, &digest.to_string(), CatalogEventKind::Approved);
+        finish_change(tx, event.detail(&detail).at(now), true).await?;
         Ok((row_to_action(row)?, true))
     }
 
@@ -890,22 +880,8 @@ impl Catalog {
             ActionState::Active => CatalogEventKind::Enabled,
             _ => CatalogEventKind::Disabled,
         };
-        tx.append_catalog_event(&CatalogEventRow {
-            seq,
-            action_key: key.to_string(),
-            digest: row.digest.clone(),
-            kind,
-            actor: command.actor.clone(),
-            comment: command.comment.clone(),
-            detail: "{}".into(),
-            occurred_at: now,
-        })
-        .await?;
-        if to == ActionState::Active {
-            tx.wake_action_waits(key.as_str(), now).await?;
-        }
-        tx.notify_queue(CATALOG_CHANNEL).await?;
-        tx.commit().await?;
+        let event = command.event(seq, key.as_str(), &row.digest, kind).at(now);
+        finish_change(tx, event, to == ActionState::Active).await?;
         row_to_action(row)
     }
 
@@ -975,21 +951,10 @@ impl Catalog {
         row.state = ActionState::Revoked;
         row.updated_at = now;
         tx.put_action_version(&row).await?;
-        tx.append_catalog_event(&CatalogEventRow {
-            seq,
-            action_key: key.to_string(),
-            digest: row.digest.clone(),
-            kind: CatalogEventKind::Revoked,
-            actor: command.actor.clone(),
-            comment: command.comment.clone(),
-            detail: to_json(&serde_json::json!({"was": was})),
-            occurred_at: now,
-        })
-        .await?;
+        let event = command.event(seq, key.as_str(), &row.digest, CatalogEventKind::Revoked);
         // Steps waiting for it find out at once that it will never run.
-        tx.wake_action_waits(key.as_str(), now).await?;
-        tx.notify_queue(CATALOG_CHANNEL).await?;
-        tx.commit().await?;
+        let event = event.detail(&serde_json::json!({"was": was})).at(now);
+        finish_change(tx, event, true).await?;
         row_to_action(row)
     }
 
@@ -1286,6 +1251,47 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+impl CatalogCommand {
+    /// The trail entry of a change this command makes.
+    fn event(&self, seq: i64, key: &str, digest: &str, kind: CatalogEventKind) -> CatalogEventRow {
+        CatalogEventRow {
+            seq,
+            action_key: key.to_owned(),
+            digest: digest.to_owned(),
+            kind,
+            actor: self.actor.clone(),
+            comment: self.comment.clone(),
+            detail: "{}".into(),
+            occurred_at: 0,
+        }
+    }
+}
+
+impl CatalogEventRow {
+    fn detail(mut self, detail: &Value) -> Self {
+        self.detail = to_json(detail);
+        self
+    }
+
+    fn at(mut self, now: i64) -> Self {
+        self.occurred_at = now;
+        self
+    }
+}
+
+/// Ends a catalog change: its trail entry, the steps waiting for its key made due (`wake`),
+/// the notification to other processes, the commit.
+async fn finish_change<T: CatalogTx>(mut tx: T, event: CatalogEventRow, wake: bool) -> Result<()> {
+    tx.append_catalog_event(&event).await?;
+    if wake {
+        tx.wake_action_waits(&event.action_key, event.occurred_at)
+            .await?;
+    }
+    tx.notify_queue(CATALOG_CHANNEL).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The payload of the notification a catalog change sends on the wake-up channel (queue
