@@ -256,7 +256,8 @@ enum ActionsCommand {
     Revoke {
         #[command(flatten)]
         change: ChangeArgs,
-        /// The version to revoke (`sha256:...`).
+        /// The version to revoke: `sha256:...`, or a unique prefix of at least 8 hex digits
+        /// (as `list` and `show` print it).
         #[arg(long)]
         digest: Option<String>,
     },
@@ -799,6 +800,45 @@ fn parse_digest(digest: &str) -> Result<Digest, Failure> {
         .map_err(squid_mesh::ActionError::from)?)
 }
 
+/// A version of `key` named by its digest, or by a unique prefix of it (as `actions list`
+/// and `show` print them: `sha256:` and 12 hex digits).
+async fn version_of(
+    catalog: &squid_mesh::engine::Catalog,
+    key: &ActionKey,
+    text: &str,
+) -> Result<Digest, Failure> {
+    if let Ok(d) = text.parse::<Digest>() {
+        return Ok(d);
+    }
+    let hex = text
+        .strip_prefix("sha256:")
+        .unwrap_or(text)
+        .to_ascii_lowercase();
+    if hex.len() < 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return parse_digest(text);
+    }
+    let detail = catalog.show(key).await?;
+    let found: Vec<Digest> = detail
+        .versions
+        .iter()
+        .map(|v| v.digest)
+        .filter(|d| d.hex().starts_with(&hex))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(EngineError::invalid_option(
+            "--digest",
+            &format!("action {key} has no version starting with sha256:{hex}"),
+        )
+        .into()),
+        _ => Err(EngineError::invalid_option(
+            "--digest",
+            &format!("sha256:{hex} names more than one version of {key}; give more digits"),
+        )
+        .into()),
+    }
+}
+
 /// The first 19 characters of a digest (`sha256:` and 12 hex digits).
 fn short(digest: &Digest) -> String {
     digest.to_string().chars().take(19).collect()
@@ -965,7 +1005,10 @@ async fn actions(cli: &Cli, cmd: &ActionsCommand) -> Result<u8, Failure> {
         }
         ActionsCommand::Revoke { change, digest } => {
             let key = parse_key(&change.key)?;
-            let digest = digest.as_deref().map(parse_digest).transpose()?;
+            let digest = match digest.as_deref() {
+                None => None,
+                Some(d) => Some(version_of(&catalog, &key, d).await?),
+            };
             let revoked = catalog.revoke(&key, digest, change.who.command()?).await?;
             if cli.json {
                 print_json(&revoked)?;

@@ -377,6 +377,13 @@ fn scenario(cli: &Cli) {
     assert!(err.contains("memory_bytes must be"), "{err}");
     let listed = cli.json(&["actions", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(6), "{listed}");
+    // A version named by the short digest `list` prints.
+    let short: String = v2["digest"].as_str().unwrap().chars().take(19).collect();
+    let revoked = cli.json(&["actions", "revoke", "echo2", "--digest", &short]);
+    assert_eq!(revoked["digest"], v2["digest"]);
+    let (code, err) = cli.fails(&["actions", "revoke", "echo2", "--digest", "sha256:00000000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no version starting with"), "{err}");
 
     // Read-only commands need no component file; the bytes are in the database.
     std::fs::remove_dir_all(cli.dir.join("components")).unwrap();
