@@ -637,29 +637,21 @@ impl Engine {
         } else {
             Duration::ZERO
         };
-        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, Lock::Update).await? {
-            let event = decide::LeaseEvent::Release {
-                holder: decide::Holder {
-                    claim_id: attempt.claim_id.clone(),
-                    token_hash: token_hash.to_owned(),
-                },
-                retry_at: now.plus(delay),
-            };
-            if let Ok(decision) = decide::decide_lease(apply::take_lease(&mut cur), event, now) {
-                apply::set_lease(&mut cur, decision.state, now);
-                tx.update_attempt(&cur).await?;
-                tx.put_action_wait(&ActionWaitRow {
-                    runnable_key: attempt.runnable_key.clone(),
-                    run_id: attempt.run_id.clone(),
-                    action_key: key.to_string(),
-                    digest: digest.map(ToString::to_string),
-                    code: code.to_owned(),
-                    message,
-                    since,
-                    updated_at: now_us(now),
-                })
-                .await?;
-            }
+        if self
+            .release_in(&mut tx, attempt, token_hash, now.plus(delay))
+            .await?
+        {
+            tx.put_action_wait(&ActionWaitRow {
+                runnable_key: attempt.runnable_key.clone(),
+                run_id: attempt.run_id.clone(),
+                action_key: key.to_string(),
+                digest: digest.map(ToString::to_string),
+                code: code.to_owned(),
+                message,
+                since,
+                updated_at: now_us(now),
+            })
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -687,47 +679,48 @@ impl Catalog {
         Ok(self.approve_changed(approval).await?.0)
     }
 
-    /// [`Catalog::approve`], saying whether it changed anything.
-    async fn approve_changed(&self, approval: Approval) -> Result<(CatalogAction, bool)> {
+    /// Everything an approval is checked for before anything is written: the actor, the
+    /// bytes (WebAssembly, bounded, the expected digest), the limits, and the component
+    /// itself (compiled and described). Its digest and self-description.
+    async fn check_approval(&self, approval: &Approval) -> Result<(Digest, ActionDescription)> {
         approval.command.check()?;
+        let invalid = |message: String| ActionError::InvalidComponent {
+            key: approval.key.clone(),
+            message,
+        };
         if !approval.bytes.starts_with(b"\0asm") {
-            return Err(ActionError::InvalidComponent {
-                key: approval.key.clone(),
-                message: "the file is not a WebAssembly binary (it does not start with \\0asm)"
-                    .into(),
-            }
+            return Err(invalid(
+                "the file is not a WebAssembly binary (it does not start with \\0asm)".into(),
+            )
             .into());
         }
         if approval.bytes.len() > MAX_COMPONENT_BYTES {
-            return Err(ActionError::InvalidComponent {
-                key: approval.key.clone(),
-                message: format!(
-                    "the component is larger than {} MiB",
-                    MAX_COMPONENT_BYTES >> 20
-                ),
-            }
+            return Err(invalid(format!(
+                "the component is larger than {} MiB",
+                MAX_COMPONENT_BYTES >> 20
+            ))
             .into());
         }
-        let digest = Digest::of(&approval.bytes);
+        let candidate = RegisteredAction::from_bytes(approval.key.clone(), approval.bytes.clone())
+            .with_limits(approval.limits.clone())
+            .with_capabilities(approval.capabilities.clone());
         if let Some(expected) = approval.expected
-            && expected != digest
+            && expected != candidate.digest
         {
             return Err(ActionError::DigestMismatch {
                 key: approval.key.clone(),
                 expected,
-                actual: digest,
+                actual: candidate.digest,
             }
             .into());
         }
-        let candidate = RegisteredAction {
-            key: approval.key.clone(),
-            source: ComponentSource::Bytes(approval.bytes.clone()),
-            digest,
-            enabled: true,
-            limits: approval.limits.clone(),
-            capabilities: approval.capabilities.clone(),
-        };
         let description = self.engine.action_host().check(&candidate).await?;
+        Ok((candidate.digest, description))
+    }
+
+    /// [`Catalog::approve`], saying whether it changed anything.
+    async fn approve_changed(&self, approval: Approval) -> Result<(CatalogAction, bool)> {
+        let (digest, description) = self.check_approval(&approval).await?;
         let e = &self.engine;
         let (approved, changed) =
             with_store!(e, s => self.approve_on(s, &approval, digest, &description).await)?;
@@ -1137,24 +1130,7 @@ impl Catalog {
                 .capabilities(entry.capabilities.clone())
                 .expect_digest(entry.digest);
             // Checked before anything is written: digest, limits, component.
-            let digest = Digest::of(&approval.bytes);
-            if digest != entry.digest {
-                return Err(ActionError::DigestMismatch {
-                    key: entry.key.clone(),
-                    expected: entry.digest,
-                    actual: digest,
-                }
-                .into());
-            }
-            let candidate = RegisteredAction {
-                key: entry.key.clone(),
-                source: ComponentSource::Bytes(approval.bytes.clone()),
-                digest,
-                enabled: true,
-                limits: entry.limits.clone(),
-                capabilities: entry.capabilities.clone(),
-            };
-            self.engine.action_host().check(&candidate).await?;
+            self.check_approval(&approval).await?;
             approvals.push((approval, entry.enabled));
         }
         let mut report = ImportReport::default();
@@ -1229,14 +1205,9 @@ impl Catalog {
             let action = row_to_action(row)?;
             let checked = async {
                 let bytes = self.component(&action.key, action.digest).await?;
-                let candidate = RegisteredAction {
-                    key: action.key.clone(),
-                    source: ComponentSource::Bytes(bytes),
-                    digest: action.digest,
-                    enabled: true,
-                    limits: action.limits.clone(),
-                    capabilities: action.capabilities.clone(),
-                };
+                let candidate = RegisteredAction::from_bytes(action.key.clone(), bytes)
+                    .with_limits(action.limits.clone())
+                    .with_capabilities(action.capabilities.clone());
                 self.engine.action_host().check(&candidate).await?;
                 Ok::<(), EngineError>(())
             }

@@ -513,22 +513,43 @@ impl Engine {
     ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
-        if let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, Lock::Update).await? {
-            let event = decide::LeaseEvent::Release {
-                holder: decide::Holder {
-                    claim_id: attempt.claim_id.clone(),
-                    token_hash: token_hash.to_owned(),
-                },
-                retry_at: now.plus(Duration::from_secs(1)),
-            };
-            // A claim that is no longer this worker's has nothing to give back.
-            if let Ok(decision) = decide::decide_lease(apply::take_lease(&mut cur), event, now) {
-                apply::set_lease(&mut cur, decision.state, now);
-                tx.update_attempt(&cur).await?;
-            }
-        }
+        self.release_in(
+            &mut tx,
+            attempt,
+            token_hash,
+            now.plus(Duration::from_secs(1)),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Gives a claimed attempt back in the caller's transaction, due again at `retry_at`;
+    /// whether it did (a claim that is no longer this worker's has nothing to give back).
+    pub(super) async fn release_in<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        attempt: &AttemptRow,
+        token_hash: &str,
+        retry_at: Timestamp,
+    ) -> Result<bool> {
+        let now = self.inner.clock.now();
+        let Some(mut cur) = tx.load_attempt(&attempt.runnable_key, Lock::Update).await? else {
+            return Ok(false);
+        };
+        let event = decide::LeaseEvent::Release {
+            holder: decide::Holder {
+                claim_id: attempt.claim_id.clone(),
+                token_hash: token_hash.to_owned(),
+            },
+            retry_at,
+        };
+        let Ok(decision) = decide::decide_lease(apply::take_lease(&mut cur), event, now) else {
+            return Ok(false);
+        };
+        apply::set_lease(&mut cur, decision.state, now);
+        tx.update_attempt(&cur).await?;
+        Ok(true)
     }
 
     /// Records and applies a step's outcome in the caller's transaction, fenced by the
