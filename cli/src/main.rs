@@ -14,13 +14,13 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::engine::{
-    Approval, CatalogAction, CatalogCommand, CommandOptions, ManualAttrs, ReplayOptions,
-    ScheduleCommand, ScheduleInfo,
+    Approval, CatalogAction, CatalogCommand, CommandOptions, DynamicWorkSpec, ManualAttrs,
+    ReplayOptions, ScheduleCommand, ScheduleInfo, WorkProblem,
 };
 use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
 use squid_mesh::{
-    ActionKey, ActionLimits, Capabilities, Digest, Engine, EngineError, HostConfig, RunStatus,
-    StartOptions, Worker, WorkflowSpec,
+    ActionKey, ActionLimits, Capabilities, Digest, Engine, EngineError, HostConfig, RunId,
+    RunStatus, StartOptions, Worker, WorkflowSpec,
 };
 
 /// `print!` that ends the program quietly (exit 0) when stdout is closed, as when the output
@@ -338,6 +338,12 @@ struct ApproveArgs {
     /// Allow the action to start child runs.
     #[arg(long)]
     allow_child_runs: bool,
+    /// Allow the action to add dynamic work to its run (the `schedule-work` host import).
+    #[arg(long)]
+    allow_dynamic_work: bool,
+    /// Most dynamic nodes one step of the action may add (default 10000).
+    #[arg(long)]
+    max_dynamic_nodes: Option<u32>,
     /// An environment variable the action sees, `NAME=value` (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
@@ -434,6 +440,21 @@ enum RunsCommand {
         /// Run id.
         id: String,
     },
+    /// Add dynamic work to a run from a JSON or TOML file (`key`, `origin`, `nodes`, optional
+    /// `edges`, `join`, `reason`, `metadata`, `allow_replay`): scheduled unless `--preview` or
+    /// `--record` says otherwise.
+    Work {
+        /// Run id.
+        id: String,
+        /// The work file.
+        file: PathBuf,
+        /// Show what adding it would do; write nothing.
+        #[arg(long, conflicts_with = "record")]
+        preview: bool,
+        /// Journal it for inspection only (its nodes never run).
+        #[arg(long)]
+        record: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -514,6 +535,7 @@ impl From<anyhow::Error> for Failure {
                 EngineError::InvalidSpec(_)
                 | EngineError::InvalidPayload(_)
                 | EngineError::InvalidOption(_)
+                | EngineError::InvalidDynamicWork(_)
                 | EngineError::InvalidRunId { .. }
                 | EngineError::UnknownTrigger { .. }
                 | EngineError::UnknownWorkflow { .. }
@@ -872,6 +894,9 @@ fn limits_of(args: &ApproveArgs) -> Result<ActionLimits, Failure> {
         })?;
     }
     limits.fuel = args.fuel.or(limits.fuel);
+    if let Some(n) = args.max_dynamic_nodes {
+        limits.max_dynamic_nodes = n;
+    }
     Ok(limits)
 }
 
@@ -888,6 +913,7 @@ fn capabilities_of(args: &ApproveArgs) -> Result<Capabilities, Failure> {
         network: args.network.clone(),
         dns: args.dns,
         child_runs: args.allow_child_runs,
+        dynamic_work: args.allow_dynamic_work,
         ..Capabilities::default()
     })
 }
@@ -1369,8 +1395,81 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
                 out!("{}", render::explanation_text(&x));
             }
         }
+        RunsCommand::Work {
+            id,
+            file,
+            preview,
+            record,
+        } => {
+            let work = read_work(file)?;
+            let run_id: RunId = id.parse().map_err(EngineError::from)?;
+            if *preview {
+                let p = e.preview_dynamic_work(run_id, &work).await?;
+                if cli.json {
+                    print_json(&p)?;
+                } else {
+                    outln!(
+                        "work {} on run {} from {}: {} node(s), {} edge(s){}",
+                        p.work.key,
+                        p.run_id,
+                        p.origin_node_id,
+                        p.added_node_ids.len(),
+                        p.added_edge_ids.len(),
+                        if p.duplicate {
+                            " (already there: adding it changes nothing)"
+                        } else {
+                            ""
+                        }
+                    );
+                    for w in &p.warnings {
+                        outln!("warning: {w}");
+                    }
+                }
+            } else {
+                let r = if *record {
+                    e.record_dynamic_work(run_id, &work).await?
+                } else {
+                    e.schedule_dynamic_work(run_id, &work).await?
+                };
+                if cli.json {
+                    print_json(&r)?;
+                } else {
+                    outln!(
+                        "work {} {} on run {}: {} node(s){}",
+                        r.key,
+                        if r.scheduled { "scheduled" } else { "recorded" },
+                        r.run_id,
+                        r.nodes,
+                        if r.duplicate {
+                            " (already there: nothing changed)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
     }
     Ok(0)
+}
+
+/// A dynamic work file (JSON, or TOML by extension); a malformed one is bad input.
+fn read_work(file: &Path) -> Result<DynamicWorkSpec> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let toml = file.extension().and_then(|e| e.to_str()) == Some("toml");
+    let parsed = if toml {
+        toml::from_str::<DynamicWorkSpec>(&text).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_str::<DynamicWorkSpec>(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|message| {
+        anyhow::Error::from(EngineError::InvalidDynamicWork(vec![WorkProblem {
+            path: String::new(),
+            code: "parse_error".into(),
+            message: format!("{}: {message}", file.display()),
+        }]))
+    })
 }
 
 fn print_schedule(s: &ScheduleInfo) {

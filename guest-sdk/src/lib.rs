@@ -240,6 +240,32 @@ pub fn start_child_run(
         .map_err(|reason| ActionError::retryable("child_run_refused", reason))
 }
 
+/// Adds dynamic work to the run from the current step (the host must grant the action the
+/// `dynamic_work` capability): a JSON object with `key`, `nodes` (each `id`, `action`,
+/// optional `input`, `retry`, `output`), optional `edges`, `join`, `reason`, `metadata`.
+/// The nodes may start at once; the step's successors wait until every node (and the join)
+/// has finished. The same work under the same key is added once, also across retries of the
+/// step. Returns the host's receipt (`key`, `duplicate`, `nodes`, ...).
+///
+/// # Errors
+///
+/// An [`ActionError`] with code `invalid_dynamic_work` (not retryable) when the host refuses
+/// the work as invalid (its message lists the problems with their paths), else
+/// `dynamic_work_refused` (retryable) carrying the host's reason.
+pub fn schedule_work(work: &impl Serialize) -> Result<serde_json::Value, ActionError> {
+    let work = serde_json::to_string(work)
+        .map_err(|e| ActionError::fatal("invalid_dynamic_work", e.to_string()))?;
+    let receipt = bindings::squid_mesh::step::host::schedule_work(&work).map_err(|reason| {
+        if reason.starts_with("invalid_dynamic_work") {
+            ActionError::fatal("invalid_dynamic_work", reason)
+        } else {
+            ActionError::retryable("dynamic_work_refused", reason)
+        }
+    })?;
+    serde_json::from_str(&receipt)
+        .map_err(|e| ActionError::retryable("dynamic_work_refused", e.to_string()))
+}
+
 /// Logging through the host, attributed to the current step attempt.
 pub mod log {
     use crate::bindings::squid_mesh::step::host::{self, Level};

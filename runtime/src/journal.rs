@@ -31,6 +31,8 @@ pub struct Projection {
     pub error: Option<Value>,
     /// Saga compensation state.
     pub compensation: Option<Compensation>,
+    /// Scheduled dynamic works not finished yet.
+    pub open_works: std::collections::BTreeSet<String>,
 }
 
 impl Projection {
@@ -47,7 +49,9 @@ impl Projection {
                     for r in runnables {
                         p.attempts
                             .insert(r.runnable_key.clone(), AttemptStatus::Scheduled);
-                        p.steps.insert(r.step.clone(), StepState::Planned);
+                        if r.node.is_none() {
+                            p.steps.insert(r.step.clone(), StepState::Planned);
+                        }
                     }
                 }
                 Fact::AttemptClaimed { runnable_key, .. } => {
@@ -78,6 +82,22 @@ impl Projection {
                     p.manual = Some(gate.clone());
                 }
                 Fact::CommandReceived { .. } | Fact::ChildRunStarted { .. } => {}
+                Fact::DynamicWorkRecorded { work } => {
+                    if work.scheduled {
+                        p.open_works.insert(work.key.clone());
+                    }
+                }
+                Fact::DynamicWorkCompleted {
+                    key,
+                    origin_step,
+                    origin_completed,
+                    ..
+                } => {
+                    p.open_works.remove(key);
+                    if *origin_completed {
+                        p.steps.insert(origin_step.clone(), StepState::Completed);
+                    }
+                }
                 Fact::ManualStepResolved {
                     step,
                     action,
@@ -110,6 +130,7 @@ impl Projection {
                     p.status = Some(*status);
                     p.error = error.clone();
                     p.manual = None;
+                    p.open_works.clear();
                     for s in p.attempts.values_mut() {
                         if s.is_open() {
                             *s = AttemptStatus::Cancelled;
@@ -121,7 +142,8 @@ impl Projection {
         if p.status.is_some_and(|s| !s.is_terminal()) {
             p.status = Some(if p.manual.is_some() {
                 RunStatus::Paused
-            } else if p.steps.values().any(|s| *s == StepState::Planned) {
+            } else if p.steps.values().any(|s| *s == StepState::Planned) || !p.open_works.is_empty()
+            {
                 RunStatus::Running
             } else {
                 RunStatus::Idle
@@ -168,6 +190,12 @@ impl Projection {
             out.push(format!(
                 "compensation: journal says {:?}, rows say {:?}",
                 self.compensation, derived.compensation
+            ));
+        }
+        if self.open_works != derived.open_works {
+            out.push(format!(
+                "open dynamic work: journal says {:?}, rows say {:?}",
+                self.open_works, derived.open_works
             ));
         }
         if self.error != derived.error {

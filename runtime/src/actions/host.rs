@@ -28,15 +28,18 @@ use super::builtin::emit;
 use super::output::{Capture, Stream};
 use super::registry::{ActionRegistry, ComponentSource, RegisteredAction, parse_addr_pattern};
 use super::types::{
-    ActionDescription, ActionError, ActionKey, ActionTarget, ChildRunStarter, Digest, Invocation,
-    LogLevel, StepContext, StepError, StepErrorKind, StepOutcome,
+    ActionDescription, ActionError, ActionKey, ActionTarget, Digest, Invocation, LogLevel,
+    StepContext, StepError, StepErrorKind, StepOutcome, StepServices,
 };
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "action",
-        imports: { "squid-mesh:step/host.start-child-run": async },
+        imports: {
+            "squid-mesh:step/host.start-child-run": async,
+            "squid-mesh:step/host.schedule-work": async,
+        },
         exports: { default: async },
     });
 }
@@ -175,7 +178,8 @@ struct HostState {
     capture: Capture,
     ctx: Arc<StepContext>,
     reported_log_drop: bool,
-    children: Option<Arc<dyn ChildRunStarter>>,
+    services: StepServices,
+    max_dynamic_nodes: u32,
 }
 
 impl WasiView for HostState {
@@ -197,7 +201,7 @@ impl wit_host::Host for HostState {
         payload: String,
         child_key: String,
     ) -> Result<String, String> {
-        let Some(children) = self.children.clone() else {
+        let Some(children) = self.services.children.clone() else {
             return Err("child runs are not granted to this action (capability child_runs)".into());
         };
         let payload: Value =
@@ -205,6 +209,23 @@ impl wit_host::Host for HostState {
         children
             .start_child_run(workflow, trigger, payload, child_key)
             .await
+    }
+
+    async fn schedule_work(&mut self, work: String) -> Result<String, String> {
+        let Some(scheduler) = self.services.work.clone() else {
+            return Err(
+                "dynamic work is not granted to this action (capability dynamic_work)".into(),
+            );
+        };
+        let work: Value =
+            serde_json::from_str(&work).map_err(|e| format!("work is not JSON: {e}"))?;
+        if crate::json::depth(&work) > crate::json::MAX_DEPTH + 4 {
+            return Err("invalid_dynamic_work: the work is nested too deeply".into());
+        }
+        scheduler
+            .schedule_work(work, self.max_dynamic_nodes)
+            .await
+            .map(|receipt| receipt.to_string())
     }
 
     fn log(&mut self, level: wit_host::Level, message: String) {
@@ -438,7 +459,7 @@ impl ActionHost {
     }
 
     /// Runs an action the caller resolved (the engine's catalog resolves runs' pinned
-    /// versions itself), with a way to start child runs when it is granted `child_runs`.
+    /// versions itself), with the step services it is granted (`child_runs`, `dynamic_work`).
     ///
     /// # Errors
     ///
@@ -448,15 +469,18 @@ impl ActionHost {
         action: &RegisteredAction,
         ctx: &StepContext,
         input: &Map<String, Value>,
-        children: Option<Arc<dyn ChildRunStarter>>,
+        services: StepServices,
     ) -> Result<Invocation, ActionError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(ActionError::Closed);
         }
         self.check_host_limits(action)?;
         let (prepared, _) = self.prepared(action).await?;
-        let children = children.filter(|_| action.capabilities.child_runs);
-        self.run(action, &prepared, ctx, input, children).await
+        let services = StepServices {
+            children: services.children.filter(|_| action.capabilities.child_runs),
+            work: services.work.filter(|_| action.capabilities.dynamic_work),
+        };
+        self.run(action, &prepared, ctx, input, services).await
     }
 
     /// Loads the action registered under `key` (from memory, the disk cache or by compiling
@@ -490,7 +514,8 @@ impl ActionHost {
         ctx: &StepContext,
         input: &Map<String, Value>,
     ) -> Result<Invocation, ActionError> {
-        self.invoke_with(target, ctx, input, None).await
+        self.invoke_with(target, ctx, input, StepServices::default())
+            .await
     }
 
     /// Stops the epoch ticker thread and waits for it. Later WebAssembly invocations (on
@@ -501,8 +526,8 @@ impl ActionHost {
         self.inner.ticker.stop();
     }
 
-    /// Like [`ActionHost::invoke`], with a way to start child runs for actions granted the
-    /// `child_runs` capability.
+    /// Like [`ActionHost::invoke`], with the step services an action may be granted
+    /// (child runs, dynamic work).
     ///
     /// # Errors
     ///
@@ -512,7 +537,7 @@ impl ActionHost {
         target: &ActionTarget,
         ctx: &StepContext,
         input: &Map<String, Value>,
-        children: Option<Arc<dyn ChildRunStarter>>,
+        services: StepServices,
     ) -> Result<Invocation, ActionError> {
         match target {
             ActionTarget::Builtin(builtin) => Ok(super::builtin::invoke(builtin, ctx)),
@@ -521,7 +546,7 @@ impl ActionHost {
             }
             ActionTarget::Wasm(key) => {
                 let action = self.registry.resolve(key)?;
-                self.invoke_action(&action, ctx, input, children).await
+                self.invoke_action(&action, ctx, input, services).await
             }
         }
     }
@@ -677,7 +702,8 @@ impl ActionHost {
             capture: capture.clone(),
             ctx,
             reported_log_drop: false,
-            children: None,
+            services: StepServices::default(),
+            max_dynamic_nodes: action.limits.max_dynamic_nodes,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -702,11 +728,11 @@ impl ActionHost {
         prepared: &Prepared,
         ctx: &StepContext,
         input: &Map<String, Value>,
-        children: Option<Arc<dyn ChildRunStarter>>,
+        services: StepServices,
     ) -> Result<Invocation, ActionError> {
         let started = Instant::now();
         let (mut store, capture) = self.new_store(action, Arc::new(ctx.clone()))?;
-        store.data_mut().children = children;
+        store.data_mut().services = services;
         let wit_ctx = wit_types::StepContext {
             run_id: ctx.run_id.clone(),
             workflow: ctx.workflow.clone(),

@@ -31,5 +31,5 @@ pub use registry::{
 };
 pub use types::{
     ActionDescription, ActionError, ActionLimits, ActionTarget, Capabilities, ChildRunStarter,
-    Diagnostics, DirGrant, Invocation, LogRecord, StepContext,
+    Diagnostics, DirGrant, Invocation, LogRecord, StepContext, StepServices, WorkScheduler,
 };

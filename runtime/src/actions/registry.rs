@@ -184,6 +184,13 @@ impl RegisteredAction {
         if self.limits.fuel == Some(0) {
             return Err(invalid("fuel must be positive when set"));
         }
+        if l.max_dynamic_nodes > ActionLimits::MAX_DYNAMIC_NODES {
+            return Err(invalid(&format!(
+                "max_dynamic_nodes must be at most {}, not {}",
+                ActionLimits::MAX_DYNAMIC_NODES,
+                l.max_dynamic_nodes
+            )));
+        }
         for addr in &self.capabilities.network {
             parse_addr_pattern(addr).ok_or_else(|| ActionError::InvalidCapability {
                 key: self.key.clone(),

@@ -27,6 +27,9 @@ pub struct ActionLimits {
     pub max_output_bytes: u64,
     /// Bytes of logs, stdout and stderr kept per invocation (default 64 KiB).
     pub max_log_bytes: u64,
+    /// Most dynamic nodes (joins included) one step of this action may schedule through
+    /// the `schedule-work` host import, over all its calls and retries (default 10,000).
+    pub max_dynamic_nodes: u32,
 }
 
 impl Default for ActionLimits {
@@ -37,6 +40,7 @@ impl Default for ActionLimits {
             fuel: None,
             max_output_bytes: 1 << 20,
             max_log_bytes: 64 << 10,
+            max_dynamic_nodes: 10_000,
         }
     }
 }
@@ -48,6 +52,8 @@ impl ActionLimits {
     pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
     /// Largest `max_output_bytes` and `max_log_bytes`: 64 MiB.
     pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
+    /// Largest `max_dynamic_nodes`: one million.
+    pub const MAX_DYNAMIC_NODES: u32 = 1_000_000;
 
     /// The wall-clock timeout as a [`Duration`].
     pub fn timeout(&self) -> Duration {
@@ -70,6 +76,8 @@ pub struct Capabilities {
     pub dns: bool,
     /// Whether the action may start child runs (the `start-child-run` host import).
     pub child_runs: bool,
+    /// Whether the action may add dynamic work to its run (the `schedule-work` host import).
+    pub dynamic_work: bool,
 }
 
 /// A host directory granted to an action.
@@ -178,6 +186,29 @@ pub trait ChildRunStarter: Send + Sync + std::fmt::Debug {
         payload: Value,
         child_key: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'static>>;
+}
+
+/// Schedules dynamic work for actions that call the `schedule-work` host import. The engine
+/// passes one to [`crate::actions::ActionHost::invoke_action`]; it is bound to the step attempt.
+pub trait WorkScheduler: Send + Sync + std::fmt::Debug {
+    /// Schedules the work (a JSON object: key, nodes, edges, join...) from the running
+    /// attempt, at most `max_nodes` nodes for the step; returns the receipt as JSON, or a
+    /// message (starting with an error code) saying why not.
+    fn schedule_work(
+        &self,
+        work: Value,
+        max_nodes: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + 'static>>;
+}
+
+/// What a running step may ask of its run through host imports, each granted by a
+/// capability.
+#[derive(Debug, Clone, Default)]
+pub struct StepServices {
+    /// Starts child runs (`child_runs`).
+    pub children: Option<std::sync::Arc<dyn ChildRunStarter>>,
+    /// Schedules dynamic work (`dynamic_work`).
+    pub work: Option<std::sync::Arc<dyn WorkScheduler>>,
 }
 
 /// The code a step runs: a registered component or a native built-in.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::plan::Route;
+use crate::spec::RetryPolicy;
 use crate::vocab::{
     AttemptStatus, CommandKind, CompensationStatus, Deadline, RunStatus, StepOutcome, StepState,
     Suspension, Timestamp,
@@ -25,6 +26,181 @@ pub struct PlannedRunnable {
     /// The step's deadline, from its visible time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Deadline>,
+    /// The dynamic node this runnable runs (`None` for a declared step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<AttemptNode>,
+}
+
+/// One node of dynamic work: an approved action run as part of a run, beside its declared
+/// steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicNode {
+    /// The node's id, unique in the run (it is also the step name of its attempts).
+    pub id: String,
+    /// The action key.
+    pub action: String,
+    /// The action digest pinned when the work was scheduled (`None` when only recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The node's input.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub input: Map<String, Value>,
+    /// Retries; without one a failed node is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Context key the node's output is stored under (`None`: the output stays on the attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Free-form metadata, for inspection.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// An edge of a dynamic work's graph overlay. An edge between two nodes orders them: the
+/// target runs once every node with an edge to it has succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicEdge {
+    /// Stable id (default `<from>:dynamic:<to>`).
+    pub id: String,
+    /// The origin step or a node of the work.
+    pub from: String,
+    /// A node of the work.
+    pub to: String,
+}
+
+/// The attempt a dynamic work grew from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicOrigin {
+    /// Its step.
+    pub step: String,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// Its runnable key.
+    pub runnable_key: String,
+}
+
+/// Runtime-authored work added to a run: nodes running approved actions, the edges drawn
+/// from its origin step, and an optional join that runs once every node has succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicWork {
+    /// The work's key, unique in the run: repeating the same work under it changes nothing.
+    pub key: String,
+    /// Where it grew from.
+    pub origin: DynamicOrigin,
+    /// The nodes.
+    pub nodes: Vec<DynamicNode>,
+    /// The overlay's edges.
+    pub edges: Vec<DynamicEdge>,
+    /// The fan-in node: runs once after every node succeeded, with their outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<DynamicNode>,
+    /// Whether the nodes were planned (`false`: recorded for inspection only).
+    pub scheduled: bool,
+    /// Scheduled by the origin step's running action: the step's successors wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_action: bool,
+    /// Whether a replay may repeat the nodes' effects without review.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_replay: bool,
+    /// Why the work was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+impl DynamicWork {
+    /// The work's nodes, the join last.
+    pub fn all_nodes(&self) -> impl Iterator<Item = &DynamicNode> {
+        self.nodes.iter().chain(self.join.as_ref())
+    }
+}
+
+/// What an attempt of a dynamic node carries (stored with the attempt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptNode {
+    /// The work's key.
+    pub work: String,
+    /// The node's position in the work (the join's is the node count).
+    pub index: u32,
+    /// Whether it is the work's join.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
+    /// The action key.
+    pub action: String,
+    /// The pinned digest.
+    pub digest: Option<String>,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Context key of the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Whether a replay may repeat it without review.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_replay: bool,
+}
+
+/// A node waiting for nodes of its work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingNode {
+    /// Its position in the work.
+    pub index: u32,
+    /// The node.
+    pub node: DynamicNode,
+    /// The nodes it still waits for.
+    pub after: Vec<String>,
+}
+
+/// A scheduled work that has not finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWork {
+    /// The work's key.
+    pub key: String,
+    /// Its origin step.
+    pub origin_step: String,
+    /// Whether the origin step's successors wait for the work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_origin: bool,
+    /// Whether a replay may repeat its nodes without review.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_replay: bool,
+    /// Nodes (not the join) not yet applied.
+    pub pending: u32,
+    /// Nodes not yet planned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingNode>,
+    /// The join, until it is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<DynamicNode>,
+    /// Whether the join was planned and is not applied yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join_running: bool,
+    /// The origin step succeeded and waits for the work; its successors become visible at
+    /// this instant (or when the work completes, if later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_done: Option<Timestamp>,
+}
+
+/// The dynamic work of a run (stored with the run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DynamicState {
+    /// Works recorded for inspection only.
+    #[serde(default)]
+    pub recorded: u32,
+    /// Works scheduled.
+    #[serde(default)]
+    pub scheduled: u32,
+    /// Nodes (joins included) of every work.
+    #[serde(default)]
+    pub nodes: u32,
+    /// Scheduled works not finished yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open: Vec<OpenWork>,
+    /// The run reached its end while works were open: it completes when they finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub completion_deferred: bool,
 }
 
 /// A manual gate the run is stopped at.
@@ -209,6 +385,24 @@ pub enum Fact {
         /// The gate.
         gate: ManualGate,
     },
+    /// Dynamic work was added to the run (scheduled, or recorded for inspection only).
+    DynamicWorkRecorded {
+        /// The work.
+        work: Box<DynamicWork>,
+    },
+    /// A scheduled dynamic work finished: every node (and its join) succeeded.
+    DynamicWorkCompleted {
+        /// The work's key.
+        key: String,
+        /// Its origin step.
+        origin_step: String,
+        /// Whether the origin step waited for the work and completes now.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        origin_completed: bool,
+        /// The route the origin step took once the work finished (when it waited for it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<Route>,
+    },
     /// The run ended.
     RunTerminal {
         /// Completed, failed or cancelled.
@@ -233,6 +427,8 @@ impl Fact {
             Self::ManualStepResolved { .. } => "manual_step_resolved",
             Self::CompensationUpdated { .. } => "compensation_updated",
             Self::ChildRunStarted { .. } => "child_run_started",
+            Self::DynamicWorkRecorded { .. } => "dynamic_work_recorded",
+            Self::DynamicWorkCompleted { .. } => "dynamic_work_completed",
         }
     }
 }

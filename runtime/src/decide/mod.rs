@@ -26,7 +26,10 @@ use crate::vocab::{
     AttemptStatus, CommandKind, CompensationStatus, Deadline, RunStatus, StepOutcome, StepState,
     Suspension, Timestamp,
 };
-use fact::{CommandReceipt, Compensation, Fact, ManualGate, PlannedRunnable};
+use fact::{
+    AttemptNode, CommandReceipt, Compensation, DynamicNode, DynamicState, DynamicWork, Fact,
+    ManualGate, OpenWork, PlannedRunnable, WaitingNode,
+};
 pub use lease::{Holder, LeaseEvent, LeaseState, Stale, decide_lease};
 
 /// Prefix of the step names of compensation runnables.
@@ -54,6 +57,11 @@ pub struct RunState {
     /// Succeeded (non-compensation) attempts, newest first. Loaded only for events that may
     /// need them ([`Event::needs_history`]); empty otherwise.
     pub completed: Vec<CompletedStep>,
+    /// The run's dynamic work.
+    pub dynamic: DynamicState,
+    /// The outputs of a work's succeeded nodes as (index, node id, output), loaded only when
+    /// the event may plan the work's join ([`needs_work_outputs`]); empty otherwise.
+    pub work_outputs: Vec<(u32, String, Value)>,
 }
 
 /// A step attempt that succeeded, for compensation.
@@ -80,6 +88,8 @@ pub struct AttemptRef {
     pub attempt: u32,
     /// The attempt's input (a retry reuses it).
     pub input: Map<String, Value>,
+    /// The dynamic node it runs, if any.
+    pub node: Option<AttemptNode>,
 }
 
 /// What resolves a manual gate.
@@ -143,6 +153,12 @@ pub enum Event {
         /// Its outcome.
         outcome: StepOutcome,
     },
+    /// Dynamic work was added (validated by the engine): journal it and, when scheduled,
+    /// plan its nodes.
+    Work {
+        /// The work.
+        work: Box<DynamicWork>,
+    },
     /// A control command arrived.
     Command {
         /// Its receipt, journaled first.
@@ -163,6 +179,25 @@ impl Event {
             _ => false,
         }
     }
+}
+
+/// The key of the work whose join `event` may plan (its last pending node succeeding): the
+/// engine then loads the work's node outputs into [`RunState::work_outputs`].
+pub fn needs_work_outputs<'a>(state: &RunState, event: &'a Event) -> Option<&'a str> {
+    let Event::Recorded {
+        attempt,
+        outcome: StepOutcome::Succeeded { .. },
+    } = event
+    else {
+        return None;
+    };
+    let node = attempt.node.as_ref().filter(|n| !n.join)?;
+    state
+        .dynamic
+        .open
+        .iter()
+        .any(|w| w.key == node.work && w.pending == 1 && w.join.is_some())
+        .then_some(node.work.as_str())
 }
 
 /// Why a command cannot apply to the run as it stands.
@@ -220,6 +255,14 @@ pub fn decide(
             d.plan_entry();
         }
         Event::Recorded { attempt, outcome } => d.apply(&attempt, outcome),
+        Event::Work { work } => {
+            if state.status.is_terminal() {
+                return Err(Refusal::InvalidTransition {
+                    status: state.status,
+                });
+            }
+            d.add_work(*work);
+        }
         Event::Command { receipt, command } => {
             if state.status.is_terminal() {
                 return Err(Refusal::InvalidTransition {
@@ -260,18 +303,29 @@ pub fn decide(
 /// but not yet applied) and are irreversible or not compensatable, in first-seen order.
 /// Replaying the run repeats their effects, so a replay needs explicit approval when this is
 /// not empty.
+/// Dynamic nodes need review unless their work allowed replay.
 pub fn replay_review<'a>(
     spec: &WorkflowSpec,
-    attempts: impl IntoIterator<Item = (&'a str, AttemptStatus, Option<&'a StepOutcome>)>,
+    attempts: impl IntoIterator<
+        Item = (
+            &'a str,
+            AttemptStatus,
+            Option<&'a StepOutcome>,
+            Option<&'a AttemptNode>,
+        ),
+    >,
 ) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (step, status, outcome) in attempts {
+    for (step, status, outcome, node) in attempts {
         let completed = status == AttemptStatus::Succeeded
             || (status == AttemptStatus::Recorded
                 && matches!(outcome, Some(StepOutcome::Succeeded { .. })));
-        let review = spec
-            .step(step)
-            .is_some_and(crate::spec::StepSpec::needs_replay_review);
+        let review = match node {
+            Some(n) => !n.allow_replay,
+            None => spec
+                .step(step)
+                .is_some_and(crate::spec::StepSpec::needs_replay_review),
+        };
         if completed && review && !out.iter().any(|s| s == step) {
             out.push(step.to_owned());
         }
@@ -365,10 +419,16 @@ impl<'a> Decider<'a> {
             visible_at,
             input,
             deadline,
+            node: None,
         });
     }
 
     fn end(&mut self, status: RunStatus) {
+        if status == RunStatus::Completed && !self.state.dynamic.open.is_empty() {
+            // The run's own steps are done; it completes when its dynamic work finishes.
+            self.state.dynamic.completion_deferred = true;
+            return;
+        }
         if self.terminal.is_none() {
             self.terminal = Some(status);
             self.state.manual = None;
@@ -417,6 +477,10 @@ impl<'a> Decider<'a> {
             self.apply_compensation(attempt, origin, outcome);
             return;
         }
+        if let Some(node) = &attempt.node {
+            self.apply_node(attempt, node, outcome);
+            return;
+        }
         let Some(step) = spec.step(&attempt.step) else {
             self.attempt_status = Some(AttemptStatus::Failed);
             self.fail_run(json!({"code": "definition_unavailable", "message": format!("step {} is not in the pinned definition", attempt.step)}));
@@ -432,42 +496,23 @@ impl<'a> Decider<'a> {
                 for (k, v) in &patch {
                     self.state.context.insert(k.clone(), v.clone());
                 }
+                let visible = self.now.plus_millis(continue_after_ms.unwrap_or(0));
+                let mut held = false;
+                for work in &mut self.state.dynamic.open {
+                    if work.holds_origin && work.origin_step == name {
+                        work.origin_done = Some(visible);
+                        held = true;
+                    }
+                }
+                if held {
+                    // The step's own dynamic work is still running: its successors wait.
+                    self.applied(attempt, AttemptStatus::Succeeded, None, patch, None);
+                    return;
+                }
                 self.state
                     .steps
                     .insert(name.to_owned(), StepState::Completed);
-                let visible = self.now.plus_millis(continue_after_ms.unwrap_or(0));
-                let mut route = None;
-                match spec.mode() {
-                    Mode::Transitions => {
-                        match plan::select_route(spec, name, Outcome::Ok, &self.known()) {
-                            Some(r) => {
-                                match &r.to {
-                                    Some(to) => self.plan_step(to, visible, 1, None),
-                                    None => self.end(RunStatus::Completed),
-                                }
-                                route = Some(r);
-                            }
-                            // A step without ok routes is a final step: the run completes.
-                            None => self.end(RunStatus::Completed),
-                        }
-                    }
-                    Mode::Dependencies => {
-                        let ready: Vec<String> = plan::ready_steps(spec, &self.state.steps)
-                            .iter()
-                            .map(|s| s.name.clone())
-                            .collect();
-                        for next in &ready {
-                            self.plan_step(next, visible, 1, None);
-                        }
-                        let done = spec
-                            .steps
-                            .iter()
-                            .all(|s| self.state.steps.get(&s.name) == Some(&StepState::Completed));
-                        if done {
-                            self.end(RunStatus::Completed);
-                        }
-                    }
-                }
+                let route = self.route_success(name, visible);
                 self.applied(
                     attempt,
                     AttemptStatus::Succeeded,
@@ -547,6 +592,295 @@ impl<'a> Decider<'a> {
                 self.state.manual = Some(gate);
                 self.new_gate = true;
             }
+        }
+    }
+
+    /// Plans what follows the success of step `name` (completed in the state): its route in
+    /// transition mode, the steps it made ready in dependency mode; ends the run when
+    /// nothing follows.
+    fn route_success(&mut self, name: &str, visible: Timestamp) -> Option<plan::Route> {
+        let spec = self.spec?;
+        match spec.mode() {
+            Mode::Transitions => {
+                match plan::select_route(spec, name, Outcome::Ok, &self.known()) {
+                    Some(r) => {
+                        match &r.to {
+                            Some(to) => self.plan_step(to, visible, 1, None),
+                            None => self.end(RunStatus::Completed),
+                        }
+                        Some(r)
+                    }
+                    // A step without ok routes is a final step: the run completes.
+                    None => {
+                        self.end(RunStatus::Completed);
+                        None
+                    }
+                }
+            }
+            Mode::Dependencies => {
+                let ready: Vec<String> = plan::ready_steps(spec, &self.state.steps)
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                for next in &ready {
+                    self.plan_step(next, visible, 1, None);
+                }
+                let done = spec
+                    .steps
+                    .iter()
+                    .all(|s| self.state.steps.get(&s.name) == Some(&StepState::Completed));
+                if done {
+                    self.end(RunStatus::Completed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Journals a work and, when it is scheduled, plans every node that waits for no other.
+    fn add_work(&mut self, work: DynamicWork) {
+        let count = u32::try_from(work.all_nodes().count()).unwrap_or(u32::MAX);
+        let dynamic = &mut self.state.dynamic;
+        dynamic.nodes = dynamic.nodes.saturating_add(count);
+        if !work.scheduled {
+            dynamic.recorded = dynamic.recorded.saturating_add(1);
+            self.facts.push(Fact::DynamicWorkRecorded {
+                work: Box::new(work),
+            });
+            return;
+        }
+        dynamic.scheduled = dynamic.scheduled.saturating_add(1);
+        let ids: std::collections::HashSet<&str> =
+            work.nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut open = OpenWork {
+            key: work.key.clone(),
+            origin_step: work.origin.step.clone(),
+            holds_origin: work.from_action,
+            allow_replay: work.allow_replay,
+            pending: u32::try_from(work.nodes.len()).unwrap_or(u32::MAX),
+            waiting: Vec::new(),
+            join: work.join.clone(),
+            join_running: false,
+            origin_done: None,
+        };
+        let mut ready = Vec::new();
+        for (i, node) in work.nodes.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let mut after: Vec<String> = Vec::new();
+            for e in &work.edges {
+                if e.to == node.id && ids.contains(e.from.as_str()) && !after.contains(&e.from) {
+                    after.push(e.from.clone());
+                }
+            }
+            if after.is_empty() {
+                ready.push((index, node.clone()));
+            } else {
+                open.waiting.push(WaitingNode {
+                    index,
+                    node: node.clone(),
+                    after,
+                });
+            }
+        }
+        for (index, node) in ready {
+            self.plan_node(&open, index, false, &node, 1, self.now);
+        }
+        self.state.dynamic.open.push(open);
+        self.facts.push(Fact::DynamicWorkRecorded {
+            work: Box::new(work),
+        });
+    }
+
+    /// Plans attempt `attempt` of a dynamic node.
+    fn plan_node(
+        &mut self,
+        work: &OpenWork,
+        index: u32,
+        join: bool,
+        node: &DynamicNode,
+        attempt: u32,
+        visible_at: Timestamp,
+    ) {
+        let meta = AttemptNode {
+            work: work.key.clone(),
+            index,
+            join,
+            action: node.action.clone(),
+            digest: node.digest.clone(),
+            retry: node.retry.clone(),
+            output: node.output.clone(),
+            allow_replay: work.allow_replay,
+        };
+        self.plan_node_attempt(&node.id, meta, attempt, visible_at, node.input.clone());
+    }
+
+    fn plan_node_attempt(
+        &mut self,
+        id: &str,
+        node: AttemptNode,
+        attempt: u32,
+        visible_at: Timestamp,
+        input: Map<String, Value>,
+    ) {
+        self.planned.push(PlannedRunnable {
+            runnable_key: format!("{}:{}:{}", self.state.run_id, id, attempt),
+            step: id.to_owned(),
+            attempt,
+            visible_at,
+            input,
+            deadline: None,
+            node: Some(node),
+        });
+    }
+
+    /// Applies the outcome of a dynamic node's attempt.
+    fn apply_node(&mut self, attempt: &AttemptRef, node: &AttemptNode, outcome: StepOutcome) {
+        let id = attempt.step.as_str();
+        match outcome {
+            StepOutcome::Succeeded { output, .. } => {
+                let mut patch = Map::new();
+                if let Some(key) = &node.output {
+                    patch.insert(key.clone(), Value::Object(output.clone()));
+                    self.state
+                        .context
+                        .insert(key.clone(), Value::Object(output.clone()));
+                }
+                self.applied(attempt, AttemptStatus::Succeeded, None, patch, None);
+                self.node_succeeded(id, node, output);
+            }
+            StepOutcome::Failed(error) => {
+                let decision = plan::retry_decision(
+                    node.retry.as_ref(),
+                    attempt.attempt,
+                    error.retryable,
+                    error.retry_after_ms,
+                    &attempt.runnable_key,
+                );
+                if let RetryDecision::Retry { delay_ms } = decision {
+                    self.plan_node_attempt(
+                        id,
+                        node.clone(),
+                        attempt.attempt.saturating_add(1),
+                        self.now.plus_millis(delay_ms),
+                        attempt.input.clone(),
+                    );
+                    self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
+                    return;
+                }
+                let mut failure = json!({
+                    "step": id,
+                    "runnable_key": attempt.runnable_key,
+                    "attempt": attempt.attempt,
+                    "dynamic_work": node.work,
+                    "kind": error.kind,
+                    "code": error.code,
+                    "message": error.message,
+                    "retryable": error.retryable,
+                });
+                if let Some(details) = &error.details {
+                    failure["details"] = Value::Object(details.clone());
+                }
+                self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
+                self.fail_or_compensate(failure);
+            }
+            StepOutcome::Suspended(_) => {
+                self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
+                self.fail_run(json!({
+                    "step": id,
+                    "runnable_key": attempt.runnable_key,
+                    "dynamic_work": node.work,
+                    "code": "invalid_outcome",
+                    "message": "a dynamic node cannot pause the run",
+                    "retryable": false,
+                }));
+            }
+        }
+    }
+
+    /// A node succeeded: release the nodes waiting for it, plan the join after the last one,
+    /// finish the work after its join.
+    fn node_succeeded(&mut self, id: &str, node: &AttemptNode, output: Map<String, Value>) {
+        let Some(pos) = self
+            .state
+            .dynamic
+            .open
+            .iter()
+            .position(|w| w.key == node.work)
+        else {
+            return;
+        };
+        if node.join {
+            self.state.dynamic.open[pos].join_running = false;
+            self.finish_work(pos);
+            return;
+        }
+        let mut work = self.state.dynamic.open[pos].clone();
+        work.pending = work.pending.saturating_sub(1);
+        let mut ready = Vec::new();
+        work.waiting.retain_mut(|w| {
+            w.after.retain(|a| a != id);
+            if w.after.is_empty() {
+                ready.push((w.index, w.node.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        for (index, n) in &ready {
+            self.plan_node(&work, *index, false, n, 1, self.now);
+        }
+        let finished = work.pending == 0;
+        let join = if finished { work.join.take() } else { None };
+        if let Some(join) = &join {
+            let mut outputs = std::mem::take(&mut self.state.work_outputs);
+            outputs.retain(|(_, n, _)| n != id);
+            outputs.push((node.index, id.to_owned(), Value::Object(output)));
+            outputs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let results: Vec<Value> = outputs
+                .into_iter()
+                .map(|(_, id, output)| json!({"id": id, "output": output}))
+                .collect();
+            let mut with_results = join.clone();
+            with_results
+                .input
+                .insert("results".into(), Value::Array(results));
+            work.join_running = true;
+            self.plan_node(&work, u32::MAX, true, &with_results, 1, self.now);
+        }
+        self.state.dynamic.open[pos] = work;
+        if finished && join.is_none() {
+            self.finish_work(pos);
+        }
+    }
+
+    /// A work finished: journal it, let its origin step go on if it waited, and complete
+    /// the run if it only waited for its dynamic work.
+    fn finish_work(&mut self, pos: usize) {
+        let work = self.state.dynamic.open.remove(pos);
+        let mut route = None;
+        let mut origin_completed = false;
+        let others = self
+            .state
+            .dynamic
+            .open
+            .iter()
+            .any(|w| w.origin_step == work.origin_step && w.origin_done.is_some());
+        if let Some(visible) = work.origin_done.filter(|_| !others) {
+            origin_completed = true;
+            self.state
+                .steps
+                .insert(work.origin_step.clone(), StepState::Completed);
+            route = self.route_success(&work.origin_step, visible.max(self.now));
+        }
+        self.facts.push(Fact::DynamicWorkCompleted {
+            key: work.key,
+            origin_step: work.origin_step,
+            origin_completed,
+            route,
+        });
+        if self.state.dynamic.open.is_empty() && self.state.dynamic.completion_deferred {
+            self.state.dynamic.completion_deferred = false;
+            self.end(RunStatus::Completed);
         }
     }
 
@@ -661,6 +995,7 @@ impl<'a> Decider<'a> {
             visible_at,
             input,
             deadline: None,
+            node: None,
         });
     }
 
@@ -729,6 +1064,8 @@ impl<'a> Decider<'a> {
             }
             self.planned.clear();
             self.close_open = true;
+            self.state.dynamic.open.clear();
+            self.state.dynamic.completion_deferred = false;
         }
         let planned_at = self.facts.len();
         if !self.planned.is_empty() {
@@ -758,7 +1095,9 @@ impl<'a> Decider<'a> {
                 terminal
             }
             None if self.state.manual.is_some() => RunStatus::Paused,
-            None if self.state.steps.values().any(|s| *s == StepState::Planned) => {
+            None if self.state.steps.values().any(|s| *s == StepState::Planned)
+                || !self.state.dynamic.open.is_empty() =>
+            {
                 RunStatus::Running
             }
             None => RunStatus::Idle,

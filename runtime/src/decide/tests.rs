@@ -31,6 +31,8 @@ fn fresh(input: Value) -> RunState {
         error: None,
         compensation: None,
         completed: Vec::new(),
+        dynamic: DynamicState::default(),
+        work_outputs: Vec::new(),
     }
 }
 
@@ -91,6 +93,7 @@ fn recorded(step: &str, attempt: u32, outcome: StepOutcome) -> Event {
             step: step.into(),
             attempt,
             input: obj(json!({"kept": true})),
+            node: None,
         },
         outcome,
     }
@@ -839,12 +842,12 @@ fn the_replay_guard_lists_completed_irreversible_steps_once() {
     let good = ok(json!({}));
     let bad = failed(false);
     let attempts = [
-        ("pay", AttemptStatus::Succeeded, None),
-        ("pay", AttemptStatus::Succeeded, None),
-        ("log", AttemptStatus::Succeeded, None),
-        ("mail", AttemptStatus::Recorded, Some(&good)),
-        ("ship", AttemptStatus::Recorded, Some(&bad)),
-        ("ship", AttemptStatus::Failed, None),
+        ("pay", AttemptStatus::Succeeded, None, None),
+        ("pay", AttemptStatus::Succeeded, None, None),
+        ("log", AttemptStatus::Succeeded, None, None),
+        ("mail", AttemptStatus::Recorded, Some(&good), None),
+        ("ship", AttemptStatus::Recorded, Some(&bad), None),
+        ("ship", AttemptStatus::Failed, None, None),
     ];
     assert_eq!(replay_review(&spec, attempts), ["pay", "mail"]);
     assert!(replay_review(&spec, []).is_empty());

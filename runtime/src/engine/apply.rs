@@ -34,6 +34,13 @@ pub(super) fn run_state(run: &RunRow) -> Result<RunState> {
             .map(|c| parse(run, "compensation", c))
             .transpose()?,
         completed: Vec::new(),
+        dynamic: run
+            .dynamic
+            .as_deref()
+            .map(|d| parse(run, "dynamic work", d))
+            .transpose()?
+            .unwrap_or_default(),
+        work_outputs: Vec::new(),
     })
 }
 
@@ -85,6 +92,8 @@ pub(super) async fn write_decision<T: StoreTx>(
     run.manual = state.manual.as_ref().map(to_json);
     run.compensation = state.compensation.as_ref().map(to_json);
     run.error = state.error.as_ref().map(to_json);
+    run.dynamic = (state.dynamic != crate::decide::fact::DynamicState::default())
+        .then(|| to_json(&state.dynamic));
     run.updated_at = now;
     run.revision += i64::try_from(facts.len()).unwrap_or(0);
     tx.update_run(run).await?;

@@ -25,6 +25,7 @@ pub struct EngineBuilder {
     pg_schema: String,
     pg_max_connections: u32,
     redaction: RedactionPolicy,
+    max_dynamic_nodes: u32,
 }
 
 impl Default for EngineBuilder {
@@ -41,6 +42,7 @@ impl Default for EngineBuilder {
             pg_schema: "squid_mesh".into(),
             pg_max_connections: 16,
             redaction: RedactionPolicy::default(),
+            max_dynamic_nodes: super::dynamic::DEFAULT_MAX_DYNAMIC_NODES,
         }
     }
 }
@@ -153,6 +155,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Most nodes (the join included) one call of host code may add to a run as dynamic
+    /// work (default 10,000). An action's bound is its own `max_dynamic_nodes` limit.
+    #[must_use]
+    pub fn max_dynamic_nodes(mut self, n: u32) -> Self {
+        self.max_dynamic_nodes = n;
+        self
+    }
+
     /// Whether `build` applies migrations (default true).
     #[must_use]
     pub fn migrate(mut self, migrate: bool) -> Self {
@@ -223,6 +233,7 @@ impl EngineBuilder {
                 definitions: Mutex::new(HashMap::new()),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
                 redaction: self.redaction,
+                max_dynamic_nodes: self.max_dynamic_nodes,
                 schedule_wakeup: Arc::new(tokio::sync::Notify::new()),
                 batcher: batch::Batcher::default(),
                 catalog: catalog::CatalogCache::default(),

@@ -357,10 +357,14 @@ impl Engine {
         })?;
         let unsafe_steps = decide::replay_review(
             &def.spec,
-            source
-                .attempts
-                .iter()
-                .map(|a| (a.step.as_str(), a.status, a.outcome.as_ref())),
+            source.attempts.iter().map(|a| {
+                (
+                    a.step.as_str(),
+                    a.status,
+                    a.outcome.as_ref(),
+                    a.node.as_ref(),
+                )
+            }),
         );
         if !unsafe_steps.is_empty() && !allow {
             return Err(EngineError::UnsafeReplay {

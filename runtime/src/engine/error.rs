@@ -18,6 +18,9 @@ pub enum EngineError {
     /// An option is invalid.
     #[error("invalid option {}", join(.0))]
     InvalidOption(Vec<SpecProblem>),
+    /// Dynamic work is invalid, or does not fit the run as it stands.
+    #[error("invalid dynamic work: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidDynamicWork(Vec<super::WorkProblem>),
     /// No workflow is registered under the name.
     #[error("workflow {name} is not registered")]
     UnknownWorkflow {
@@ -188,6 +191,7 @@ impl EngineError {
             Self::InvalidSpec(_) => "invalid_spec",
             Self::InvalidPayload(_) => "invalid_payload",
             Self::InvalidOption(_) => "invalid_option",
+            Self::InvalidDynamicWork(_) => "invalid_dynamic_work",
             Self::UnknownWorkflow { .. } => "unknown_workflow",
             Self::UnknownTrigger { .. } => "unknown_trigger",
             Self::RunNotFound { .. } => "run_not_found",

@@ -165,7 +165,7 @@ impl Engine {
             return Err(e);
         }
         let seen = self.inner.catalog.version();
-        let outcome = match self.resolve_target(def.as_deref(), &attempt.step).await {
+        let outcome = match self.resolve_target(def.as_deref(), &attempt).await {
             Err(Unrunnable::Fail(unavailable)) => StepOutcome::Failed(unavailable),
             Err(Unrunnable::Wait {
                 key,
@@ -371,14 +371,29 @@ impl Engine {
     pub(super) async fn resolve_target(
         &self,
         def: Option<&Definition>,
-        step: &str,
+        attempt: &AttemptRow,
     ) -> std::result::Result<Target, Unrunnable> {
-        let unavailable = |code: &str, message: String| {
-            Unrunnable::Fail(StepError {
-                code: code.to_owned(),
-                ..StepError::sandbox(StepErrorKind::Unavailable, message)
-            })
-        };
+        let step = attempt.step.as_str();
+        if let Some(node) = attempt.node.as_deref() {
+            // A dynamic node: the action and digest pinned when its work was scheduled.
+            let node: decide::fact::AttemptNode = serde_json::from_str(node).map_err(|e| {
+                unavailable(
+                    "definition_unavailable",
+                    format!("dynamic node {step} is unreadable: {e}"),
+                )
+            })?;
+            let key = ActionKey::new(&node.action).map_err(|e| {
+                unavailable(
+                    "definition_unavailable",
+                    format!("dynamic node {step}: {e}"),
+                )
+            })?;
+            let pinned = node
+                .digest
+                .as_deref()
+                .and_then(|d| d.parse::<Digest>().ok());
+            return self.pinned_target(key, pinned).await;
+        }
         let Some(def) = def else {
             return Err(unavailable(
                 "definition_unavailable",
@@ -413,6 +428,15 @@ impl Engine {
             }
         };
         let pinned = def.actions.get(&key).copied();
+        self.pinned_target(key, pinned).await
+    }
+
+    /// The pinned version of an action as a step's target, or why it cannot run.
+    async fn pinned_target(
+        &self,
+        key: ActionKey,
+        pinned: Option<Digest>,
+    ) -> std::result::Result<Target, Unrunnable> {
         match self.resolve_pinned(&key, pinned.as_ref()).await {
             catalog::Resolved::Run(action) => Ok(Target::Wasm(action)),
             catalog::Resolved::Fail { code, message } => Err(unavailable(code, message)),
@@ -440,20 +464,29 @@ impl Engine {
             attempt,
             token_hash,
         } = call;
-        let children: Arc<dyn ChildRunStarter> = Arc::new(StepChildren {
-            engine: self.clone(),
-            ctx: ctx.clone(),
-        });
+        let services = StepServices {
+            children: Some(Arc::new(StepChildren {
+                engine: self.clone(),
+                ctx: ctx.clone(),
+            })),
+            work: Some(Arc::new(super::dynamic::StepWork {
+                engine: self.clone(),
+                ctx: ctx.clone(),
+            })),
+        };
         let host = &self.inner.host;
         let invoke = async {
             match target {
                 Target::Builtin(b) => {
-                    host.invoke_with(&ActionTarget::Builtin(b.clone()), ctx, input, None)
-                        .await
+                    host.invoke_with(
+                        &ActionTarget::Builtin(b.clone()),
+                        ctx,
+                        input,
+                        StepServices::default(),
+                    )
+                    .await
                 }
-                Target::Wasm(action) => {
-                    host.invoke_action(action, ctx, input, Some(children)).await
-                }
+                Target::Wasm(action) => host.invoke_action(action, ctx, input, services).await,
             }
         };
         let Some(interval) = opts.heartbeat_interval else {
@@ -685,12 +718,16 @@ impl Engine {
                 step: attempt.step.clone(),
                 attempt: u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
                 input: serde_json::from_str(&attempt.input).unwrap_or_default(),
+                node: attempt_node(attempt)?,
             },
             outcome,
         };
         let mut state = apply::run_state(run)?;
         if def.is_some() && event.needs_history() {
             state.completed = self.completed_steps(tx, &run.run_id).await?;
+        }
+        if let Some(work) = decide::needs_work_outputs(&state, &event) {
+            state.work_outputs = work_outputs(tx, &run.run_id, work).await?;
         }
         let decision = decide(&state, def.map(|d| &d.spec), event, now)
             .map_err(|r| refusal(&run.run_id, "apply", r))?;
@@ -740,6 +777,50 @@ impl Engine {
             })
             .collect())
     }
+}
+
+/// The dynamic node an attempt runs, if any.
+pub(super) fn attempt_node(attempt: &AttemptRow) -> Result<Option<decide::fact::AttemptNode>> {
+    attempt
+        .node
+        .as_deref()
+        .map(|n| {
+            serde_json::from_str(n).map_err(|e| EngineError::Corrupt {
+                what: format!("dynamic node of {}", attempt.runnable_key),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// The outputs of the succeeded nodes of work `work` (not its join), as (index, node, output).
+async fn work_outputs<T: StoreTx>(
+    tx: &mut T,
+    run_id: &str,
+    work: &str,
+) -> Result<Vec<(u32, String, Value)>> {
+    let mut out = Vec::new();
+    for a in tx.run_attempts(run_id).await? {
+        if a.status != AttemptStatus::Succeeded {
+            continue;
+        }
+        let Some(node) = attempt_node(&a)? else {
+            continue;
+        };
+        if node.work != work || node.join {
+            continue;
+        }
+        let output = match a
+            .outcome
+            .as_deref()
+            .map(serde_json::from_str::<StepOutcome>)
+        {
+            Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
+            _ => Value::Null,
+        };
+        out.push((node.index, a.step, output));
+    }
+    Ok(out)
 }
 
 /// The rows one recorded outcome is applied to.
@@ -823,6 +904,14 @@ pub(super) enum Target {
     Builtin(crate::actions::Builtin),
     /// The pinned version of a WebAssembly action.
     Wasm(Arc<crate::actions::RegisteredAction>),
+}
+
+/// A step that can never run: it fails with `code`.
+fn unavailable(code: &str, message: String) -> Unrunnable {
+    Unrunnable::Fail(StepError {
+        code: code.to_owned(),
+        ..StepError::sandbox(StepErrorKind::Unavailable, message)
+    })
 }
 
 /// Why a claimed step cannot run its action.

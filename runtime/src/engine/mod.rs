@@ -24,6 +24,7 @@ mod batch;
 mod builder;
 mod catalog;
 mod control;
+mod dynamic;
 mod error;
 mod execute;
 mod options;
@@ -42,8 +43,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::actions::{
-    ActionHost, ActionKey, ActionRegistry, ActionTarget, ChildRunStarter, Digest, HostConfig,
-    StepContext, StepError, StepErrorKind, StepOutcome,
+    ActionHost, ActionKey, ActionRegistry, ActionTarget, Digest, HostConfig, StepContext,
+    StepError, StepErrorKind, StepOutcome, StepServices,
 };
 use crate::journal::{
     CommandReceipt, Fact, ParentLink, PlannedRunnable, Projection, RunId, RunStatus,
@@ -63,6 +64,10 @@ pub use catalog::{
     ImportReport, MAX_COMPONENT_BYTES,
 };
 pub use control::{ChildOptions, ChildRun, CommandOptions, ReplayOptions};
+pub use dynamic::{
+    DEFAULT_MAX_DYNAMIC_NODES, DynamicEdgeSpec, DynamicNodeSpec, DynamicWorkPreview,
+    DynamicWorkReceipt, DynamicWorkSpec, WorkOrigin, WorkProblem,
+};
 pub use error::EngineError;
 pub(crate) use error::parse_stored;
 #[cfg(feature = "test-hooks")]
@@ -126,6 +131,8 @@ struct Inner {
     wakeup: Arc<tokio::sync::Notify>,
     /// What counts as a secret in command metadata and step errors.
     redaction: RedactionPolicy,
+    /// Most nodes one call of host code may add as dynamic work.
+    max_dynamic_nodes: u32,
     /// Signalled when a schedule of this process changes (applied, resumed).
     schedule_wakeup: Arc<tokio::sync::Notify>,
     /// The group-commit queue of claims and completions (started on first use).
@@ -385,5 +392,6 @@ pub(crate) fn planned_row(
         deadline: r.deadline.as_ref().map(to_json),
         created_at: now_us(now),
         updated_at: now_us(now),
+        node: r.node.as_ref().map(to_json),
     }
 }

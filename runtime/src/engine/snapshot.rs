@@ -37,6 +37,9 @@ pub struct AttemptView {
     pub input: Map<String, Value>,
     /// Output or error, once recorded.
     pub outcome: Option<StepOutcome>,
+    /// The dynamic node the attempt runs (`None` for a declared step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<crate::decide::fact::AttemptNode>,
 }
 
 /// A run as stored now.
@@ -70,6 +73,8 @@ pub struct RunSnapshot {
     pub error: Option<Value>,
     /// Saga compensation of a failed run: what was undone and what was not.
     pub compensation: Option<Compensation>,
+    /// The run's dynamic work: counters and the works not finished yet.
+    pub dynamic: crate::decide::fact::DynamicState,
     /// The run this one replays.
     pub replayed_from: Option<String>,
     /// The parent run of a child run.
@@ -101,6 +106,11 @@ impl RunSnapshot {
                         .map(|o| parse_stored("outcome", &id, o))
                         .transpose()?,
                     input: parse_stored("attempt input", &id, &a.input)?,
+                    node: a
+                        .node
+                        .as_deref()
+                        .map(|n| parse_stored("dynamic node", &id, n))
+                        .transpose()?,
                     runnable_key: a.runnable_key,
                     step: a.step,
                     attempt: u32::try_from(a.attempt).unwrap_or(u32::MAX),
@@ -141,6 +151,12 @@ impl RunSnapshot {
                 .as_deref()
                 .map(|c| parse_stored("compensation", &id, c))
                 .transpose()?,
+            dynamic: run
+                .dynamic
+                .as_deref()
+                .map(|d| parse_stored("dynamic work", &id, d))
+                .transpose()?
+                .unwrap_or_default(),
             replayed_from: run.replayed_from,
             parent_run_id: run.parent_run_id,
             workflow: run.workflow,
@@ -182,6 +198,7 @@ impl RunSnapshot {
             manual: self.manual.clone(),
             error: self.error.clone(),
             compensation: self.compensation.clone(),
+            open_works: self.dynamic.open.iter().map(|w| w.key.clone()).collect(),
         }
     }
 }

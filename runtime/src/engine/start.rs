@@ -2,6 +2,7 @@
 //! first decision, and the child runs actions start.
 
 use super::*;
+use crate::actions::ChildRunStarter;
 
 /// Starts child runs for the action of one step attempt (the `start-child-run` import).
 #[derive(Debug)]
@@ -281,6 +282,7 @@ impl Engine {
             created_at: now_us(now),
             updated_at: now_us(now),
             revision: 0,
+            dynamic: None,
         };
         let started = Fact::RunStarted {
             workflow: definition.spec.name.clone(),

@@ -418,6 +418,18 @@ impl Explanation {
             details.insert("command_count".into(), json!(insp.commands.len()));
             details.insert("latest_command".into(), json!(last.command));
         }
+        if !insp.dynamic_work.is_empty() {
+            details.insert("dynamic_work_count".into(), json!(insp.dynamic_work.len()));
+            details.insert(
+                "dynamic_work_keys".into(),
+                json!(
+                    insp.dynamic_work
+                        .iter()
+                        .map(|w| w.key.as_str())
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
 
         Self {
             run_id: insp.run_id.to_string(),
@@ -500,8 +512,25 @@ fn evidence(insp: &RunInspection, reason: Reason) -> Map<String, Value> {
         .iter()
         .filter(|s| matches!(s.state, Some(StepState::Completed | StepState::Failed)))
         .count();
+    let mut work_counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for w in &insp.dynamic_work {
+        *work_counts
+            .entry(match w.status {
+                super::WorkStatus::Recorded => "recorded",
+                super::WorkStatus::Running => "running",
+                super::WorkStatus::Completed => "completed",
+                super::WorkStatus::Abandoned => "abandoned",
+            })
+            .or_default() += 1;
+    }
+    let dynamic_nodes: usize = insp.dynamic_work.iter().map(|w| w.nodes.len()).sum();
     obj(json!({
         "reason": reason.as_str(),
+        "dynamic_work": {
+            "count": insp.dynamic_work.len(),
+            "by_status": work_counts,
+            "node_count": dynamic_nodes,
+        },
         "definition_hash": insp.definition_hash,
         "definition_available": insp.definition_available,
         "revision": insp.revision,

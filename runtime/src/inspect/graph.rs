@@ -37,6 +37,8 @@ pub enum NodeStatus {
     Compensated,
     /// Planned, then abandoned because the run ended.
     Cancelled,
+    /// A node of dynamic work recorded for inspection only: it never runs.
+    Recorded,
 }
 
 /// What a node is.
@@ -47,6 +49,10 @@ pub enum NodeKind {
     Step,
     /// The compensation of a step.
     Compensation,
+    /// A node of dynamic work.
+    Dynamic,
+    /// The join of a dynamic work.
+    Join,
 }
 
 /// A node of the run graph.
@@ -88,6 +94,8 @@ pub enum EdgeKind {
     Dependency,
     /// A step to its compensation.
     Compensation,
+    /// An edge of a dynamic work's overlay.
+    Dynamic,
 }
 
 /// Where an edge stands.
@@ -141,6 +149,23 @@ pub struct ChildLink {
     pub status: Option<RunStatus>,
 }
 
+/// What one dynamic work adds to the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicOverlay {
+    /// The work's key.
+    pub key: String,
+    /// Where it stands.
+    pub status: super::WorkStatus,
+    /// The node it grows from (its origin step).
+    pub origin_node_id: String,
+    /// The nodes it adds (the join last).
+    pub node_ids: Vec<String>,
+    /// The edges it adds.
+    pub edge_ids: Vec<String>,
+    /// Why it was added (not shown to external viewers).
+    pub reason: Option<String>,
+}
+
 /// The graph of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunGraph {
@@ -162,6 +187,9 @@ pub struct RunGraph {
     pub current_node_ids: Vec<String>,
     /// Child runs started from nodes.
     pub child_links: Vec<ChildLink>,
+    /// The dynamic works drawn over the declared graph (their nodes and edges are in
+    /// `nodes` and `edges`, after the declared ones).
+    pub dynamic_work_overlays: Vec<DynamicOverlay>,
     /// Whether the pinned definition was available; without it the nodes come from the
     /// attempts and there are no edges.
     pub definition_available: bool,
@@ -228,9 +256,14 @@ struct Nodes<'a> {
     by_step: HashMap<&'a str, Vec<&'a AttemptInspection>>,
     current: Vec<String>,
     history: bool,
+    /// The kind of every dynamic node, by id.
+    dynamic: HashMap<&'a str, NodeKind>,
 }
 
-fn kind_of(id: &str) -> NodeKind {
+fn kind_of(n: &Nodes<'_>, id: &str) -> NodeKind {
+    if let Some(kind) = n.dynamic.get(id) {
+        return *kind;
+    }
     if id.starts_with("compensate:") {
         NodeKind::Compensation
     } else {
@@ -250,7 +283,7 @@ fn make_node(
     let latest = attempts.iter().max_by_key(|a| a.attempt).copied();
     GraphNode {
         id: id.to_owned(),
-        kind: kind_of(id),
+        kind: kind_of(n, id),
         action,
         status: node_status(insp, id, state, latest),
         current: n.current.iter().any(|c| c == id),
@@ -346,14 +379,26 @@ pub(super) fn build(insp: &RunInspection, spec: Option<&WorkflowSpec>, history: 
         }
         list.push(a);
     }
+    let mut dynamic = HashMap::new();
+    for w in &insp.dynamic_work {
+        for x in &w.nodes {
+            let kind = if w.join.as_deref() == Some(x.id.as_str()) {
+                NodeKind::Join
+            } else {
+                NodeKind::Dynamic
+            };
+            dynamic.insert(x.id.as_str(), kind);
+        }
+    }
     let n = Nodes {
         insp,
         by_step,
         current: insp.current_steps(),
         history,
+        dynamic,
     };
     let mut edges = Vec::new();
-    let nodes: Vec<GraphNode> = if spec.is_some() {
+    let mut nodes: Vec<GraphNode> = if spec.is_some() {
         insp.steps
             .iter()
             .map(|s| make_node(&n, &s.name, s.action.clone(), s.state, s.recovery.clone()))
@@ -361,6 +406,7 @@ pub(super) fn build(insp: &RunInspection, spec: Option<&WorkflowSpec>, history: 
     } else {
         // Without the definition, the attempts are all we know.
         seen.iter()
+            .filter(|id| !n.dynamic.contains_key(**id))
             .map(|id| make_node(&n, id, String::new(), None, Recovery::default()))
             .collect()
     };
@@ -409,6 +455,50 @@ pub(super) fn build(insp: &RunInspection, spec: Option<&WorkflowSpec>, history: 
             });
         }
     }
+    let mut overlays = Vec::new();
+    let mut status_by_id: HashMap<String, NodeStatus> =
+        nodes.iter().map(|x| (x.id.clone(), x.status)).collect();
+    for w in &insp.dynamic_work {
+        let recorded = w.status == super::WorkStatus::Recorded;
+        for node in &w.nodes {
+            let mut g = make_node(&n, &node.id, node.action.clone(), None, Recovery::default());
+            if recorded {
+                g.status = NodeStatus::Recorded;
+            }
+            status_by_id.insert(g.id.clone(), g.status);
+            nodes.push(g);
+        }
+        for e in &w.edges {
+            let from = status_by_id.get(&e.from).copied();
+            let status = match from {
+                _ if recorded => EdgeStatus::Skipped,
+                Some(NodeStatus::Completed | NodeStatus::Compensated) => EdgeStatus::Selected,
+                Some(NodeStatus::Failed | NodeStatus::Cancelled) => EdgeStatus::Blocked,
+                // The origin step's edges exist because the work was added.
+                _ if e.from == w.origin_step => EdgeStatus::Selected,
+                _ if insp.terminal => EdgeStatus::Blocked,
+                _ => EdgeStatus::Pending,
+            };
+            edges.push(GraphEdge {
+                id: e.id.clone(),
+                from: e.from.clone(),
+                to: e.to.clone(),
+                kind: EdgeKind::Dynamic,
+                status,
+                outcome: None,
+                condition: None,
+                recovery: None,
+            });
+        }
+        overlays.push(DynamicOverlay {
+            key: w.key.clone(),
+            status: w.status,
+            origin_node_id: w.origin_step.clone(),
+            node_ids: w.nodes.iter().map(|x| x.id.clone()).collect(),
+            edge_ids: w.edges.iter().map(|e| e.id.clone()).collect(),
+            reason: w.reason.clone(),
+        });
+    }
     let child_links = insp
         .children
         .iter()
@@ -430,6 +520,7 @@ pub(super) fn build(insp: &RunInspection, spec: Option<&WorkflowSpec>, history: 
         nodes,
         edges,
         child_links,
+        dynamic_work_overlays: overlays,
         definition_available: spec.is_some(),
     }
 }

@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 pub use crate::vocab::{Deadline, DeadlineState, DeadlineStatus, most_urgent};
 pub use explain::{Explanation, NextAction, Reason};
 pub use graph::{
-    ChildLink, EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus, RunGraph,
+    ChildLink, DynamicOverlay, EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus,
+    RunGraph,
 };
 pub use list::{Page, RunFilter, RunPage, RunSummary};
 pub use visibility::{Redact, Scope, ScopeTable, VisibilityError, VisibilityPolicy, redact};
@@ -381,6 +382,62 @@ pub struct RunInspection {
     pub revision: i64,
     /// The journal, with `include_history`.
     pub history: Option<Vec<HistoryEntry>>,
+    /// Dynamic work added to the run, oldest first.
+    pub dynamic_work: Vec<DynamicWorkView>,
+}
+
+/// Where a dynamic work stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkStatus {
+    /// Recorded for inspection only: its nodes never run.
+    Recorded,
+    /// Scheduled; some node (or the join) has not finished.
+    Running,
+    /// Every node and the join succeeded.
+    Completed,
+    /// The run ended before the work finished.
+    Abandoned,
+}
+
+/// A dynamic work of a run, as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicWorkView {
+    /// The work's key.
+    pub key: String,
+    /// Where it stands.
+    pub status: WorkStatus,
+    /// The step it grew from.
+    pub origin_step: String,
+    /// The attempt it grew from.
+    pub origin_runnable_key: String,
+    /// Added by the origin step's running action (the step's successors wait for it).
+    pub from_action: bool,
+    /// The nodes (the join last) as (id, action key).
+    pub nodes: Vec<DynamicNodeView>,
+    /// The join's id.
+    pub join: Option<String>,
+    /// The overlay's edges.
+    pub edges: Vec<crate::decide::fact::DynamicEdge>,
+    /// Whether a replay may repeat its effects without review.
+    pub allow_replay: bool,
+    /// Why it was added.
+    pub reason: Option<String>,
+    /// Its metadata (auditor scope only).
+    pub metadata: Option<Map<String, Value>>,
+    /// When it was added.
+    pub added_at: Timestamp,
+}
+
+/// A node of a dynamic work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicNodeView {
+    /// The node id.
+    pub id: String,
+    /// The action key.
+    pub action: String,
+    /// The pinned digest (scheduled works).
+    pub digest: Option<String>,
 }
 
 impl RunInspection {
@@ -487,6 +544,7 @@ pub(crate) fn build(
 
     let mut commands = Vec::new();
     let mut decisions = Vec::new();
+    let mut works: Vec<DynamicWorkView> = Vec::new();
     let mut parent_link: Option<ParentLink> = None;
     for h in &history {
         match &h.fact {
@@ -501,7 +559,9 @@ pub(crate) fn build(
                 ..
             } => {
                 let outcome = match attempt_status {
-                    AttemptStatus::Succeeded => Outcome::Ok,
+                    // A success without a new step state is a dynamic node's, or a step's
+                    // whose successors wait for its dynamic work (decided when it finishes).
+                    AttemptStatus::Succeeded if step_state.is_some() => Outcome::Ok,
                     AttemptStatus::Failed if step_state.is_some() => Outcome::Error,
                     _ => continue,
                 };
@@ -542,7 +602,56 @@ pub(crate) fn build(
                 }),
                 to: target.clone(),
             }),
+            Fact::DynamicWorkRecorded { work } => works.push(DynamicWorkView {
+                key: work.key.clone(),
+                status: if work.scheduled {
+                    WorkStatus::Running
+                } else {
+                    WorkStatus::Recorded
+                },
+                origin_step: work.origin.step.clone(),
+                origin_runnable_key: work.origin.runnable_key.clone(),
+                from_action: work.from_action,
+                nodes: work
+                    .all_nodes()
+                    .map(|n| DynamicNodeView {
+                        id: n.id.clone(),
+                        action: n.action.clone(),
+                        digest: n.digest.clone(),
+                    })
+                    .collect(),
+                join: work.join.as_ref().map(|j| j.id.clone()),
+                edges: work.edges.clone(),
+                allow_replay: work.allow_replay,
+                reason: work.reason.clone(),
+                metadata: Some(work.metadata.clone()),
+                added_at: h.at,
+            }),
+            Fact::DynamicWorkCompleted {
+                key,
+                origin_step,
+                route,
+                ..
+            } => {
+                if let Some(w) = works.iter_mut().find(|w| w.key == *key) {
+                    w.status = WorkStatus::Completed;
+                }
+                if let Some(r) = route {
+                    decisions.push(RouteDecision {
+                        step: origin_step.clone(),
+                        runnable_key: None,
+                        outcome: Outcome::Ok,
+                        transition: Some(r.transition),
+                        to: r.to.clone(),
+                    });
+                }
+            }
             _ => {}
+        }
+    }
+    if terminal {
+        for w in works.iter_mut().filter(|w| w.status == WorkStatus::Running) {
+            w.status = WorkStatus::Abandoned;
         }
     }
     // Routes only exist in transition mode.
@@ -753,6 +862,7 @@ pub(crate) fn build(
         updated_at: Timestamp(run.updated_at),
         revision: run.revision,
         history: include_history.then_some(history),
+        dynamic_work: works,
     })
 }
 

@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{EdgeStatus, Explanation, NodeStatus, RunGraph, RunInspection, RunPage};
+use super::{
+    EdgeKind, EdgeStatus, Explanation, NodeKind, NodeStatus, RunGraph, RunInspection, RunPage,
+};
 use crate::vocab::Timestamp;
 
 fn marker(status: NodeStatus) -> &'static str {
@@ -17,8 +19,12 @@ fn marker(status: NodeStatus) -> &'static str {
         NodeStatus::Failed => "[!]",
         NodeStatus::Compensated => "[<]",
         NodeStatus::Cancelled => "[-]",
+        NodeStatus::Recorded => "[?]",
     }
 }
+
+/// Works with at most this many nodes are drawn node by node; larger ones as counts.
+const DRAWN_WORK_NODES: usize = 50;
 
 /// The name a status (or any enum value) is serialized as: `completed`, `queue_one`.
 pub fn status_text<T: serde::Serialize>(v: &T) -> String {
@@ -55,7 +61,8 @@ pub fn graph_text(g: &RunGraph) -> String {
         .max()
         .unwrap_or(6)
         .max(6);
-    for n in &g.nodes {
+    let declared = |n: &&super::GraphNode| !matches!(n.kind, NodeKind::Dynamic | NodeKind::Join);
+    for n in g.nodes.iter().filter(declared) {
         let mut line = format!(
             "{} {}{:<w$}  {:<a$}  {:<11}",
             marker(n.status),
@@ -86,10 +93,15 @@ pub fn graph_text(g: &RunGraph) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    if !g.edges.is_empty() {
+    let shown: Vec<&super::GraphEdge> = g
+        .edges
+        .iter()
+        .filter(|e| e.kind != EdgeKind::Dynamic)
+        .collect();
+    if !shown.is_empty() {
         out.push_str("edges:\n");
-        let w = g.edges.iter().map(|e| e.id.len()).max().unwrap_or(4);
-        for e in &g.edges {
+        let w = shown.iter().map(|e| e.id.len()).max().unwrap_or(4);
+        for e in shown {
             let mark = match e.status {
                 EdgeStatus::Selected => "==>",
                 EdgeStatus::Skipped => "-/-",
@@ -98,6 +110,9 @@ pub fn graph_text(g: &RunGraph) -> String {
             };
             let _ = writeln!(out, "  {mark} {:<w$}  {}", e.id, status_text(&e.status));
         }
+    }
+    for o in &g.dynamic_work_overlays {
+        dynamic_text(&mut out, g, o);
     }
     for c in &g.child_links {
         let _ = writeln!(
@@ -110,6 +125,58 @@ pub fn graph_text(g: &RunGraph) -> String {
         );
     }
     out
+}
+
+/// One dynamic work: its nodes when few, else counts by status and the unfinished ones.
+fn dynamic_text(out: &mut String, g: &RunGraph, o: &super::DynamicOverlay) {
+    let nodes: Vec<&super::GraphNode> = o.node_ids.iter().filter_map(|id| g.node(id)).collect();
+    let _ = writeln!(
+        out,
+        "dynamic work {} ({}) from {}: {} node{}",
+        o.key,
+        status_text(&o.status),
+        o.origin_node_id,
+        nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" }
+    );
+    let line = |out: &mut String, n: &super::GraphNode| {
+        let join = if n.kind == NodeKind::Join {
+            "  (join)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {} {}{}  {}  {}{join}",
+            marker(n.status),
+            if n.current { "*" } else { " " },
+            n.id,
+            n.action,
+            status_text(&n.status)
+        );
+    };
+    if nodes.len() <= DRAWN_WORK_NODES {
+        for n in nodes {
+            line(out, n);
+        }
+        return;
+    }
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for n in &nodes {
+        *counts.entry(status_text(&n.status)).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let _ = writeln!(out, "  {}", counts.join(", "));
+    let unfinished: Vec<&&super::GraphNode> = nodes
+        .iter()
+        .filter(|n| n.status != NodeStatus::Completed || n.kind == NodeKind::Join)
+        .collect();
+    for n in unfinished.iter().take(DRAWN_WORK_NODES) {
+        line(out, n);
+    }
+    if unfinished.len() > DRAWN_WORK_NODES {
+        let _ = writeln!(out, "  ... {} more", unfinished.len() - DRAWN_WORK_NODES);
+    }
 }
 
 /// The explanation as text: reason, summary, next actions and the main details.

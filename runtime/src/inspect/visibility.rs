@@ -268,6 +268,12 @@ impl Redact for RunInspection {
         for c in &mut self.children {
             c.child_key = None;
         }
+        for w in &mut self.dynamic_work {
+            w.metadata = None;
+            if scope == Scope::External {
+                w.reason = None;
+            }
+        }
         self
     }
 }
@@ -295,6 +301,11 @@ impl Redact for RunGraph {
         }
         for c in &mut self.child_links {
             c.child_key = None;
+        }
+        if scope == Scope::External {
+            for o in &mut self.dynamic_work_overlays {
+                o.reason = None;
+            }
         }
         self
     }
@@ -340,6 +351,8 @@ const OPERATOR_DETAIL_KEYS: &[&str] = &[
     "waiting_since",
     "checked_at",
     "next_check_at",
+    "dynamic_work_count",
+    "dynamic_work_keys",
 ];
 
 const EXTERNAL_DETAIL_KEYS: &[&str] = &[
@@ -361,6 +374,7 @@ const EXTERNAL_DETAIL_KEYS: &[&str] = &[
     "deadline_status",
     "deadline_due_at",
     "deadline_step",
+    "dynamic_work_count",
 ];
 
 const OPERATOR_EVIDENCE_KEYS: &[&str] = &[
@@ -380,6 +394,7 @@ const OPERATOR_EVIDENCE_KEYS: &[&str] = &[
     "child_run_count",
     "replayed_from",
     "schedule",
+    "dynamic_work",
 ];
 
 const EXTERNAL_EVIDENCE_KEYS: &[&str] = &[
@@ -390,6 +405,7 @@ const EXTERNAL_EVIDENCE_KEYS: &[&str] = &[
     "attempt_counts",
     "planned_step_count",
     "applied_step_count",
+    "dynamic_work",
 ];
 
 fn keep(map: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {

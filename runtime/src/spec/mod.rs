@@ -25,6 +25,7 @@ pub use crate::vocab::DeadlineSpec;
 pub use builtin::Builtin;
 
 pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder, WorkflowBuilder};
+pub(crate) use validate::retry_problems;
 pub use validate::{MAX_ATTEMPTS, MAX_DELAY_MS, SpecProblem, valid_name};
 
 /// A workflow definition.

@@ -31,6 +31,48 @@ pub const MAX_ATTEMPTS: u32 = 1_000;
 /// Longest wait, backoff or deadline: 366 days, in milliseconds.
 pub const MAX_DELAY_MS: u64 = 366 * 86_400_000;
 
+/// Bounds and consistency of a retry policy: (field under the policy, code, message).
+pub(crate) fn retry_problems(r: &super::RetryPolicy) -> Vec<(&'static str, &'static str, String)> {
+    let mut out = Vec::new();
+    if r.max_attempts == 0 || r.max_attempts > MAX_ATTEMPTS {
+        out.push((
+            "max_attempts",
+            "invalid_retry",
+            format!(
+                "max_attempts counts the first attempt and must be 1 to {MAX_ATTEMPTS}, not {}",
+                r.max_attempts
+            ),
+        ));
+    }
+    if let Some(b) = &r.backoff {
+        if b.min_ms == 0 {
+            out.push((
+                "backoff.min_ms",
+                "invalid_backoff",
+                "min_ms must be positive".into(),
+            ));
+        }
+        if b.max_ms < b.min_ms {
+            out.push((
+                "backoff.max_ms",
+                "invalid_backoff",
+                "max_ms must be at least min_ms".into(),
+            ));
+        }
+        if b.max_ms > MAX_DELAY_MS {
+            out.push((
+                "backoff.max_ms",
+                "invalid_backoff",
+                format!(
+                    "max_ms must be at most {MAX_DELAY_MS} (366 days), not {}",
+                    b.max_ms
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Bounds and consistency of a cron trigger's schedule policy.
 fn check_policy(p: &mut Problems, at: &str, policy: &super::SchedulePolicy) {
     use super::{MAX_CATCH_UP_LIMIT, MAX_SCHEDULE_DELAY_MS};
@@ -351,38 +393,8 @@ impl WorkflowSpec {
                 );
             }
             if let Some(r) = &s.retry {
-                if r.max_attempts == 0 || r.max_attempts > MAX_ATTEMPTS {
-                    p.add(
-                        format!("{at}.retry.max_attempts"),
-                        "invalid_retry",
-                        format!("max_attempts counts the first attempt and must be 1 to {MAX_ATTEMPTS}, not {}", r.max_attempts),
-                    );
-                }
-                if let Some(b) = &r.backoff {
-                    if b.min_ms == 0 {
-                        p.add(
-                            format!("{at}.retry.backoff.min_ms"),
-                            "invalid_backoff",
-                            "min_ms must be positive",
-                        );
-                    }
-                    if b.max_ms < b.min_ms {
-                        p.add(
-                            format!("{at}.retry.backoff.max_ms"),
-                            "invalid_backoff",
-                            "max_ms must be at least min_ms",
-                        );
-                    }
-                    if b.max_ms > MAX_DELAY_MS {
-                        p.add(
-                            format!("{at}.retry.backoff.max_ms"),
-                            "invalid_backoff",
-                            format!(
-                                "max_ms must be at most {MAX_DELAY_MS} (366 days), not {}",
-                                b.max_ms
-                            ),
-                        );
-                    }
+                for (field, code, message) in retry_problems(r) {
+                    p.add(format!("{at}.retry.{field}"), code, message);
                 }
             }
             if let Some(d) = &s.deadline {

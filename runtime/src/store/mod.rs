@@ -251,6 +251,12 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The journal of a run, oldest first.
     fn facts(&mut self, run_id: &str) -> impl Future<Output = StoreResult<Vec<FactRow>>> + Send;
+    /// The facts of one kind of a run, oldest first.
+    fn facts_of_kind(
+        &mut self,
+        run_id: &str,
+        kind: &str,
+    ) -> impl Future<Output = StoreResult<Vec<FactRow>>> + Send;
     /// Inserts an attempt.
     fn insert_attempt(
         &mut self,

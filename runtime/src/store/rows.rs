@@ -196,6 +196,7 @@ stored_row! {
         created_at: i64,
         updated_at: i64,
         revision: i64,
+        dynamic: Option<String>,
     }
 }
 
@@ -222,6 +223,7 @@ stored_row! {
         deadline: Option<String>,
         created_at: i64,
         updated_at: i64,
+        node: Option<String>,
     }
 }
 
@@ -313,6 +315,7 @@ impl RunRow {
             Arg::Int(self.created_at),
             Arg::Int(self.updated_at),
             Arg::Int(self.revision),
+            Arg::OptText(self.dynamic.as_deref()),
         ]
     }
 
@@ -328,6 +331,7 @@ impl RunRow {
             Arg::Int(self.updated_at),
             Arg::Int(self.revision),
             Arg::OptText(self.compensation.as_deref()),
+            Arg::OptText(self.dynamic.as_deref()),
         ]
     }
 }
@@ -355,6 +359,7 @@ impl AttemptRow {
             Arg::OptText(self.deadline.as_deref()),
             Arg::Int(self.created_at),
             Arg::Int(self.updated_at),
+            Arg::OptText(self.node.as_deref()),
         ]
     }
 

@@ -11,10 +11,16 @@ pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workf
 pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
 pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
 pub(super) const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1";
-pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9 WHERE run_id = $1";
+pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9, dynamic = $10 WHERE run_id = $1";
 pub(super) fn facts() -> String {
     format!(
         "SELECT {} FROM journal WHERE run_id = $1 ORDER BY id",
+        FactRow::COLUMNS
+    )
+}
+pub(super) fn facts_of_kind() -> String {
+    format!(
+        "SELECT {} FROM journal WHERE run_id = $1 AND kind = $2 ORDER BY id",
         FactRow::COLUMNS
     )
 }
@@ -29,7 +35,8 @@ pub(super) const CHILDREN: &str = "SELECT parent_step, child_key, child_run_id F
 pub(super) const CHILD_SUMMARIES: &str = "SELECT c.parent_step, c.child_key, c.child_run_id, r.workflow, r.status FROM child_runs c LEFT JOIN runs r ON r.run_id = c.child_run_id WHERE c.parent_run_id = $1 ORDER BY c.created_at, c.child_key";
 
 pub(super) fn insert_run() -> String {
-    let params: Vec<String> = (1..=21).map(|i| format!("${i}")).collect();
+    let n = RUN_COLUMNS.split(", ").count();
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
     format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (run_id) DO NOTHING",
         params.join(", ")
@@ -52,7 +59,8 @@ pub(super) fn insert_facts(n: usize) -> String {
 }
 
 pub(super) fn insert_attempt() -> String {
-    let params: Vec<String> = (1..=19).map(|i| format!("${i}")).collect();
+    let n = ATTEMPT_COLUMNS.split(", ").count();
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
     format!(
         "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({})",
         params.join(", ")

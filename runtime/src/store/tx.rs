@@ -243,6 +243,11 @@ impl<T: Statements> StoreTx for T {
         self.fetch_all(&sql::facts(), &[Arg::Text(run_id)]).await
     }
 
+    async fn facts_of_kind(&mut self, run_id: &str, kind: &str) -> StoreResult<Vec<FactRow>> {
+        self.fetch_all(&sql::facts_of_kind(), &[Arg::Text(run_id), Arg::Text(kind)])
+            .await
+    }
+
     async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
         self.write(WriteRef::AttemptInsert(a)).await
     }

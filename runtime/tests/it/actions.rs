@@ -233,6 +233,7 @@ async fn no_environment_files_or_sockets_unless_granted() {
         network: vec![addr.clone()],
         dns: false,
         child_runs: false,
+        dynamic_work: false,
     };
     host.register(file_action("echo.granted", artifacts::ECHO.as_ref()).with_capabilities(caps))
         .await

@@ -5,6 +5,7 @@ mod actions;
 mod backends;
 mod catalog;
 mod control;
+mod dynamic;
 mod engine;
 mod inspect;
 mod layering;
