@@ -1455,8 +1455,8 @@ async fn runs(cli: &Cli, cmd: &RunsCommand) -> Result<u8, Failure> {
 
 /// A dynamic work file (JSON, or TOML by extension); a malformed one is bad input.
 fn read_work(file: &Path) -> Result<DynamicWorkSpec> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let toml = file.extension().and_then(|e| e.to_str()) == Some("toml");
     let parsed = if toml {
         toml::from_str::<DynamicWorkSpec>(&text).map_err(|e| e.to_string())

@@ -870,3 +870,260 @@ fn a_started_run_with_a_planned_step_is_running_and_terminal_runs_plan_nothing()
     assert_eq!(ds[2].state.status, RunStatus::Completed);
     assert_eq!(ds[2].state.steps.get("b"), Some(&StepState::Completed));
 }
+
+fn node(id: &str) -> fact::DynamicNode {
+    fact::DynamicNode {
+        id: id.into(),
+        action: "x.n".into(),
+        digest: Some("sha256:00".into()),
+        input: obj(json!({"n": id})),
+        retry: None,
+        output: None,
+        metadata: Map::new(),
+    }
+}
+
+fn work(key: &str, origin: &str, nodes: &[&str], edges: &[(&str, &str)], join: bool) -> Event {
+    Event::Work {
+        work: Box::new(fact::DynamicWork {
+            key: key.into(),
+            origin: fact::DynamicOrigin {
+                step: origin.into(),
+                attempt: 1,
+                runnable_key: format!("{RUN}:{origin}:1"),
+            },
+            nodes: nodes.iter().map(|n| node(n)).collect(),
+            edges: edges
+                .iter()
+                .map(|(f, t)| fact::DynamicEdge {
+                    id: format!("{f}:dynamic:{t}"),
+                    from: (*f).into(),
+                    to: (*t).into(),
+                })
+                .collect(),
+            join: join.then(|| fact::DynamicNode {
+                output: Some("total".into()),
+                ..node("sum")
+            }),
+            scheduled: true,
+            from_action: origin == "a",
+            allow_replay: false,
+            reason: None,
+            metadata: Map::new(),
+        }),
+    }
+}
+
+/// The recorded outcome of a dynamic node's first attempt, as the engine would build it.
+fn node_done(state: &RunState, id: &str, outcome: StepOutcome) -> Event {
+    let planned_node = |w: &fact::OpenWork| fact::AttemptNode {
+        work: w.key.clone(),
+        index: id[1..].parse::<u32>().map_or(0, |i| i - 1),
+        join: id == "sum",
+        action: "x.n".into(),
+        digest: None,
+        retry: None,
+        output: (id == "sum").then(|| "total".to_owned()),
+        allow_replay: false,
+    };
+    Event::Recorded {
+        attempt: AttemptRef {
+            runnable_key: format!("{RUN}:{id}:1"),
+            step: id.into(),
+            attempt: 1,
+            input: Map::new(),
+            node: state.dynamic.open.first().map(planned_node),
+        },
+        outcome,
+    }
+}
+
+#[test]
+fn scheduled_work_plans_its_free_nodes_then_the_ordered_ones_then_the_join() {
+    let spec = chain();
+    let mut state = run(Some(&spec), json!({}), vec![started()])
+        .pop()
+        .expect("started")
+        .state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        work(
+            "w",
+            "b",
+            &["n1", "n2", "n3"],
+            &[("b", "n1"), ("n1", "n3")],
+            true,
+        ),
+        NOW,
+    )
+    .expect("decides");
+    assert_eq!(kinds(&d), ["dynamic_work_recorded", "runnables_planned"]);
+    let got: Vec<&str> = d.planned.iter().map(|p| p.step.as_str()).collect();
+    assert_eq!(got, ["n1", "n2"], "n3 waits for n1");
+    assert!(
+        d.planned
+            .iter()
+            .all(|p| p.node.as_ref().is_some_and(|n| n.work == "w"))
+    );
+    assert!(
+        !d.state.steps.contains_key("n1"),
+        "nodes are not declared steps"
+    );
+    state = d.state;
+    assert_eq!(state.dynamic.open[0].pending, 3);
+
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "n1", ok(json!({"v": 1}))),
+        NOW,
+    )
+    .expect("decides");
+    let got: Vec<&str> = d.planned.iter().map(|p| p.step.as_str()).collect();
+    assert_eq!(got, ["n3"], "n1 released n3");
+    state = d.state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "n2", ok(json!({}))),
+        NOW,
+    )
+    .expect("decides");
+    assert!(d.planned.is_empty());
+    state = d.state;
+    assert!(needs_work_outputs(&state, &node_done(&state, "n3", ok(json!({})))).is_some());
+    state.work_outputs = vec![
+        (0, "n1".into(), json!({"v": 1})),
+        (1, "n2".into(), json!({})),
+    ];
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "n3", ok(json!({"v": 3}))),
+        NOW,
+    )
+    .expect("decides");
+    let join = &d.planned[0];
+    assert_eq!(join.step, "sum");
+    assert!(join.node.as_ref().is_some_and(|n| n.join));
+    assert_eq!(
+        join.input["results"],
+        json!([
+            {"id": "n1", "output": {"v": 1}},
+            {"id": "n2", "output": {}},
+            {"id": "n3", "output": {"v": 3}},
+        ])
+    );
+    state = d.state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "sum", ok(json!({"t": 4}))),
+        NOW,
+    )
+    .expect("decides");
+    assert_eq!(kinds(&d), ["runnable_applied", "dynamic_work_completed"]);
+    assert!(d.state.dynamic.open.is_empty());
+    assert_eq!(d.state.context["total"], json!({"t": 4}));
+}
+
+#[test]
+fn a_run_that_reaches_its_end_waits_for_open_work_and_a_fanning_step_for_its_own() {
+    let spec = chain();
+    let states = run(Some(&spec), json!({}), vec![started()]);
+    let mut state = states[0].state.clone();
+    // `a` fans out from its running attempt: its route waits for the work.
+    state = decide(
+        &state,
+        Some(&spec),
+        work("w", "a", &["n1"], &[], false),
+        NOW,
+    )
+    .expect("decides")
+    .state;
+    let d = decide(&state, Some(&spec), recorded("a", 1, ok(json!({}))), NOW).expect("decides");
+    assert!(d.planned.is_empty(), "b waits for the work");
+    assert_eq!(d.state.steps.get("a"), Some(&StepState::Planned));
+    assert_eq!(d.state.status, RunStatus::Running);
+    state = d.state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "n1", ok(json!({}))),
+        NOW,
+    )
+    .expect("decides");
+    assert_eq!(
+        kinds(&d),
+        [
+            "runnable_applied",
+            "dynamic_work_completed",
+            "runnables_planned"
+        ]
+    );
+    assert_eq!(
+        d.planned[0].step, "b",
+        "the work finished: a takes its route"
+    );
+    assert_eq!(d.state.steps.get("a"), Some(&StepState::Completed));
+    state = d.state;
+
+    // Work added from host code to b: b's success ends the declared graph, the run waits.
+    state = decide(
+        &state,
+        Some(&spec),
+        work("v", "b", &["m1"], &[], false),
+        NOW,
+    )
+    .expect("decides")
+    .state;
+    let d = decide(&state, Some(&spec), recorded("b", 1, ok(json!({}))), NOW).expect("decides");
+    assert_eq!(d.state.status, RunStatus::Running);
+    assert!(d.state.dynamic.completion_deferred);
+    state = d.state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "m1", ok(json!({}))),
+        NOW,
+    )
+    .expect("decides");
+    assert_eq!(d.state.status, RunStatus::Completed);
+    assert_eq!(kinds(&d).last(), Some(&"run_terminal"));
+
+    // A node that fails for good fails the run; one that may retry is planned again.
+    let state = decide(
+        &states[0].state,
+        Some(&spec),
+        work("f", "b", &["bad"], &[], false),
+        NOW,
+    )
+    .expect("decides")
+    .state;
+    let d = decide(
+        &state,
+        Some(&spec),
+        node_done(&state, "bad", failed(true)),
+        NOW,
+    )
+    .expect("decides");
+    assert_eq!(d.state.status, RunStatus::Failed);
+    assert_eq!(
+        d.state.error.as_ref().map(|e| e["step"].clone()),
+        Some(json!("bad"))
+    );
+    let mut retrying = node_done(&state, "bad", failed(true));
+    if let Event::Recorded { attempt, .. } = &mut retrying
+        && let Some(n) = &mut attempt.node
+    {
+        n.retry = Some(crate::spec::RetryPolicy {
+            max_attempts: 2,
+            backoff: None,
+        });
+    }
+    let d = decide(&state, Some(&spec), retrying, NOW).expect("decides");
+    assert_eq!(planned(&d)[0].0, "bad");
+    assert_eq!(planned(&d)[0].1, 2);
+    assert_eq!(d.state.status, RunStatus::Running);
+}

@@ -16,11 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::Engine;
 use super::{EngineError, Lock, Result, apply, existing_run, refusal};
 use crate::actions::{ActionKey, StepContext};
 use crate::decide::fact::{DynamicEdge, DynamicNode, DynamicOrigin, DynamicWork};
 use crate::decide::{self, Event};
-use super::Engine;
 use crate::spec::{RetryPolicy, WorkflowSpec, valid_name};
 use crate::store::{AttemptRow, RunRow, Store, StoreTx};
 use crate::vocab::{AttemptStatus, RunId};

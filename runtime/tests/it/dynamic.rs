@@ -69,7 +69,9 @@ async fn paused(engine: &Engine) -> RunId {
 fn squares(key: &str, values: &[i64]) -> DynamicWorkSpec {
     let mut work = DynamicWorkSpec::new(key, "prepare");
     for (i, v) in values.iter().enumerate() {
-        work = work.node(DynamicNodeSpec::new(format!("{key}-{i}"), "fan.square").input(json!({"value": v})));
+        work = work.node(
+            DynamicNodeSpec::new(format!("{key}-{i}"), "fan.square").input(json!({"value": v})),
+        );
     }
     work.join(DynamicNodeSpec::new(format!("{key}-sum"), "fan.sum").output(format!("{key}_total")))
 }
@@ -78,10 +80,7 @@ async fn journal_len(engine: &Engine, run: RunId) -> usize {
     engine.journal(run).await.expect("journal").len()
 }
 
-async fn host_code_schedules_work_and_the_run_completes_only_after_it(
-    db: Db,
-    clock: ManualClock,
-) {
+async fn host_code_schedules_work_and_the_run_completes_only_after_it(db: Db, clock: ManualClock) {
     let engine = db.engine(&fan_registry(false, 10_000), &clock).await;
     let run = paused(&engine).await;
     // Resume first, so the last declared step runs before the work's nodes.
@@ -102,8 +101,16 @@ async fn host_code_schedules_work_and_the_run_completes_only_after_it(
         "{}",
         db.name()
     );
-    assert!(preview.added_edge_ids.contains(&"prepare:dynamic:sq-0".to_owned()));
-    assert!(preview.added_edge_ids.contains(&"sq-2:dynamic:sq-sum".to_owned()));
+    assert!(
+        preview
+            .added_edge_ids
+            .contains(&"prepare:dynamic:sq-0".to_owned())
+    );
+    assert!(
+        preview
+            .added_edge_ids
+            .contains(&"sq-2:dynamic:sq-sum".to_owned())
+    );
     assert!(preview.recordable && !preview.duplicate);
     assert!(
         preview.work.nodes[0].digest.is_some(),
@@ -140,7 +147,11 @@ async fn host_code_schedules_work_and_the_run_completes_only_after_it(
     assert!(s.attempts.iter().any(|a| a.step == "ship"));
     assert_eq!(s.status, RunStatus::Running, "{}", db.name());
     assert!(s.dynamic.completion_deferred);
-    assert_eq!(journal_len(&engine, run).await, after + 3, "claimed, recorded, applied");
+    assert_eq!(
+        journal_len(&engine, run).await,
+        after + 3,
+        "claimed, recorded, applied"
+    );
 
     let ran = drain(&engine).await;
     assert_eq!(ran, 4, "three squares and the join");
@@ -163,7 +174,10 @@ async fn host_code_schedules_work_and_the_run_completes_only_after_it(
     assert_eq!(overlay.origin_node_id, "prepare");
     assert_eq!(overlay.node_ids.len(), 4);
     let node = graph.node("sq-1").expect("dynamic node drawn");
-    assert_eq!((node.kind, node.status), (NodeKind::Dynamic, NodeStatus::Completed));
+    assert_eq!(
+        (node.kind, node.status),
+        (NodeKind::Dynamic, NodeStatus::Completed)
+    );
     assert_eq!(graph.node("sq-sum").map(|n| n.kind), Some(NodeKind::Join));
     let edge = graph.edge("prepare:dynamic:sq-1").expect("edge");
     assert_eq!(edge.kind, EdgeKind::Dynamic);
@@ -173,7 +187,10 @@ async fn host_code_schedules_work_and_the_run_completes_only_after_it(
         .expect("explains");
     assert_eq!(x.evidence["dynamic_work"]["count"], json!(1));
     assert_eq!(x.evidence["dynamic_work"]["node_count"], json!(4));
-    assert_eq!(x.evidence["dynamic_work"]["by_status"]["completed"], json!(1));
+    assert_eq!(
+        x.evidence["dynamic_work"]["by_status"]["completed"],
+        json!(1)
+    );
     let ext = x.redacted(Scope::External);
     assert_eq!(ext.evidence["dynamic_work"]["count"], json!(1));
 
@@ -203,14 +220,20 @@ async fn recorded_work_is_drawn_but_never_runs(db: Db, clock: ManualClock) {
     let mut work = squares("plan", &[5]);
     work.reason = Some("what the agent proposes".into());
     work.metadata.insert("token".into(), json!("secret-value"));
-    let r = engine.record_dynamic_work(run, &work).await.expect("records");
+    let r = engine
+        .record_dynamic_work(run, &work)
+        .await
+        .expect("records");
     assert!(!r.scheduled);
     assert_eq!(drain(&engine).await, 0, "recorded nodes never run");
     let graph = engine
         .inspect_run_graph(run, InspectOptions::default())
         .await
         .expect("graph");
-    assert_eq!(graph.node("plan-0").map(|n| n.status), Some(NodeStatus::Recorded));
+    assert_eq!(
+        graph.node("plan-0").map(|n| n.status),
+        Some(NodeStatus::Recorded)
+    );
     let insp = engine
         .inspect_run(run, InspectOptions::default())
         .await
@@ -254,9 +277,7 @@ async fn problems_of(engine: &Engine, run: RunId, work: &DynamicWorkSpec) -> Vec
         .expect_err("refused");
     assert_eq!(journal_len(engine, run).await, before, "nothing written");
     match err {
-        EngineError::InvalidDynamicWork(p) => {
-            p.into_iter().map(|p| (p.path, p.code)).collect()
-        }
+        EngineError::InvalidDynamicWork(p) => p.into_iter().map(|p| (p.path, p.code)).collect(),
         other => panic!("expected invalid dynamic work, got {other}"),
     }
 }
@@ -398,7 +419,11 @@ async fn a_node_that_fails_for_good_fails_the_run(db: Db, clock: ManualClock) {
     assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
     let error = s.error.clone().unwrap_or_default();
     assert_eq!(
-        (error["step"].as_str(), error["code"].as_str(), error["dynamic_work"].as_str()),
+        (
+            error["step"].as_str(),
+            error["code"].as_str(),
+            error["dynamic_work"].as_str()
+        ),
         (Some("broken"), Some("no_value"), Some("w"))
     );
     assert_consistent(&engine, &s).await;
@@ -462,7 +487,13 @@ async fn an_action_fans_out_over_a_thousand_items_and_joins_across_workers(
     for w in workers {
         w.shutdown(Duration::from_secs(10)).await;
     }
-    assert_eq!(s.status, RunStatus::Completed, "{}: {:?}", db.name(), s.error);
+    assert_eq!(
+        s.status,
+        RunStatus::Completed,
+        "{}: {:?}",
+        db.name(),
+        s.error
+    );
     // The fanning step failed once after scheduling; its retry scheduled nothing twice.
     let fan = s.attempts_of("fan");
     assert_eq!(fan.len(), 2);
@@ -510,7 +541,12 @@ async fn an_action_needs_the_capability_and_stays_within_its_limit(db: Db, clock
             .build();
         let items: Vec<i64> = (1..=20).collect();
         let run = engine
-            .start(&spec, None, json!({"items": items}), StartOptions::default())
+            .start(
+                &spec,
+                None,
+                json!({"items": items}),
+                StartOptions::default(),
+            )
             .await
             .expect("starts");
         drain(&engine).await;
@@ -519,11 +555,24 @@ async fn an_action_needs_the_capability_and_stays_within_its_limit(db: Db, clock
         let error = s.error.clone().unwrap_or_default();
         assert_eq!(error["code"].as_str(), Some(code), "{error}");
         if !grant {
-            assert!(error["message"].as_str().unwrap_or_default().contains("dynamic_work"));
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("dynamic_work")
+            );
         } else {
-            assert!(error["message"].as_str().unwrap_or_default().contains("too_many_nodes"));
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("too_many_nodes")
+            );
         }
-        assert!(s.attempts.iter().all(|a| a.node.is_none()), "nothing scheduled");
+        assert!(
+            s.attempts.iter().all(|a| a.node.is_none()),
+            "nothing scheduled"
+        );
     }
 }
 on_each_backend!(an_action_needs_the_capability_and_stays_within_its_limit);
