@@ -1294,18 +1294,31 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// Whether any run on `queues` still has work a worker can do (running, not paused).
-/// Whether a running run on the queues can still move without anyone acting: runs whose
-/// steps wait for an action to be approved or enabled do not count.
+/// Whether a run on the queues can still move without anyone acting: running runs, except
+/// those whose steps wait for an action to be approved or enabled, and paused runs whose
+/// dynamic work still has attempts to run.
 async fn has_work(e: &Engine, queues: &[String]) -> Result<bool> {
     for q in queues {
         let filter = RunFilter::default()
             .queue(q.clone())
-            .status(RunStatus::Running);
+            .status(RunStatus::Running)
+            .status(RunStatus::Paused);
         let mut page = Page::first(100);
         loop {
             let runs = e.list_runs(&filter, &page).await?;
             for r in &runs.runs {
+                if r.status == RunStatus::Paused {
+                    let i = e
+                        .inspect_run(r.run_id.as_str(), InspectOptions::default())
+                        .await?;
+                    if i.attempts
+                        .iter()
+                        .any(|a| a.is_open() && a.waiting_for_action.is_none())
+                    {
+                        return Ok(true);
+                    }
+                    continue;
+                }
                 let why = e
                     .explain_run(r.run_id.as_str(), InspectOptions::default())
                     .await?;

@@ -957,3 +957,121 @@ fn a_running_worker_picks_up_a_new_approval_on_sqlite() {
 fn a_running_worker_picks_up_a_new_approval_on_postgres() {
     on_postgres("cli_approve", a_running_worker_picks_up_a_new_approval);
 }
+
+/// prepare (echo) -> gate (pause) -> ship (echo): dynamic work grows from `prepare` while
+/// the run waits at the gate.
+const GATED: &str = r#"{
+    "name": "gated",
+    "triggers": [{"name": "manual", "type": "manual"}],
+    "steps": [
+        {"name": "prepare", "action": "echo", "output": "prepared"},
+        {"name": "gate", "builtin": {"kind": "pause"}},
+        {"name": "ship", "action": "echo"}
+    ],
+    "transitions": [
+        {"from": "prepare", "on": "ok", "to": "gate"},
+        {"from": "gate", "on": "ok", "to": "ship"}
+    ]
+}"#;
+
+fn dynamic_work_scenario(cli: &Cli) {
+    setup(&cli.dir);
+    cli.ok(&["migrate"]);
+    cli.ok(&["actions", "import", "actions.toml"]);
+    let fan = squid_mesh_example_artifacts::FAN_OUT;
+    cli.ok(&["actions", "approve", "fan.square", fan]);
+    cli.ok(&["actions", "approve", "fan.sum", fan]);
+    std::fs::write(cli.dir.join("gated.json"), GATED).unwrap();
+    let run = cli.json(&["start", "gated.json"])["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    cli.json(&["worker", "--exit-when-idle"]);
+    let work = json!({
+        "key": "sq",
+        "origin": {"step": "prepare"},
+        "nodes": [
+            {"id": "sq-0", "action": "fan.square", "input": {"value": 3}},
+            {"id": "sq-1", "action": "fan.square", "input": {"value": 4}}
+        ],
+        "join": {"id": "sq-sum", "action": "fan.sum", "output": "total"},
+        "reason": "squares of the order lines"
+    });
+    std::fs::write(cli.dir.join("work.json"), work.to_string()).unwrap();
+    let preview = cli.json(&["runs", "work", &run, "work.json", "--preview"]);
+    assert_eq!(preview["added_node_ids"], json!(["sq-0", "sq-1", "sq-sum"]));
+    assert_eq!(preview["recordable"], json!(true));
+    let receipt = cli.json(&["runs", "work", &run, "work.json"]);
+    assert_eq!(
+        (receipt["nodes"].clone(), receipt["duplicate"].clone()),
+        (json!(3), json!(false))
+    );
+    let again = cli.ok(&["runs", "work", &run, "work.json"]);
+    assert!(again.contains("already there"), "{again}");
+    let graph = cli.ok(&["runs", "graph", &run]);
+    assert!(
+        graph.contains("dynamic work sq (running) from prepare: 3 nodes"),
+        "{graph}"
+    );
+    let line = |g: &str, id: &str| {
+        g.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line(&graph, "sq-1").contains("pending"), "{graph}");
+    cli.json(&["worker", "--exit-when-idle"]);
+    let graph = cli.ok(&["runs", "graph", &run]);
+    assert!(graph.contains("dynamic work sq (completed)"), "{graph}");
+    let join = line(&graph, "sq-sum");
+    assert!(
+        join.contains("completed") && join.ends_with("join"),
+        "{graph}"
+    );
+    let shown = cli.json(&["runs", "show", &run]);
+    assert_eq!(
+        shown["context"]["total"],
+        json!({"total": 25.0, "count": 2})
+    );
+    let explained = cli.json(&["runs", "explain", &run]);
+    assert_eq!(explained["details"]["dynamic_work_keys"], json!(["sq"]));
+
+    // Bad input: refused with paths, exit 2, nothing written.
+    std::fs::write(
+        cli.dir.join("bad.json"),
+        json!({"key": "bad", "origin": {"step": "prepare"}, "nodes": [{"id": "x", "action": "no.such"}, {"id": "sq-0", "action": "fan.square"}]}).to_string(),
+    )
+    .unwrap();
+    let (code, err) = cli.fails(&["runs", "work", &run, "bad.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("/nodes/0/action") && err.contains("unknown_action"),
+        "{err}"
+    );
+    assert!(
+        err.contains("/nodes/1/id") && err.contains("collides_with_node"),
+        "{err}"
+    );
+    std::fs::write(cli.dir.join("typo.json"), r#"{"key": "t", "nodez": []}"#).unwrap();
+    let (code, err) = cli.fails(&["runs", "work", &run, "typo.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nodez"), "{err}");
+    let (code, _) = cli.fails(&["runs", "work", "not-a-uuid", "work.json"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn dynamic_work_from_the_cli_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    dynamic_work_scenario(&cli);
+}
+
+#[test]
+fn dynamic_work_from_the_cli_on_postgres() {
+    on_postgres("dynamic", dynamic_work_scenario);
+}

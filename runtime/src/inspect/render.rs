@@ -139,21 +139,24 @@ fn dynamic_text(out: &mut String, g: &RunGraph, o: &super::DynamicOverlay) {
         nodes.len(),
         if nodes.len() == 1 { "" } else { "s" }
     );
+    let w = nodes.iter().map(|n| n.id.len()).max().unwrap_or(4);
+    let a = nodes.iter().map(|n| n.action.len()).max().unwrap_or(6);
     let line = |out: &mut String, n: &super::GraphNode| {
         let join = if n.kind == NodeKind::Join {
-            "  (join)"
+            "  join"
         } else {
             ""
         };
-        let _ = writeln!(
-            out,
-            "  {} {}{}  {}  {}{join}",
+        let text = format!(
+            "  {} {}{:<w$}  {:<a$}  {:<11}{join}",
             marker(n.status),
             if n.current { "*" } else { " " },
             n.id,
             n.action,
             status_text(&n.status)
         );
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
     if nodes.len() <= DRAWN_WORK_NODES {
         for n in nodes {
