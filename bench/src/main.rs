@@ -11,6 +11,7 @@
 //! cargo run --release -p squid-mesh-bench -- langs         # per action language (scripts/build-guests first)
 //! cargo run --release -p squid-mesh-bench -- schedules     # fire lateness, idle CPU, 1,000 schedules
 //! cargo run --release -p squid-mesh-bench -- catalog       # approval -> first step, first use, claims
+//! cargo run --release -p squid-mesh-bench -- dynamic       # schedule and drain 10^3, 10^4 dynamic nodes
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! Postgres with a message when it cannot be reached.
 
 mod catalog;
+mod dynamic;
 mod langs;
 mod read;
 mod schedules;
@@ -74,8 +76,9 @@ fn main() -> Result<()> {
             "langs" => figures.extend(runtime.block_on(langs::langs(smoke))?),
             "schedules" => figures.extend(runtime.block_on(schedules::schedules(smoke))?),
             "catalog" => figures.extend(runtime.block_on(catalog::catalog(smoke))?),
+            "dynamic" => figures.extend(runtime.block_on(dynamic::dynamic(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic"
             ),
         }
     }
@@ -260,19 +263,26 @@ impl Backend {
         }
     }
 
+    fn builder(
+        &self,
+        registry: &ActionRegistry,
+        cache: &std::path::Path,
+    ) -> squid_mesh::EngineBuilder {
+        let b = squid_mesh::Engine::builder()
+            .registry(registry.clone())
+            .host_config(HostConfig::default().cache_dir(cache.to_owned()));
+        match self {
+            Backend::Sqlite(path) => b.sqlite(path),
+            Backend::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),
+        }
+    }
+
     async fn engine(
         &self,
         registry: &ActionRegistry,
         cache: &std::path::Path,
     ) -> Result<squid_mesh::Engine> {
-        let b = squid_mesh::Engine::builder()
-            .registry(registry.clone())
-            .host_config(HostConfig::default().cache_dir(cache.to_owned()));
-        let b = match self {
-            Backend::Sqlite(path) => b.sqlite(path),
-            Backend::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),
-        };
-        Ok(b.build().await?)
+        Ok(self.builder(registry, cache).build().await?)
     }
 }
 
