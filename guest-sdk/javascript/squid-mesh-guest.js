@@ -107,6 +107,29 @@ export function startChildRun(workflow, payload, childKey, trigger) {
 }
 
 /**
+ * Adds dynamic work to the run from the current step; returns the host's receipt (`key`,
+ * `duplicate`, `nodes`, ...). `work` is an object: `key`, `nodes` (each `id`, `action`,
+ * optional `input`, `retry`, `output`), optional `edges`, `join`, `reason`, `metadata`. The
+ * step's successors wait until the work has finished; the same work under the same key is
+ * added once, also across retries. The registry must grant the action `dynamic_work`. A
+ * refused work throws a non-retryable `invalid_dynamic_work` `ActionError`; other refusals a
+ * retryable `dynamic_work_refused`.
+ */
+export function scheduleWork(work) {
+  let receipt;
+  try {
+    receipt = host.scheduleWork(JSON.stringify(work));
+  } catch (refused) {
+    const reason = String(refused?.payload ?? refused);
+    if (reason.startsWith('invalid_dynamic_work')) {
+      throw ActionError.fatal('invalid_dynamic_work', reason);
+    }
+    throw ActionError.retryable('dynamic_work_refused', reason);
+  }
+  return JSON.parse(receipt);
+}
+
+/**
  * Builds the component's `run` and `describe` exports from `fn(ctx, input) -> object`.
  *
  * `ctx` holds `runId`, `workflow`, `step`, `attempt` (from 1; a retry increments it, a

@@ -30,7 +30,15 @@ from componentize_py_types import Err
 from wit_world import WitWorld as _Exports
 from wit_world.imports import host, types
 
-__all__ = ["ActionError", "Context", "export", "field", "log", "start_child_run"]
+__all__ = [
+    "ActionError",
+    "Context",
+    "export",
+    "field",
+    "log",
+    "schedule_work",
+    "start_child_run",
+]
 
 
 class ActionError(Exception):
@@ -151,6 +159,26 @@ def start_child_run(workflow, payload, child_key, trigger=None):
         return host.start_child_run(workflow, trigger, _dumps(payload), child_key)
     except Err as refused:
         raise ActionError.retryable("child_run_refused", str(refused.value)) from None
+
+
+def schedule_work(work):
+    """Adds dynamic work to the run from the current step; returns the host's receipt (a dict:
+    `key`, `duplicate`, `nodes`, ...).
+
+    `work` is a dict: `key`, `nodes` (each `id`, `action`, optional `input`, `retry`,
+    `output`), optional `edges`, `join`, `reason`, `metadata`. The step's successors wait
+    until the work has finished; the same work under the same key is added once, also across
+    retries. The registry must grant the action `dynamic_work`. A refused work raises
+    `ActionError` `invalid_dynamic_work` (not retryable); other refusals raise a retryable
+    `dynamic_work_refused`.
+    """
+    try:
+        return json.loads(host.schedule_work(_dumps(work)))
+    except Err as refused:
+        reason = str(refused.value)
+        if reason.startswith("invalid_dynamic_work"):
+            raise ActionError.fatal("invalid_dynamic_work", reason) from None
+        raise ActionError.retryable("dynamic_work_refused", reason) from None
 
 
 def _dumps(value):
