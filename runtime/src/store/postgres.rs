@@ -24,7 +24,16 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
     held: Vec<Write>,
+    /// The rows (and journals) the held writes touch.
+    held_keys: std::collections::HashSet<(u8, String)>,
+    /// The values the held writes bind.
+    held_binds: usize,
 }
+
+/// Most values one statement of held-back writes binds (Postgres allows 65,535).
+const MAX_BINDS: usize = 30_000;
+/// Most held-back writes one statement carries (planning time grows with the CTEs).
+const MAX_HELD: usize = 256;
 
 /// `sql` with its `$n` parameters moved up by `offset`.
 fn shifted(sql: &str, offset: usize) -> String {
@@ -50,12 +59,19 @@ impl PgTx {
         Ok(())
     }
 
-    pub(super) fn held_key(&self, write: &Write) -> bool {
-        let key = write.key();
-        self.held.iter().any(|w| w.key() == key)
+    /// Whether `write` must not join the held writes: it touches a row they touch, or the
+    /// statement would grow past its bounds.
+    pub(super) fn must_flush_before(&self, write: &Write, binds: usize) -> bool {
+        let (kind, key) = write.key();
+        self.held.len() >= MAX_HELD
+            || self.held_binds + binds > MAX_BINDS
+            || self.held_keys.contains(&(kind, key.to_owned()))
     }
 
-    pub(super) fn hold(&mut self, write: Write) {
+    pub(super) fn hold(&mut self, write: Write, binds: usize) {
+        let (kind, key) = write.key();
+        self.held_keys.insert((kind, key.to_owned()));
+        self.held_binds += binds;
         self.held.push(write);
     }
 
@@ -65,6 +81,8 @@ impl PgTx {
             return Ok(());
         }
         let held = std::mem::take(&mut self.held);
+        self.held_keys.clear();
+        self.held_binds = 0;
         let mut parts: Vec<String> = Vec::with_capacity(held.len());
         let mut binds: Vec<Arg<'_>> = Vec::new();
         for w in &held {
@@ -215,6 +233,8 @@ impl PostgresStore {
         Ok(PgTx {
             tx,
             held: Vec::new(),
+            held_keys: std::collections::HashSet::new(),
+            held_binds: 0,
         })
     }
 
@@ -355,11 +375,12 @@ impl Statements for PgTx {
         Some("SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)");
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
+        let binds = write.bind_count();
         let write = write.to_owned();
-        if self.held_key(&write) {
+        if self.must_flush_before(&write, binds) {
             self.flush().await?;
         }
-        self.hold(write);
+        self.hold(write, binds);
         Ok(())
     }
 

@@ -21,6 +21,16 @@ pub(crate) enum WriteRef<'a> {
 }
 
 impl<'a> WriteRef<'a> {
+    /// How many values its statement binds.
+    pub(crate) fn bind_count(&self) -> usize {
+        match self {
+            WriteRef::Run(r) => r.update_args().len(),
+            WriteRef::AttemptUpdate(a) => a.update_args().len(),
+            WriteRef::AttemptInsert(a) => a.insert_args().len(),
+            WriteRef::Facts { facts, .. } => 2 + 2 * facts.len(),
+        }
+    }
+
     /// The statement and the values it binds (`None`: nothing to write).
     pub(crate) fn statement(self) -> Option<(Cow<'static, str>, Vec<Arg<'a>>)> {
         Some(match self {

@@ -576,3 +576,34 @@ async fn an_action_needs_the_capability_and_stays_within_its_limit(db: Db, clock
     }
 }
 on_each_backend!(an_action_needs_the_capability_and_stays_within_its_limit);
+
+async fn a_large_work_is_written_in_bounded_statements(db: Db, clock: ManualClock) {
+    // 5,000 attempt rows bind more values than one Postgres statement may carry.
+    let engine = db
+        .builder(&fan_registry(false, 10_000), &clock)
+        .max_dynamic_nodes(6_000)
+        .build()
+        .await
+        .expect("builds");
+    let run = paused(&engine).await;
+    let values: Vec<i64> = (0..5_000).collect();
+    let receipt = engine
+        .schedule_dynamic_work(run, &squares("big", &values))
+        .await
+        .expect("schedules");
+    assert_eq!(receipt.nodes, 5_001);
+    let s = engine.snapshot(run).await.expect("snapshot");
+    assert_eq!(
+        s.attempts.iter().filter(|a| a.node.is_some()).count(),
+        5_000,
+        "{}",
+        db.name()
+    );
+    let s = engine
+        .cancel(run, Default::default())
+        .await
+        .expect("cancels");
+    assert_eq!(s.status, RunStatus::Cancelled);
+    assert_consistent(&engine, &s).await;
+}
+on_each_backend!(a_large_work_is_written_in_bounded_statements);
