@@ -441,7 +441,11 @@ fn doc_specs() -> Vec<(String, Value)> {
             {
                 continue;
             }
-            let named = block.lines().any(|l| l.starts_with("name ="));
+            // A top-level name comes before the first table.
+            let named = block
+                .lines()
+                .take_while(|l| !l.starts_with('['))
+                .any(|l| l.starts_with("name ="));
             let block = if named {
                 block
             } else {
