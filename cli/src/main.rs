@@ -18,6 +18,7 @@ use squid_mesh::engine::{
     ReplayOptions, ScheduleCommand, ScheduleInfo, WorkProblem,
 };
 use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
+use squid_mesh::spec::editor::{self, EditorInput, EditorProblem, EditorReport, SpecDiff};
 use squid_mesh::{
     ActionKey, ActionLimits, Capabilities, Digest, Engine, EngineError, HostConfig, RunId,
     RunStatus, StartOptions, Worker, WorkflowSpec,
@@ -359,20 +360,32 @@ struct ApproveArgs {
 
 #[derive(Debug, Subcommand)]
 enum SpecCommand {
-    /// Print every problem of a spec, with its path: its shape, and against the database's
-    /// action catalog its action keys and the data flow the actions' schemas allow.
+    /// Print every problem of a spec file, each with its JSON pointer path: its shape, and
+    /// against the database's action catalog its action keys and the data flow the actions'
+    /// schemas allow.
     Validate {
-        /// The spec file.
+        /// The spec file (JSON, or TOML by its extension).
         file: PathBuf,
-        /// Check the spec alone, not against the database.
+        /// Check the spec alone, not against the database (action keys are not checked).
         #[arg(long)]
         offline: bool,
     },
-    /// Draw the steps and routes of a spec.
+    /// Draw the steps and routes of a spec (`--json`: the editor's graph preview, with the
+    /// edge ids run graphs use).
     Graph {
         /// The spec file.
         file: PathBuf,
     },
+    /// What a draft changes against a spec: triggers, payload fields, steps, edges, the
+    /// fingerprint and the editor section. Runs already started are not affected.
+    Diff {
+        /// The spec in force.
+        old: PathBuf,
+        /// The draft.
+        new: PathBuf,
+    },
+    /// Print the JSON Schema of spec files (docs/workflow-spec.schema.json).
+    Schema,
 }
 
 #[derive(Debug, Args)]
@@ -1108,10 +1121,35 @@ fn read_spec(file: &Path) -> Result<WorkflowSpec> {
     spec.with_context(|| format!("parsing {}", file.display()))
 }
 
+/// A spec file read as an editor document: the spec, or every parse problem.
+fn read_document(file: &Path) -> Result<Result<WorkflowSpec, Vec<EditorProblem>>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let input = if file.extension().is_some_and(|e| e == "toml") {
+        EditorInput::Toml(&text)
+    } else {
+        EditorInput::Json(&text)
+    };
+    Ok(editor::parse(input))
+}
+
+fn print_problems(file: &Path, problems: &[EditorProblem]) {
+    outln!("{} has {} problem(s):", file.display(), problems.len());
+    for p in problems {
+        outln!("  {p}");
+    }
+}
+
+fn problems_json(problems: &[EditorProblem]) -> Vec<Value> {
+    problems
+        .iter()
+        .map(|p| json!({"path": p.path, "code": p.code, "message": p.message}))
+        .collect()
+}
+
 async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
     match cmd {
         SpecCommand::Validate { file, offline } => {
-            let spec = read_spec(file)?;
             // Against the database's action catalog, unless there is none to read.
             let sqlite_missing = !is_postgres(&cli.database)
                 && !Path::new(
@@ -1120,61 +1158,63 @@ async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                         .unwrap_or(&cli.database),
                 )
                 .exists();
-            let (report, checked) = if *offline || sqlite_missing {
-                (spec.check(None), false)
+            let unchecked = if *offline {
+                Some("--offline".to_owned())
+            } else if sqlite_missing {
+                Some(format!("no database at {}; pass --database", cli.database))
             } else {
-                (engine(cli).await?.check_spec(&spec).await?, true)
+                None
             };
-            let item = |p: &squid_mesh::spec::SpecProblem| json!({"path": p.path, "code": p.code, "message": p.message});
+            let report = match read_document(file)? {
+                Err(problems) => EditorReport {
+                    problems,
+                    ..EditorReport::default()
+                },
+                Ok(spec) => {
+                    let report = match &unchecked {
+                        Some(_) => spec.check(None),
+                        None => engine(cli).await?.check_spec(&spec).await?,
+                    };
+                    EditorReport::from_spec(spec, report)
+                }
+            };
+            let checked = unchecked.is_none() && report.spec.is_some();
             if cli.json {
                 print_json(&json!({
                     "valid": report.is_valid(),
                     "actions_checked": checked,
-                    "problems": report.problems.iter().map(item).collect::<Vec<_>>(),
-                    "warnings": report.warnings.iter().map(item).collect::<Vec<_>>(),
+                    "problems": problems_json(&report.problems),
+                    "warnings": problems_json(&report.warnings),
                 }))?;
             } else {
-                if report.is_valid() {
+                let why = unchecked.unwrap_or_else(|| "the spec did not parse".to_owned());
+                if report.is_valid() && checked {
                     outln!("{} is valid", file.display());
-                } else {
+                } else if report.is_valid() {
                     outln!(
-                        "{} has {} problem(s):",
-                        file.display(),
-                        report.problems.len()
+                        "{} is valid as a spec; action keys were not checked ({why})",
+                        file.display()
                     );
-                    for p in &report.problems {
-                        outln!("  {}: {} ({})", p.path, p.message, p.code);
+                } else {
+                    print_problems(file, &report.problems);
+                    if !checked {
+                        outln!("  note: action keys were not checked ({why})");
                     }
                 }
                 for w in &report.warnings {
-                    outln!("  warning: {}: {} ({})", w.path, w.message, w.code);
-                }
-                if !checked {
-                    outln!(
-                        "  note: action keys and schemas were not checked (no database at {}; pass --database)",
-                        cli.database
-                    );
+                    outln!("  warning: {w}");
                 }
             }
             Ok(if report.is_valid() { 0 } else { 2 })
         }
         SpecCommand::Graph { file } => {
-            let spec = read_spec(file)?;
+            let spec = match read_document(file)? {
+                Ok(spec) => spec,
+                Err(problems) => return Ok(refuse(cli, file, &problems)?),
+            };
+            let graph = editor::preview_graph(&spec);
             if cli.json {
-                let edges: Vec<Value> = spec
-                    .transitions
-                    .iter()
-                    .map(|t| json!({"from": t.from, "on": t.on, "to": t.to, "condition": t.condition, "recovery": t.recovery}))
-                    .chain(spec.steps.iter().flat_map(|s| {
-                        s.after.iter().map(move |d| json!({"from": d, "on": "dependency", "to": s.name}))
-                    }))
-                    .collect();
-                let nodes: Vec<Value> = spec
-                    .steps
-                    .iter()
-                    .map(|s| json!({"id": s.name, "action": s.action.as_ref().map(ToString::to_string), "builtin": s.builtin.as_ref().map(|b| b.kind())}))
-                    .collect();
-                print_json(&json!({"workflow": spec.name, "nodes": nodes, "edges": edges}))?;
+                print_json(&graph.to_json())?;
                 return Ok(0);
             }
             outln!("workflow {}", spec.name);
@@ -1185,6 +1225,9 @@ async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                     _ => String::new(),
                 };
                 let mut extra = Vec::new();
+                if graph.entry_steps.contains(&s.name) {
+                    extra.push("entry".to_owned());
+                }
                 if let Some(r) = &s.retry {
                     extra.push(format!("retry x{}", r.max_attempts));
                 }
@@ -1213,7 +1256,96 @@ async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        SpecCommand::Diff { old, new } => {
+            let mut specs = Vec::new();
+            for file in [old, new] {
+                match read_document(file)? {
+                    Ok(spec) => specs.push(spec),
+                    Err(problems) => return Ok(refuse(cli, file, &problems)?),
+                }
+            }
+            let d = editor::diff(&specs[0], &specs[1]);
+            if cli.json {
+                print_json(&d.to_json())?;
+            } else {
+                print_diff(old, new, &d);
+            }
+            Ok(0)
+        }
+        SpecCommand::Schema => {
+            print_json(&squid_mesh::spec::json_schema())?;
+            Ok(0)
+        }
     }
+}
+
+/// Prints the parse problems of a file that is not a spec; the exit code of bad input.
+fn refuse(cli: &Cli, file: &Path, problems: &[EditorProblem]) -> Result<u8> {
+    if cli.json {
+        print_json(
+            &json!({"valid": false, "file": file.display().to_string(), "problems": problems_json(problems)}),
+        )?;
+    } else {
+        print_problems(file, problems);
+    }
+    Ok(2)
+}
+
+fn print_diff(old: &Path, new: &Path, d: &SpecDiff) {
+    fn parts<T>(c: &editor::Changes<T>, changed: impl Fn(&T) -> String) -> String {
+        let mut out: Vec<String> = c.added.iter().map(|a| format!("+ {a}")).collect();
+        out.extend(c.removed.iter().map(|r| format!("- {r}")));
+        out.extend(c.changed.iter().map(|x| format!("~ {}", changed(x))));
+        if out.is_empty() {
+            "unchanged".to_owned()
+        } else {
+            out.join(", ")
+        }
+    }
+    let part = |p: &editor::PartChange| format!("{} ({})", p.id, p.fields.join(", "));
+    outln!("{} -> {}", old.display(), new.display());
+    if let Some(c) = &d.name {
+        outln!("  name:        {} -> {}", c.before, c.after);
+    }
+    if let Some(c) = &d.version {
+        let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        outln!("  version:     {} -> {}", v(&c.before), v(&c.after));
+    }
+    let trigger = |t: &editor::TriggerChange| {
+        let mut what = t.fields.clone();
+        if !t.payload.is_empty() {
+            what.push(format!("payload: {}", parts(&t.payload, part)));
+        }
+        format!("{} ({})", t.id, what.join("; "))
+    };
+    outln!("  triggers:    {}", parts(&d.triggers, trigger));
+    outln!("  steps:       {}", parts(&d.steps, part));
+    outln!("  edges:       {}", parts(&d.edges, part));
+    if let Some(c) = &d.entry_steps {
+        outln!(
+            "  entry steps: {} -> {}",
+            c.before.join(", "),
+            c.after.join(", ")
+        );
+    }
+    if d.fingerprint_changed {
+        outln!(
+            "  fingerprint: changed ({} -> {})",
+            &d.fingerprint.before[..12],
+            &d.fingerprint.after[..12]
+        );
+    } else {
+        outln!("  fingerprint: unchanged");
+    }
+    outln!(
+        "  editor:      {}",
+        if d.editor_changed {
+            "changed"
+        } else {
+            "unchanged"
+        }
+    );
+    outln!("  running runs: unaffected ({})", d.note);
 }
 
 async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {

@@ -154,16 +154,18 @@ fn scenario(cli: &Cli) {
         r#"{"name": "x", "triggers": [{"name": "t", "type": "cronn"}]}"#,
     )
     .unwrap();
-    let (code, err) = cli.fails(&["spec", "validate", "typo.json"]);
-    assert_eq!(code, 2, "{err}");
-    assert_eq!(err.matches("unknown variant").count(), 1, "{err}");
+    let out = cli.cmd(&["spec", "validate", "typo.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("unknown variant").count(), 1, "{text}");
+    assert!(text.contains("/triggers/0/type"), "{text}");
     let out = cli.cmd(&["spec", "validate", "broken.json"]);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
-        "steps[0].action",
+        "/steps/0/action",
         "unknown_action",
-        "transitions[0].to",
+        "/transitions/0/to",
         "approval_routes",
     ] {
         assert!(text.contains(needle), "missing {needle} in {text}");
@@ -956,6 +958,189 @@ fn a_running_worker_picks_up_a_new_approval_on_sqlite() {
 #[test]
 fn a_running_worker_picks_up_a_new_approval_on_postgres() {
     on_postgres("cli_approve", a_running_worker_picks_up_a_new_approval);
+}
+
+/// A directory with spec files for the `spec` commands, and a CLI on a SQLite file in it.
+fn spec_cli() -> (tempfile::TempDir, Cli) {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    let mut draft = order_spec();
+    draft["version"] = json!("2");
+    draft["steps"][1]["retry"]["max_attempts"] = json!(5);
+    draft["steps"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "notify", "builtin": {"kind": "log", "message": "shipped"}}));
+    draft["transitions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"from": "ship", "on": "ok", "to": "notify"}));
+    draft["editor"] =
+        json!({"nodes": {"charge": {"label": "Charge", "position": {"x": 10, "y": 20}}}});
+    let mut moved = order_spec();
+    moved["editor"] = json!({"nodes": {"charge": {"position": {"x": 99, "y": 0}}}});
+    let mut bad = order_spec();
+    bad["steps"][0]["retries"] = json!(3);
+    bad["steps"][1]["retry"]["max_attempts"] = json!("three");
+    bad["transitions"][0]["on"] = json!("okay");
+    for (file, spec) in [
+        ("order.json", order_spec()),
+        ("draft.json", draft),
+        ("moved.json", moved),
+        ("bad.json", bad),
+    ] {
+        std::fs::write(
+            dir.path().join(file),
+            serde_json::to_string_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("retry.toml"),
+        "name = \"t\"\n[[triggers]]\nname = \"m\"\ntype = \"manual\"\n[[steps]]\nname = \"a\"\naction = \"x.a\"\nretry = { max_attempts = 0 }\n",
+    )
+    .unwrap();
+    (dir, cli)
+}
+
+#[test]
+fn spec_validate_prints_every_problem_with_its_pointer() {
+    let (_dir, cli) = spec_cli();
+    // No database: valid as a spec, and it says what it did not check.
+    let out = cli.ok(&["spec", "validate", "order.json"]);
+    assert!(out.contains("action keys were not checked"), "{out}");
+    let out = cli.ok(&["spec", "validate", "--offline", "order.json"]);
+    assert!(
+        out.contains("action keys were not checked (--offline)"),
+        "{out}"
+    );
+    // Every parse problem at once, as JSON pointers; bad input exits 2.
+    let out = cli.cmd(&["spec", "validate", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "/steps/0/retries: unknown field `retries`",
+        "`retry`",
+        "/steps/1/retry/max_attempts",
+        "invalid_type",
+        "/transitions/0/on",
+        "unknown_variant",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in {text}");
+    }
+    let out = cli.cmd(&["--json", "spec", "validate", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["actions_checked"], false);
+    let paths: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/steps/0/retries",
+            "/steps/1/retry/max_attempts",
+            "/transitions/0/on"
+        ]
+    );
+    // TOML too, validation problems included.
+    let out = cli.cmd(&["spec", "validate", "--offline", "retry.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/steps/0/retry/max_attempts"), "{text}");
+    assert!(text.contains("action keys were not checked"), "{text}");
+    // Against a real (empty) catalog the keys are checked, and unknown.
+    cli.ok(&["migrate"]);
+    let out = cli.cmd(&["--json", "spec", "validate", "order.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["actions_checked"], true);
+    assert_eq!(report["problems"][0]["path"], "/steps/0/action");
+    assert_eq!(report["problems"][0]["code"], "unknown_action");
+}
+
+#[test]
+fn spec_graph_previews_with_run_graph_ids() {
+    let (_dir, cli) = spec_cli();
+    let g = cli.json(&["spec", "graph", "draft.json"]);
+    let ids: Vec<&str> = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "validate:ok:charge",
+            "charge:ok:review",
+            "review:ok:ship",
+            "review:error:refund",
+            "ship:ok:notify"
+        ]
+    );
+    assert_eq!(g["entry_steps"], json!(["validate"]));
+    assert_eq!(g["nodes"][1]["id"], "charge");
+    assert_eq!(g["nodes"][1]["label"], "Charge");
+    assert_eq!(g["nodes"][1]["position"], json!({"x": 10.0, "y": 20.0}));
+    assert_eq!(g["nodes"][2]["kind"], "approval");
+    let text = cli.ok(&["spec", "graph", "draft.json"]);
+    assert!(text.contains("review --error--> refund"), "{text}");
+    assert!(text.contains("entry"), "{text}");
+    let out = cli.cmd(&["spec", "graph", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn spec_diff_names_changes_and_leaves_running_runs_alone() {
+    let (_dir, cli) = spec_cli();
+    let d = cli.json(&["spec", "diff", "order.json", "draft.json"]);
+    assert_eq!(d["version"], json!({"before": "1", "after": "2"}));
+    assert_eq!(d["steps"]["added"], json!(["notify"]));
+    assert_eq!(
+        d["steps"]["changed"],
+        json!([{"id": "charge", "fields": ["retry"]}])
+    );
+    assert_eq!(d["edges"]["added"], json!(["ship:ok:notify"]));
+    assert_eq!(d["fingerprint_changed"], true);
+    assert_eq!(d["editor_changed"], true);
+    assert_eq!(d["running_runs_unaffected"], true);
+    let text = cli.ok(&["spec", "diff", "order.json", "draft.json"]);
+    assert!(
+        text.contains("steps:       + notify, ~ charge (retry)"),
+        "{text}"
+    );
+    assert!(text.contains("running runs: unaffected"), "{text}");
+    // Moving a node changes the editor section only.
+    let d = cli.json(&["spec", "diff", "order.json", "moved.json"]);
+    assert_eq!(d["fingerprint_changed"], false);
+    assert_eq!(d["editor_changed"], true);
+    assert_eq!(d["steps"]["changed"], json!([]));
+    let out = cli.cmd(&["spec", "diff", "order.json", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad.json has 3 problem(s)"));
+}
+
+#[test]
+fn spec_schema_prints_the_checked_in_schema() {
+    let (_dir, cli) = spec_cli();
+    let printed = cli.json(&["spec", "schema"]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/workflow-spec.schema.json");
+    let checked_in: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        printed == checked_in,
+        "docs/workflow-spec.schema.json is out of date: squid-mesh spec schema > docs/workflow-spec.schema.json"
+    );
+    assert_eq!(printed["title"], "Squid Mesh workflow spec");
+    assert!(printed["properties"]["editor"].is_object());
 }
 
 /// prepare (echo) -> gate (pause) -> ship (echo): dynamic work grows from `prepare` while

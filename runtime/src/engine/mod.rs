@@ -258,6 +258,13 @@ impl Engine {
             })
     }
 
+    /// The spec registered under `name` with [`Engine::register_workflow`], for comparing a
+    /// draft with it ([`crate::spec::diff`]). Read-only; runs already started keep the
+    /// definition they pinned, whatever is registered later.
+    pub fn registered_spec(&self, name: &str) -> Option<WorkflowSpec> {
+        self.registered(name).ok()
+    }
+
     /// Names of the registered workflows.
     pub fn workflows(&self) -> Vec<String> {
         self.inner

@@ -135,7 +135,9 @@ impl Engine {
     /// # Errors
     ///
     /// [`EngineError::Action`] for an action key the registry does not resolve.
-    pub(super) fn pin(&self, spec: WorkflowSpec) -> Result<Definition> {
+    pub(super) fn pin(&self, mut spec: WorkflowSpec) -> Result<Definition> {
+        // The editor section is not executed: moving a node makes no new definition.
+        spec.editor = None;
         let mut actions = BTreeMap::new();
         for step in &spec.steps {
             for key in step.action.iter().chain(step.compensate.iter()) {

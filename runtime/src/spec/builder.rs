@@ -46,6 +46,7 @@ impl WorkflowBuilder {
                 triggers: Vec::new(),
                 steps: Vec::new(),
                 transitions: Vec::new(),
+                editor: None,
             },
         }
     }

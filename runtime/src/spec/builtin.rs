@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::vocab::LogLevel;
 
 /// A native step kind and its configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Builtin {
     /// Writes `message` to the host's log and succeeds with an empty output.

@@ -7,17 +7,23 @@
 
 mod builder;
 mod builtin;
+pub mod editor;
 mod schema;
 mod validate;
 
+pub use editor::{
+    EditorInput, EditorProblem, EditorReport, EditorSectionError, GraphPreview, SpecDiff, diff,
+    preview_graph, validate,
+};
 pub use schema::{ActionSchemas, SpecReport};
 pub use validate::{ActionLookup, Availability};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::vocab::ActionKey;
@@ -28,11 +34,15 @@ pub use builder::{Field, Step, StepBuilder, Transition, Trigger, TriggerBuilder,
 pub(crate) use validate::retry_problems;
 pub use validate::{MAX_ATTEMPTS, MAX_DELAY_MS, SpecProblem, valid_name};
 
+/// What names of workflows, triggers, fields and steps match (see [`valid_name`]).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]*$";
+
 /// A workflow definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowSpec {
     /// Name of the workflow (`[A-Za-z0-9][A-Za-z0-9_.-]*`).
+    #[schemars(regex(pattern = NAME_PATTERN), length(max = 128))]
     pub name: String,
     /// Operator label of this revision, shown in inspection; it does not affect execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +56,12 @@ pub struct WorkflowSpec {
     /// Routes between steps (transition mode). Empty in dependency mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitions: Vec<TransitionSpec>,
+    /// What a visual editor keeps with the spec (node positions, labels, comments): any JSON
+    /// object, preserved as written and never read by the runtime. It is left out of the
+    /// fingerprint and of the definition a run pins, so moving a node makes no new version.
+    /// [`editor::preview_graph`] reads `editor.nodes.<step>.label` and `.position`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub editor: Option<Map<String, Value>>,
 }
 
 /// A way to start runs, with the payload it accepts.
@@ -53,7 +69,7 @@ pub struct WorkflowSpec {
 /// As data: `{ name, type = "manual" | "cron", cron?, timezone?, payload? }`, and for cron
 /// triggers the schedule policy fields of [`SchedulePolicy`] (`catch_up`, `catch_up_limit`,
 /// `overlap`, `jitter_ms`, `grace_ms`, `start_at`, `end_at`), each optional.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "RawTrigger", into = "RawTrigger")]
 pub struct TriggerSpec {
     /// Name of the trigger.
@@ -64,30 +80,44 @@ pub struct TriggerSpec {
     pub payload: Vec<FieldSpec>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Trigger")]
 struct RawTrigger {
+    /// Name of the trigger (`[A-Za-z0-9][A-Za-z0-9_.-]*`).
+    #[schemars(regex(pattern = NAME_PATTERN), length(max = 128))]
     name: String,
+    /// Either `manual` or `cron`.
     #[serde(rename = "type")]
     trigger_type: RawTriggerType,
+    /// Cron expression (cron triggers): 5 fields, 6 with seconds first, or an alias such as `@hourly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cron: Option<String>,
+    /// IANA time zone the cron expression is evaluated in (cron triggers), for example `Europe/Paris`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timezone: Option<String>,
+    /// Missed windows: `skip`, `latest` (default) or `all` (cron triggers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     catch_up: Option<CatchUp>,
+    /// With `catch_up = "all"`, at most this many missed windows fire, the most recent (1 to 1000, default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     catch_up_limit: Option<u32>,
+    /// A window whose previous run is still going: `allow`, `skip` (default) or `queue_one` (cron triggers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     overlap: Option<Overlap>,
+    /// Each window fires up to this much after its time, fixed per window (at most one day, default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jitter_ms: Option<u64>,
+    /// A window fired later than this after its time counts as missed (at most one day, default 60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     grace_ms: Option<u64>,
+    /// No window before this instant fires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// No window after this instant fires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     end_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Fields of the payload a run of this trigger accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     payload: Vec<FieldSpec>,
 }
@@ -117,8 +147,9 @@ impl RawTrigger {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "TriggerType")]
 enum RawTriggerType {
     Manual,
     Cron,
@@ -195,7 +226,7 @@ impl From<TriggerSpec> for RawTrigger {
 }
 
 /// What fires a trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     /// Started by a call (or a signal).
@@ -218,7 +249,7 @@ pub const MAX_SCHEDULE_DELAY_MS: u64 = 86_400_000;
 
 /// How a cron trigger fires: what happens to windows missed while no worker ran, to a
 /// window whose previous run is still going, and when the schedule is in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SchedulePolicy {
     /// Windows missed by more than `grace_ms` (default [`CatchUp::Latest`]).
     pub catch_up: CatchUp,
@@ -254,7 +285,7 @@ impl Default for SchedulePolicy {
 }
 
 /// What to do with windows missed while no scheduler ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// Fire none of them; go on with the next window.
@@ -266,7 +297,7 @@ pub enum CatchUp {
 }
 
 /// What to do with a window whose previous run of the schedule has not ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// Start it anyway.
@@ -278,10 +309,11 @@ pub enum Overlap {
 }
 
 /// A payload field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
-    /// Field name.
+    /// Field name (`[A-Za-z0-9][A-Za-z0-9_.-]*`).
+    #[schemars(regex(pattern = NAME_PATTERN), length(max = 128))]
     pub name: String,
     /// Type the value must have.
     #[serde(rename = "type")]
@@ -302,7 +334,7 @@ fn yes() -> bool {
 }
 
 /// Types of payload fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
     /// A JSON string.
@@ -346,7 +378,7 @@ impl FieldType {
 }
 
 /// Defaults computed when a run starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DynamicDefault {
     /// Today's date in UTC, `YYYY-MM-DD` (for a scheduled run: the window's date in the
@@ -357,10 +389,11 @@ pub enum DynamicDefault {
 }
 
 /// A step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Step name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, not `complete`).
+    #[schemars(regex(pattern = NAME_PATTERN), length(max = 128))]
     pub name: String,
     /// The registered action this step runs (exclusive with `builtin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,8 +446,10 @@ impl StepSpec {
     }
 }
 
-/// How a step's input is built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a step's input is built: a list of keys, or a table of target = path.
+// Deserialized by hand rather than as an untagged enum, so that a wrong shape is answered
+// with the two shapes expected instead of "did not match any variant".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum InputMapping {
     /// Copy these top-level keys (missing keys are left out).
@@ -423,8 +458,38 @@ pub enum InputMapping {
     Paths(BTreeMap<String, Vec<String>>),
 }
 
+impl<'de> Deserialize<'de> for InputMapping {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shapes;
+        impl<'de> serde::de::Visitor<'de> for Shapes {
+            type Value = InputMapping;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a list of keys, input = [\"a\", \"b\"], or a table of target = [path], \
+                     input = { target = [\"a\", \"b\"] }",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(InputMapping::Keys)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(InputMapping::Paths)
+            }
+        }
+        d.deserialize_any(Shapes)
+    }
+}
+
 /// Retry policy of a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Total attempts, including the first (at least 1).
@@ -435,7 +500,7 @@ pub struct RetryPolicy {
 }
 
 /// Delay before attempt n+1, from the attempt n that failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Shape of the delay curve.
@@ -484,7 +549,7 @@ impl Backoff {
 }
 
 /// Backoff curves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BackoffKind {
     /// `min * 2^(n-1)`, capped at max.
@@ -496,7 +561,9 @@ pub enum BackoffKind {
 }
 
 /// Outcome a transition leaves on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The step succeeded.
@@ -509,7 +576,7 @@ pub enum Outcome {
 pub const COMPLETE: &str = "complete";
 
 /// A route from one step's outcome to a step or to completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransitionSpec {
     /// Source step.
@@ -527,11 +594,18 @@ pub struct TransitionSpec {
     pub recovery: Option<String>,
 }
 
-/// A test on a value of the run's context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A test on a value of the run's context: a path and exactly one of `equals`,
+/// `greater_than`, `less_than`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["equals"]},
+    {"required": ["greater_than"]},
+    {"required": ["less_than"]}
+]))]
 pub struct Condition {
     /// Path of keys into the context.
+    #[schemars(length(min = 1))]
     pub path: Vec<String>,
     /// Holds when the value equals this JSON value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -574,7 +648,7 @@ pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 /// The two mutually exclusive shapes of a workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Steps are linked by `on ok|error` transitions from one entry step.
@@ -607,6 +681,26 @@ impl From<toml::de::Error> for SpecParseError {
     fn from(e: toml::de::Error) -> Self {
         Self::Toml(e)
     }
+}
+
+/// The JSON Schema (draft 2020-12) of a workflow spec document: the spec plus its optional
+/// `editor` section, generated from the types, so it accepts what the parser accepts. Its
+/// checked-in copy is `docs/workflow-spec.schema.json` (`squid-mesh spec schema`).
+///
+/// A document the schema accepts parses; [`WorkflowSpec::validate`] checks what a schema
+/// cannot (names that exist, one entry step, no cycles, action keys).
+pub fn json_schema() -> Value {
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<WorkflowSpec>();
+    schema.insert("title".into(), "Squid Mesh workflow spec".into());
+    schema.insert(
+        "description".into(),
+        "A workflow spec (JSON or TOML) with an optional `editor` section the runtime keeps \
+         but ignores. See docs/spec-reference.md."
+            .into(),
+    );
+    schema.to_value()
 }
 
 impl WorkflowSpec {

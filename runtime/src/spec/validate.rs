@@ -163,6 +163,13 @@ impl WorkflowSpec {
                 ),
             );
         }
+        if let Some(e) = self
+            .editor
+            .as_ref()
+            .and_then(|m| super::editor::check_editor_section(m).err())
+        {
+            p.add("editor", e.code(), e.to_string());
+        }
         self.check_triggers(&mut p);
         self.check_steps(&mut p, registry);
         match self.mode() {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::Timestamp;
 
 /// An informational deadline, evaluated by the read side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadlineSpec {
     /// The step is due this many milliseconds after it was planned (positive).

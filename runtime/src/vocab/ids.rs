@@ -56,8 +56,11 @@ impl FromStr for RunId {
 /// The key an action is registered and referenced by, for example `orders.validate`.
 ///
 /// 1 to 128 characters from `A-Z a-z 0-9 . _ - : /`, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("pattern" = "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"))]
 pub struct ActionKey(String);
 
 impl ActionKey {

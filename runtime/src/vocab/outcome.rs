@@ -117,7 +117,7 @@ pub enum StepOutcome {
 }
 
 /// Severity of a log record written by an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     /// Very fine-grained diagnostics.

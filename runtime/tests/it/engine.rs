@@ -764,6 +764,36 @@ async fn starts_are_idempotent_by_key_and_by_run_id(db: Db, clock: ManualClock) 
 }
 on_each_backend!(starts_are_idempotent_by_key_and_by_run_id);
 
+async fn the_editor_section_makes_no_new_definition(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let start = |spec: WorkflowSpec| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .start(&spec, None, order(), StartOptions::default())
+                .await
+                .expect("starts")
+        }
+    };
+    let bare = start(linear()).await;
+    let mut placed = linear();
+    placed.editor = json!({"nodes": {"charge": {"position": {"x": 1, "y": 2}}}})
+        .as_object()
+        .cloned();
+    let first = start(placed.clone()).await;
+    placed.editor.as_mut().expect("editor")["nodes"]["charge"]["position"] =
+        json!({"x": 50, "y": 0});
+    let moved = start(placed.clone()).await;
+    for run in [&first, &moved] {
+        assert_eq!(run.definition_hash, bare.definition_hash, "{}", db.name());
+        assert_eq!(run.fingerprint, bare.fingerprint);
+    }
+    engine.register_workflow(placed.clone()).expect("valid");
+    assert_eq!(engine.registered_spec("checkout"), Some(placed));
+    assert_eq!(engine.registered_spec("nothing"), None);
+}
+on_each_backend!(the_editor_section_makes_no_new_definition);
+
 async fn bad_payloads_and_options_are_reported_together_and_write_nothing(
     db: Db,
     clock: ManualClock,
