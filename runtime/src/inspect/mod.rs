@@ -15,6 +15,7 @@ mod explain;
 mod graph;
 pub(crate) mod list;
 mod read;
+pub use read::RegisteredDiff;
 pub mod render;
 mod visibility;
 

@@ -202,3 +202,50 @@ fn like_pattern(text: &str) -> String {
     out.push('%');
     out
 }
+
+/// A draft compared with the workflow registered under its name, and the runs it would not
+/// change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RegisteredDiff {
+    /// The workflow's name.
+    pub workflow: String,
+    /// What the draft changes against the registered spec (`None`: nothing is registered
+    /// under the name, so the draft would be new).
+    pub diff: Option<crate::spec::SpecDiff>,
+    /// Runs of the workflow that have not ended (newest first, at most 1,000): registering
+    /// the draft leaves every one of them on the definition it pinned when it started.
+    pub unaffected_runs: Vec<String>,
+    /// Whether there are more such runs than listed.
+    pub more_unaffected_runs: bool,
+}
+
+impl Engine {
+    /// Compares an editor's draft with the spec registered under its name
+    /// ([`Engine::register_workflow`]) and lists the live runs of that workflow, which keep
+    /// the definition they pinned whatever is registered next.
+    ///
+    /// # Errors
+    ///
+    /// A store error.
+    pub async fn diff_registered(
+        &self,
+        draft: &crate::spec::WorkflowSpec,
+    ) -> Result<RegisteredDiff> {
+        use crate::vocab::RunStatus;
+        let diff = self
+            .registered_spec(&draft.name)
+            .map(|source| crate::spec::diff(&source, draft));
+        let filter = RunFilter::default()
+            .workflow(draft.name.clone())
+            .status(RunStatus::Running)
+            .status(RunStatus::Idle)
+            .status(RunStatus::Paused);
+        let page = self.list_runs(&filter, &Page::first(1_000)).await?;
+        Ok(RegisteredDiff {
+            workflow: draft.name.clone(),
+            diff,
+            unaffected_runs: page.runs.iter().map(|r| r.run_id.clone()).collect(),
+            more_unaffected_runs: page.next_page.is_some(),
+        })
+    }
+}

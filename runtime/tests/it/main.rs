@@ -6,6 +6,7 @@ mod backends;
 mod catalog;
 mod control;
 mod dynamic;
+mod editor;
 mod engine;
 mod inspect;
 mod layering;
