@@ -333,6 +333,23 @@ pub fn replay_review<'a>(
     out
 }
 
+/// The error a run fails with when an attempt failed for good.
+fn failure_of(attempt: &AttemptRef, error: &crate::vocab::StepError) -> Value {
+    let mut failure = json!({
+        "step": attempt.step,
+        "runnable_key": attempt.runnable_key,
+        "attempt": attempt.attempt,
+        "kind": error.kind,
+        "code": error.code,
+        "message": error.message,
+        "retryable": error.retryable,
+    });
+    if let Some(details) = &error.details {
+        failure["details"] = Value::Object(details.clone());
+    }
+    failure
+}
+
 /// The working state of one decision.
 struct Decider<'a> {
     spec: Option<&'a WorkflowSpec>,
@@ -540,18 +557,7 @@ impl<'a> Decider<'a> {
                     return;
                 }
                 self.state.steps.insert(name.to_owned(), StepState::Failed);
-                let mut failure = json!({
-                    "step": name,
-                    "runnable_key": attempt.runnable_key,
-                    "attempt": attempt.attempt,
-                    "kind": error.kind,
-                    "code": error.code,
-                    "message": error.message,
-                    "retryable": error.retryable,
-                });
-                if let Some(details) = &error.details {
-                    failure["details"] = Value::Object(details.clone());
-                }
+                let failure = failure_of(attempt, &error);
                 let route = match spec.mode() {
                     Mode::Transitions => {
                         plan::select_route(spec, name, Outcome::Error, &self.known())
@@ -767,19 +773,8 @@ impl<'a> Decider<'a> {
                     self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
                     return;
                 }
-                let mut failure = json!({
-                    "step": id,
-                    "runnable_key": attempt.runnable_key,
-                    "attempt": attempt.attempt,
-                    "dynamic_work": node.work,
-                    "kind": error.kind,
-                    "code": error.code,
-                    "message": error.message,
-                    "retryable": error.retryable,
-                });
-                if let Some(details) = &error.details {
-                    failure["details"] = Value::Object(details.clone());
-                }
+                let mut failure = failure_of(attempt, &error);
+                failure["dynamic_work"] = json!(node.work);
                 self.applied(attempt, AttemptStatus::Failed, None, Map::new(), None);
                 self.fail_or_compensate(failure);
             }

@@ -760,14 +760,7 @@ impl Engine {
         Ok(done
             .into_iter()
             .map(|a| {
-                let output = match a
-                    .outcome
-                    .as_deref()
-                    .map(serde_json::from_str::<StepOutcome>)
-                {
-                    Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
-                    _ => Value::Null,
-                };
+                let output = success_output(&a);
                 CompletedStep {
                     input: serde_json::from_str(&a.input).unwrap_or(Value::Null),
                     step: a.step,
@@ -793,6 +786,18 @@ pub(super) fn attempt_node(attempt: &AttemptRow) -> Result<Option<decide::fact::
         .transpose()
 }
 
+/// The output of a succeeded attempt (`null` when its outcome is not a readable success).
+fn success_output(a: &AttemptRow) -> Value {
+    match a
+        .outcome
+        .as_deref()
+        .map(serde_json::from_str::<StepOutcome>)
+    {
+        Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
+        _ => Value::Null,
+    }
+}
+
 /// The outputs of the succeeded nodes of work `work` (not its join), as (index, node, output).
 async fn work_outputs<T: StoreTx>(
     tx: &mut T,
@@ -810,14 +815,7 @@ async fn work_outputs<T: StoreTx>(
         if node.work != work || node.join {
             continue;
         }
-        let output = match a
-            .outcome
-            .as_deref()
-            .map(serde_json::from_str::<StepOutcome>)
-        {
-            Some(Ok(StepOutcome::Succeeded { output, .. })) => Value::Object(output),
-            _ => Value::Null,
-        };
+        let output = success_output(&a);
         out.push((node.index, a.step, output));
     }
     Ok(out)
