@@ -658,7 +658,10 @@ impl Engine {
             (Some(_), Some(row)) => Some((row, Placement::Insert)),
             (Some(chain), None) => {
                 let alive = !run.status.is_terminal();
-                if alive {
+                // A dynamic node's run may hold thousands of due nodes: any worker's claim
+                // takes the next one where the run's own scan would not stay one step.
+                let cheap = tx.ordered_run_scan() || cur.node.is_none();
+                if alive && cheap {
                     tx.next_due_of_run(&run.run_id, &chain.queue, at)
                         .await?
                         .map(|row| (row, Placement::Update))

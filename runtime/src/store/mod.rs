@@ -169,6 +169,11 @@ pub(crate) trait Statements: Send + Sized {
     /// Tells workers of other processes that a queue (`$1`) has work, at commit; `None`
     /// where they poll.
     const NOTIFY: Option<&'static str>;
+    /// Whether the run's next due attempt is found in one ordered index step however many
+    /// attempts the run has. Postgres plans by statistics that predate a large fan-out and
+    /// may sort all of the run's due attempts instead, so a completion chains only within
+    /// the run's declared steps there.
+    const ORDERED_RUN_SCAN: bool;
 
     /// Writes a row change: at once, or held back until the next read or the commit.
     fn write(&mut self, write: WriteRef<'_>) -> impl Future<Output = StoreResult<()>> + Send;
@@ -344,6 +349,8 @@ pub trait StoreTx: Send {
     /// Tells workers in other processes that `queue` has new work, at commit (Postgres
     /// `NOTIFY`; nothing on SQLite, whose workers poll).
     fn notify_queue(&mut self, queue: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// See [`Statements::ORDERED_RUN_SCAN`].
+    fn ordered_run_scan(&self) -> bool;
     /// A page of run summaries, newest first (`limit` rows at most).
     fn list_runs(
         &mut self,

@@ -373,6 +373,7 @@ impl Statements for PgTx {
     const SKIP_ATTEMPT: &'static str = " FOR UPDATE OF a SKIP LOCKED";
     const NOTIFY: Option<&'static str> =
         Some("SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)");
+    const ORDERED_RUN_SCAN: bool = false;
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
         let binds = write.bind_count();

@@ -261,6 +261,7 @@ impl Statements for SqliteTx {
     const SKIP_ATTEMPT: &'static str = "";
     /// SQLite's workers poll (and the engine wakes its own).
     const NOTIFY: Option<&'static str> = None;
+    const ORDERED_RUN_SCAN: bool = true;
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
         if let Some((text, args)) = write.statement() {

@@ -391,6 +391,10 @@ impl<T: Statements> StoreTx for T {
             .collect())
     }
 
+    fn ordered_run_scan(&self) -> bool {
+        T::ORDERED_RUN_SCAN
+    }
+
     async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
         if let Some(notify) = T::NOTIFY {
             self.execute(notify, &[Arg::Text(queue)]).await?;
