@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::engine::{
     Approval, CatalogAction, CatalogCommand, CommandOptions, DynamicWorkSpec, ManualAttrs,
-    ReplayOptions, ScheduleCommand, ScheduleInfo, WorkProblem,
+    ReplayOptions, ScheduleCommand, ScheduleInfo,
 };
 use squid_mesh::inspect::{InspectOptions, Page, Redact, RunFilter, Scope, render};
 use squid_mesh::spec::editor::{self, EditorInput, EditorProblem, EditorReport, SpecDiff};
@@ -656,14 +656,15 @@ fn report(f: &Failure, json_output: bool) {
         let body = json!({"error": {
             "code": engine.map_or("error", EngineError::code),
             "message": chain_text(&f.error),
-            "problems": engine.map(|e| e.problems().iter().map(|p| json!({"path": p.path, "code": p.code, "message": p.message})).collect::<Vec<_>>()).unwrap_or_default(),
+            "problems": engine.map(|e| problems_of(e).iter().map(|(path, code, message)| json!({"path": path, "code": code, "message": message})).collect::<Vec<_>>()).unwrap_or_default(),
         }});
         eprintln!("{body}");
         return;
     }
+    let problems = engine.map(problems_of).unwrap_or_default();
     match engine {
-        Some(e) if !e.problems().is_empty() => {
-            let n = e.problems().len();
+        Some(e) if !problems.is_empty() => {
+            let n = problems.len();
             let context: Vec<String> = f.error.chain().skip(1).map(ToString::to_string).collect();
             let what = if context.is_empty() {
                 e.code().to_owned()
@@ -674,11 +675,27 @@ fn report(f: &Failure, json_output: bool) {
                 "error: {what}, {n} problem{}:",
                 if n == 1 { "" } else { "s" }
             );
-            for p in e.problems() {
-                eprintln!("  {}: {} ({})", p.path, p.message, p.code);
+            for (path, code, message) in &problems {
+                let path = if path.is_empty() { "/" } else { path };
+                eprintln!("  {path}: {message} ({code})");
             }
         }
         _ => eprintln!("error: {}", chain_text(&f.error)),
+    }
+}
+
+/// The problems of invalid input, each as (path, code, message).
+fn problems_of(e: &EngineError) -> Vec<(String, String, String)> {
+    match e {
+        EngineError::InvalidDynamicWork(p) => p
+            .iter()
+            .map(|p| (p.path.clone(), p.code.clone(), p.message.clone()))
+            .collect(),
+        other => other
+            .problems()
+            .iter()
+            .map(|p| (p.path.clone(), p.code.clone(), p.message.clone()))
+            .collect(),
     }
 }
 
@@ -1604,17 +1621,13 @@ fn read_work(file: &Path) -> Result<DynamicWorkSpec> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let toml = file.extension().and_then(|e| e.to_str()) == Some("toml");
     let parsed = if toml {
-        toml::from_str::<DynamicWorkSpec>(&text).map_err(|e| e.to_string())
+        DynamicWorkSpec::from_toml(&text)
     } else {
-        serde_json::from_str::<DynamicWorkSpec>(&text).map_err(|e| e.to_string())
+        DynamicWorkSpec::from_json(&text)
     };
-    parsed.map_err(|message| {
-        anyhow::Error::from(EngineError::InvalidDynamicWork(vec![WorkProblem {
-            path: String::new(),
-            code: "parse_error".into(),
-            message: format!("{}: {message}", file.display()),
-        }]))
-    })
+    parsed
+        .map_err(|problems| anyhow::Error::from(EngineError::InvalidDynamicWork(problems)))
+        .with_context(|| format!("reading {}", file.display()))
 }
 
 fn print_schedule(s: &ScheduleInfo) {

@@ -1229,6 +1229,13 @@ fn dynamic_work_scenario(cli: &Cli) {
     .unwrap();
     let (code, err) = cli.fails(&["runs", "work", &run, "bad.json"]);
     assert_eq!(code, 2, "{err}");
+    let (_, err) = cli.fails(&["--json", "runs", "work", &run, "bad.json"]);
+    let body: Value = serde_json::from_str(err.trim()).expect("a JSON error");
+    assert_eq!(body["error"]["code"], "invalid_dynamic_work");
+    assert_eq!(
+        body["error"]["problems"][0]["path"], "/nodes/0/action",
+        "{body}"
+    );
     assert!(
         err.contains("/nodes/0/action") && err.contains("unknown_action"),
         "{err}"

@@ -66,6 +66,70 @@ pub struct DynamicWorkSpec {
 }
 
 impl DynamicWorkSpec {
+    /// Reads a work from JSON text (a work file, an editor's request).
+    ///
+    /// # Errors
+    ///
+    /// Every problem found, with its JSON pointer: malformed JSON, unknown or missing fields,
+    /// wrong types, nesting deeper than [`crate::json::MAX_DEPTH`].
+    pub fn from_json(text: &str) -> std::result::Result<Self, Vec<WorkProblem>> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            let code = if e.to_string().contains("recursion") {
+                "too_deep"
+            } else {
+                "invalid_syntax"
+            };
+            vec![WorkProblem {
+                path: String::new(),
+                code: code.into(),
+                message: e.to_string(),
+            }]
+        })?;
+        Self::from_value(&value)
+    }
+
+    /// Reads a work from TOML text.
+    ///
+    /// # Errors
+    ///
+    /// As [`DynamicWorkSpec::from_json`].
+    pub fn from_toml(text: &str) -> std::result::Result<Self, Vec<WorkProblem>> {
+        let value: Value = toml::from_str(text).map_err(|e| {
+            vec![WorkProblem {
+                path: String::new(),
+                code: "invalid_syntax".into(),
+                message: e.message().to_owned(),
+            }]
+        })?;
+        Self::from_value(&value)
+    }
+
+    /// Reads a work from a JSON value.
+    ///
+    /// # Errors
+    ///
+    /// As [`DynamicWorkSpec::from_json`].
+    pub fn from_value(value: &Value) -> std::result::Result<Self, Vec<WorkProblem>> {
+        if crate::json::depth(value) > crate::json::MAX_DEPTH + 4 {
+            return Err(vec![WorkProblem {
+                path: String::new(),
+                code: "too_deep".into(),
+                message: format!(
+                    "the work nests deeper than {} levels",
+                    crate::json::MAX_DEPTH + 4
+                ),
+            }]);
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let p = crate::spec::editor::serde_problem("", &e);
+            vec![WorkProblem {
+                path: p.path,
+                code: p.code,
+                message: p.message,
+            }]
+        })
+    }
+
     /// A work under `key` growing from the latest applied attempt of `origin_step`.
     pub fn new(key: impl Into<String>, origin_step: impl Into<String>) -> Self {
         Self {
@@ -104,15 +168,57 @@ impl DynamicWorkSpec {
     }
 }
 
-/// The attempt a work grows from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The attempt a work grows from: `{"step": name, "attempt": n}`, or just the step's name
+/// (its latest applied attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkOrigin {
     /// A declared step of the run.
     pub step: String,
     /// Its attempt number (default: its latest applied attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for WorkOrigin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            step: String,
+            #[serde(default)]
+            attempt: Option<u32>,
+        }
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = WorkOrigin;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"a step name, or {"step": name, "attempt": n}"#)
+            }
+
+            fn visit_str<E: serde::de::Error>(
+                self,
+                step: &str,
+            ) -> std::result::Result<WorkOrigin, E> {
+                Ok(WorkOrigin {
+                    step: step.to_owned(),
+                    attempt: None,
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<WorkOrigin, A::Error> {
+                let full = Full::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(WorkOrigin {
+                    step: full.step,
+                    attempt: full.attempt,
+                })
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 /// One node as described.
@@ -439,17 +545,6 @@ impl Engine {
         source: &Source<'_>,
     ) -> Result<Validated> {
         let mut p = Problems::default();
-        if run.status.is_terminal() {
-            p.add(
-                "",
-                "run_terminal",
-                format!(
-                    "run {} is {}: it takes no more work",
-                    run.run_id, run.status
-                ),
-            );
-            return Err(EngineError::InvalidDynamicWork(p.0));
-        }
         let def = self.definition_in(tx, &run.definition_hash).await?;
         let declared = def.as_deref().map(|d| &d.spec);
         let origin = self
@@ -502,45 +597,52 @@ impl Engine {
                 ),
             );
         }
+        let repeat = |work: &DynamicWork| {
+            earlier
+                .iter()
+                .any(|w| w.key == work.key && same_work(w, work))
+        };
+        if run.status.is_terminal() {
+            // An exact repeat still answers as one, so a host may retry after the run ended.
+            if let Some(work) = work.filter(|w| p.0.is_empty() && repeat(w)) {
+                return Ok(duplicate(work));
+            }
+            return Err(EngineError::InvalidDynamicWork(vec![WorkProblem {
+                path: String::new(),
+                code: "run_terminal".into(),
+                message: format!(
+                    "run {} is {}: it takes no more work",
+                    run.run_id, run.status
+                ),
+            }]));
+        }
         let Some(work) = work.filter(|_| p.0.is_empty()) else {
             return Err(EngineError::InvalidDynamicWork(p.0));
         };
-        let mut warnings = Vec::new();
-        let duplicate = match earlier.iter().find(|w| w.key == work.key) {
-            None => false,
-            Some(w) if same_work(w, &work) => {
-                warnings.push(WorkProblem {
-                    path: "/key".into(),
-                    code: "duplicate".into(),
-                    message: format!(
-                        "work {} is already in the run; adding it again changes nothing",
-                        work.key
-                    ),
-                });
-                true
-            }
-            Some(w) => {
-                let what = if w.scheduled == work.scheduled {
-                    "different nodes or edges"
-                } else if w.scheduled {
-                    "it was scheduled"
-                } else {
-                    "it was recorded for inspection only"
-                };
-                return Err(EngineError::InvalidDynamicWork(vec![WorkProblem {
-                    path: "/key".into(),
-                    code: "key_conflict".into(),
-                    message: format!(
-                        "the run already has a work under key {} ({what}); use another key",
-                        work.key
-                    ),
-                }]));
-            }
-        };
+        if repeat(&work) {
+            return Ok(duplicate(work));
+        }
+        if let Some(w) = earlier.iter().find(|w| w.key == work.key) {
+            let what = if w.scheduled == work.scheduled {
+                "different nodes or edges"
+            } else if w.scheduled {
+                "it was scheduled"
+            } else {
+                "it was recorded for inspection only"
+            };
+            return Err(EngineError::InvalidDynamicWork(vec![WorkProblem {
+                path: "/key".into(),
+                code: "key_conflict".into(),
+                message: format!(
+                    "the run already has a work under key {} ({what}); use another key",
+                    work.key
+                ),
+            }]));
+        }
         Ok(Validated {
             work,
-            duplicate,
-            warnings,
+            duplicate: false,
+            warnings: Vec::new(),
         })
     }
 
@@ -827,74 +929,76 @@ fn check_json(p: &mut Problems, at: &str, value: &Value) {
     }
 }
 
-/// The work's edges: the given ones checked (known ends, unique ids, no cycle), or by
-/// default one from the origin step to every node and one from every node to the join.
+/// The work's edges: the given ones checked (known ends, unique ids, no cycle), one from the
+/// origin step to every node no edge leads to, and one from every node to the join.
 fn edges(p: &mut Problems, spec: &DynamicWorkSpec, origin: &str) -> Vec<DynamicEdge> {
     let nodes: BTreeSet<&str> = spec.nodes.iter().map(|n| n.id.as_str()).collect();
     let join = spec.join.as_ref().map(|j| j.id.as_str());
     let id = |from: &str, to: &str| format!("{from}:dynamic:{to}");
     let mut out: Vec<DynamicEdge> = Vec::new();
-    if spec.edges.is_empty() {
-        for n in &spec.nodes {
+    let mut ids = BTreeSet::new();
+    for (i, e) in spec.edges.iter().enumerate() {
+        let at = format!("/edges/{i}");
+        if e.from != origin && !nodes.contains(e.from.as_str()) {
+            p.add(
+                format!("{at}/from"),
+                "unknown_node",
+                format!(
+                    "edge source {:?} is neither the origin step {origin} nor a node of the work",
+                    e.from
+                ),
+            );
+        }
+        if !nodes.contains(e.to.as_str()) {
+            let why = if Some(e.to.as_str()) == join {
+                "the join follows every node by itself"
+            } else {
+                "it is not a node of the work"
+            };
+            p.add(
+                format!("{at}/to"),
+                "unknown_node",
+                format!("edge target {:?}: {why}", e.to),
+            );
+        }
+        if e.from == e.to {
+            p.add(
+                at.clone(),
+                "invalid_edge",
+                "an edge cannot loop on one node",
+            );
+        }
+        let eid = e.id.clone().unwrap_or_else(|| id(&e.from, &e.to));
+        if !ids.insert(eid.clone()) {
+            p.add(
+                format!("{at}/id"),
+                "duplicate_edge",
+                format!("edge id {eid} is used twice"),
+            );
+        }
+        out.push(DynamicEdge {
+            id: eid,
+            from: e.from.clone(),
+            to: e.to.clone(),
+        });
+    }
+    if let Some(node) = cycle(&nodes, &out) {
+        p.add(
+            "/edges",
+            "cycle",
+            format!("the edges between nodes form a cycle through {node}"),
+        );
+    }
+    // Every node no edge leads to hangs from the origin step.
+    let targets: BTreeSet<String> = out.iter().map(|e| e.to.clone()).collect();
+    for n in spec.nodes.iter().filter(|n| !targets.contains(&n.id)) {
+        let eid = id(origin, &n.id);
+        if ids.insert(eid.clone()) {
             out.push(DynamicEdge {
-                id: id(origin, &n.id),
+                id: eid,
                 from: origin.to_owned(),
                 to: n.id.clone(),
             });
-        }
-    } else {
-        let mut ids = BTreeSet::new();
-        for (i, e) in spec.edges.iter().enumerate() {
-            let at = format!("/edges/{i}");
-            if e.from != origin && !nodes.contains(e.from.as_str()) {
-                p.add(
-                    format!("{at}/from"),
-                    "unknown_node",
-                    format!(
-                        "edge source {:?} is neither the origin step {origin} nor a node of the work",
-                        e.from
-                    ),
-                );
-            }
-            if !nodes.contains(e.to.as_str()) {
-                let why = if Some(e.to.as_str()) == join {
-                    "the join follows every node by itself"
-                } else {
-                    "it is not a node of the work"
-                };
-                p.add(
-                    format!("{at}/to"),
-                    "unknown_node",
-                    format!("edge target {:?}: {why}", e.to),
-                );
-            }
-            if e.from == e.to {
-                p.add(
-                    at.clone(),
-                    "invalid_edge",
-                    "an edge cannot loop on one node",
-                );
-            }
-            let eid = e.id.clone().unwrap_or_else(|| id(&e.from, &e.to));
-            if !ids.insert(eid.clone()) {
-                p.add(
-                    format!("{at}/id"),
-                    "duplicate_edge",
-                    format!("edge id {eid} is used twice"),
-                );
-            }
-            out.push(DynamicEdge {
-                id: eid,
-                from: e.from.clone(),
-                to: e.to.clone(),
-            });
-        }
-        if let Some(node) = cycle(&nodes, &out) {
-            p.add(
-                "/edges",
-                "cycle",
-                format!("the edges between nodes form a cycle through {node}"),
-            );
         }
     }
     if let Some(j) = join {
@@ -936,6 +1040,22 @@ fn cycle(nodes: &BTreeSet<&str>, edges: &[DynamicEdge]) -> Option<String> {
         indegree.remove(n);
     }
     indegree.keys().next().map(|n| (*n).to_owned())
+}
+
+/// An exact repeat of a work already in the run: nothing to write.
+fn duplicate(work: DynamicWork) -> Validated {
+    Validated {
+        warnings: vec![WorkProblem {
+            path: "/key".into(),
+            code: "duplicate".into(),
+            message: format!(
+                "work {} is already in the run; adding it again changes nothing",
+                work.key
+            ),
+        }],
+        work,
+        duplicate: true,
+    }
 }
 
 /// Whether two works are the same work (digests aside: a repeat may resolve a newer one).

@@ -354,7 +354,10 @@ fn kind_of(v: &Value) -> &'static str {
 /// A serde error as a problem: its path as a JSON pointer under `at`, a code from the kind of
 /// error serde reported (its messages have fixed prefixes), and serde's message, which names
 /// the fields or tags expected.
-fn serde_problem(at: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> EditorProblem {
+pub(crate) fn serde_problem(
+    at: &str,
+    e: &serde_path_to_error::Error<serde_json::Error>,
+) -> EditorProblem {
     let mut path = at.to_owned();
     for segment in e.path().iter() {
         match segment {

@@ -211,6 +211,11 @@ async fn host_code_schedules_work_and_the_run_completes_only_after_it(db: Db, cl
         EngineError::InvalidDynamicWork(p) => assert_eq!(p[0].code, "run_terminal"),
         other => panic!("{other}"),
     }
+    let again = engine
+        .schedule_dynamic_work(run, &work)
+        .await
+        .expect("an exact repeat after the end is still a repeat");
+    assert!(again.duplicate);
 }
 on_each_backend!(host_code_schedules_work_and_the_run_completes_only_after_it);
 
@@ -295,6 +300,42 @@ async fn bad_work_is_refused_with_paths_and_nothing_is_written(db: Db, clock: Ma
         .await
         .expect("schedules");
     let pair = |p: &str, c: &str| (p.to_owned(), c.to_owned());
+
+    // Given edges add to the defaults: a node no edge leads to hangs from the origin.
+    let ordered = DynamicWorkSpec::new("ordered", "prepare")
+        .node(DynamicNodeSpec::new("o1", "fan.square"))
+        .node(DynamicNodeSpec::new("o2", "fan.square"))
+        .node(DynamicNodeSpec::new("o3", "fan.square"))
+        .edge("o1", "o2");
+    let preview = engine
+        .preview_dynamic_work(run, &ordered)
+        .await
+        .expect("previews");
+    assert_eq!(
+        preview.added_edge_ids,
+        ["o1:dynamic:o2", "prepare:dynamic:o1", "prepare:dynamic:o3"]
+    );
+    let parsed = DynamicWorkSpec::from_json(
+        r#"{"key": "k", "origin": "prepare", "nodes": [{"id": "a", "action": "fan.square", "retry": 3}]}"#,
+    )
+    .expect_err("retry is an object");
+    assert_eq!(
+        (parsed[0].path.as_str(), parsed[0].code.as_str()),
+        ("/nodes/0/retry", "invalid_type")
+    );
+    let parsed = DynamicWorkSpec::from_json(
+        r#"{"key": "k", "origin": "prepare", "nodes": [{"id": "a", "action": "fan.square", "inptu": {}}]}"#,
+    )
+    .expect_err("unknown field");
+    assert_eq!(
+        (parsed[0].path.as_str(), parsed[0].code.as_str()),
+        ("/nodes/0/inptu", "unknown_field")
+    );
+    let shorthand = DynamicWorkSpec::from_json(
+        r#"{"key": "k", "origin": "prepare", "nodes": [{"id": "a", "action": "fan.square"}]}"#,
+    )
+    .expect("a step name is an origin");
+    assert_eq!(shorthand.origin.map(|o| o.step).as_deref(), Some("prepare"));
 
     let mut w = DynamicWorkSpec::new("k", "prepare")
         .node(DynamicNodeSpec::new("a", "no.such"))
