@@ -31,8 +31,8 @@ pub(crate) fn invoke(builtin: &Builtin, ctx: &StepContext) -> Invocation {
             output: Map::new(),
             continue_after_ms: Some(*duration_ms),
         },
-        Builtin::Pause => StepOutcome::Suspended(Suspension::Pause),
-        Builtin::Approval => StepOutcome::Suspended(Suspension::Approval),
+        Builtin::Pause {} => StepOutcome::Suspended(Suspension::Pause),
+        Builtin::Approval {} => StepOutcome::Suspended(Suspension::Approval),
     };
     Invocation {
         outcome,

@@ -322,12 +322,12 @@ impl Step {
 
     /// A built-in `pause` gate, resumed by an operator.
     pub fn pause(name: impl Into<String>) -> StepBuilder {
-        Self::with(name, None, Some(Builtin::Pause))
+        Self::with(name, None, Some(Builtin::Pause {}))
     }
 
     /// A built-in `approval` gate, approved or rejected by an actor.
     pub fn approval(name: impl Into<String>) -> StepBuilder {
-        Self::with(name, None, Some(Builtin::Approval))
+        Self::with(name, None, Some(Builtin::Approval {}))
     }
 }
 

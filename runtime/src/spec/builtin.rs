@@ -7,7 +7,7 @@ use crate::vocab::LogLevel;
 
 /// A native step kind and its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Builtin {
     /// Writes `message` to the host's log and succeeds with an empty output.
     Log {
@@ -23,9 +23,9 @@ pub enum Builtin {
         duration_ms: u64,
     },
     /// Stops the run until `resume`.
-    Pause,
+    Pause {},
     /// Stops the run until `approve` or `reject` by an actor.
-    Approval,
+    Approval {},
 }
 
 fn info() -> LogLevel {
@@ -38,8 +38,8 @@ impl Builtin {
         match self {
             Self::Log { .. } => "log",
             Self::Wait { .. } => "wait",
-            Self::Pause => "pause",
-            Self::Approval => "approval",
+            Self::Pause {} => "pause",
+            Self::Approval {} => "approval",
         }
     }
 }

@@ -621,8 +621,8 @@ pub fn preview_graph(spec: &WorkflowSpec) -> GraphPreview {
                 (Some(_), _) => PreviewNodeKind::Action,
                 (None, Some(super::Builtin::Log { .. })) => PreviewNodeKind::Log,
                 (None, Some(super::Builtin::Wait { .. })) => PreviewNodeKind::Wait,
-                (None, Some(super::Builtin::Pause)) => PreviewNodeKind::Pause,
-                (None, Some(super::Builtin::Approval)) => PreviewNodeKind::Approval,
+                (None, Some(super::Builtin::Pause {})) => PreviewNodeKind::Pause,
+                (None, Some(super::Builtin::Approval {})) => PreviewNodeKind::Approval,
                 (None, None) => PreviewNodeKind::Unknown,
             };
             let (label, position) = placed(&s.name);

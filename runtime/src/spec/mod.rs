@@ -437,7 +437,7 @@ pub struct StepSpec {
 impl StepSpec {
     /// Whether this is a manual gate (`pause` or `approval`).
     pub fn is_manual(&self) -> bool {
-        matches!(self.builtin, Some(Builtin::Pause | Builtin::Approval))
+        matches!(self.builtin, Some(Builtin::Pause {} | Builtin::Approval {}))
     }
 
     /// Whether replaying a run that completed this step needs explicit approval.

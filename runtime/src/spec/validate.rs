@@ -562,7 +562,7 @@ impl WorkflowSpec {
                 let i = index[s.name.as_str()];
                 p.add(format!("steps[{i}]"), "missing_ok_fallback", format!("step {} has only conditional ok routes; add an unconditional one (to a step or `complete`)", s.name));
             }
-            if matches!(s.builtin, Some(Builtin::Approval)) {
+            if matches!(s.builtin, Some(Builtin::Approval {})) {
                 let ok = ok_routes > 0;
                 let err = routes(&s.name, Outcome::Error).0 > 0;
                 if !(ok && err) {

@@ -467,11 +467,11 @@ async fn builtins_answer_through_the_same_interface() {
     .await;
     assert_eq!(inv.diagnostics.logs[0].message, "hello");
     assert_eq!(
-        run(Builtin::Pause).await.outcome,
+        run(Builtin::Pause {}).await.outcome,
         StepOutcome::Suspended(Suspension::Pause)
     );
     assert_eq!(
-        run(Builtin::Approval).await.outcome,
+        run(Builtin::Approval {}).await.outcome,
         StepOutcome::Suspended(Suspension::Approval)
     );
 }
