@@ -86,7 +86,7 @@ pub enum EngineError {
         command: String,
     },
     /// Replay would repeat irreversible effects; pass `allow_irreversible` to proceed.
-    #[error("replaying run {run_id} needs explicit approval: it completed irreversible or non-compensatable steps {}", .steps.join(", "))]
+    #[error("replaying run {run_id} needs explicit approval (allow_irreversible; the CLI's --allow-irreversible): it completed irreversible or non-compensatable steps or dynamic nodes {}", .steps.join(", "))]
     UnsafeReplay {
         /// The source run.
         run_id: String,
