@@ -300,6 +300,23 @@ impl Engine {
             tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
+        if attempt.status == AttemptStatus::Claimed && attempt.claims >= MAX_DELIVERIES {
+            // Delivered again and again, and never recorded: its worker dies running it, or
+            // its outcome cannot be stored. Fail it instead of running it once more.
+            let error = StepError {
+                code: "delivery_limit".into(),
+                retryable: false,
+                ..StepError::sandbox(
+                    StepErrorKind::Unavailable,
+                    format!(
+                        "the step was delivered {} times without an outcome being recorded (its worker stopped, or its outcome could not be stored); it is not run again",
+                        attempt.claims
+                    ),
+                )
+            };
+            self.fail_undelivered(tx, attempt, error, now).await?;
+            return Ok(Some(Claim::Applied(run_id)));
+        }
         let mut journal = Vec::new();
         let req = ClaimRequest {
             run_id,
@@ -315,6 +332,40 @@ impl Engine {
         tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
             .await?;
         Ok(Some(Claim::Claimed(Box::new(claimed))))
+    }
+
+    /// Records `error` as the outcome of an attempt whose claim expired and applies it, in
+    /// the caller's transaction (the poison-pill rule).
+    async fn fail_undelivered<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        mut attempt: AttemptRow,
+        error: StepError,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut run = existing_run(tx, &attempt.run_id, Lock::Update).await?;
+        let def = self.definition_in(tx, &run.definition_hash).await?;
+        let outcome = StepOutcome::Failed(error);
+        let recorded = Fact::AttemptRecorded {
+            runnable_key: attempt.runnable_key.clone(),
+            claim_id: None,
+            outcome: outcome.clone(),
+        };
+        attempt.status = AttemptStatus::Recorded;
+        attempt.outcome = Some(to_json(&outcome));
+        attempt.claim_id = None;
+        attempt.claim_token_hash = None;
+        attempt.lease_until = None;
+        let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
+        let unit = Unit {
+            run: &mut run,
+            def: def.as_deref(),
+            attempt: &mut attempt,
+            now,
+        };
+        self.apply_recorded(tx, unit, &mut journal, None).await?;
+        tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
+        Ok(())
     }
 
     /// Claims an attempt (due now) in the caller's transaction, adding the claim fact to
@@ -708,13 +759,23 @@ impl Engine {
             attempt,
             now,
         } = unit;
-        let outcome: StepOutcome =
-            serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null")).map_err(|e| {
-                EngineError::Corrupt {
-                    what: format!("outcome of {}", attempt.runnable_key),
-                    message: e.to_string(),
-                }
-            })?;
+        // An outcome that cannot be read back fails its attempt (not retried) instead of
+        // failing every transaction that tries to apply it.
+        let read = serde_json::from_str(attempt.outcome.as_deref().unwrap_or("null"));
+        let unreadable = read.is_err();
+        let outcome: StepOutcome = read.unwrap_or_else(|e| {
+            StepOutcome::Failed(StepError {
+                code: "outcome_unreadable".into(),
+                retryable: false,
+                ..StepError::sandbox(
+                    StepErrorKind::Unavailable,
+                    format!("the step's recorded outcome cannot be read back: {e}"),
+                )
+            })
+        });
+        if unreadable {
+            attempt.outcome = Some(to_json(&outcome));
+        }
         let event = Event::Recorded {
             attempt: AttemptRef {
                 runnable_key: attempt.runnable_key.clone(),
@@ -906,6 +967,10 @@ pub(super) enum Target {
     /// The pinned version of a WebAssembly action.
     Wasm(Arc<crate::actions::RegisteredAction>),
 }
+
+/// How many times an attempt is delivered (claimed) without an outcome being recorded
+/// before the next claim fails it with `delivery_limit` instead of running it again.
+pub const MAX_DELIVERIES: i64 = 5;
 
 /// A step that can never run: it fails with `code`.
 fn unavailable(code: &str, message: String) -> Unrunnable {

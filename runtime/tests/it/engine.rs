@@ -579,6 +579,88 @@ async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
 }
 on_each_backend!(a_redelivery_is_claimed_before_fresh_work);
 
+async fn a_step_delivered_too_often_fails_instead_of_running_again(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 300}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let short = ExecuteOptions::default()
+        .owner_id("dying")
+        .lease_for(Duration::from_secs(1));
+    let late = claimed_in_background(&engine, short).await;
+    // As if four earlier workers had died running it.
+    db.execute(&format!(
+        "UPDATE attempts SET claims = 5 WHERE run_id = '{}'",
+        run.run_id
+    ))
+    .await;
+    clock.advance(Duration::from_secs(2));
+    let s = engine
+        .execute_next(opts("next"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+    let error = s.error.clone().unwrap_or_default();
+    assert_eq!(error["code"], "delivery_limit", "{error}");
+    assert_eq!(error["retryable"], false);
+    assert_eq!(s.attempts.len(), 1, "not run again");
+    let err = late.await.expect("task").expect_err("fenced");
+    assert!(matches!(err, EngineError::StaleClaim { .. }), "{err}");
+    assert_consistent(
+        &engine,
+        &engine.snapshot(run.run_id).await.expect("snapshot"),
+    )
+    .await;
+}
+on_each_backend!(a_step_delivered_too_often_fails_instead_of_running_again);
+
+async fn an_outcome_that_cannot_be_read_back_fails_its_step_once(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 0}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let err = engine
+        .execute_next(opts("doomed").crash_after_record(true))
+        .await
+        .expect_err("crashed");
+    assert!(matches!(err, EngineError::SimulatedCrash));
+    db.execute(&format!(
+        "UPDATE attempts SET outcome = '{{\"kind\": \"unheard_of\"' WHERE run_id = '{}'",
+        run.run_id
+    ))
+    .await;
+    let s = engine
+        .execute_next(opts("next"))
+        .await
+        .expect("applies, once")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Failed, "{}", db.name());
+    let error = s.error.clone().unwrap_or_default();
+    assert_eq!(error["code"], "outcome_unreadable", "{error}");
+    assert!(
+        engine
+            .execute_next(opts("next"))
+            .await
+            .expect("ok")
+            .is_none(),
+        "nothing left to do"
+    );
+}
+on_each_backend!(an_outcome_that_cannot_be_read_back_fails_its_step_once);
+
 async fn heartbeats_keep_a_long_step_alive(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
     let run = engine
