@@ -69,6 +69,7 @@ pub use dynamic::{
     DynamicWorkReceipt, DynamicWorkSpec, WorkOrigin, WorkProblem,
 };
 pub use error::EngineError;
+pub use execute::MAX_DELIVERIES;
 pub(crate) use error::parse_stored;
 #[cfg(feature = "test-hooks")]
 pub use options::AfterClaim;
