@@ -4,12 +4,10 @@
 ALTER TABLE runs ADD COLUMN dynamic TEXT;
 ALTER TABLE attempts ADD COLUMN node TEXT;
 
--- Claims take due attempts in the order they became visible, (visible_at, runnable_key): an
--- expired claim (due again at its lease end) or an outcome recorded but not applied became
--- visible before the work that arrived while it ran, so a redelivery goes before that
--- backlog. The key in the index keeps a claim one index step when many attempts share a
--- visible time (a fan-out planned at once), and the second index does the same for a
--- completion that chains its run's next due attempt.
+-- Claims take due attempts in (due_at, runnable_key) order. With the key in the index a claim
+-- stays one index step when many attempts share a due time (a fan-out planned at once)
+-- instead of sorting them all; the second index does the same for a completion that chains
+-- its run's next due attempt.
 DROP INDEX attempts_due;
-CREATE INDEX attempts_claim ON attempts (queue, visible_at, runnable_key) WHERE due_at IS NOT NULL;
+CREATE INDEX attempts_due ON attempts (queue, due_at, runnable_key) WHERE due_at IS NOT NULL;
 CREATE INDEX attempts_due_by_run ON attempts (run_id, due_at, runnable_key) WHERE due_at IS NOT NULL;

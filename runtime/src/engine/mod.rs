@@ -69,8 +69,8 @@ pub use dynamic::{
     DynamicWorkReceipt, DynamicWorkSpec, WorkOrigin, WorkProblem,
 };
 pub use error::EngineError;
-pub use execute::MAX_DELIVERIES;
 pub(crate) use error::parse_stored;
+pub use execute::MAX_DELIVERIES;
 #[cfg(feature = "test-hooks")]
 pub use options::AfterClaim;
 pub use options::{ExecuteOptions, StartOptions, WorkflowRef};

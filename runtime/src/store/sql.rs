@@ -76,11 +76,10 @@ pub(super) fn load_attempt_and_run(lock: &str) -> String {
     )
 }
 
-/// The due attempt that became visible first, joined with its run (`r_` columns): a
-/// redelivery (visible since before its claim) goes before work that arrived since.
+/// The due attempt joined with its run (`r_` columns).
 pub(super) fn next_due_with_run(skip: &str) -> String {
     format!(
-        "SELECT {}, (SELECT version FROM catalog_version WHERE id = 1) AS catalog_version FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.queue = $1 AND a.due_at IS NOT NULL AND a.visible_at <= $2 AND a.due_at <= $2 ORDER BY a.visible_at, a.runnable_key LIMIT 1{skip}",
+        "SELECT {}, (SELECT version FROM catalog_version WHERE id = 1) AS catalog_version FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.queue = $1 AND a.due_at IS NOT NULL AND a.due_at <= $2 ORDER BY a.due_at, a.runnable_key LIMIT 1{skip}",
         attempt_and_run_columns()
     )
 }

@@ -535,50 +535,6 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, c
 }
 on_each_backend!(an_expired_lease_is_redelivered_and_the_late_worker_is_fenced);
 
-async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
-    let engine = db.engine(&registry(), &clock).await;
-    let crashed = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 300}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
-    let short = ExecuteOptions::default()
-        .owner_id("crashed")
-        .lease_for(Duration::from_secs(1));
-    let late = claimed_in_background(&engine, short).await;
-    // A backlog arrives while the step runs; then the worker's lease ends.
-    clock.advance(Duration::from_millis(1));
-    for _ in 0..5 {
-        engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 0}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
-    }
-    clock.advance(Duration::from_secs(2));
-    let next = engine
-        .execute_next(opts("rescuer"))
-        .await
-        .expect("ok")
-        .expect("progress");
-    assert_eq!(
-        next.run_id,
-        crashed.run_id,
-        "{}: the expired claim goes before the backlog that came after it",
-        db.name()
-    );
-    let _ = late.await;
-}
-on_each_backend!(a_redelivery_is_claimed_before_fresh_work);
-
 async fn a_step_delivered_too_often_fails_instead_of_running_again(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
     let run = engine
