@@ -180,3 +180,138 @@ proptest! {
         rt.block_on(check(plans))?;
     }
 }
+
+/// A dependency-mode shape: each step waits for a random subset of the earlier ones.
+fn dag() -> impl Strategy<Value = Vec<(StepPlan, Vec<usize>)>> {
+    prop::collection::vec(
+        (
+            step_plan(),
+            prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        ),
+        1..=6,
+    )
+    .prop_map(|steps| {
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (plan, picks))| {
+                let mut after: Vec<usize> = if i == 0 {
+                    Vec::new()
+                } else {
+                    picks.iter().map(|p| p.index(i)).collect()
+                };
+                after.sort_unstable();
+                after.dedup();
+                (
+                    StepPlan {
+                        undo: false,
+                        ..plan
+                    },
+                    after,
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .prop_map(|mut steps| {
+        // Without any `after` a spec is in transition mode: give the last step one.
+        let n = steps.len();
+        if n > 1 && steps.iter().all(|(_, after)| after.is_empty()) {
+            steps[n - 1].1.push(0);
+        }
+        steps
+    })
+}
+
+async fn check_dag(steps: Vec<(StepPlan, Vec<usize>)>) -> Result<(), TestCaseError> {
+    let plans: Vec<StepPlan> = steps.iter().map(|(p, _)| p.clone()).collect();
+    let (spec, payload) = workflow(&plans);
+    // The same steps, wired by `after` instead of transitions.
+    let mut b = WorkflowSpec::builder("generated_dag");
+    for (i, s) in spec.steps.iter().enumerate() {
+        let after: Vec<String> = steps[i].1.iter().map(|d| format!("s{d}")).collect();
+        let mut step = s.clone();
+        step.after = after;
+        b = b.step(step);
+    }
+    let spec = b.trigger(spec.triggers[0].clone()).build();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::Sqlite(dir.path().join("dag.db"));
+    let clock = ManualClock::new(T0);
+    let engine = db.engine(&registry(), &clock).await;
+    let run = engine
+        .start(&spec, None, payload, StartOptions::default())
+        .await
+        .expect("starts");
+    let mut rounds = 0;
+    let snap = loop {
+        drain(&engine).await;
+        let s = engine.snapshot(run.run_id).await.expect("snapshot");
+        if s.is_terminal() {
+            break s;
+        }
+        rounds += 1;
+        prop_assert!(rounds < 50, "the run did not end: {:?}", s.status);
+        clock.advance(Duration::from_millis(10));
+    };
+    // A step is reachable when every step it waits for is reachable and succeeds.
+    let mut reachable = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        reachable[i] = steps[i]
+            .1
+            .iter()
+            .all(|&d| reachable[d] && plans[d].succeeds());
+    }
+    let fails = (0..steps.len()).any(|i| reachable[i] && !plans[i].succeeds());
+    let expected = if fails {
+        RunStatus::Failed
+    } else {
+        RunStatus::Completed
+    };
+    prop_assert_eq!(snap.status, expected);
+    for (i, (plan, after)) in steps.iter().enumerate() {
+        let tries = snap.attempts_of(&format!("s{i}")).len();
+        if tries > 0 {
+            // A step runs only after every step it waits for succeeded.
+            for d in after {
+                prop_assert!(plans[*d].succeeds(), "s{} ran after s{} failed", i, d);
+            }
+        }
+        prop_assert!(
+            tries <= plan.attempts_used() as usize,
+            "s{} ran {} times",
+            i,
+            tries
+        );
+        if expected == RunStatus::Completed {
+            prop_assert_eq!(tries, plan.attempts_used() as usize, "attempts of s{}", i);
+        }
+    }
+    let journal = engine.journal(run.run_id).await.expect("journal");
+    let mut applied = HashSet::new();
+    for (_, fact) in &journal {
+        if let Fact::RunnableApplied { runnable_key, .. } = fact {
+            prop_assert!(
+                applied.insert(runnable_key.clone()),
+                "{} applied twice",
+                runnable_key
+            );
+        }
+    }
+    let diff = engine.verify_run(run.run_id).await.expect("verify");
+    prop_assert!(diff.is_empty(), "journal and rows disagree: {:?}", diff);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn generated_dependency_graphs_end_as_their_outcomes_imply(steps in dag()) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(check_dag(steps))?;
+    }
+}
