@@ -275,7 +275,7 @@ impl Engine {
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
         let now = self.inner.clock.now();
-        let Some((mut attempt, run, catalog_version)) =
+        let Some((attempt, run, catalog_version)) =
             tx.next_due_with_run(queue, now_us(now)).await?
         else {
             return Ok(None);
@@ -287,17 +287,7 @@ impl Engine {
         if attempt.status == AttemptStatus::Recorded {
             // A crash (or a failed transaction) came between recording and applying: apply
             // the recorded outcome now, without running the step again.
-            let mut run = existing_run(tx, &attempt.run_id, Lock::Update).await?;
-            let def = self.definition_in(tx, &run.definition_hash).await?;
-            let mut journal = Vec::new();
-            let unit = Unit {
-                run: &mut run,
-                def: def.as_deref(),
-                attempt: &mut attempt,
-                now,
-            };
-            self.apply_recorded(tx, unit, &mut journal, None).await?;
-            tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
+            self.apply_stored(tx, attempt, Vec::new(), now).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
         if attempt.status == AttemptStatus::Claimed && attempt.claims >= MAX_DELIVERIES {
@@ -343,8 +333,6 @@ impl Engine {
         error: StepError,
         now: Timestamp,
     ) -> Result<()> {
-        let mut run = existing_run(tx, &attempt.run_id, Lock::Update).await?;
-        let def = self.definition_in(tx, &run.definition_hash).await?;
         let outcome = StepOutcome::Failed(error);
         let recorded = Fact::AttemptRecorded {
             runnable_key: attempt.runnable_key.clone(),
@@ -356,7 +344,21 @@ impl Engine {
         attempt.claim_id = None;
         attempt.claim_token_hash = None;
         attempt.lease_until = None;
-        let mut journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
+        let journal = vec![(recorded.kind().to_owned(), to_json(&recorded))];
+        self.apply_stored(tx, attempt, journal, now).await
+    }
+
+    /// Applies the outcome stored on `attempt` to its run, locked and loaded here, and appends
+    /// `journal` with the facts that implies, in the caller's transaction.
+    async fn apply_stored<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        mut attempt: AttemptRow,
+        mut journal: Vec<(String, String)>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut run = existing_run(tx, &attempt.run_id, Lock::Update).await?;
+        let def = self.definition_in(tx, &run.definition_hash).await?;
         let unit = Unit {
             run: &mut run,
             def: def.as_deref(),

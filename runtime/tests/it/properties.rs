@@ -91,6 +91,46 @@ fn workflow(plans: &[StepPlan]) -> (WorkflowSpec, Value) {
     (b.trigger(trigger).build(), Value::Object(payload))
 }
 
+/// Drains the run until it ends (retries wait 1 ms: each round moves the clock past them).
+async fn run_to_end(
+    engine: &squid_mesh::Engine,
+    clock: &ManualClock,
+    run: squid_mesh::RunId,
+) -> Result<squid_mesh::RunSnapshot, TestCaseError> {
+    let mut rounds = 0;
+    loop {
+        drain(engine).await;
+        let s = engine.snapshot(run).await.expect("snapshot");
+        if s.is_terminal() {
+            return Ok(s);
+        }
+        rounds += 1;
+        prop_assert!(rounds < 50, "the run did not end: {:?}", s.status);
+        clock.advance(Duration::from_millis(10));
+    }
+}
+
+/// Nothing is applied twice, and the journal rebuilds the stored rows.
+async fn applied_once_and_consistent(
+    engine: &squid_mesh::Engine,
+    run: squid_mesh::RunId,
+) -> Result<(), TestCaseError> {
+    let journal = engine.journal(run).await.expect("journal");
+    let mut applied = HashSet::new();
+    for (_, fact) in &journal {
+        if let Fact::RunnableApplied { runnable_key, .. } = fact {
+            prop_assert!(
+                applied.insert(runnable_key.clone()),
+                "{} applied twice",
+                runnable_key
+            );
+        }
+    }
+    let diff = engine.verify_run(run).await.expect("verify");
+    prop_assert!(diff.is_empty(), "journal and rows disagree: {:?}", diff);
+    Ok(())
+}
+
 async fn check(plans: Vec<StepPlan>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::Sqlite(dir.path().join("prop.db"));
@@ -102,17 +142,7 @@ async fn check(plans: Vec<StepPlan>) -> Result<(), TestCaseError> {
         .await
         .expect("starts");
     // The run ends: retries wait 1 ms, so each round moves the clock past them.
-    let mut rounds = 0;
-    let snap = loop {
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        if s.is_terminal() {
-            break s;
-        }
-        rounds += 1;
-        prop_assert!(rounds < 50, "the run did not end: {:?}", s.status);
-        clock.advance(Duration::from_millis(10));
-    };
+    let snap = run_to_end(&engine, &clock, run.run_id).await?;
     // Its end is the one the outcomes imply.
     let first_failure = plans.iter().position(|p| !p.succeeds());
     let expected = if first_failure.is_some() {
@@ -132,20 +162,7 @@ async fn check(plans: Vec<StepPlan>) -> Result<(), TestCaseError> {
         prop_assert_eq!(tries, want, "attempts of s{}", i);
     }
     // Nothing is applied twice.
-    let journal = engine.journal(run.run_id).await.expect("journal");
-    let mut applied = HashSet::new();
-    for (_, fact) in &journal {
-        if let Fact::RunnableApplied { runnable_key, .. } = fact {
-            prop_assert!(
-                applied.insert(runnable_key.clone()),
-                "{} applied twice",
-                runnable_key
-            );
-        }
-    }
-    // The journal rebuilds the stored rows.
-    let diff = engine.verify_run(run.run_id).await.expect("verify");
-    prop_assert!(diff.is_empty(), "journal and rows disagree: {:?}", diff);
+    applied_once_and_consistent(&engine, run.run_id).await?;
     // A failed run undoes its completed steps that declare an undo, newest first.
     if let Some(f) = first_failure {
         let undone: Vec<String> = (0..f)
@@ -242,17 +259,7 @@ async fn check_dag(steps: Vec<(StepPlan, Vec<usize>)>) -> Result<(), TestCaseErr
         .start(&spec, None, payload, StartOptions::default())
         .await
         .expect("starts");
-    let mut rounds = 0;
-    let snap = loop {
-        drain(&engine).await;
-        let s = engine.snapshot(run.run_id).await.expect("snapshot");
-        if s.is_terminal() {
-            break s;
-        }
-        rounds += 1;
-        prop_assert!(rounds < 50, "the run did not end: {:?}", s.status);
-        clock.advance(Duration::from_millis(10));
-    };
+    let snap = run_to_end(&engine, &clock, run.run_id).await?;
     // A step is reachable when every step it waits for is reachable and succeeds.
     let mut reachable = vec![false; steps.len()];
     for i in 0..steps.len() {
@@ -286,19 +293,7 @@ async fn check_dag(steps: Vec<(StepPlan, Vec<usize>)>) -> Result<(), TestCaseErr
             prop_assert_eq!(tries, plan.attempts_used() as usize, "attempts of s{}", i);
         }
     }
-    let journal = engine.journal(run.run_id).await.expect("journal");
-    let mut applied = HashSet::new();
-    for (_, fact) in &journal {
-        if let Fact::RunnableApplied { runnable_key, .. } = fact {
-            prop_assert!(
-                applied.insert(runnable_key.clone()),
-                "{} applied twice",
-                runnable_key
-            );
-        }
-    }
-    let diff = engine.verify_run(run.run_id).await.expect("verify");
-    prop_assert!(diff.is_empty(), "journal and rows disagree: {:?}", diff);
+    applied_once_and_consistent(&engine, run.run_id).await?;
     Ok(())
 }
 
