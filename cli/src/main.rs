@@ -1230,6 +1230,15 @@ async fn spec(cli: &Cli, cmd: &SpecCommand) -> Result<u8, Failure> {
                 Err(problems) => return Ok(refuse(cli, file, &problems)?),
             };
             let graph = editor::preview_graph(&spec);
+            // Drawn anyway, so an editor can show where it is wrong; said on stderr.
+            if let Err(problems) = spec.validate(None) {
+                eprintln!(
+                    "warning: {} has {} problem(s); `squid-mesh spec validate {}` lists them",
+                    file.display(),
+                    problems.len(),
+                    file.display()
+                );
+            }
             if cli.json {
                 print_json(&graph.to_json())?;
                 return Ok(0);

@@ -1250,6 +1250,12 @@ fn dynamic_work_scenario(cli: &Cli) {
     assert!(err.contains("nodez"), "{err}");
     let (code, _) = cli.fails(&["runs", "work", "not-a-uuid", "work.json"]);
     assert_eq!(code, 2);
+
+    // An invalid spec is still drawn (an editor shows where it is wrong), with a warning.
+    let drawn = cli.cmd(&["spec", "graph", "broken.json"]);
+    assert!(drawn.status.success());
+    let warning = String::from_utf8_lossy(&drawn.stderr);
+    assert!(warning.contains("problem(s)"), "{warning}");
 }
 
 #[test]
