@@ -12,6 +12,7 @@
 //! cargo run --release -p squid-mesh-bench -- schedules     # fire lateness, idle CPU, 1,000 schedules
 //! cargo run --release -p squid-mesh-bench -- catalog       # approval -> first step, first use, claims
 //! cargo run --release -p squid-mesh-bench -- dynamic       # schedule and drain 10^3, 10^4 dynamic nodes
+//! cargo run --release -p squid-mesh-bench -- chaos         # minutes of SIGKILLs (build e2e-worker too)
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! Postgres with a message when it cannot be reached.
 
 mod catalog;
+mod chaos;
 mod dynamic;
 mod langs;
 mod read;
@@ -77,8 +79,9 @@ fn main() -> Result<()> {
             "schedules" => figures.extend(runtime.block_on(schedules::schedules(smoke))?),
             "catalog" => figures.extend(runtime.block_on(catalog::catalog(smoke))?),
             "dynamic" => figures.extend(runtime.block_on(dynamic::dynamic(smoke))?),
+            "chaos" => figures.extend(runtime.block_on(chaos::chaos(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos"
             ),
         }
     }
