@@ -129,14 +129,16 @@ pub(crate) async fn chaos(smoke: bool) -> Result<Vec<Figure>> {
             tokio::time::sleep(Duration::from_millis(300 + next(1200))).await;
             let victim = next(workers.len() as u64) as usize;
             let mut dead = workers.swap_remove(victim);
-            dead.kill()?;
+            let killed = dead.kill();
             let _ = dead.wait();
+            killed?;
             kills += 1;
             workers.push(p.spawn()?);
-            if kill_conns && next(3) == 0 {
-                if let Some(url) = &url {
-                    conn_kills += kill_connections(url).await?;
-                }
+            if kill_conns
+                && next(3) == 0
+                && let Some(url) = &url
+            {
+                conn_kills += kill_connections(url).await?;
             }
         }
         let calm = Instant::now();
