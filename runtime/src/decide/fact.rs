@@ -186,16 +186,8 @@ pub struct OpenWork {
 /// The dynamic work of a run (stored with the run).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DynamicState {
-    /// Works recorded for inspection only.
-    #[serde(default)]
-    pub recorded: u32,
-    /// Works scheduled.
-    #[serde(default)]
-    pub scheduled: u32,
-    /// Nodes (joins included) of every work.
-    #[serde(default)]
-    pub nodes: u32,
-    /// Scheduled works not finished yet.
+    /// Scheduled works not finished yet (every work, recorded or scheduled, is in the
+    /// journal: `dynamic_work_recorded`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open: Vec<OpenWork>,
     /// The run reached its end while works were open: it completes when they finish.

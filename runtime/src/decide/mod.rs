@@ -645,17 +645,12 @@ impl<'a> Decider<'a> {
 
     /// Journals a work and, when it is scheduled, plans every node that waits for no other.
     fn add_work(&mut self, work: DynamicWork) {
-        let count = u32::try_from(work.all_nodes().count()).unwrap_or(u32::MAX);
-        let dynamic = &mut self.state.dynamic;
-        dynamic.nodes = dynamic.nodes.saturating_add(count);
         if !work.scheduled {
-            dynamic.recorded = dynamic.recorded.saturating_add(1);
             self.facts.push(Fact::DynamicWorkRecorded {
                 work: Box::new(work),
             });
             return;
         }
-        dynamic.scheduled = dynamic.scheduled.saturating_add(1);
         let ids: std::collections::HashSet<&str> =
             work.nodes.iter().map(|n| n.id.as_str()).collect();
         let mut open = OpenWork {

@@ -707,7 +707,7 @@ impl Engine {
                 .await?
                 .into_iter()
                 .filter(|a| a.step == origin.step && a.node.is_none())
-                .filter(|a| applied(a.status))
+                .filter(|a| a.status.is_applied())
                 .max_by_key(|a| a.attempt),
         };
         let Some(attempt) = attempt else {
@@ -722,7 +722,7 @@ impl Engine {
             );
             return Ok(None);
         };
-        if !applied(attempt.status) {
+        if !attempt.status.is_applied() {
             p.add(
                 "/origin",
                 "origin_not_applied",
@@ -904,14 +904,6 @@ impl Engine {
             metadata: n.metadata.clone(),
         })
     }
-}
-
-/// Whether an attempt's outcome was applied to its run.
-fn applied(status: AttemptStatus) -> bool {
-    matches!(
-        status,
-        AttemptStatus::Succeeded | AttemptStatus::Failed | AttemptStatus::Suspended
-    )
 }
 
 /// A value from outside: bounded depth and size.

@@ -121,6 +121,11 @@ impl AttemptStatus {
     pub fn is_open(self) -> bool {
         matches!(self, Self::Scheduled | Self::Claimed)
     }
+
+    /// Whether the attempt's outcome was applied to its run.
+    pub fn is_applied(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Suspended)
+    }
 }
 
 /// Where a failed run's saga compensation stands.
