@@ -50,6 +50,7 @@ pub(crate) async fn seed(
                 "ANALYZE".to_owned(),
             ];
             for s in statements {
+                let s = squid_mesh::store::SqliteStore::qualify(&s);
                 sqlx::query(sqlx::AssertSqlSafe(s)).execute(&mut c).await?;
             }
         }

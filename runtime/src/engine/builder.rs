@@ -237,6 +237,7 @@ impl EngineBuilder {
                 schedule_wakeup: Arc::new(tokio::sync::Notify::new()),
                 batcher: batch::Batcher::default(),
                 catalog: catalog::CatalogCache::default(),
+                next_requeue: std::sync::atomic::AtomicI64::new(i64::MIN),
             }),
         };
         engine.refresh_catalog().await?;

@@ -265,6 +265,28 @@ impl Engine {
         }
     }
 
+    /// At most once per [`REQUEUE_EVERY`] per engine, before a claim: attempts whose lease
+    /// expired become due at the time they first became visible, ahead of the work that
+    /// arrived while their step ran, instead of at their lease end behind it.
+    async fn requeue_expired<T: StoreTx>(&self, tx: &mut T, now: Timestamp) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let next = &self.inner.next_requeue;
+        let due = next.load(Ordering::Relaxed);
+        let after = now_us(now.plus(REQUEUE_EVERY));
+        if now_us(now) < due
+            || next
+                .compare_exchange(due, after, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let requeued = tx.requeue_expired(now_us(now)).await?;
+        if requeued > 0 {
+            tracing::debug!(requeued, "expired leases requeued ahead of newer work");
+        }
+        Ok(())
+    }
+
     /// Claims the oldest due attempt on `queue` in the caller's transaction (or applies a
     /// recorded outcome found there). One unit of a group commit.
     pub(super) async fn claim_in<T: StoreTx>(
@@ -275,6 +297,7 @@ impl Engine {
         lease_for: Duration,
     ) -> Result<Option<Claim>> {
         let now = self.inner.clock.now();
+        self.requeue_expired(tx, now).await?;
         let Some((attempt, run, catalog_version)) =
             tx.next_due_with_run(queue, now_us(now)).await?
         else {
@@ -969,6 +992,10 @@ pub(super) enum Target {
     /// The pinned version of a WebAssembly action.
     Wasm(Arc<crate::actions::RegisteredAction>),
 }
+
+/// How often (engine clock) a process puts expired leases back in visibility order before
+/// a claim: a redelivery waits at most this long behind newer work.
+pub(super) const REQUEUE_EVERY: Duration = Duration::from_secs(1);
 
 /// How many times an attempt is delivered (claimed) without an outcome being recorded
 /// before the next claim fails it with `delivery_limit` instead of running it again.

@@ -140,6 +140,9 @@ struct Inner {
     batcher: batch::Batcher,
     /// This process's view of the action catalog.
     catalog: catalog::CatalogCache,
+    /// When (engine clock, microseconds) a claim next puts expired leases back in the order
+    /// their attempts became visible (see `execute::REQUEUE_EVERY`).
+    next_requeue: std::sync::atomic::AtomicI64,
 }
 
 fn sha256_hex(text: &str) -> String {

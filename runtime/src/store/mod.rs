@@ -283,6 +283,10 @@ pub trait StoreTx: Send {
         &mut self,
         run_id: &str,
     ) -> impl Future<Output = StoreResult<Vec<AttemptRow>>> + Send;
+    /// Makes the attempts whose lease expired by `now` due at the time they became visible
+    /// (they were due at their lease end), skipping rows other transactions hold; returns how
+    /// many.
+    fn requeue_expired(&mut self, now: i64) -> impl Future<Output = StoreResult<u64>> + Send;
     /// The oldest attempt on `queue` due at `now` (visible, lease expired, or recorded but not
     /// applied), locked and skipped by concurrent claimers where the database can, with its
     /// run (read, not locked) and the action catalog's version, in one statement.

@@ -120,4 +120,13 @@ pub(super) fn open_deadlines(n: usize) -> String {
 }
 
 /// Extends a lease in one statement, fenced by claim id, token hash and expiry.
+/// Expired leases made due at the time their attempts became visible, so a redelivery is
+/// claimed before the work that arrived while its step ran instead of after the whole
+/// backlog (a claim's `due_at` is its lease end). Rows another transaction holds are skipped.
+pub(super) fn requeue_expired(skip: &str) -> String {
+    format!(
+        "UPDATE attempts SET due_at = visible_at WHERE runnable_key IN (SELECT runnable_key FROM attempts WHERE status = 'claimed' AND due_at > visible_at AND lease_until <= $1{skip})"
+    )
+}
+
 pub(super) const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";

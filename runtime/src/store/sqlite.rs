@@ -33,9 +33,13 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
 }
 
-/// The migrations, applied with the bookkeeping of `sqlx migrate` (table
-/// `_sqlx_migrations`, same checksums), so files migrated by earlier versions carry on.
+/// The migrations, applied with the bookkeeping of `sqlx migrate` (same columns and
+/// checksums) in a history table of the runtime's own, `squid_mesh_migrations`, so a host
+/// application's own sqlx migrations in the same file are not touched.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The runtime's migration history in a SQLite file.
+const HISTORY: &str = "squid_mesh_migrations";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
@@ -63,6 +67,14 @@ impl SqliteStore {
         })
     }
 
+    /// `sql` with the runtime's table and index names as they are in a SQLite file: each
+    /// carries the prefix `squid_mesh_` (`runs` is `squid_mesh_runs`), so the runtime can
+    /// share a host application's database. For hosts and tools that read the runtime's
+    /// tables directly; `$n` parameters become SQLite's `?n`.
+    pub fn qualify(sql: &str) -> String {
+        sqlite_tx::sqlite_text(sql)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -80,18 +92,23 @@ impl SqliteStore {
 }
 
 /// Applies the migrations not yet applied, each in a transaction of its own (re-checked
-/// inside it, so two processes migrating one file apply each once).
+/// inside it, so two processes migrating one file apply each once). Every table and index
+/// is named with [`sqlite_tx::SQLITE_PREFIX`]; a file laid out by an earlier version (names
+/// without the prefix, history in `_sqlx_migrations`) is renamed first.
 fn migrate(conn: &Connection) -> StoreResult<()> {
-    // A database whose tables share our names but that we never migrated belongs to
-    // someone else: refuse before writing anything (not even the migration history).
-    let history: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        [],
-        |r| r.get(0),
-    )?;
-    if history == 0 {
+    adopt_unprefixed(conn)?;
+    let exists = |name: &str| -> StoreResult<bool> {
+        Ok(conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    };
+    if !exists(HISTORY)? {
+        // Tables with our names but no history of ours belong to someone else: refuse
+        // before writing anything (not even the history).
         let mut st = conn.prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('definitions', 'runs', 'attempts', 'journal', 'commands', 'child_runs', 'schedules', 'schedule_fires', 'schedule_events') ORDER BY name",
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'squid\\_mesh\\_%' ESCAPE '\\' ORDER BY name",
         )?;
         let clash: Vec<String> = st
             .query_map([], |r| r.get(0))?
@@ -103,26 +120,16 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             )));
         }
     }
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
-            version BIGINT PRIMARY KEY,
-            description TEXT NOT NULL,
-            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-            success BOOLEAN NOT NULL,
-            checksum BLOB NOT NULL,
-            execution_time BIGINT NOT NULL
-        );",
-    )?;
+    create_history(conn)?;
     for m in MIGRATOR.iter() {
         if !m.migration_type.is_up_migration() {
             continue;
         }
         let started = std::time::Instant::now();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let applied = (|| -> StoreResult<()> {
+        in_transaction(conn, || {
             let done: Option<(bool, Vec<u8>)> = conn
                 .query_row(
-                    "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1",
+                    &format!("SELECT success, checksum FROM {HISTORY} WHERE version = ?1"),
                     [m.version],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -138,25 +145,118 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
                     m.version
                 ))),
                 None => {
-                    conn.execute_batch(m.sql.as_str())?;
+                    conn.execute_batch(&sqlite_tx::sqlite_text(m.sql.as_str()))?;
                     let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
                     conn.execute(
-                        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
+                        &format!("INSERT INTO {HISTORY} (version, description, success, checksum, execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)"),
                         params![m.version, &*m.description, &*m.checksum, nanos],
                     )?;
                     Ok(())
                 }
             }
-        })();
-        match applied {
-            Ok(()) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
+        })?;
     }
     Ok(())
+}
+
+/// Creates [`HISTORY`] (the columns of sqlx's `_sqlx_migrations`) unless it exists.
+fn create_history(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {HISTORY} (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            success BOOLEAN NOT NULL,
+            checksum BLOB NOT NULL,
+            execution_time BIGINT NOT NULL
+        );"
+    ))?;
+    Ok(())
+}
+
+/// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed when it succeeds, rolled back
+/// when it fails.
+fn in_transaction<T>(conn: &Connection, body: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match body() {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Renames the tables and indexes of a file laid out by an earlier version (unprefixed
+/// names, our migrations recorded in `_sqlx_migrations`) to the prefixed names, and moves our
+/// rows of the history to [`HISTORY`], in one transaction. Other rows of `_sqlx_migrations`
+/// (a host's own) stay; the table is dropped only when nothing else is left in it.
+fn adopt_unprefixed(conn: &Connection) -> StoreResult<()> {
+    let Some(first) = MIGRATOR.iter().find(|m| m.migration_type.is_up_migration()) else {
+        return Ok(());
+    };
+    in_transaction(conn, || {
+        let tables: Vec<String> = {
+            let mut st = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+            st.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let has = |name: &str| tables.iter().any(|t| t == name);
+        if has(HISTORY) || !has("_sqlx_migrations") || !has("journal") || !has("attempts") {
+            return Ok(());
+        }
+        let ours: bool = conn
+            .query_row(
+                "SELECT checksum FROM _sqlx_migrations WHERE version = ?1 AND success",
+                [first.version],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .is_some_and(|c| c == *first.checksum);
+        if !ours {
+            return Ok(());
+        }
+        let indexes: Vec<(String, String)> = {
+            let mut st = conn.prepare(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|(name, _): &(String, String)| {
+                    sqlite_tx::SQLITE_NAMES.contains(&name.as_str())
+                })
+                .collect()
+        };
+        for (name, _) in &indexes {
+            conn.execute_batch(&format!("DROP INDEX \"{name}\""))?;
+        }
+        for table in sqlite_tx::SQLITE_NAMES.iter().filter(|t| has(t)) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE \"{table}\" RENAME TO \"{}{table}\"",
+                sqlite_tx::SQLITE_PREFIX
+            ))?;
+        }
+        for (_, create) in &indexes {
+            conn.execute_batch(&sqlite_tx::sqlite_text(create))?;
+        }
+        let versions: Vec<String> = MIGRATOR.iter().map(|m| m.version.to_string()).collect();
+        let versions = versions.join(", ");
+        create_history(conn)?;
+        conn.execute_batch(&format!(
+            "INSERT INTO {HISTORY} SELECT version, description, installed_on, success, checksum, execution_time FROM _sqlx_migrations WHERE version IN ({versions});
+            DELETE FROM _sqlx_migrations WHERE version IN ({versions});"
+        ))?;
+        let left: i64 =
+            conn.query_row("SELECT count(*) FROM _sqlx_migrations", [], |r| r.get(0))?;
+        if left == 0 {
+            conn.execute_batch("DROP TABLE _sqlx_migrations")?;
+        }
+        Ok(())
+    })
 }
 
 impl Store for SqliteStore {
@@ -183,7 +283,7 @@ impl Store for SqliteStore {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader
             .get()
-            .prepare_cached(sql::CATALOG_VERSION)?
+            .prepare_cached(&sqlite_tx::sqlite_text(sql::CATALOG_VERSION))?
             .query_row([], |r| r.get::<_, i64>(0))
             .optional()?
             .unwrap_or(0))
@@ -193,7 +293,7 @@ impl Store for SqliteStore {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader
             .get()
-            .prepare_cached(&sqlite_tx::numbered(sql::RUN_STATUS))?
+            .prepare_cached(&sqlite_tx::sqlite_text(sql::RUN_STATUS))?
             .query_row([run_id], |r| r.get(0))
             .optional()?)
     }
@@ -213,11 +313,38 @@ impl Store for SqliteStore {
         );
         let (_, done) = sqlite_tx::off_workers(self.writer().await, move |c| {
             let n = c
-                .prepare_cached(&sqlite_tx::numbered(sql::HEARTBEAT_SQL))?
+                .prepare_cached(&sqlite_tx::sqlite_text(sql::HEARTBEAT_SQL))?
                 .execute(params![args.0, args.1, args.2, now, lease_until])?;
             Ok(n == 1)
         })
         .await;
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MIGRATOR, sqlite_tx};
+
+    /// Every table and index a migration creates is one the SQL text is rewritten for, so
+    /// none is left without the prefix.
+    #[test]
+    fn every_migrated_name_gets_the_prefix() {
+        for m in MIGRATOR.iter() {
+            let words: Vec<&str> = m.sql.as_str().split_whitespace().collect();
+            for w in words.windows(4) {
+                let name = match w {
+                    ["CREATE", "TABLE", name, ..]
+                    | ["CREATE", "INDEX", name, ..]
+                    | ["CREATE", "UNIQUE", "INDEX", name] => *name,
+                    _ => continue,
+                };
+                assert!(
+                    sqlite_tx::SQLITE_NAMES.contains(&name),
+                    "{name} (migration {}) is missing from SQLITE_NAMES",
+                    m.version
+                );
+            }
+        }
     }
 }

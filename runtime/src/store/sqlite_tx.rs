@@ -192,16 +192,100 @@ where
     }
 }
 
-/// `$n` parameters (shared with Postgres) as SQLite's numbered `?n`, so arguments bind by
-/// number whatever order the text names them in.
-pub(crate) fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+/// The prefix of every table and index the runtime keeps in a SQLite file, so it can share
+/// a host application's database (on Postgres they live in a schema of their own).
+pub const SQLITE_PREFIX: &str = "squid_mesh_";
+
+/// The runtime's tables and indexes, named without [`SQLITE_PREFIX`] in the SQL text shared
+/// with Postgres (a test checks that every migration's names are here).
+pub(crate) const SQLITE_NAMES: &[&str] = &[
+    // Tables.
+    "definitions",
+    "runs",
+    "attempts",
+    "journal",
+    "commands",
+    "child_runs",
+    "schedules",
+    "schedule_fires",
+    "schedule_events",
+    "action_blobs",
+    "action_versions",
+    "action_events",
+    "catalog_version",
+    "action_waits",
+    // Indexes.
+    "runs_by_created",
+    "runs_by_workflow",
+    "runs_by_status",
+    "runs_by_parent",
+    "runs_by_queue",
+    "runs_by_workflow_status",
+    "runs_by_queue_status",
+    "attempts_due",
+    "attempts_by_run",
+    "attempts_due_by_run",
+    "attempts_leased",
+    "journal_by_run",
+    "schedules_due",
+    "action_versions_current",
+    "action_events_key",
+    "action_waits_key",
+    "action_waits_run",
+];
+
+fn ours(ident: &str) -> bool {
+    SQLITE_NAMES.contains(&ident)
+}
+
+/// SQL text shared with Postgres as SQLite runs it: `$n` parameters become numbered `?n` (so
+/// arguments bind by number whatever order the text names them in), and the runtime's table
+/// and index names get [`SQLITE_PREFIX`]. A name is left alone inside string literals, quoted
+/// identifiers and comments, after a `.` (a column of an alias) and after `AS` (an alias).
+pub(crate) fn sqlite_text(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 64);
+    let (mut i, mut after_dot, mut after_as) = (0, false, false);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' || c == b'`' {
+            // A doubled quote inside is two literals back to back: the same text.
+            let end = b[i + 1..]
+                .iter()
+                .position(|&x| x == c)
+                .map_or(b.len(), |p| i + 1 + p + 1);
+            out.push_str(&sql[i..end]);
+            (i, after_dot, after_as) = (end, false, false);
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            let end = b[i..]
+                .iter()
+                .position(|&x| x == b'\n')
+                .map_or(b.len(), |p| i + p);
+            out.push_str(&sql[i..end]);
+            i = end;
+        } else if c == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
             out.push('?');
+            (i, after_dot, after_as) = (i + 1, false, false);
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            let word = &sql[start..i];
+            if !c.is_ascii_digit() && !after_dot && !after_as && ours(word) {
+                out.push_str(SQLITE_PREFIX);
+            }
+            out.push_str(word);
+            after_as = word.eq_ignore_ascii_case("as");
+            after_dot = false;
         } else {
-            out.push(c);
+            if !c.is_ascii_whitespace() {
+                (after_dot, after_as) = (c == b'.', false);
+            }
+            // Multi-byte characters are copied whole.
+            let len = sql[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&sql[i..i + len]);
+            i += len;
         }
     }
     out
@@ -243,7 +327,7 @@ impl SqliteTx {
     }
 
     fn stmt(&self, sql: &str) -> StoreResult<CachedStatement<'_>> {
-        Ok(self.conn().prepare_cached(&numbered(sql))?)
+        Ok(self.conn().prepare_cached(&sqlite_text(sql))?)
     }
 }
 
@@ -346,13 +430,33 @@ impl Columns for Row<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered;
+    use super::sqlite_text;
 
     #[test]
     fn numbered_parameters_keep_their_numbers() {
         assert_eq!(
-            numbered("VALUES ($1, $3, $4, $2) WHERE a = '$x'"),
+            sqlite_text("VALUES ($1, $3, $4, $2) WHERE a = '$x'"),
             "VALUES (?1, ?3, ?4, ?2) WHERE a = '$x'"
         );
     }
+
+    #[test]
+    fn the_runtimes_names_get_the_prefix_and_nothing_else_does() {
+        assert_eq!(
+            sqlite_text(
+                "SELECT r.runs, (SELECT version FROM catalog_version) AS catalog_version, 'runs' \
+                 FROM runs r JOIN attempts a ON a.run_id = r.run_id -- runs\n\
+                 WHERE runs.x = \"runs\" AND journal.seq > $12"
+            ),
+            "SELECT r.runs, (SELECT version FROM squid_mesh_catalog_version) AS catalog_version, 'runs' \
+             FROM squid_mesh_runs r JOIN squid_mesh_attempts a ON a.run_id = r.run_id -- runs\n\
+             WHERE squid_mesh_runs.x = \"runs\" AND squid_mesh_journal.seq > ?12"
+        );
+        assert_eq!(
+            sqlite_text("CREATE INDEX attempts_due ON attempts (queue) WHERE x = 'it''s runs'"),
+            "CREATE INDEX squid_mesh_attempts_due ON squid_mesh_attempts (queue) WHERE x = 'it''s runs'"
+        );
+        assert_eq!(sqlite_text("é runs"), "é squid_mesh_runs");
+    }
+
 }

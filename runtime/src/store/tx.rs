@@ -280,6 +280,11 @@ impl<T: Statements> StoreTx for T {
             .await
     }
 
+    async fn requeue_expired(&mut self, now: i64) -> StoreResult<u64> {
+        let sql = sql::requeue_expired(T::SKIP);
+        self.execute(&sql, &[Arg::Int(now)]).await
+    }
+
     async fn next_due_with_run(
         &mut self,
         queue: &str,

@@ -49,7 +49,8 @@ impl Db {
                     sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
                         .await
                         .expect("connects");
-                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                let statement = squid_mesh::store::SqliteStore::qualify(statement);
+                sqlx::query(sqlx::AssertSqlSafe(statement))
                     .execute(&mut c)
                     .await
                     .expect("runs");

@@ -534,6 +534,50 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, c
     assert_consistent(&engine, &after).await;
 }
 on_each_backend!(an_expired_lease_is_redelivered_and_the_late_worker_is_fenced);
+async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let crashed = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 300}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let short = ExecuteOptions::default()
+        .owner_id("crashed")
+        .lease_for(Duration::from_secs(1));
+    let late = claimed_in_background(&engine, short).await;
+    // A backlog arrives while the step runs; then the worker's lease ends.
+    clock.advance(Duration::from_millis(1));
+    for _ in 0..5 {
+        engine
+            .start(
+                &slow(),
+                None,
+                json!({"sleep_ms": 0}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+    }
+    clock.advance(Duration::from_secs(2));
+    let next = engine
+        .execute_next(opts("rescuer"))
+        .await
+        .expect("ok")
+        .expect("progress");
+    assert_eq!(
+        next.run_id,
+        crashed.run_id,
+        "{}: the expired claim goes before the backlog that came after it",
+        db.name()
+    );
+    let _ = late.await;
+}
+on_each_backend!(a_redelivery_is_claimed_before_fresh_work);
+
 
 async fn a_step_delivered_too_often_fails_instead_of_running_again(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
@@ -1177,10 +1221,12 @@ async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: Manu
 }
 on_each_backend!(concurrent_workers_claim_every_attempt_exactly_once);
 
-/// A file migrated by earlier versions (through `sqlx migrate`) opens as it is: its history
-/// is kept and nothing is applied twice; a migration changed after it was applied is refused.
+/// A file laid out by an earlier version (tables without the prefix, history in
+/// `_sqlx_migrations`, as `sqlx migrate` leaves it) is renamed in place: its data and history
+/// carry on and nothing is applied twice; a migration changed after it was applied is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
+async fn a_sqlite_file_of_an_earlier_layout_is_renamed_in_place() {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("earlier.db");
@@ -1194,10 +1240,10 @@ async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
             .await
             .expect("pool")
     };
-    async fn history(pool: &SqlitePool) -> Vec<(i64, Vec<u8>, String)> {
-        sqlx::query_as(
-            "SELECT version, checksum, installed_on FROM _sqlx_migrations ORDER BY version",
-        )
+    async fn history(pool: &SqlitePool, table: &str) -> Vec<(i64, Vec<u8>, String)> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, checksum, installed_on FROM {table} ORDER BY version"
+        )))
         .fetch_all(pool)
         .await
         .expect("history")
@@ -1207,7 +1253,11 @@ async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
         .run(&pool)
         .await
         .expect("sqlx migrates");
-    let before = history(&pool).await;
+    sqlx::query("UPDATE catalog_version SET version = 7")
+        .execute(&pool)
+        .await
+        .expect("marks the data");
+    let before = history(&pool, "_sqlx_migrations").await;
     pool.close().await;
     assert!(!before.is_empty());
 
@@ -1231,8 +1281,24 @@ async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
     drop(engine);
 
     let pool = connect().await;
-    assert_eq!(history(&pool).await, before, "nothing applied again");
-    sqlx::query("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1")
+    assert_eq!(
+        history(&pool, "squid_mesh_migrations").await,
+        before,
+        "the history moved, nothing applied again"
+    );
+    let (version,): (i64,) = sqlx::query_as("SELECT version FROM squid_mesh_catalog_version")
+        .fetch_one(&pool)
+        .await
+        .expect("the data moved with its table");
+    assert_eq!(version, 7);
+    let unprefixed: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'squid\\_mesh\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("reads");
+    assert_eq!(unprefixed, vec![], "every table, index and the history renamed");
+    sqlx::query("UPDATE squid_mesh_migrations SET checksum = x'00' WHERE version = 1")
         .execute(&pool)
         .await
         .expect("tampers");
@@ -1247,6 +1313,92 @@ async fn a_sqlite_file_migrated_by_sqlx_keeps_its_history() {
         err.to_string().contains("changed after it was applied"),
         "{err}"
     );
+}
+
+/// The runtime lives in a host application's own SQLite database: its tables and migration
+/// history carry the `squid_mesh_` prefix, so the host's `runs` and `journal` tables and its
+/// own sqlx migrations (before and after) are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_shares_a_host_sqlite_database() {
+    use sqlx::migrate::Migrator;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("host.db");
+    let host_migrations = dir.path().join("migrations");
+    std::fs::create_dir(&host_migrations).expect("dir");
+    std::fs::write(
+        host_migrations.join("1_host.sql"),
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY, note TEXT);\n\
+         CREATE TABLE journal (id INTEGER PRIMARY KEY, line TEXT);\n\
+         CREATE INDEX attempts_due ON runs (note);\n\
+         INSERT INTO runs (note) VALUES ('the host''s row');",
+    )
+    .expect("writes");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .expect("pool");
+    Migrator::new(host_migrations.as_path())
+        .await
+        .expect("host migrations")
+        .run(&pool)
+        .await
+        .expect("host migrates");
+
+    let engine = Engine::builder()
+        .sqlite(&path)
+        .registry(registry())
+        .clock(ManualClock::new(T0))
+        .build()
+        .await
+        .expect("shares the host's file");
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+    engine.close().await;
+    drop(engine);
+
+    let notes: Vec<(String,)> = sqlx::query_as("SELECT note FROM runs")
+        .fetch_all(&pool)
+        .await
+        .expect("the host's table");
+    assert_eq!(notes, vec![(String::from("the host's row"),)]);
+    let host_history: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations")
+        .fetch_all(&pool)
+        .await
+        .expect("the host's history");
+    assert_eq!(host_history, vec![(1,)], "only the host's own migrations");
+    // The host goes on migrating its own schema.
+    std::fs::write(
+        host_migrations.join("2_more.sql"),
+        "ALTER TABLE runs ADD COLUMN extra TEXT;",
+    )
+    .expect("writes");
+    Migrator::new(host_migrations.as_path())
+        .await
+        .expect("host migrations")
+        .run(&pool)
+        .await
+        .expect("the host's next migration applies beside the runtime's tables");
+    pool.close().await;
+    // And the runtime reopens the file as it left it.
+    Engine::builder()
+        .sqlite(&path)
+        .registry(registry())
+        .build()
+        .await
+        .expect("reopens");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1469,8 +1621,8 @@ async fn secrets_in_step_errors_are_redacted_before_they_are_stored(db: Db, cloc
 }
 on_each_backend!(secrets_in_step_errors_are_redacted_before_they_are_stored);
 
-/// A host's SQLite file with a table of the same name is refused before anything is written:
-/// no migration history is left behind in a database that is not ours.
+/// A SQLite file with tables named like the runtime's (`squid_mesh_...`) but no history of
+/// the runtime is refused before anything is written: no history is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_sqlite_database_is_refused_untouched() {
     use sqlx::Connection as _;
@@ -1480,7 +1632,7 @@ async fn a_foreign_sqlite_database_is_refused_untouched() {
     let mut c = sqlx::SqliteConnection::connect(&url)
         .await
         .expect("creates");
-    sqlx::query("CREATE TABLE runs (id INTEGER PRIMARY KEY, note TEXT)")
+    sqlx::query("CREATE TABLE squid_mesh_runs (id INTEGER PRIMARY KEY, note TEXT)")
         .execute(&mut c)
         .await
         .expect("host table");
@@ -1489,13 +1641,14 @@ async fn a_foreign_sqlite_database_is_refused_untouched() {
         .build()
         .await
         .expect_err("not our database");
-    assert!(err.to_string().contains("runs"), "{err}");
+    assert!(err.to_string().contains("squid_mesh_runs"), "{err}");
     assert!(!err.is_retryable());
-    let (history,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations'")
-            .fetch_one(&mut c)
-            .await
-            .expect("reads");
+    let (history,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('_sqlx_migrations', 'squid_mesh_migrations')",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("reads");
     assert_eq!(history, 0, "nothing written");
 }
 
