@@ -27,6 +27,7 @@ fn ctx() -> StepContext {
         runnable_key: "bench:transform:1".into(),
         idempotency_key: "bench:transform:1".into(),
         step_idempotency_key: "bench:transform".into(),
+        trace_parent: None,
     }
 }
 

@@ -127,6 +127,7 @@ fn ctx() -> StepContext {
         runnable_key: "bench:echo:1".into(),
         idempotency_key: "bench:echo:1".into(),
         step_idempotency_key: "bench:echo".into(),
+        trace_parent: None,
     }
 }
 

@@ -5,6 +5,8 @@
 //! `--json` for scripts; errors go to stderr with a non-zero exit code (2 for bad input,
 //! 3 for a run that does not exist, 1 for everything else).
 
+mod telemetry;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,11 +91,15 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Logs on stderr as `text` or `json` (one object a line). The level comes from
-    /// `SQUID_MESH_LOG` or `RUST_LOG` (default `error`; `squid_mesh::action=info` shows what
-    /// actions log).
+    /// Logs on stderr as `text` or `json` (one object a line, with the current span's
+    /// fields: run id, step, trace id). Never mixed into stdout.
     #[arg(long, global = true, env = "SQUID_MESH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Which logs to show, as a `RUST_LOG` filter (`info`, `warn,squid_mesh::action=debug`).
+    /// Default: `SQUID_MESH_LOG`, else `RUST_LOG`, else warnings and what actions log at
+    /// info for `worker`, errors only for other commands.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     /// Most Postgres connections this process opens (each worker process needs its own share
     /// of the server's `max_connections`).
     #[arg(
@@ -141,6 +147,11 @@ enum Command {
     /// Cron schedules: workers fire them, once per window across all processes.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Print a shell completion script (`squid-mesh completions bash > /etc/bash_completion.d/squid-mesh`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,6 +437,19 @@ struct WorkerArgs {
     /// Do not fire cron schedules in this process.
     #[arg(long)]
     no_schedules: bool,
+    /// Serve Prometheus metrics on this address (`127.0.0.1:9464`), at any path.
+    #[arg(long, env = "SQUID_MESH_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds between samples of the database gauges (queue depth, oldest due age, runs by
+    /// status) when metrics are on.
+    #[arg(long, default_value_t = 15)]
+    metrics_sample_secs: u64,
+    /// Export spans and metrics over OpenTelemetry (OTLP over HTTP), configured by the
+    /// standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (default http://localhost:4318),
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `http/json`), `OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[arg(long, env = "SQUID_MESH_OTEL")]
+    otel: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -616,20 +640,41 @@ fn bad_action_input(e: &squid_mesh::ActionError) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log level from SQUID_MESH_LOG, else RUST_LOG, else errors only; colours only on a
-    // terminal.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUID_MESH_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+    if let Command::Completions { shell } = &cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "squid-mesh",
+            &mut out,
+        );
+        return match std::io::Write::write_all(&mut std::io::stdout(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
+    // Colours only on a terminal; a worker shows what actions log by default.
+    let worker = matches!(cli.command, Command::Worker(_));
+    let telemetry = match telemetry::init(&telemetry::Options {
+        format: &cli.log_format,
+        level: cli.log_level.as_deref(),
+        default_level: if worker {
+            "warn,squid_mesh::action=info"
+        } else {
+            "error"
+        },
+        otel: matches!(&cli.command, Command::Worker(a) if a.otel),
+    }) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -641,7 +686,11 @@ fn main() -> ExitCode {
         }
     };
     let json_errors = cli.json;
-    match runtime.block_on(run(cli)) {
+    let done = runtime.block_on(run(cli, &telemetry));
+    // Flushes spans and metrics still held (outside the async runtime: the exporters block).
+    drop(runtime);
+    drop(telemetry);
+    match done {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             report(&f, json_errors);
@@ -771,7 +820,7 @@ async fn engine_and_run(cli: &Cli, id: &str) -> Result<(Engine, squid_mesh::RunI
     Ok((e, id))
 }
 
-async fn run(cli: Cli) -> Result<u8, Failure> {
+async fn run(cli: Cli, telemetry: &telemetry::Guard) -> Result<u8, Failure> {
     match &cli.command {
         Command::Migrate => {
             engine(&cli).await?;
@@ -785,7 +834,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Actions(cmd) => actions(&cli, cmd).await,
         Command::Spec(cmd) => spec(&cli, cmd).await,
         Command::Start(args) => start(&cli, args).await,
-        Command::Worker(args) => worker(&cli, args).await,
+        Command::Worker(args) => worker(&cli, args, telemetry).await,
+        Command::Completions { .. } => Ok(0),
         Command::Runs(cmd) => runs(&cli, cmd).await,
         Command::Schedules(cmd) => schedules(&cli, cmd).await,
         Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
@@ -1403,15 +1453,20 @@ async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
+async fn worker(cli: &Cli, args: &WorkerArgs, telemetry: &telemetry::Guard) -> Result<u8, Failure> {
+    telemetry::serve_metrics(args.metrics_addr, telemetry)?;
     let e = engine(cli).await?;
     let lease = Duration::from_secs(args.lease_secs.max(1));
+    let metrics_on = args.metrics_addr.is_some() || args.otel;
     let pool = Worker::builder(&e)
         .queues(args.queues.clone())
         .concurrency(args.concurrency)
         .lease_for(lease)
         .heartbeat_interval(Some(lease / 3))
         .schedules(!args.no_schedules)
+        .sample_metrics_every(
+            metrics_on.then(|| Duration::from_secs(args.metrics_sample_secs.max(1))),
+        )
         .start()?;
     let started = std::time::Instant::now();
     // The live progress line only on a terminal: piped, it would be one endless line.
@@ -1426,10 +1481,16 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
             _ = &mut ctrl_c => break "interrupted",
             _ = term.recv() => break "terminated",
             _ = tick.tick() => {
-                let executed = pool.stats().executed.load(std::sync::atomic::Ordering::Relaxed);
                 let errors = pool.stats().errors.load(std::sync::atomic::Ordering::Relaxed);
+                let steps = e.step_totals();
                 if interactive {
-                    eprint!("\r[worker {}] {:>6.1}s  steps executed {executed}  errors {errors}   ", args.queues.join(","), started.elapsed().as_secs_f64());
+                    telemetry::draw_progress(&format!(
+                        "[worker {}] {:>6.1}s  steps succeeded {}  failed {}  store errors {errors}",
+                        args.queues.join(","),
+                        started.elapsed().as_secs_f64(),
+                        steps.succeeded,
+                        steps.failed,
+                    ));
                 }
                 if args.exit_when_idle && !has_work(&e, &args.queues).await? {
                     break "idle";
@@ -1437,17 +1498,30 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<u8, Failure> {
             }
         }
     };
-    let stats = pool.stats();
-    let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+    if interactive {
+        telemetry::draw_progress(&format!("[worker] stopping ({reason}): draining"));
+    }
+    let errors = pool
+        .stats()
+        .errors
+        .load(std::sync::atomic::Ordering::Relaxed);
     let executed = pool.shutdown(Duration::from_secs(args.shutdown_secs)).await;
+    let steps = e.step_totals();
+    telemetry::end_progress();
     if cli.json {
-        print_json(&json!({"stopped": reason, "executed": executed, "errors": errors}))?;
+        print_json(&json!({
+            "stopped": reason,
+            "executed": executed,
+            "succeeded": steps.succeeded,
+            "failed": steps.failed,
+            "errors": errors,
+        }))?;
     } else {
-        if interactive {
-            // Ends the progress line.
-            eprintln!();
-        }
-        outln!("worker stopped ({reason}): {executed} step(s) executed, {errors} error(s)");
+        outln!(
+            "worker stopped ({reason}): {executed} step(s) executed ({} succeeded, {} failed), {errors} store error(s)",
+            steps.succeeded,
+            steps.failed
+        );
     }
     Ok(0)
 }

@@ -1273,3 +1273,277 @@ fn dynamic_work_from_the_cli_on_sqlite() {
 fn dynamic_work_from_the_cli_on_postgres() {
     on_postgres("dynamic", dynamic_work_scenario);
 }
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET /metrics` at `port`, or `None` while nothing listens.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some(body)
+}
+
+/// The value of the sample `name` whose labels include every `labels` pair.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn spawn_worker(cli: &Cli, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env_remove("SQUID_MESH_DATABASE")
+        .args(["--database", &cli.database, "--schema", &cli.schema])
+        .arg("worker")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker starts")
+}
+
+fn terminate(worker: std::process::Child) -> Output {
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    worker.wait_with_output().expect("worker exits")
+}
+
+/// The worker's Prometheus endpoint after a known workload: two orders, one of whose charges
+/// fails once and is retried, both stopping at the review gate. Counters are exact.
+#[test]
+fn the_metrics_endpoint_counts_a_known_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    cli.json(&["actions", "import"]);
+    for (id, succeed_on) in [("o-1", 2), ("o-2", 1)] {
+        let payload = json!({"order_id": id, "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}], "succeed_on_attempt": succeed_on});
+        cli.json(&["start", "order.json", "--payload", &payload.to_string()]);
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = spawn_worker(
+        &cli,
+        &["--metrics-addr", &addr, "--metrics-sample-secs", "1"],
+    );
+    let started = std::time::Instant::now();
+    let body = loop {
+        if let Some(body) = scrape(port)
+            && sample(&body, "squid_mesh_runs", &[("status", "paused")]) == Some(2.0)
+        {
+            break body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the runs never paused at review: {:?}",
+            scrape(port)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = terminate(worker);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let order = [("workflow", "cli_order"), ("queue", "default")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut l = order.to_vec();
+        l.extend_from_slice(extra);
+        l
+    };
+    let started_total = "squid_mesh_steps_started_total";
+    let finished_total = "squid_mesh_steps_finished_total";
+    assert_eq!(
+        sample(&body, started_total, &with(&[("step", "validate")])),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, started_total, &with(&[("step", "charge")])),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            finished_total,
+            &with(&[("step", "charge"), ("outcome", "succeeded")])
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            finished_total,
+            &with(&[
+                ("step", "charge"),
+                ("outcome", "failed"),
+                ("error_code", "gateway_unavailable")
+            ])
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "squid_mesh_retries_total",
+            &[("workflow", "cli_order"), ("step", "charge")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "squid_mesh_step_duration_seconds_count",
+            &[
+                ("workflow", "cli_order"),
+                ("step", "validate"),
+                ("outcome", "succeeded")
+            ]
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "squid_mesh_action_duration_seconds_count",
+            &[("action", "payments.charge")]
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "squid_mesh_runs", &[("status", "completed")]),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "squid_mesh_redeliveries_total", &[]),
+        None,
+        "none: {body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "squid_mesh_commit_batch_units_count",
+            &[("backend", "sqlite")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        body.contains("# HELP squid_mesh_steps_started_total"),
+        "{body}"
+    );
+}
+
+/// Past the drain deadline, SIGTERM gives the running step back, due at once: another worker
+/// takes it without waiting for the 60 s lease to expire.
+#[test]
+fn sigterm_past_the_deadline_gives_the_step_back() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    std::fs::write(
+        cli.dir.join("nap.json"),
+        json!({
+            "name": "napper",
+            "triggers": [{"name": "m", "type": "manual", "payload": [{"name": "sleep_ms", "type": "integer"}]}],
+            "steps": [{"name": "nap", "action": "echo", "input": ["sleep_ms"]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    cli.json(&["actions", "import"]);
+    let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 4000}"#]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let worker = spawn_worker(
+        &cli,
+        &[
+            "--concurrency",
+            "1",
+            "--shutdown-secs",
+            "1",
+            "--lease-secs",
+            "60",
+        ],
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let shown = cli.json(&["runs", "show", &run_id]);
+        if shown["attempts"][0]["status"] == "claimed" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the step never started: {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stopping = std::time::Instant::now();
+    let out = terminate(worker);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(3),
+        "stopped after the 1 s deadline, not after the step: {:?}",
+        stopping.elapsed()
+    );
+    let shown = cli.json(&["runs", "show", &run_id]);
+    assert_eq!(
+        shown["attempts"][0]["status"], "scheduled",
+        "given back: {shown}"
+    );
+    // Another worker runs it now: no lease to wait for.
+    let taken = std::time::Instant::now();
+    cli.json(&["worker", "--exit-when-idle"]);
+    assert!(
+        taken.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        taken.elapsed()
+    );
+    let shown = cli.json(&["runs", "show", &run_id]);
+    assert_eq!(shown["status"], "completed", "{shown}");
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "{shown}");
+}

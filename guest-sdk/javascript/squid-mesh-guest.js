@@ -135,7 +135,8 @@ export function scheduleWork(work) {
  * `ctx` holds `runId`, `workflow`, `step`, `attempt` (from 1; a retry increments it, a
  * redelivery does not), `runnableKey`, `idempotencyKey` (this attempt's key, the same across
  * its redeliveries), `stepIdempotencyKey` (the step's key, the same across retries and
- * redeliveries: pass it to systems that must act once per step) and `continueAfter(ms)`.
+ * redeliveries: pass it to systems that must act once per step), `traceParent()` (the W3C
+ * `traceparent` of the attempt's span, for outbound calls) and `continueAfter(ms)`.
  */
 export function exportAction(fn, { name, version, summary, inputSchema, outputSchema }) {
   const description = {
@@ -164,6 +165,9 @@ export function exportAction(fn, { name, version, summary, inputSchema, outputSc
       runnableKey: wctx.runnableKey,
       idempotencyKey: wctx.idempotencyKey,
       stepIdempotencyKey: wctx.stepIdempotencyKey,
+      traceParent() {
+        return host.traceParent();
+      },
       continueAfter(ms) {
         continueAfterMs = BigInt(ms);
       },

@@ -90,6 +90,11 @@ class Context:
         self.step_idempotency_key = ctx.step_idempotency_key
         self.continue_after_ms = None
 
+    def trace_parent(self):
+        """The W3C `traceparent` of this attempt's span (or None): send it as the `traceparent`
+        header of outbound calls so they join the run's trace."""
+        return host.trace_parent()
+
     def continue_after(self, ms):
         """Asks the host to continue the run only after `ms` milliseconds, once this succeeds."""
         self.continue_after_ms = int(ms)

@@ -136,6 +136,12 @@ impl Context {
         &self.inner.step_idempotency_key
     }
 
+    /// The W3C `traceparent` of this step attempt's span: send it as the `traceparent`
+    /// header of outbound calls so they join the run's trace.
+    pub fn trace_parent(&self) -> Option<String> {
+        bindings::squid_mesh::step::host::trace_parent()
+    }
+
     /// Asks the host to continue the run only after `delay`, once this attempt succeeds.
     pub fn continue_after(&self, delay: Duration) {
         self.continue_after.set(Some(delay));

@@ -72,6 +72,7 @@ pub mod redact;
 pub mod schedule;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod vocab;
 pub mod worker;
 

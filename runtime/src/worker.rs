@@ -5,7 +5,8 @@
 //! or the poll interval passes (work planned by another process, delays coming due); on a
 //! store error, back off exponentially. Shutdown is graceful: slots stop claiming at once,
 //! in-flight steps get until a deadline to finish, and whatever is still running after it is
-//! abandoned to lease expiry (another worker redelivers it). Hosts that own their own loop can
+//! interrupted and given back, due at once, so another worker takes it without waiting for
+//! the lease to expire. Hosts that own their own loop can
 //! keep calling [`Engine::execute_next`] directly.
 
 use std::sync::Arc;
@@ -31,12 +32,16 @@ pub struct WorkerBuilder {
     max_backoff: Duration,
     schedules: bool,
     schedule_poll_interval: Duration,
+    sample_metrics_every: Option<Duration>,
 }
 
 /// Steps a slot runs back to back on one run before it looks at the queue again (see
 /// [`ExecuteOptions::chain`]): a sequential run saves a claim transaction per step, and a
 /// slot never holds on to one run for long.
 const CHAIN: u32 = 8;
+
+/// How long a stopping pool waits for its in-flight steps to be given back.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Shortest sleep of the scheduler after a look that fired nothing.
 const MIN_SCHEDULER_PAUSE: Duration = Duration::from_millis(50);
@@ -83,6 +88,8 @@ pub struct Worker {
     pending: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the drain deadline passes: in-flight steps are given back.
+    give_back: watch::Sender<bool>,
     slots: JoinSet<()>,
     stats: Arc<WorkerStats>,
 }
@@ -101,6 +108,7 @@ impl Worker {
             max_backoff: Duration::from_secs(10),
             schedules: true,
             schedule_poll_interval: Duration::from_secs(1),
+            sample_metrics_every: None,
         }
     }
 
@@ -118,8 +126,9 @@ impl Worker {
         &self.stats
     }
 
-    /// Stops claiming, lets in-flight steps finish until `deadline`, then abandons the rest
-    /// to lease expiry. Returns the number of steps executed.
+    /// Stops claiming, lets in-flight steps finish until `deadline`, then interrupts the
+    /// rest and gives their claims back, due at once (another worker takes them now rather
+    /// than after their lease). Returns the number of steps executed.
     pub async fn shutdown(mut self, deadline: Duration) -> u64 {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -129,12 +138,29 @@ impl Worker {
         .await;
         if drained.is_err() {
             tracing::warn!(
-                "worker shutdown deadline passed; abandoning in-flight steps to lease expiry"
+                "worker shutdown deadline passed; giving in-flight steps back to the queue"
             );
-            self.slots.shutdown().await;
+            let _ = self.give_back.send(true);
+            // Each give-back is one short transaction; a store that does not answer leaves
+            // the rest to lease expiry.
+            let gave_back = tokio::time::timeout(GIVE_BACK_WAIT, async {
+                while self.slots.join_next().await.is_some() {}
+            })
+            .await;
+            if gave_back.is_err() {
+                tracing::warn!("in-flight steps not given back in time; left to lease expiry");
+                self.slots.shutdown().await;
+            }
         }
         self.stats.executed.load(Ordering::Relaxed)
     }
+}
+
+/// What tells a slot to stop claiming, and to give its step back.
+struct Signals {
+    stopped: watch::Receiver<bool>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    given_back: watch::Receiver<bool>,
 }
 
 async fn until_stopped(mut stopped: watch::Receiver<bool>) {
@@ -216,6 +242,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Samples the database gauges of [`crate::telemetry`] (queue depth, oldest due age, runs
+    /// by status) this often, through [`Engine::sample_metrics`] (default: never; turn it on
+    /// where a metrics recorder is installed).
+    #[must_use]
+    pub fn sample_metrics_every(mut self, every: Option<Duration>) -> Self {
+        self.sample_metrics_every = every;
+        self
+    }
+
     /// Starts the pool on the current tokio runtime.
     ///
     /// # Errors
@@ -246,6 +281,7 @@ impl WorkerBuilder {
             ));
         }
         let (stop, stopped) = watch::channel(false);
+        let (give_back, given_back) = watch::channel(false);
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut slots = JoinSet::new();
@@ -267,6 +303,24 @@ impl WorkerBuilder {
                 }
             });
         }
+        if let Some(every) = self.sample_metrics_every {
+            let engine = self.engine.clone();
+            let mut stopped = stopped.clone();
+            slots.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = engine.sample_metrics().await {
+                                tracing::warn!("sampling metrics: {e}");
+                            }
+                        }
+                        _ = stopped.changed() => return,
+                    }
+                }
+            });
+        }
         if self.schedules {
             let b = self.clone();
             let stopped = stopped.clone();
@@ -277,16 +331,27 @@ impl WorkerBuilder {
             let stats = stats.clone();
             let stopped = stopped.clone();
             let stopping = stopping.clone();
+            let given_back = given_back.clone();
             let looking = done(&ready);
             slots.spawn(async move {
-                b.run_slot(slot, stopped, stopping, stats, Box::new(looking))
-                    .await;
+                b.run_slot(
+                    slot,
+                    Signals {
+                        stopped,
+                        stopping,
+                        given_back,
+                    },
+                    stats,
+                    Box::new(looking),
+                )
+                .await;
             });
         }
         Ok(Worker {
             pending,
             stop,
             stopping,
+            give_back,
             slots,
             stats,
         })
@@ -355,11 +420,15 @@ impl WorkerBuilder {
     async fn run_slot(
         self,
         slot: usize,
-        mut stopped: watch::Receiver<bool>,
-        stopping: Arc<std::sync::atomic::AtomicBool>,
+        signals: Signals,
         stats: Arc<WorkerStats>,
         looking: Box<dyn FnOnce() + Send>,
     ) {
+        let Signals {
+            mut stopped,
+            stopping,
+            given_back,
+        } = signals;
         let wake = self.engine.wakeups();
         let mut looking = Some(looking);
         let mut backoff = Duration::from_millis(50);
@@ -376,7 +445,8 @@ impl WorkerBuilder {
                 .lease_for(self.lease_for)
                 .heartbeat_interval(self.heartbeat_interval)
                 .chain(CHAIN)
-                .chain_stop(stopping.clone());
+                .chain_stop(stopping.clone())
+                .give_back(given_back.clone());
             // Register for a wake-up before looking, so work planned meanwhile is not missed.
             let notified = wake.notified();
             if let Some(looking) = looking.take() {
@@ -395,6 +465,10 @@ impl WorkerBuilder {
                         _ = tokio::time::sleep(self.poll_interval) => {}
                         _ = stopped.changed() => {}
                     }
+                }
+                Err(EngineError::GivenBack { runnable_key }) => {
+                    tracing::info!("worker slot {slot}: gave {runnable_key} back while stopping");
+                    return;
                 }
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -121,6 +121,7 @@ fn ctx(attempt: u32) -> StepContext {
         runnable_key: format!("{RUN_ID}:probe:{attempt}"),
         idempotency_key: format!("{RUN_ID}:probe:{attempt}"),
         step_idempotency_key: format!("{RUN_ID}:probe"),
+        trace_parent: None,
     }
 }
 

@@ -228,6 +228,10 @@ impl wit_host::Host for HostState {
             .map(|receipt| receipt.to_string())
     }
 
+    fn trace_parent(&mut self) -> Option<String> {
+        self.ctx.trace_parent.clone()
+    }
+
     fn log(&mut self, level: wit_host::Level, message: String) {
         let level = match level {
             wit_host::Level::Trace => LogLevel::Trace,
@@ -652,6 +656,7 @@ impl ActionHost {
                     runnable_key: String::new(),
                     idempotency_key: String::new(),
                     step_idempotency_key: String::new(),
+                    trace_parent: None,
                 };
                 let (mut store, _) = self.new_store(action, Arc::new(ctx))?;
                 let invalid = |message: String| ActionError::InvalidComponent {

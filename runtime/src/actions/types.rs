@@ -115,6 +115,10 @@ pub struct StepContext {
     /// Key of the step in the run (`<run_id>:<step>`), stable across its retries and
     /// redeliveries: the one to give a payment provider.
     pub step_idempotency_key: String,
+    /// The W3C `traceparent` of the step's span, for the action's outbound calls (the
+    /// `trace-parent` host call returns it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl StepContext {

@@ -413,6 +413,11 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
             }
         }
     }
+    let backend = units.first().map_or("unknown", |u| match u {
+        Unit::Claim { engine, .. } => engine.inner.store.backend(),
+        Unit::Complete(c) => c.engine.inner.store.backend(),
+    });
+    let started = std::time::Instant::now();
     // None: the batch could not be written as one (no transaction, or a unit failed and the
     // transaction is dropped, rolling it back).
     let committed = match source.begin().await {
@@ -428,6 +433,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     match committed {
         Some((answers, commit)) => match commit {
             Ok(()) => {
+                crate::telemetry::commit(backend, units.len(), started.elapsed().as_secs_f64());
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
                 }

@@ -238,6 +238,8 @@ impl EngineBuilder {
                 batcher: batch::Batcher::default(),
                 catalog: catalog::CatalogCache::default(),
                 next_requeue: std::sync::atomic::AtomicI64::new(i64::MIN),
+                outcomes: Default::default(),
+                sampled_queues: Mutex::new(Vec::new()),
             }),
         };
         engine.refresh_catalog().await?;

@@ -188,6 +188,30 @@ impl Engine {
     ///
     /// The errors of the command, and [`EngineError::InvalidOption`] for a malformed signal.
     pub async fn apply_signal(&self, signal: Signal) -> Result<RunSnapshot> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "squid_mesh.command",
+            otel.name = %format_args!("command {}", signal.kind.as_str()),
+            command = signal.kind.as_str(),
+            run_id = tracing::field::Empty,
+            actor = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+        );
+        if let Some(id) = &signal.run_id {
+            span.record("run_id", tracing::field::display(id));
+        }
+        if let Some(actor) = signal.payload.get("actor").and_then(Value::as_str) {
+            span.record("actor", actor);
+        }
+        self.apply_signal_inner(signal)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| {
+                span.record("error_code", e.code());
+            })
+    }
+
+    async fn apply_signal_inner(&self, signal: Signal) -> Result<RunSnapshot> {
         if let Some(key) = &signal.idempotency_key
             && (key.is_empty() || key.len() > 512)
         {
@@ -401,6 +425,7 @@ impl Engine {
                 .map(|s| Map::from_iter([("schedule".to_owned(), s.clone())]))
                 .unwrap_or_default(),
             now,
+            trace: None,
         };
         self.start_new(new).await
     }
@@ -471,6 +496,10 @@ impl Engine {
             now,
             receipt(&signal, &self.inner.redaction),
         )?;
+        new.trace = parent
+            .trace_parent
+            .as_deref()
+            .and_then(crate::telemetry::TraceParent::parse);
         new.parent = Some(ParentLink {
             run_id: parent.run_id.clone(),
             step: parent.step.clone(),

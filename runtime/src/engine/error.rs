@@ -109,6 +109,13 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// The step was interrupted and its claim given back, due at once, because its worker
+    /// was asked to stop (see [`ExecuteOptions::give_back`](super::ExecuteOptions)).
+    #[error("step {runnable_key} given back: its worker is stopping")]
+    GivenBack {
+        /// The attempt.
+        runnable_key: String,
+    },
     /// The action host failed.
     #[error(transparent)]
     Action(#[from] ActionError),
@@ -199,6 +206,7 @@ impl EngineError {
             Self::InvalidRunId { .. } => "invalid_run_id",
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::StaleClaim { .. } => "stale_claim",
+            Self::GivenBack { .. } => "given_back",
             Self::InvalidTransition { .. } => "invalid_transition",
             Self::WrongManualStep { .. } => "wrong_manual_step",
             Self::UnsafeReplay { .. } => "unsafe_replay",
@@ -216,7 +224,7 @@ impl EngineError {
         match self {
             Self::Action(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),
-            Self::StaleClaim { .. } => true,
+            Self::StaleClaim { .. } | Self::GivenBack { .. } => true,
             #[cfg(feature = "test-hooks")]
             Self::SimulatedCrash => true,
             _ => false,

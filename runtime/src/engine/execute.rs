@@ -2,6 +2,7 @@
 //! under a lease, recording and applying outcomes through the decision core.
 
 use super::*;
+use crate::telemetry::names as telemetry;
 
 /// What one `execute_next` call did.
 pub(super) struct Progress {
@@ -140,7 +141,7 @@ impl Engine {
     }
 
     /// Runs a claimed attempt's action and completes it (claiming the run's next step when
-    /// `chain` asks for it).
+    /// `chain` asks for it), in the step's span (see [`crate::telemetry`]).
     pub(super) async fn run_claimed<S: Store>(
         &self,
         store: &S,
@@ -148,6 +149,66 @@ impl Engine {
         opts: &ExecuteOptions,
         chain: Option<batch::Chain>,
     ) -> Result<Completed> {
+        use tracing::Instrument as _;
+        let a = &claimed.attempt;
+        let trace = claimed
+            .run
+            .trace_parent
+            .as_deref()
+            .and_then(crate::telemetry::TraceParent::parse);
+        let span = crate::telemetry::step_span(&crate::telemetry::StepFields {
+            run_id: &a.run_id,
+            workflow: &claimed.run.workflow,
+            step: &a.step,
+            attempt: a.attempt,
+            queue: &a.queue,
+            redelivery: a.claims > 1,
+            trace: trace.as_ref(),
+        });
+        let labels = StepLabels {
+            workflow: claimed.run.workflow.clone(),
+            step: a.step.clone(),
+            queue: a.queue.clone(),
+        };
+        if a.claims > 1 {
+            metrics::counter!(telemetry::REDELIVERIES, "queue" => labels.queue.clone())
+                .increment(1);
+        } else if a.attempt > 1 {
+            metrics::counter!(telemetry::RETRIES, "workflow" => labels.workflow.clone(), "step" => labels.step.clone())
+                .increment(1);
+        }
+        // Due since `visible_at` (or since its lease ended, for a redelivery), claimed at
+        // `updated_at`: engine clock, microseconds.
+        let due = a
+            .lease_until
+            .filter(|_| a.claims > 1)
+            .unwrap_or(a.visible_at);
+        let waited = (a.updated_at - due).max(0) as f64 / 1e6;
+        metrics::histogram!(telemetry::QUEUE_DELAY, "queue" => labels.queue.clone()).record(waited);
+        let started = std::time::Instant::now();
+        let done = self
+            .run_claimed_in_span(store, claimed, opts, chain, trace, &labels, started)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &done {
+            span.record("error_code", e.code());
+        }
+        done
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_claimed_in_span<S: Store>(
+        &self,
+        store: &S,
+        claimed: ClaimedAttempt,
+        opts: &ExecuteOptions,
+        chain: Option<batch::Chain>,
+        trace: Option<crate::telemetry::TraceParent>,
+        labels: &StepLabels,
+        started: std::time::Instant,
+    ) -> Result<Completed> {
+        use tracing::Instrument as _;
+        let span = tracing::Span::current();
         let ClaimedAttempt {
             attempt,
             run,
@@ -193,7 +254,22 @@ impl Engine {
                     runnable_key: attempt.runnable_key.clone(),
                     idempotency_key: attempt.runnable_key.clone(),
                     step_idempotency_key: StepContext::step_key(&attempt.run_id, &attempt.step),
+                    trace_parent: crate::telemetry::current_or(trace.as_ref())
+                        .map(|t| t.to_string()),
                 };
+                let action_label = match &target {
+                    Target::Builtin(b) => format!("builtin:{}", b.kind()),
+                    Target::Wasm(action) => {
+                        span.record("digest", tracing::field::display(&action.digest));
+                        action.key.to_string()
+                    }
+                };
+                span.record("action", action_label.as_str());
+                metrics::counter!(telemetry::STEPS_STARTED, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "queue" => labels.queue.clone())
+                    .increment(1);
+                metrics::histogram!(telemetry::START_DELAY, "queue" => labels.queue.clone())
+                    .record(started.elapsed().as_secs_f64());
+                let invoked = std::time::Instant::now();
                 let input: Map<String, Value> =
                     serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
                         what: format!("input of {}", attempt.runnable_key),
@@ -215,9 +291,20 @@ impl Engine {
                         },
                         opts,
                     )
+                    .instrument(tracing::info_span!("squid_mesh.run", action = %action_label))
                     .await?
                 {
-                    Ok(outcome) => outcome,
+                    Ok(outcome) => {
+                        metrics::histogram!(telemetry::ACTION_DURATION, "action" => action_label.clone())
+                            .record(invoked.elapsed().as_secs_f64());
+                        if let StepOutcome::Failed(e) = &outcome
+                            && let Some(kind) = crate::telemetry::limit_kind(e.kind)
+                        {
+                            metrics::counter!(telemetry::LIMIT_HITS, "action" => action_label.clone(), "kind" => kind)
+                                .increment(1);
+                        }
+                        outcome
+                    }
                     Err(e) if e.is_retryable() => {
                         self.release(store, &attempt, &token_hash).await?;
                         return Err(EngineError::Action(e));
@@ -245,7 +332,24 @@ impl Engine {
             after_record: opts.after_record(),
             chain: chain.filter(|_| !stopping),
         };
-        batch::complete(store, unit).await
+        let (result, code) = match &unit.outcome {
+            StepOutcome::Failed(e) => ("failed", e.code.clone()),
+            _ => ("succeeded", String::new()),
+        };
+        let done = batch::complete(store, unit)
+            .instrument(tracing::info_span!("squid_mesh.complete"))
+            .await?;
+        self.inner.outcomes[usize::from(result == "failed")]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        span.record("outcome", result);
+        if !code.is_empty() {
+            span.record("error_code", code.as_str());
+        }
+        metrics::counter!(telemetry::STEPS_FINISHED, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "queue" => labels.queue.clone(), "outcome" => result, "error_code" => code)
+            .increment(1);
+        metrics::histogram!(telemetry::STEP_DURATION, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "outcome" => result)
+            .record(started.elapsed().as_secs_f64());
+        Ok(done)
     }
 
     /// A step's outcome as it may be stored: secrets in an error's message and details
@@ -282,6 +386,7 @@ impl Engine {
         }
         let requeued = tx.requeue_expired(now_us(now)).await?;
         if requeued > 0 {
+            crate::telemetry::lease_expirations(requeued);
             tracing::debug!(requeued, "expired leases requeued ahead of newer work");
         }
         Ok(())
@@ -565,8 +670,32 @@ impl Engine {
                 Target::Wasm(action) => host.invoke_action(action, ctx, input, services).await,
             }
         };
+        // A stopping pool past its drain deadline: interrupt the step and give it back.
+        let give_back = async {
+            match opts.give_back.clone() {
+                Some(mut signal) => {
+                    if signal.wait_for(|stop| *stop).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let given_back = || async {
+            let now = self.inner.clock.now();
+            let mut tx = store.begin_write().await?;
+            self.release_in(&mut tx, attempt, token_hash, now).await?;
+            tx.commit().await?;
+            self.wake();
+            Err(EngineError::GivenBack {
+                runnable_key: attempt.runnable_key.clone(),
+            })
+        };
         let Some(interval) = opts.heartbeat_interval else {
-            return Ok(invoke.await.map(|i| i.outcome));
+            return tokio::select! {
+                r = invoke => Ok(r.map(|i| i.outcome)),
+                () = give_back => given_back().await,
+            };
         };
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let beat = {
@@ -599,13 +728,15 @@ impl Engine {
             })
         };
         let result = tokio::select! {
-            r = invoke => Some(r),
+            r = invoke => Some(Some(r)),
             _ = lost_rx => None,
+            () = give_back => Some(None),
         };
         beat.abort();
         let _ = beat.await;
         match result {
-            Some(r) => Ok(r.map(|i| i.outcome)),
+            Some(Some(r)) => Ok(r.map(|i| i.outcome)),
+            Some(None) => given_back().await,
             None => Err(EngineError::StaleClaim {
                 runnable_key: attempt.runnable_key.clone(),
                 reason: "the lease was lost while the step ran; the step was interrupted".into(),
@@ -986,6 +1117,13 @@ fn stale(runnable_key: &str, s: decide::Stale) -> EngineError {
 }
 
 /// What a claimed step runs.
+/// The labels of a step's metrics.
+pub(super) struct StepLabels {
+    workflow: String,
+    step: String,
+    queue: String,
+}
+
 pub(super) enum Target {
     /// A native step kind.
     Builtin(crate::actions::Builtin),

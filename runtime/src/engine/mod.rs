@@ -115,6 +115,16 @@ pub(crate) enum AnyStore {
     Postgres(PostgresStore),
 }
 
+impl AnyStore {
+    /// The backend's name, as metrics label it.
+    pub(crate) fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
 /// The engine handle. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -143,6 +153,20 @@ struct Inner {
     /// When (engine clock, microseconds) a claim next puts expired leases back in the order
     /// their attempts became visible (see `execute::REQUEUE_EVERY`).
     next_requeue: std::sync::atomic::AtomicI64,
+    /// Step outcomes this engine recorded: succeeded, failed.
+    outcomes: [std::sync::atomic::AtomicU64; 2],
+    /// Queues the last metrics sample saw (a queue that empties is set to zero).
+    sampled_queues: Mutex<Vec<String>>,
+}
+
+/// What an engine's workers did since it was built (see [`Engine::step_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepTotals {
+    /// Step attempts this process recorded as succeeded.
+    pub succeeded: u64,
+    /// Step attempts this process recorded as failed (business errors, limits, timeouts).
+    pub failed: u64,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -188,6 +212,61 @@ impl Engine {
 
     pub(crate) fn any_store(&self) -> &AnyStore {
         &self.inner.store
+    }
+
+    /// Step outcomes recorded by this engine's workers since it was built.
+    pub fn step_totals(&self) -> StepTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        StepTotals {
+            succeeded: self.inner.outcomes[0].load(Relaxed),
+            failed: self.inner.outcomes[1].load(Relaxed),
+        }
+    }
+
+    /// Samples the gauges of [`crate::telemetry`] from the database: due attempts and the
+    /// age of the oldest per queue, runs by status. Worker pools call it periodically when
+    /// asked to ([`crate::worker::WorkerBuilder::sample_metrics_every`]); a queue that emptied is set
+    /// to zero.
+    ///
+    /// # Errors
+    ///
+    /// A store error.
+    pub async fn sample_metrics(&self) -> Result<()> {
+        use crate::telemetry::names;
+        let now = self.inner.clock.now();
+        let (depths, counts) = with_store!(self, s => {
+            let mut tx = s.begin_read().await?;
+            let depths = tx.queue_depths(now_us(now)).await?;
+            let counts = tx.run_counts().await?;
+            tx.commit().await?;
+            (depths, counts)
+        });
+        let mut seen = self
+            .inner
+            .sampled_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for q in seen.iter() {
+            if !depths.iter().any(|(name, ..)| name == q) {
+                metrics::gauge!(names::QUEUE_DEPTH, "queue" => q.clone()).set(0.0);
+                metrics::gauge!(names::QUEUE_OLDEST, "queue" => q.clone()).set(0.0);
+            }
+        }
+        seen.clear();
+        for (queue, due, oldest) in depths {
+            let age = oldest.map_or(0.0, |o| (now_us(now) - o).max(0) as f64 / 1e6);
+            metrics::gauge!(names::QUEUE_DEPTH, "queue" => queue.clone()).set(due as f64);
+            metrics::gauge!(names::QUEUE_OLDEST, "queue" => queue.clone()).set(age);
+            seen.push(queue);
+        }
+        for status in RunStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!(names::RUNS, "status" => status.as_str()).set(n as f64);
+        }
+        Ok(())
     }
 
     /// The engine's clock.

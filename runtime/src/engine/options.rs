@@ -11,6 +11,16 @@ pub enum WorkflowRef<'a> {
     Spec(&'a WorkflowSpec),
 }
 
+impl WorkflowRef<'_> {
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(name) => name,
+            Self::Spec(spec) => &spec.name,
+        }
+    }
+}
+
 impl<'a> From<&'a str> for WorkflowRef<'a> {
     fn from(name: &'a str) -> Self {
         Self::Name(name)
@@ -80,6 +90,11 @@ pub struct ExecuteOptions {
     /// Stop chaining once this is set (a worker pool sets it when it shuts down, so a
     /// stopping pool claims nothing new).
     pub chain_stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// When this turns `true` while the step runs, the step is interrupted and its claim
+    /// given back, due at once, so another worker takes it now instead of after the lease
+    /// (a stopping pool's drain deadline passed). The call returns
+    /// [`EngineError::GivenBack`](crate::EngineError::GivenBack).
+    pub give_back: Option<tokio::sync::watch::Receiver<bool>>,
     /// Test hook (feature `test-hooks`): commit the recorded outcome and stop before
     /// applying it, as a crash between the two would.
     #[cfg(feature = "test-hooks")]
@@ -175,6 +190,13 @@ impl ExecuteOptions {
         self.chain_stop = Some(flag);
         self
     }
+
+    /// Sets `give_back`.
+    #[must_use]
+    pub fn give_back(mut self, signal: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.give_back = Some(signal);
+        self
+    }
 }
 
 impl Default for ExecuteOptions {
@@ -186,6 +208,7 @@ impl Default for ExecuteOptions {
             heartbeat_interval: None,
             chain: 0,
             chain_stop: None,
+            give_back: None,
             #[cfg(feature = "test-hooks")]
             crash_after_record: false,
             #[cfg(feature = "test-hooks")]

@@ -425,6 +425,7 @@ impl Engine {
             command_key: None,
             context: window.context(now),
             now,
+            trace: None,
         })
     }
 

@@ -56,6 +56,9 @@ pub(super) struct NewRun {
     /// The run's context at start (for example `schedule`, for a scheduled run).
     pub(super) context: Map<String, Value>,
     pub(super) now: Timestamp,
+    /// The trace a child run continues (its parent step's), when OpenTelemetry gives no
+    /// current span.
+    pub(super) trace: Option<crate::telemetry::TraceParent>,
 }
 
 /// What [`Engine::write_new_run`] did.
@@ -114,19 +117,38 @@ impl Engine {
         payload: Value,
         opts: StartOptions,
     ) -> Result<RunSnapshot> {
-        let now = self.inner.clock.now();
-        let mut signal = Signal::new(SignalKind::Start, None, now);
-        signal.idempotency_key = opts.idempotency_key.clone();
-        self.refresh_catalog().await?;
-        let new = self.prepare_start(
-            workflow.into(),
-            trigger,
-            &payload,
-            opts,
-            now,
-            receipt(&signal, &self.inner.redaction),
-        )?;
-        self.start_new(new).await
+        use tracing::Instrument as _;
+        let workflow = workflow.into();
+        let span = tracing::info_span!(
+            "squid_mesh.start",
+            workflow = %workflow.name(),
+            trigger = trigger.unwrap_or_default(),
+            run_id = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+        );
+        async {
+            let now = self.inner.clock.now();
+            let mut signal = Signal::new(SignalKind::Start, None, now);
+            signal.idempotency_key = opts.idempotency_key.clone();
+            self.refresh_catalog().await?;
+            let new = self.prepare_start(
+                workflow,
+                trigger,
+                &payload,
+                opts,
+                now,
+                receipt(&signal, &self.inner.redaction),
+            )?;
+            self.start_new(new).await
+        }
+        .instrument(span.clone())
+        .await
+        .inspect(|s| {
+            span.record("run_id", tracing::field::display(&s.run_id));
+        })
+        .inspect_err(|e| {
+            span.record("error_code", e.code());
+        })
     }
 
     /// The definition a run of `spec` executes: the spec and the digest of every action it
@@ -212,6 +234,7 @@ impl Engine {
             command_key: None,
             context: Map::new(),
             now,
+            trace: None,
         })
     }
 
@@ -256,6 +279,7 @@ impl Engine {
             command_key,
             context,
             now,
+            trace,
         } = new;
         let body = definition.body();
         let hash = sha256_hex(&body);
@@ -285,6 +309,7 @@ impl Engine {
             updated_at: now_us(now),
             revision: 0,
             dynamic: None,
+            trace_parent: Some(crate::telemetry::for_new_run(trace.as_ref()).to_string()),
         };
         let started = Fact::RunStarted {
             workflow: definition.spec.name.clone(),

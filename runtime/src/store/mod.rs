@@ -340,6 +340,13 @@ pub trait StoreTx: Send {
         step: &str,
         key: &str,
     ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// Per queue, the attempts due at `now` and the oldest due time: (queue, count, oldest).
+    fn queue_depths(
+        &mut self,
+        now: i64,
+    ) -> impl Future<Output = StoreResult<Vec<(String, i64, Option<i64>)>>> + Send;
+    /// Runs by status: (status, count).
+    fn run_counts(&mut self) -> impl Future<Output = StoreResult<Vec<(String, i64)>>> + Send;
     /// The child runs of a parent, oldest first: (step, key, child run id).
     fn children(
         &mut self,

@@ -197,6 +197,7 @@ stored_row! {
         updated_at: i64,
         revision: i64,
         dynamic: Option<String>,
+        trace_parent: Option<String>,
     }
 }
 
@@ -316,6 +317,7 @@ impl RunRow {
             Arg::Int(self.updated_at),
             Arg::Int(self.revision),
             Arg::OptText(self.dynamic.as_deref()),
+            Arg::OptText(self.trace_parent.as_deref()),
         ]
     }
 

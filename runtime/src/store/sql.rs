@@ -129,4 +129,11 @@ pub(super) fn requeue_expired(skip: &str) -> String {
     )
 }
 
+/// Attempts due now per queue (metrics): scheduled ones come due, expired claims and
+/// recorded outcomes are due too; running claims are due only at their lease end.
+pub(super) const QUEUE_DEPTHS: &str = "SELECT queue, count(*) AS due, min(due_at) AS oldest_due_at FROM attempts WHERE due_at IS NOT NULL AND due_at <= $1 GROUP BY queue";
+
+/// Runs by status (metrics).
+pub(super) const RUN_COUNTS: &str = "SELECT status, count(*) AS runs FROM runs GROUP BY status";
+
 pub(super) const HEARTBEAT_SQL: &str = "UPDATE attempts SET lease_until = $5, due_at = $5, updated_at = $4 WHERE runnable_key = $1 AND claim_id = $2 AND claim_token_hash = $3 AND status = 'claimed' AND lease_until > $4";

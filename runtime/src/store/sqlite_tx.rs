@@ -458,5 +458,4 @@ mod tests {
         );
         assert_eq!(sqlite_text("é runs"), "é squid_mesh_runs");
     }
-
 }

@@ -132,6 +132,25 @@ stored_row! {
 }
 
 stored_row! {
+    /// Due attempts of one queue.
+    #[derive(Debug)]
+    pub struct QueueDepthRow {
+        queue: String,
+        due: i64,
+        oldest_due_at: Option<i64>,
+    }
+}
+
+stored_row! {
+    /// Runs of one status.
+    #[derive(Debug)]
+    pub struct StatusCountRow {
+        status: String,
+        runs: i64,
+    }
+}
+
+stored_row! {
     /// A child run of a parent step.
     #[derive(Debug)]
     pub struct ChildLinkRow {
@@ -368,6 +387,19 @@ impl<T: Statements> StoreTx for T {
         let args = [Arg::Text(parent), Arg::Text(step), Arg::Text(key)];
         let row: Option<ChildIdRow> = self.fetch_optional(sql::LOAD_CHILD, &args).await?;
         Ok(row.map(|r| r.child_run_id))
+    }
+
+    async fn queue_depths(&mut self, now: i64) -> StoreResult<Vec<(String, i64, Option<i64>)>> {
+        let rows: Vec<QueueDepthRow> = self.fetch_all(sql::QUEUE_DEPTHS, &[Arg::Int(now)]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.queue, r.due, r.oldest_due_at))
+            .collect())
+    }
+
+    async fn run_counts(&mut self) -> StoreResult<Vec<(String, i64)>> {
+        let rows: Vec<StatusCountRow> = self.fetch_all(sql::RUN_COUNTS, &[]).await?;
+        Ok(rows.into_iter().map(|r| (r.status, r.runs)).collect())
     }
 
     async fn children(&mut self, parent: &str) -> StoreResult<Vec<(String, String, String)>> {

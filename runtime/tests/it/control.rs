@@ -653,6 +653,7 @@ async fn child_runs_are_keyed_per_parent_step_across_retries(db: Db, clock: Manu
                     &parent.run_id.to_string(),
                     &running.step,
                 ),
+                trace_parent: None,
             };
             let first = engine
                 .start_child_run(

@@ -578,7 +578,6 @@ async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
 }
 on_each_backend!(a_redelivery_is_claimed_before_fresh_work);
 
-
 async fn a_step_delivered_too_often_fails_instead_of_running_again(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
     let run = engine
@@ -1297,7 +1296,11 @@ async fn a_sqlite_file_of_an_earlier_layout_is_renamed_in_place() {
     .fetch_all(&pool)
     .await
     .expect("reads");
-    assert_eq!(unprefixed, vec![], "every table, index and the history renamed");
+    assert_eq!(
+        unprefixed,
+        vec![],
+        "every table, index and the history renamed"
+    );
     sqlx::query("UPDATE squid_mesh_migrations SET checksum = x'00' WHERE version = 1")
         .execute(&pool)
         .await

@@ -35,6 +35,7 @@ pub fn ctx(step: &str, attempt: u32) -> StepContext {
         runnable_key: format!("tests:{step}:{attempt}"),
         idempotency_key: format!("tests:{step}:{attempt}"),
         step_idempotency_key: format!("tests:{step}"),
+        trace_parent: None,
     }
 }
 
