@@ -15,5 +15,6 @@ mod registry;
 mod render;
 mod schedules;
 mod support;
+mod telemetry;
 mod wat;
 mod worker;

@@ -3,7 +3,8 @@
 //! A few optional input fields make it probe its sandbox, so tests can show what an action
 //! can and cannot reach: `sleep_ms` sleeps (a slow step), `print_lines` writes to standard output, `log_lines` logs through
 //! the host, `env_var` reads an environment variable, `read_file` reads a file, `connect`
-//! opens a TCP connection and `start_child` (`{workflow, key, payload}`) starts a child run. Each probe's result is added to the output.
+//! opens a TCP connection, `start_child` (`{workflow, key, payload}`) starts a child run and
+//! `trace: true` returns the step's `traceparent`. Each probe's result is added to the output.
 
 use serde_json::{Map, Value, json};
 use squid_mesh_guest::{Action, ActionError, Context, log};
@@ -16,7 +17,7 @@ impl Action for Echo {
 
     const NAME: Option<&'static str> = Some("echo");
 
-    fn run(_ctx: &Context, input: Map<String, Value>) -> Result<Map<String, Value>, ActionError> {
+    fn run(ctx: &Context, input: Map<String, Value>) -> Result<Map<String, Value>, ActionError> {
         let count = |key: &str| input.get(key).and_then(Value::as_u64).unwrap_or(0);
         let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
         if count("sleep_ms") > 0 {
@@ -29,6 +30,9 @@ impl Action for Echo {
             log::info(&format!("echo log {i}"));
         }
         let mut output = input.clone();
+        if input.get("trace") == Some(&Value::Bool(true)) {
+            output.insert("trace_parent".into(), json!(ctx.trace_parent()));
+        }
         if let Some(name) = text("env_var") {
             output.insert("env_value".into(), json!(std::env::var(name).ok()));
         }
