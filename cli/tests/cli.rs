@@ -1547,3 +1547,169 @@ fn sigterm_past_the_deadline_gives_the_step_back() {
     assert_eq!(shown["status"], "completed", "{shown}");
     assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "{shown}");
 }
+
+/// An OTLP/HTTP collector for tests: accepts every POST (JSON bodies) and keeps them.
+struct Collector {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Collector {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+                        let mut length = 0;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = header.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if let Ok(json) = serde_json::from_slice::<Value>(&body) {
+                            kept.lock().unwrap().push((path, json));
+                        }
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                        );
+                    }
+                });
+            }
+        });
+        Self { port, bodies }
+    }
+
+    /// Every exported span of the process whose `service.instance.id` is `instance`:
+    /// (trace id, span name, attributes as "key=value" strings).
+    fn spans(&self, instance: &str) -> Vec<(String, String, Vec<String>)> {
+        let mut out = Vec::new();
+        for (path, body) in self.bodies.lock().unwrap().iter() {
+            if path != "/v1/traces" {
+                continue;
+            }
+            for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+                if !rs["resource"].to_string().contains(instance) {
+                    continue;
+                }
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in ss["spans"].as_array().into_iter().flatten() {
+                        let attrs = span["attributes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|kv| {
+                                let v = &kv["value"];
+                                let v = v["stringValue"]
+                                    .as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| v.to_string());
+                                format!("{}={v}", kv["key"].as_str().unwrap_or(""))
+                            })
+                            .collect();
+                        out.push((
+                            span["traceId"].as_str().unwrap_or("").to_owned(),
+                            span["name"].as_str().unwrap_or("").to_owned(),
+                            attrs,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Two worker processes on one Postgres database run the steps of one run (the first until
+/// the review gate, the second after the approval): every step span either exports over
+/// OTLP is in the same trace.
+#[test]
+fn a_run_keeps_one_trace_across_worker_processes_on_postgres() {
+    on_postgres("cli_trace", |cli| {
+        setup(&cli.dir);
+        cli.json(&["actions", "import"]);
+        let payload = r#"{"order_id": "o-1", "items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}]}"#;
+        let run = cli.json(&["start", "order.json", "--payload", payload]);
+        let run_id = run["run_id"].as_str().unwrap().to_owned();
+        let collector = Collector::start();
+        let worker = |instance: &str| {
+            let out = Command::new(BIN)
+                .current_dir(&cli.dir)
+                .env_remove("SQUID_MESH_DATABASE")
+                .env(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://127.0.0.1:{}", collector.port),
+                )
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+                .env(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    format!("service.instance.id={instance}"),
+                )
+                .args(["--database", &cli.database, "--schema", &cli.schema])
+                .args(["--json", "worker", "--exit-when-idle", "--otel"])
+                .output()
+                .expect("worker runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        worker("worker-a");
+        cli.json(&["approve", &run_id, "--actor", "ana"]);
+        worker("worker-b");
+        assert_eq!(cli.json(&["runs", "show", &run_id])["status"], "completed");
+        let of_run = |instance: &str| {
+            collector
+                .spans(instance)
+                .into_iter()
+                .filter(|(_, name, attrs)| {
+                    name.starts_with("step ") && attrs.contains(&format!("run_id={run_id}"))
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = of_run("worker-a");
+        let b = of_run("worker-b");
+        let names = |spans: &[(String, String, Vec<String>)]| {
+            spans.iter().map(|s| s.1.clone()).collect::<Vec<_>>()
+        };
+        assert!(names(&a).contains(&"step validate".to_owned()), "{a:?}");
+        assert!(names(&b).contains(&"step ship".to_owned()), "{b:?}");
+        let trace = &a[0].0;
+        assert_eq!(trace.len(), 32, "{trace}");
+        for span in a.iter().chain(&b) {
+            assert_eq!(&span.0, trace, "{} left the run's trace", span.1);
+            assert!(
+                span.2.contains(&format!("trace_id={trace}")),
+                "the span names its trace: {:?}",
+                span.2
+            );
+        }
+    });
+}

@@ -25,7 +25,8 @@ fn traced() -> WorkflowSpec {
                 .integer("amount_cents")
                 .integer("succeed_on_attempt")
                 .map("start_child")
-                .boolean("trace"),
+                .boolean("trace")
+                .integer("log_lines"),
         )
         .step(
             Step::action("charge", "payments.charge")
@@ -39,6 +40,7 @@ fn traced() -> WorkflowSpec {
             Step::action("spawn", "echo.parent")
                 .input_path("start_child", ["start_child"])
                 .input_path("trace", ["trace"])
+                .input_path("log_lines", ["log_lines"])
                 .output("spawned"),
         )
         .step(Step::log("declined", LogLevel::Warn, "declined"))
@@ -102,7 +104,7 @@ async fn a_run_is_one_trace_of_step_spans() {
                 None,
                 json!({"order_id": "o-1", "amount_cents": 500, "succeed_on_attempt": 2,
                        "start_child": {"workflow": "child", "key": "parcel", "payload": {"parcel": "p"}},
-                       "trace": true}),
+                       "trace": true, "log_lines": 1}),
                 StartOptions::default(),
             )
             .instrument(request.clone())
@@ -187,6 +189,13 @@ async fn a_run_is_one_trace_of_step_spans() {
             );
         }
     }
+    // What the action logged is an event of its step's `run` span.
+    let logged = spans.iter().any(|s| {
+        s.name == "squid_mesh.run"
+            && s.parent_span_id == spawn.span_context.span_id()
+            && s.events.iter().any(|e| e.name.contains("echo log 0"))
+    });
+    assert!(logged, "the action's log record is in its span");
     let approve = spans
         .iter()
         .find(|s| s.name == "command approve")
