@@ -27,6 +27,7 @@ mod langs;
 mod read;
 mod schedules;
 mod shapes;
+mod telemetry;
 mod wakeup;
 
 use std::time::{Duration, Instant};
@@ -80,8 +81,9 @@ fn main() -> Result<()> {
             "catalog" => figures.extend(runtime.block_on(catalog::catalog(smoke))?),
             "dynamic" => figures.extend(runtime.block_on(dynamic::dynamic(smoke))?),
             "chaos" => figures.extend(runtime.block_on(chaos::chaos(smoke))?),
+            "telemetry" => figures.extend(runtime.block_on(telemetry::telemetry(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos, telemetry"
             ),
         }
     }
