@@ -720,17 +720,8 @@ fn schedules_from_the_cli_on_postgres() {
     });
 }
 
-/// SIGTERM (how systemd and Kubernetes stop a service) drains the worker: the step it is
-/// running finishes, once, and the process exits cleanly.
-#[test]
-fn sigterm_drains_a_running_step() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+/// A workflow whose one step sleeps `sleep_ms`, and the example actions approved.
+fn write_napper(cli: &Cli) {
     std::fs::write(
         cli.dir.join("nap.json"),
         json!({
@@ -742,6 +733,36 @@ fn sigterm_drains_a_running_step() {
     )
     .unwrap();
     cli.json(&["actions", "import"]);
+}
+
+/// Waits until the run's first attempt is claimed (its step is running).
+fn wait_until_claimed(cli: &Cli, run_id: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let shown = cli.json(&["runs", "show", run_id]);
+        if shown["attempts"][0]["status"] == "claimed" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the step never started: {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM (how systemd and Kubernetes stop a service) drains the worker: the step it is
+/// running finishes, once, and the process exits cleanly.
+#[test]
+fn sigterm_drains_a_running_step() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    write_napper(&cli);
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 1500}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
     let worker = Command::new(BIN)
@@ -754,18 +775,7 @@ fn sigterm_drains_a_running_step() {
         .spawn()
         .expect("worker starts");
     // Wait for the step to be running, then ask the worker to stop.
-    let started = std::time::Instant::now();
-    loop {
-        let shown = cli.json(&["runs", "show", &run_id]);
-        if shown["attempts"][0]["status"] == "claimed" {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the step never started: {shown}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_claimed(&cli, &run_id);
     let term = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()
@@ -1482,17 +1492,7 @@ fn sigterm_past_the_deadline_gives_the_step_back() {
         database: "squid.db".into(),
         schema: "squid_mesh".into(),
     };
-    std::fs::write(
-        cli.dir.join("nap.json"),
-        json!({
-            "name": "napper",
-            "triggers": [{"name": "m", "type": "manual", "payload": [{"name": "sleep_ms", "type": "integer"}]}],
-            "steps": [{"name": "nap", "action": "echo", "input": ["sleep_ms"]}]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    cli.json(&["actions", "import"]);
+    write_napper(&cli);
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 4000}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
     let worker = spawn_worker(
@@ -1506,18 +1506,7 @@ fn sigterm_past_the_deadline_gives_the_step_back() {
             "60",
         ],
     );
-    let started = std::time::Instant::now();
-    loop {
-        let shown = cli.json(&["runs", "show", &run_id]);
-        if shown["attempts"][0]["status"] == "claimed" {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the step never started: {shown}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_claimed(&cli, &run_id);
     let stopping = std::time::Instant::now();
     let out = terminate(worker);
     assert!(
@@ -1712,4 +1701,25 @@ fn a_run_keeps_one_trace_across_worker_processes_on_postgres() {
             );
         }
     });
+}
+
+/// Shell completions print; a bad log filter is a usage error, not a panic.
+#[test]
+fn completions_and_a_bad_log_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        dir: dir.path().to_owned(),
+        database: "squid.db".into(),
+        schema: "squid_mesh".into(),
+    };
+    let script = cli.ok(&["completions", "bash"]);
+    assert!(
+        script.contains("squid-mesh") && script.contains("worker"),
+        "{script}"
+    );
+    let (code, err) = cli.fails(&["completions", "tcsh"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = cli.fails(&["--log-level", "squid_mesh=[", "runs", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--log-level"), "{err}");
 }

@@ -182,13 +182,13 @@ metric_names! {
     STEPS_STARTED = "squid_mesh_steps_started_total", "counter", ["workflow", "step", "queue"],
         "Step attempts whose action started (redeliveries included).";
     STEPS_FINISHED = "squid_mesh_steps_finished_total", "counter", ["workflow", "step", "queue", "outcome", "error_code"],
-        "Step attempts whose outcome was recorded: outcome succeeded or failed, with the error code of a failure.";
+        "Step attempts whose outcome was recorded: outcome succeeded, failed (with the error code) or suspended (a pause or approval gate).";
     STEP_DURATION = "squid_mesh_step_duration_seconds", "histogram", ["workflow", "step", "outcome"],
         "From the claim of a step attempt to the commit of its outcome.";
     ACTION_DURATION = "squid_mesh_action_duration_seconds", "histogram", ["action"],
         "The action's own run time (instantiate, call, output).";
     QUEUE_DELAY = "squid_mesh_step_queue_delay_seconds", "histogram", ["queue"],
-        "From the time a step attempt became due to its claim.";
+        "From the time a step attempt became due to its first claim (redeliveries are not counted).";
     START_DELAY = "squid_mesh_step_start_delay_seconds", "histogram", ["queue"],
         "From the claim of a step attempt to the start of its action (catalog check, definition, compiled component).";
     REDELIVERIES = "squid_mesh_redeliveries_total", "counter", ["queue"],

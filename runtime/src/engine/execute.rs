@@ -177,14 +177,13 @@ impl Engine {
             metrics::counter!(telemetry::RETRIES, "workflow" => labels.workflow.clone(), "step" => labels.step.clone())
                 .increment(1);
         }
-        // Due since `visible_at` (or since its lease ended, for a redelivery), claimed at
-        // `updated_at`: engine clock, microseconds.
-        let due = a
-            .lease_until
-            .filter(|_| a.claims > 1)
-            .unwrap_or(a.visible_at);
-        let waited = (a.updated_at - due).max(0) as f64 / 1e6;
-        metrics::histogram!(telemetry::QUEUE_DELAY, "queue" => labels.queue.clone()).record(waited);
+        if a.claims == 1 {
+            // Due since `visible_at`, claimed at `updated_at` (engine clock, microseconds).
+            // A redelivery's row no longer says when its earlier lease ended: not counted.
+            let waited = (a.updated_at - a.visible_at).max(0) as f64 / 1e6;
+            metrics::histogram!(telemetry::QUEUE_DELAY, "queue" => labels.queue.clone())
+                .record(waited);
+        }
         let started = std::time::Instant::now();
         let done = self
             .run_claimed_in_span(store, claimed, opts, chain, trace, &labels, started)
@@ -334,13 +333,16 @@ impl Engine {
         };
         let (result, code) = match &unit.outcome {
             StepOutcome::Failed(e) => ("failed", e.code.clone()),
-            _ => ("succeeded", String::new()),
+            StepOutcome::Suspended(_) => ("suspended", String::new()),
+            StepOutcome::Succeeded { .. } => ("succeeded", String::new()),
         };
         let done = batch::complete(store, unit)
             .instrument(tracing::info_span!("squid_mesh.complete"))
             .await?;
-        self.inner.outcomes[usize::from(result == "failed")]
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if result != "suspended" {
+            self.inner.outcomes[usize::from(result == "failed")]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         span.record("outcome", result);
         if !code.is_empty() {
             span.record("error_code", code.as_str());

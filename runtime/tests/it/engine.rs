@@ -1220,6 +1220,27 @@ async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: Manu
 }
 on_each_backend!(concurrent_workers_claim_every_attempt_exactly_once);
 
+/// Opens an engine on the SQLite file at `path`, runs a workflow to completion and closes it.
+async fn completes_a_run_in(path: &std::path::Path) {
+    let engine = Engine::builder()
+        .sqlite(path)
+        .registry(registry())
+        .clock(ManualClock::new(T0))
+        .build()
+        .await
+        .expect("opens the file");
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot").status,
+        RunStatus::Completed
+    );
+    engine.close().await;
+}
+
 /// A file laid out by an earlier version (tables without the prefix, history in
 /// `_sqlx_migrations`, as `sqlx migrate` leaves it) is renamed in place: its data and history
 /// carry on and nothing is applied twice; a migration changed after it was applied is
@@ -1260,24 +1281,7 @@ async fn a_sqlite_file_of_an_earlier_layout_is_renamed_in_place() {
     pool.close().await;
     assert!(!before.is_empty());
 
-    let engine = Engine::builder()
-        .sqlite(&path)
-        .registry(registry())
-        .clock(ManualClock::new(T0))
-        .build()
-        .await
-        .expect("opens the earlier file");
-    let run = engine
-        .start(&linear(), None, order(), StartOptions::default())
-        .await
-        .expect("starts");
-    drain(&engine).await;
-    assert_eq!(
-        engine.snapshot(run.run_id).await.expect("snapshot").status,
-        RunStatus::Completed
-    );
-    engine.close().await;
-    drop(engine);
+    completes_a_run_in(&path).await;
 
     let pool = connect().await;
     assert_eq!(
@@ -1353,24 +1357,7 @@ async fn the_runtime_shares_a_host_sqlite_database() {
         .await
         .expect("host migrates");
 
-    let engine = Engine::builder()
-        .sqlite(&path)
-        .registry(registry())
-        .clock(ManualClock::new(T0))
-        .build()
-        .await
-        .expect("shares the host's file");
-    let run = engine
-        .start(&linear(), None, order(), StartOptions::default())
-        .await
-        .expect("starts");
-    drain(&engine).await;
-    assert_eq!(
-        engine.snapshot(run.run_id).await.expect("snapshot").status,
-        RunStatus::Completed
-    );
-    engine.close().await;
-    drop(engine);
+    completes_a_run_in(&path).await;
 
     let notes: Vec<(String,)> = sqlx::query_as("SELECT note FROM runs")
         .fetch_all(&pool)
