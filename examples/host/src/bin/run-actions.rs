@@ -85,6 +85,7 @@ async fn main() -> Result<()> {
             runnable_key: format!("demo-run:{key}:{attempt}"),
             idempotency_key: format!("demo-run:{key}"),
             step_idempotency_key: format!("demo-run:{key}"),
+            trace_parent: None,
         };
         let Value::Object(input) = input else {
             unreachable!("inputs above are objects")
