@@ -204,6 +204,7 @@ mod otel {
     pub struct Providers {
         traces: SdkTracerProvider,
         metrics: SdkMeterProvider,
+        endpoint: String,
     }
 
     impl Providers {
@@ -213,11 +214,16 @@ mod otel {
         }
 
         pub fn shutdown(self) {
+            let endpoint = &self.endpoint;
             if let Err(e) = self.traces.shutdown() {
-                eprintln!("warning: flushing spans: {e}");
+                eprintln!(
+                    "warning: could not flush spans to the OTLP collector at {endpoint}: {e}"
+                );
             }
             if let Err(e) = self.metrics.shutdown() {
-                eprintln!("warning: flushing metrics: {e}");
+                eprintln!(
+                    "warning: could not flush metrics to the OTLP collector at {endpoint} (is it running?): {e}"
+                );
             }
         }
     }
@@ -280,6 +286,17 @@ mod otel {
         let layer = tracing_opentelemetry::layer()
             .with_tracer(traces.tracer("squid-mesh"))
             .with_filter(Targets::new().with_target("squid_mesh", tracing::Level::INFO));
-        Ok((layer, Providers { traces, metrics }))
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "http://localhost:4318".into());
+        Ok((
+            layer,
+            Providers {
+                traces,
+                metrics,
+                endpoint,
+            },
+        ))
     }
 }
