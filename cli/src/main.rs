@@ -96,8 +96,9 @@ struct Cli {
     #[arg(long, global = true, env = "SQUID_MESH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Which logs to show, as a `RUST_LOG` filter (`info`, `warn,squid_mesh::action=debug`).
-    /// Default: `SQUID_MESH_LOG`, else `RUST_LOG`, else warnings and what actions log at
-    /// info for `worker`, errors only for other commands.
+    /// Default: `SQUID_MESH_LOG`, else `RUST_LOG`, else for `worker` warnings and what
+    /// actions log, in their step's span (`warn,squid_mesh::action=info,squid_mesh::telemetry=info`),
+    /// errors only for other commands.
     #[arg(long, global = true)]
     log_level: Option<String>,
     /// Most Postgres connections this process opens (each worker process needs its own share
@@ -663,7 +664,7 @@ fn main() -> ExitCode {
         format: &cli.log_format,
         level: cli.log_level.as_deref(),
         default_level: if worker {
-            "warn,squid_mesh::action=info"
+            "warn,squid_mesh::action=info,squid_mesh::telemetry=info"
         } else {
             "error"
         },

@@ -13,6 +13,15 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Bucket bounds of the duration histograms, in seconds.
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Bucket bounds of the batch-size histogram.
+const UNITS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Set while the worker's progress line is on the terminal: the next log record clears it
 /// first (the line is drawn again at the next tick).
 pub static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
@@ -153,10 +162,14 @@ pub fn serve_metrics(addr: Option<SocketAddr>, guard: &Guard) -> Result<()> {
         Some(addr) => {
             let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0,
-                ])
+                .set_buckets(SECONDS)
+                .context("histogram buckets")?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        squid_mesh::telemetry::names::COMMIT_BATCH.into(),
+                    ),
+                    UNITS,
+                )
                 .context("histogram buckets")?
                 .build()
                 .with_context(|| format!("serving metrics on {addr}"))?;
@@ -208,9 +221,22 @@ mod otel {
     }
 
     impl Providers {
+        /// The OTLP metrics recorder, with the same histogram bounds as Prometheus.
         pub fn recorder(&self) -> metrics_exporter_otel::OpenTelemetryRecorder {
             use opentelemetry::metrics::MeterProvider as _;
-            metrics_exporter_otel::OpenTelemetryRecorder::new(self.metrics.meter("squid-mesh"))
+            let recorder =
+                metrics_exporter_otel::OpenTelemetryRecorder::new(self.metrics.meter("squid-mesh"));
+            for m in squid_mesh::telemetry::METRICS {
+                if m.kind == "histogram" {
+                    let bounds = if m.name == squid_mesh::telemetry::names::COMMIT_BATCH {
+                        super::UNITS
+                    } else {
+                        super::SECONDS
+                    };
+                    recorder.set_histogram_bounds(&metrics::KeyName::from(m.name), bounds.to_vec());
+                }
+            }
+            recorder
         }
 
         pub fn shutdown(self) {

@@ -828,6 +828,31 @@ fn json_logs_carry_what_steps_log() {
                 && r["fields"]["run_id"] == run["run_id"]),
         "{stderr}"
     );
+    // With the worker's default filter, a step's record also carries its span, with the
+    // run's trace id.
+    let run = cli.json(&["start", "hello.toml"]);
+    let out = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env_remove("SQUID_MESH_LOG")
+        .env_remove("RUST_LOG")
+        .args(["--database", &cli.database])
+        .args(["--log-format", "json", "worker", "--exit-when-idle"])
+        .output()
+        .expect("worker runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["fields"]["message"] == "hello from a step")
+        .unwrap_or_else(|| panic!("no record of the step: {stderr}"));
+    assert_eq!(said["span"]["name"], "squid_mesh.step", "{said}");
+    assert_eq!(said["span"]["run_id"], run["run_id"], "{said}");
+    assert_eq!(
+        said["span"]["trace_id"].as_str().map(str::len),
+        Some(32),
+        "{said}"
+    );
 }
 
 /// A worker process started before an action exists runs it once another process approved

@@ -192,7 +192,7 @@ metric_names! {
     START_DELAY = "squid_mesh_step_start_delay_seconds", "histogram", ["queue"],
         "From the claim of a step attempt to the start of its action (catalog check, definition, compiled component).";
     REDELIVERIES = "squid_mesh_redeliveries_total", "counter", ["queue"],
-        "Claims of an attempt whose earlier claim's lease had expired (its worker died or stalled).";
+        "Claims that took over an expired lease (its worker died or stalled); give-backs and released steps are not counted.";
     LEASE_EXPIRATIONS = "squid_mesh_lease_expirations_total", "counter", [],
         "Expired leases found and put back in the order their attempts became visible.";
     RETRIES = "squid_mesh_retries_total", "counter", ["workflow", "step"],

@@ -40,6 +40,8 @@ pub(crate) struct ClaimedAttempt {
     pub(crate) token_hash: String,
     /// The action catalog's version read by the claim (not by a chained claim).
     pub(crate) catalog_version: Option<i64>,
+    /// The claim took over an expired lease.
+    pub(crate) redelivery: bool,
 }
 
 /// How a completion ended.

@@ -162,7 +162,7 @@ impl Engine {
             step: &a.step,
             attempt: a.attempt,
             queue: &a.queue,
-            redelivery: a.claims > 1,
+            redelivery: claimed.redelivery,
             trace: trace.as_ref(),
         });
         let labels = StepLabels {
@@ -170,10 +170,10 @@ impl Engine {
             step: a.step.clone(),
             queue: a.queue.clone(),
         };
-        if a.claims > 1 {
+        if claimed.redelivery {
             metrics::counter!(telemetry::REDELIVERIES, "queue" => labels.queue.clone())
                 .increment(1);
-        } else if a.attempt > 1 {
+        } else if a.attempt > 1 && a.claims == 1 {
             metrics::counter!(telemetry::RETRIES, "workflow" => labels.workflow.clone(), "step" => labels.step.clone())
                 .increment(1);
         }
@@ -531,6 +531,13 @@ impl Engine {
         };
         let decision = decide::decide_lease(apply::take_lease(&mut attempt), event, now)
             .map_err(|s| stale(&attempt.runnable_key, s))?;
+        let redelivery = matches!(
+            decision.fact,
+            Some(Fact::AttemptClaimed {
+                redelivery: true,
+                ..
+            })
+        );
         apply::set_lease(&mut attempt, decision.state, now);
         match placement {
             Placement::Insert => tx.insert_attempt(&attempt).await?,
@@ -545,6 +552,7 @@ impl Engine {
             def,
             token_hash,
             catalog_version: None,
+            redelivery,
         })
     }
 
