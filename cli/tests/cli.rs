@@ -16,6 +16,15 @@ struct Cli {
 }
 
 impl Cli {
+    /// The program on the SQLite file `squid.db` in `dir`.
+    fn sqlite(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            database: "squid.db".into(),
+            schema: "squid_mesh".into(),
+        }
+    }
+
     fn cmd(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .current_dir(&self.dir)
@@ -401,11 +410,7 @@ fn scenario(cli: &Cli) {
 #[test]
 fn the_cli_drives_runs_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     scenario(&cli);
 }
 
@@ -702,11 +707,7 @@ fn workers_fire_each_window_once(cli: &Cli) {
 fn schedules_from_the_cli_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     schedule_scenario(&cli);
     workers_fire_each_window_once(&cli);
 }
@@ -757,11 +758,7 @@ fn wait_until_claimed(cli: &Cli, run_id: &str) {
 fn sigterm_drains_a_running_step() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     write_napper(&cli);
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 1500}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
@@ -796,11 +793,7 @@ fn sigterm_drains_a_running_step() {
 fn json_logs_carry_what_steps_log() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     std::fs::write(
         cli.dir.join("hello.toml"),
         "name = \"hello\"\n[[triggers]]\nname = \"m\"\ntype = \"manual\"\n[[steps]]\nname = \"greet\"\nbuiltin = { kind = \"log\", message = \"hello from a step\" }\n",
@@ -982,11 +975,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_running_worker_picks_up_a_new_approval_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     a_running_worker_picks_up_a_new_approval(&cli);
 }
 
@@ -998,11 +987,7 @@ fn a_running_worker_picks_up_a_new_approval_on_postgres() {
 /// A directory with spec files for the `spec` commands, and a CLI on a SQLite file in it.
 fn spec_cli() -> (tempfile::TempDir, Cli) {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     let mut draft = order_spec();
     draft["version"] = json!("2");
     draft["steps"][1]["retry"]["max_attempts"] = json!(5);
@@ -1296,11 +1281,7 @@ fn dynamic_work_scenario(cli: &Cli) {
 #[test]
 fn dynamic_work_from_the_cli_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     dynamic_work_scenario(&cli);
 }
 
@@ -1374,11 +1355,7 @@ fn terminate(worker: std::process::Child) -> Output {
 fn the_metrics_endpoint_counts_a_known_workload() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     cli.json(&["actions", "import"]);
     for (id, succeed_on) in [("o-1", 2), ("o-2", 1)] {
         let payload = json!({"order_id": id, "items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 450}], "succeed_on_attempt": succeed_on});
@@ -1512,11 +1489,7 @@ fn the_metrics_endpoint_counts_a_known_workload() {
 fn sigterm_past_the_deadline_gives_the_step_back() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     write_napper(&cli);
     let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 4000}"#]);
     let run_id = run["run_id"].as_str().unwrap().to_owned();
@@ -1732,11 +1705,7 @@ fn a_run_keeps_one_trace_across_worker_processes_on_postgres() {
 #[test]
 fn completions_and_a_bad_log_filter() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        dir: dir.path().to_owned(),
-        database: "squid.db".into(),
-        schema: "squid_mesh".into(),
-    };
+    let cli = Cli::sqlite(dir.path());
     let script = cli.ok(&["completions", "bash"]);
     assert!(
         script.contains("squid-mesh") && script.contains("worker"),

@@ -534,6 +534,8 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, c
     assert_consistent(&engine, &after).await;
 }
 on_each_backend!(an_expired_lease_is_redelivered_and_the_late_worker_is_fenced);
+
+/// An expired claim goes before the backlog that arrived while its step ran.
 async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
     let crashed = engine
