@@ -49,9 +49,20 @@ struct Figure {
     target: Option<String>,
 }
 
+/// `--sqlite-normal`: SQLite runs with `synchronous = NORMAL` (fsync at checkpoints only)
+/// instead of the default FULL, in the engines and the commit floor alike.
+static SQLITE_NORMAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn sqlite_normal() -> bool {
+    SQLITE_NORMAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    if args.iter().any(|a| a == "--sqlite-normal") {
+        SQLITE_NORMAL.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let workloads: Vec<&str> = args
         .iter()
         .filter(|a| !a.starts_with("--"))
@@ -264,6 +275,7 @@ enum Backend {
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
+            Backend::Sqlite(_) if sqlite_normal() => "sqlite (synchronous=NORMAL)",
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres { .. } => "postgres",
         }
@@ -278,7 +290,11 @@ impl Backend {
             .registry(registry.clone())
             .host_config(HostConfig::default().cache_dir(cache.to_owned()));
         match self {
-            Backend::Sqlite(path) => b.sqlite(path),
+            Backend::Sqlite(path) => b.sqlite(path).synchronous(if sqlite_normal() {
+                squid_mesh::store::Synchronous::Normal
+            } else {
+                squid_mesh::store::Synchronous::Full
+            }),
             Backend::Postgres { url, schema } => b.postgres(url).postgres_schema(schema),
         }
     }
@@ -300,43 +316,42 @@ async fn commit_floor(backend: &Backend, committers: usize, total: usize) -> Res
     let started;
     match backend {
         Backend::Sqlite(path) => {
+            // rusqlite, the runtime's SQLite driver, with the runtime's settings (WAL, the
+            // same `synchronous`): each commit a thread of its own drives, as the runtime's
+            // writer does.
             let floor = path.with_file_name("floor.db");
-            let opts = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&floor)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(30));
-            // No ping on checkout, as the runtime's pools: the floor is the cheapest commit.
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .test_before_acquire(false)
-                .max_connections(committers as u32)
-                .connect_with(opts)
-                .await?;
-            sqlx::query(
+            let sync = if sqlite_normal() { "NORMAL" } else { "FULL" };
+            let open = move |floor: &std::path::Path| -> rusqlite::Result<rusqlite::Connection> {
+                let c = rusqlite::Connection::open(floor)?;
+                c.busy_timeout(Duration::from_secs(30))?;
+                c.execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
+                ))?;
+                Ok(c)
+            };
+            open(&floor)?.execute_batch(
                 "CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
-            )
-            .execute(&pool)
-            .await?;
+            )?;
             started = Instant::now();
-            let tasks: Vec<_> = (0..committers)
+            let threads: Vec<_> = (0..committers)
                 .map(|_| {
-                    let pool = pool.clone();
-                    tokio::spawn(async move {
+                    let floor = floor.clone();
+                    std::thread::spawn(move || -> rusqlite::Result<()> {
+                        let c = open(&floor)?;
+                        let payload = "x".repeat(200);
                         for _ in 0..per {
-                            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                            sqlx::query("INSERT INTO floor (payload) VALUES ($1)")
-                                .bind("x".repeat(200))
-                                .execute(&mut *tx)
-                                .await?;
-                            tx.commit().await?;
+                            c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+                            c.prepare_cached("INSERT INTO floor (payload) VALUES (?1)")?
+                                .execute([&payload])?;
+                            c.prepare_cached("COMMIT")?.execute([])?;
                         }
-                        Ok::<_, sqlx::Error>(())
+                        Ok(())
                     })
                 })
                 .collect();
-            for t in tasks {
-                t.await??;
+            for t in threads {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
             }
         }
         Backend::Postgres { url, schema } => {
@@ -456,6 +471,55 @@ async fn drain_runs(
         runs as f64 / elapsed,
         latencies,
     ))
+}
+
+/// The closed loop users (and DBOS' harness) run: `callers` tasks each start a run of the
+/// 3-step workflow and await its end (`Engine::wait_for_run`), `runs` runs in all, against a
+/// pool of `workers` slots; starts are inside the timed window. Returns steps/s.
+async fn closed_loop(
+    engine: &squid_mesh::Engine,
+    runs: usize,
+    callers: usize,
+    workers: usize,
+) -> Result<f64> {
+    let pool = squid_mesh::Worker::builder(engine)
+        .concurrency(workers)
+        .owner_id("bench")
+        .start()?;
+    pool.ready().await;
+    let per = runs / callers;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let spec = three_steps();
+                for i in 0..per {
+                    let run = engine
+                        .start(
+                            &spec,
+                            None,
+                            json!({"n": c * per + i}),
+                            squid_mesh::StartOptions::default(),
+                        )
+                        .await?;
+                    let end = engine
+                        .wait_for_run(run.run_id, Duration::from_secs(120))
+                        .await?;
+                    if end.status != squid_mesh::RunStatus::Completed {
+                        bail!("run {} ended {:?}", run.run_id, end.status);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    pool.shutdown(Duration::from_secs(5)).await;
+    Ok((per * callers * 3) as f64 / elapsed)
 }
 
 /// Resets this process's peak resident set size (Linux `clear_refs`), so the next
@@ -597,6 +661,35 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
             unit: "x",
             target: (*workers == 8).then(|| ">= 1".to_owned()),
         });
+    }
+    // The closed loop: 8 callers, 8 workers, fresh database.
+    let callers = 8;
+    let mut looped = vec![Backend::Sqlite(dir.path().join("closed-loop.db"))];
+    if let Some(Backend::Postgres { url, schema }) = &pg {
+        looped.push(Backend::Postgres {
+            url: url.clone(),
+            schema: format!("{schema}_closed"),
+        });
+    }
+    for backend in &looped {
+        let engine = backend.engine(&registry, dir.path()).await?;
+        let steps = closed_loop(&engine, runs, callers, 8).await?;
+        let name = backend.name();
+        let floor = floors.get(&(name, 1)).copied().unwrap_or(f64::NAN);
+        figures.push(Figure {
+            name: format!("{name} closed loop steps/s, {callers} callers, 8 workers"),
+            value: steps,
+            unit: "steps/s",
+            target: None,
+        });
+        figures.push(Figure {
+            name: format!("{name} closed loop / 1-committer floor"),
+            value: steps / floor,
+            unit: "x",
+            target: None,
+        });
+        engine.close().await;
+        drop_schema(backend).await;
     }
     for backend in backends.iter().map(|(_, b)| b).chain(pg.as_ref()) {
         drop_schema(backend).await;

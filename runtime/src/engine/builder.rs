@@ -240,6 +240,7 @@ impl EngineBuilder {
                 next_requeue: std::sync::atomic::AtomicI64::new(i64::MIN),
                 outcomes: Default::default(),
                 sampled_queues: Mutex::new(Vec::new()),
+                run_waiters: Mutex::new(HashMap::new()),
             }),
         };
         engine.refresh_catalog().await?;

@@ -206,6 +206,11 @@ impl Engine {
         self.apply_signal_inner(signal)
             .instrument(span.clone())
             .await
+            .inspect(|s| {
+                if s.is_terminal() {
+                    self.run_may_have_ended(&s.run_id.to_string());
+                }
+            })
             .inspect_err(|e| {
                 span.record("error_code", e.code());
             })

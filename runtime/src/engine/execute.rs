@@ -336,9 +336,14 @@ impl Engine {
             StepOutcome::Suspended(_) => ("suspended", String::new()),
             StepOutcome::Succeeded { .. } => ("succeeded", String::new()),
         };
+        let run_id = unit.attempt.run_id.clone();
         let done = batch::complete(store, unit)
             .instrument(tracing::info_span!("squid_mesh.complete"))
             .await?;
+        if matches!(done, Completed::Applied(None)) {
+            // The chain stopped: the run may have ended.
+            self.run_may_have_ended(&run_id);
+        }
         if result != "suspended" {
             self.inner.outcomes[usize::from(result == "failed")]
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

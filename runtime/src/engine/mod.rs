@@ -157,6 +157,32 @@ struct Inner {
     outcomes: [std::sync::atomic::AtomicU64; 2],
     /// Queues the last metrics sample saw (a queue that empties is set to zero).
     sampled_queues: Mutex<Vec<String>>,
+    /// Callers of [`Engine::wait_for_run`], by run id: (their wake-up, how many wait).
+    run_waiters: Mutex<HashMap<String, (Arc<tokio::sync::Notify>, usize)>>,
+}
+
+/// A registration in `run_waiters`, removed when the last waiter of its run leaves.
+struct RunWaiter<'a> {
+    engine: &'a Engine,
+    run_id: String,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for RunWaiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self
+            .engine
+            .inner
+            .run_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = waiters.get_mut(&self.run_id) {
+            *n -= 1;
+            if *n == 0 {
+                waiters.remove(&self.run_id);
+            }
+        }
+    }
 }
 
 /// What an engine's workers did since it was built (see [`Engine::step_totals`]).
@@ -212,6 +238,75 @@ impl Engine {
 
     pub(crate) fn any_store(&self) -> &AnyStore {
         &self.inner.store
+    }
+
+    /// Waits until run `run_id` ends (completed, failed or cancelled) and returns its
+    /// snapshot; when `timeout` passes first, returns the snapshot as it is then (check
+    /// [`RunSnapshot::is_terminal`]). A run ended by this process's workers or commands wakes
+    /// the caller at once; one ended by another process is seen within 50 ms (polling).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::RunNotFound`], or a store error.
+    pub async fn wait_for_run(&self, run_id: RunId, timeout: Duration) -> Result<RunSnapshot> {
+        const POLL: Duration = Duration::from_millis(50);
+        let key = run_id.to_string();
+        let notify = {
+            let mut waiters = self
+                .inner
+                .run_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = waiters
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::new(tokio::sync::Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        let waiter = RunWaiter {
+            engine: self,
+            run_id: key,
+            notify,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = with_store!(self, s => s.run_status(&waiter.run_id).await?);
+            match status.as_deref().and_then(RunStatus::parse) {
+                None if status.is_none() => {
+                    return Err(EngineError::RunNotFound {
+                        run_id: waiter.run_id.clone(),
+                    });
+                }
+                Some(s) if s.is_terminal() => break,
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        drop(waiter);
+        self.snapshot(run_id).await
+    }
+
+    /// Wakes the callers of [`Engine::wait_for_run`] waiting on `run_id`, after a write
+    /// that may have ended it committed.
+    pub(crate) fn run_may_have_ended(&self, run_id: &str) {
+        let waiters = self
+            .inner
+            .run_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((notify, _)) = waiters.get(run_id) {
+            notify.notify_waiters();
+        }
     }
 
     /// Step outcomes recorded by this engine's workers since it was built.

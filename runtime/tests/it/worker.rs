@@ -246,3 +246,72 @@ async fn postgres_notifications_wake_workers_of_other_engines(db: Db, clock: Man
     assert_eq!(worker.shutdown(Duration::from_secs(5)).await, 2);
 }
 on_each_backend!(postgres_notifications_wake_workers_of_other_engines);
+
+/// `wait_for_run` returns when a worker of this process ends the run (woken, not polled), as
+/// it is when the timeout passes first, when a command cancels the run, and refuses an unknown
+/// run.
+async fn waiting_for_a_run_to_end(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&engine)
+        .poll_interval(Duration::from_millis(20))
+        .start()
+        .expect("starts");
+    let run = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 0}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let s = engine
+        .wait_for_run(run.run_id, Duration::from_secs(30))
+        .await
+        .expect("waits");
+    assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    assert_eq!(s.attempts.len(), 2);
+
+    // Still running when the timeout passes: returned as it is.
+    let slow = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 3000}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let t = Instant::now();
+    let s = engine
+        .wait_for_run(slow.run_id, Duration::from_millis(200))
+        .await
+        .expect("waits");
+    assert!(!s.is_terminal(), "{:?}", s.status);
+    assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(2));
+
+    // A cancel wakes the waiter.
+    let waiting = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .wait_for_run(slow.run_id, Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    engine
+        .cancel(slow.run_id, squid_mesh::engine::CommandOptions::default())
+        .await
+        .expect("cancels");
+    let s = waiting.await.expect("task").expect("waits");
+    assert_eq!(s.status, RunStatus::Cancelled);
+
+    let err = engine
+        .wait_for_run(squid_mesh::RunId::random(), Duration::from_secs(1))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), "run_not_found");
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+on_each_backend!(waiting_for_a_run_to_end);
