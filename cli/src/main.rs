@@ -3,7 +3,8 @@
 //! Works against `--database` (a SQLite file by default, or a Postgres URL), whose action
 //! catalog holds the approved actions every process runs. Human-readable output by default,
 //! `--json` for scripts; errors go to stderr with a non-zero exit code (2 for bad input,
-//! 3 for a run that does not exist, 1 for everything else).
+//! 3 for a run that does not exist, 1 for everything else). `start --wait` exits 1 when the
+//! run failed or was cancelled, 4 when it is still going at the deadline.
 
 mod telemetry;
 
@@ -416,6 +417,10 @@ struct StartArgs {
     /// Queue of the run's attempts.
     #[arg(long)]
     queue: Option<String>,
+    /// Wait up to this many seconds for the run to end (a worker must be running) and print
+    /// how it ended; exit 1 if it failed or was cancelled, 4 if it is still going.
+    #[arg(long, value_name = "SECS")]
+    wait: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -1438,20 +1443,58 @@ async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
             o
         })
         .await?;
-    if cli.json {
-        print_json(
-            &json!({"run_id": snap.run_id, "workflow": snap.workflow, "status": snap.status, "queue": snap.queue}),
-        )?;
-    } else {
+    let Some(secs) = args.wait else {
+        if cli.json {
+            print_json(
+                &json!({"run_id": snap.run_id, "workflow": snap.workflow, "status": snap.status, "queue": snap.queue}),
+            )?;
+        } else {
+            outln!(
+                "started run {} of {} on queue {} ({})",
+                snap.run_id,
+                snap.workflow,
+                snap.queue,
+                snap.status.as_str()
+            );
+        }
+        return Ok(0);
+    };
+    if !cli.json {
         outln!(
-            "started run {} of {} on queue {} ({})",
+            "started run {} of {} on queue {}; waiting up to {secs} s",
             snap.run_id,
             snap.workflow,
-            snap.queue,
-            snap.status.as_str()
+            snap.queue
         );
     }
-    Ok(0)
+    let end = e
+        .wait_for_run(snap.run_id, Duration::from_secs(secs))
+        .await?;
+    let code = match end.status {
+        RunStatus::Completed => 0,
+        s if s.is_terminal() => 1,
+        _ => 4,
+    };
+    if cli.json {
+        print_json(&json!({
+            "run_id": end.run_id,
+            "workflow": end.workflow,
+            "status": end.status,
+            "queue": end.queue,
+            "ended": end.is_terminal(),
+            "context": end.context,
+            "error": end.error,
+        }))?;
+    } else if end.is_terminal() {
+        outln!("run {} {}", end.run_id, end.status.as_str());
+    } else {
+        outln!(
+            "run {} is still {} after {secs} s",
+            end.run_id,
+            end.status.as_str()
+        );
+    }
+    Ok(code)
 }
 
 async fn worker(cli: &Cli, args: &WorkerArgs, telemetry: &telemetry::Guard) -> Result<u8, Failure> {

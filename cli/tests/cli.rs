@@ -1717,3 +1717,36 @@ fn completions_and_a_bad_log_filter() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--log-level"), "{err}");
 }
+
+/// `start --wait` returns how the run ended (a worker runs it meanwhile), or exits 4 when it
+/// is still going at the deadline.
+#[test]
+fn start_and_wait_for_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli::sqlite(dir.path());
+    write_napper(&cli);
+    let worker = spawn_worker(&cli, &["--concurrency", "2"]);
+    let ended = cli.json(&[
+        "start",
+        "nap.json",
+        "--payload",
+        r#"{"sleep_ms": 10}"#,
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["ended"], true);
+    let out = cli.cmd(&[
+        "start",
+        "nap.json",
+        "--payload",
+        r#"{"sleep_ms": 5000}"#,
+        "--wait",
+        "1",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("is still running after 1 s"), "{said}");
+    terminate(worker);
+}
