@@ -816,7 +816,7 @@ async fn engine(cli: &Cli) -> Result<Engine> {
     };
     b.build()
         .await
-        .with_context(|| format!("opening the database {}", cli.database))
+        .with_context(|| format!("opening the database {}", shown_database(&cli.database)))
 }
 
 /// The engine and the run id a command acts on.
@@ -826,14 +826,28 @@ async fn engine_and_run(cli: &Cli, id: &str) -> Result<(Engine, squid_mesh::RunI
     Ok((e, id))
 }
 
+/// The database as messages show it: a Postgres URL's password replaced by `***`.
+fn shown_database(database: &str) -> String {
+    let Some((scheme, rest)) = database.split_once("://") else {
+        return database.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return database.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => database.to_owned(),
+    }
+}
+
 async fn run(cli: Cli, telemetry: &telemetry::Guard) -> Result<u8, Failure> {
     match &cli.command {
         Command::Migrate => {
             engine(&cli).await?;
             if cli.json {
-                print_json(&json!({"migrated": cli.database}))?;
+                print_json(&json!({"migrated": shown_database(&cli.database)}))?;
             } else {
-                outln!("database {} is up to date", cli.database);
+                outln!("database {} is up to date", shown_database(&cli.database));
             }
             Ok(0)
         }
@@ -1486,7 +1500,15 @@ async fn start(cli: &Cli, args: &StartArgs) -> Result<u8, Failure> {
             "error": end.error,
         }))?;
     } else if end.is_terminal() {
-        outln!("run {} {}", end.run_id, end.status.as_str());
+        match end.error.as_ref() {
+            Some(error) if end.status == RunStatus::Failed => outln!(
+                "run {} failed: {} ({})",
+                end.run_id,
+                error["code"].as_str().unwrap_or("error"),
+                error["message"].as_str().unwrap_or_default()
+            ),
+            _ => outln!("run {} {}", end.run_id, end.status.as_str()),
+        }
     } else {
         outln!(
             "run {} is still {} after {secs} s",
@@ -1512,6 +1534,17 @@ async fn worker(cli: &Cli, args: &WorkerArgs, telemetry: &telemetry::Guard) -> R
             metrics_on.then(|| Duration::from_secs(args.metrics_sample_secs.max(1))),
         )
         .start()?;
+    if !cli.json {
+        outln!(
+            "worker started on queue(s) {} (concurrency {}) against {}{}",
+            args.queues.join(", "),
+            args.concurrency,
+            shown_database(&cli.database),
+            args.metrics_addr
+                .map(|a| format!("; metrics on http://{a}/metrics"))
+                .unwrap_or_default()
+        );
+    }
     let started = std::time::Instant::now();
     // The live progress line only on a terminal: piped, it would be one endless line.
     let interactive = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1558,13 +1591,15 @@ async fn worker(cli: &Cli, args: &WorkerArgs, telemetry: &telemetry::Guard) -> R
             "executed": executed,
             "succeeded": steps.succeeded,
             "failed": steps.failed,
+            "suspended": steps.suspended,
             "errors": errors,
         }))?;
     } else {
         outln!(
-            "worker stopped ({reason}): {executed} step(s) executed ({} succeeded, {} failed), {errors} store error(s)",
+            "worker stopped ({reason}): {executed} step(s) executed ({} succeeded, {} failed, {} stopped at a gate), {errors} store error(s)",
             steps.succeeded,
-            steps.failed
+            steps.failed,
+            steps.suspended
         );
     }
     Ok(0)

@@ -116,7 +116,7 @@ pub fn init(o: &Options<'_>) -> Result<Guard> {
     let logs = if o.format == "json" {
         fmt.json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_filter(filter)
             .boxed()
     } else {
@@ -254,6 +254,35 @@ mod otel {
         }
     }
 
+    /// The collector's endpoint, refused when this build cannot reach it.
+    fn endpoint() -> Result<String> {
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ] {
+            if let Ok(value) = std::env::var(name)
+                && !value.is_empty()
+                && !value.starts_with("http://")
+            {
+                return Err(anyhow!(
+                    "{name}={value:?}: this build exports over plain HTTP; give an http:// URL (a local collector can forward over TLS)"
+                ));
+            }
+        }
+        if std::env::var("OTEL_EXPORTER_OTLP_COMPRESSION")
+            .is_ok_and(|v| !v.is_empty() && v != "none")
+        {
+            return Err(anyhow!(
+                "OTEL_EXPORTER_OTLP_COMPRESSION: this build sends OTLP uncompressed; unset it"
+            ));
+        }
+        Ok(std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "http://localhost:4318".into()))
+    }
+
     fn protocol() -> Result<Protocol> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let value = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -287,6 +316,7 @@ mod otel {
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
+        let endpoint = endpoint()?;
         let protocol = protocol()?;
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -312,10 +342,7 @@ mod otel {
         let layer = tracing_opentelemetry::layer()
             .with_tracer(traces.tracer("squid-mesh"))
             .with_filter(Targets::new().with_target("squid_mesh", tracing::Level::INFO));
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| "http://localhost:4318".into());
+        tracing::debug!("exporting spans and metrics over OTLP to {endpoint}");
         Ok((
             layer,
             Providers {

@@ -344,10 +344,12 @@ impl Engine {
             // The chain stopped: the run may have ended.
             self.run_may_have_ended(&run_id);
         }
-        if result != "suspended" {
-            self.inner.outcomes[usize::from(result == "failed")]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let slot = match result {
+            "succeeded" => 0,
+            "failed" => 1,
+            _ => 2,
+        };
+        self.inner.outcomes[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         span.record("outcome", result);
         if !code.is_empty() {
             span.record("error_code", code.as_str());

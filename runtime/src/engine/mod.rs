@@ -153,8 +153,8 @@ struct Inner {
     /// When (engine clock, microseconds) a claim next puts expired leases back in the order
     /// their attempts became visible (see `execute::REQUEUE_EVERY`).
     next_requeue: std::sync::atomic::AtomicI64,
-    /// Step outcomes this engine recorded: succeeded, failed.
-    outcomes: [std::sync::atomic::AtomicU64; 2],
+    /// Step outcomes this engine recorded: succeeded, failed, suspended.
+    outcomes: [std::sync::atomic::AtomicU64; 3],
     /// Queues the last metrics sample saw (a queue that empties is set to zero).
     sampled_queues: Mutex<Vec<String>>,
     /// Callers of [`Engine::wait_for_run`], by run id: (their wake-up, how many wait).
@@ -193,6 +193,8 @@ pub struct StepTotals {
     pub succeeded: u64,
     /// Step attempts this process recorded as failed (business errors, limits, timeouts).
     pub failed: u64,
+    /// Step attempts that stopped their run at a pause or approval gate.
+    pub suspended: u64,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -315,6 +317,7 @@ impl Engine {
         StepTotals {
             succeeded: self.inner.outcomes[0].load(Relaxed),
             failed: self.inner.outcomes[1].load(Relaxed),
+            suspended: self.inner.outcomes[2].load(Relaxed),
         }
     }
 
