@@ -454,7 +454,7 @@ struct WorkerArgs {
     /// standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (default http://localhost:4318),
     /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `http/json`), `OTEL_SERVICE_NAME`,
     /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`.
-    #[arg(long, env = "SQUID_MESH_OTEL")]
+    #[arg(long, env = "SQUID_MESH_OTEL", value_parser = clap::builder::BoolishValueParser::new())]
     otel: bool,
 }
 
