@@ -227,7 +227,7 @@ mod otel {
             let recorder =
                 metrics_exporter_otel::OpenTelemetryRecorder::new(self.metrics.meter("squid-mesh"));
             for m in squid_mesh::telemetry::METRICS {
-                if m.kind == "histogram" {
+                if m.kind == squid_mesh::telemetry::MetricKind::Histogram {
                     let bounds = if m.name == squid_mesh::telemetry::names::COMMIT_BATCH {
                         super::UNITS
                     } else {

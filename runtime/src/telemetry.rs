@@ -152,13 +152,24 @@ pub(crate) fn current_or(run: Option<&TraceParent>) -> Option<TraceParent> {
     run.map(TraceParent::child)
 }
 
+/// The kinds of metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Set to the value sampled last.
+    Gauge,
+    /// A distribution of observed values.
+    Histogram,
+}
+
 /// One metric: its name, kind, unit, labels and meaning.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricInfo {
     /// The name, as exported.
     pub name: &'static str,
-    /// `counter`, `gauge` or `histogram`.
-    pub kind: &'static str,
+    /// What kind of metric it is.
+    pub kind: MetricKind,
     /// Labels it carries.
     pub labels: &'static [&'static str],
     /// What it counts or measures.
@@ -166,48 +177,48 @@ pub struct MetricInfo {
 }
 
 macro_rules! metric_names {
-    ($($id:ident = $name:literal, $kind:literal, [$($label:literal),*], $help:literal;)*) => {
+    ($($id:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
         /// Metric names.
         pub mod names {
             $(#[doc = $help] pub const $id: &str = $name;)*
         }
         /// Every metric the runtime records.
         pub const METRICS: &[MetricInfo] = &[
-            $(MetricInfo { name: $name, kind: $kind, labels: &[$($label),*], help: $help },)*
+            $(MetricInfo { name: $name, kind: MetricKind::$kind, labels: &[$($label),*], help: $help },)*
         ];
     };
 }
 
 metric_names! {
-    STEPS_STARTED = "squid_mesh_steps_started_total", "counter", ["workflow", "step", "queue"],
+    STEPS_STARTED = "squid_mesh_steps_started_total", Counter, ["workflow", "step", "queue"],
         "Step attempts whose action started (redeliveries included).";
-    STEPS_FINISHED = "squid_mesh_steps_finished_total", "counter", ["workflow", "step", "queue", "outcome", "error_code"],
+    STEPS_FINISHED = "squid_mesh_steps_finished_total", Counter, ["workflow", "step", "queue", "outcome", "error_code"],
         "Step attempts whose outcome was recorded: outcome succeeded, failed (with the error code) or suspended (a pause or approval gate).";
-    STEP_DURATION = "squid_mesh_step_duration_seconds", "histogram", ["workflow", "step", "outcome"],
+    STEP_DURATION = "squid_mesh_step_duration_seconds", Histogram, ["workflow", "step", "outcome"],
         "From the claim of a step attempt to the commit of its outcome.";
-    ACTION_DURATION = "squid_mesh_action_duration_seconds", "histogram", ["action"],
+    ACTION_DURATION = "squid_mesh_action_duration_seconds", Histogram, ["action"],
         "The action's own run time (instantiate, call, output).";
-    QUEUE_DELAY = "squid_mesh_step_queue_delay_seconds", "histogram", ["queue"],
+    QUEUE_DELAY = "squid_mesh_step_queue_delay_seconds", Histogram, ["queue"],
         "From the time a step attempt became due to its first claim (redeliveries are not counted).";
-    START_DELAY = "squid_mesh_step_start_delay_seconds", "histogram", ["queue"],
+    START_DELAY = "squid_mesh_step_start_delay_seconds", Histogram, ["queue"],
         "From the claim of a step attempt to the start of its action (catalog check, definition, compiled component).";
-    REDELIVERIES = "squid_mesh_redeliveries_total", "counter", ["queue"],
+    REDELIVERIES = "squid_mesh_redeliveries_total", Counter, ["queue"],
         "Claims that took over an expired lease (its worker died or stalled); give-backs and released steps are not counted.";
-    LEASE_EXPIRATIONS = "squid_mesh_lease_expirations_total", "counter", [],
+    LEASE_EXPIRATIONS = "squid_mesh_lease_expirations_total", Counter, [],
         "Expired leases found and put back in the order their attempts became visible.";
-    RETRIES = "squid_mesh_retries_total", "counter", ["workflow", "step"],
+    RETRIES = "squid_mesh_retries_total", Counter, ["workflow", "step"],
         "Retry attempts started (attempt 2 and later, first delivery).";
-    LIMIT_HITS = "squid_mesh_action_limit_hits_total", "counter", ["action", "kind"],
+    LIMIT_HITS = "squid_mesh_action_limit_hits_total", Counter, ["action", "kind"],
         "Actions stopped by a sandbox limit: kind timeout, memory, fuel, stack or output_size.";
-    COMMIT_BATCH = "squid_mesh_commit_batch_units", "histogram", ["backend"],
+    COMMIT_BATCH = "squid_mesh_commit_batch_units", Histogram, ["backend"],
         "Claims and completions written by one group-commit transaction.";
-    COMMIT_DURATION = "squid_mesh_commit_duration_seconds", "histogram", ["backend"],
+    COMMIT_DURATION = "squid_mesh_commit_duration_seconds", Histogram, ["backend"],
         "Duration of one group-commit transaction, begin to commit.";
-    QUEUE_DEPTH = "squid_mesh_queue_depth", "gauge", ["queue"],
+    QUEUE_DEPTH = "squid_mesh_queue_depth", Gauge, ["queue"],
         "Attempts due now and not claimed (sampled by worker pools).";
-    QUEUE_OLDEST = "squid_mesh_queue_oldest_due_age_seconds", "gauge", ["queue"],
+    QUEUE_OLDEST = "squid_mesh_queue_oldest_due_age_seconds", Gauge, ["queue"],
         "Age of the oldest due attempt of the queue (sampled by worker pools).";
-    RUNS = "squid_mesh_runs", "gauge", ["status"],
+    RUNS = "squid_mesh_runs", Gauge, ["status"],
         "Runs by status (sampled by worker pools).";
 }
 
@@ -221,11 +232,11 @@ pub fn describe_metrics() {
             None
         };
         match (m.kind, unit) {
-            ("counter", _) => describe_counter!(m.name, m.help),
-            ("gauge", Some(u)) => describe_gauge!(m.name, u, m.help),
-            ("gauge", None) => describe_gauge!(m.name, m.help),
-            (_, Some(u)) => describe_histogram!(m.name, u, m.help),
-            (_, None) => describe_histogram!(m.name, m.help),
+            (MetricKind::Counter, _) => describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, Some(u)) => describe_gauge!(m.name, u, m.help),
+            (MetricKind::Gauge, None) => describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(u)) => describe_histogram!(m.name, u, m.help),
+            (MetricKind::Histogram, None) => describe_histogram!(m.name, m.help),
         }
     }
 }

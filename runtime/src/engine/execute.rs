@@ -151,7 +151,7 @@ impl Engine {
     ) -> Result<Completed> {
         use tracing::Instrument as _;
         let a = &claimed.attempt;
-        let trace = claimed
+        let trace: Option<crate::telemetry::TraceParent> = claimed
             .run
             .trace_parent
             .as_deref()
@@ -169,6 +169,8 @@ impl Engine {
             workflow: claimed.run.workflow.clone(),
             step: a.step.clone(),
             queue: a.queue.clone(),
+            trace,
+            started: std::time::Instant::now(),
         };
         if claimed.redelivery {
             metrics::counter!(telemetry::REDELIVERIES, "queue" => labels.queue.clone())
@@ -184,9 +186,8 @@ impl Engine {
             metrics::histogram!(telemetry::QUEUE_DELAY, "queue" => labels.queue.clone())
                 .record(waited);
         }
-        let started = std::time::Instant::now();
         let done = self
-            .run_claimed_in_span(store, claimed, opts, chain, trace, &labels, started)
+            .run_claimed_in_span(store, claimed, opts, chain, &labels)
             .instrument(span.clone())
             .await;
         if let Err(e) = &done {
@@ -195,16 +196,13 @@ impl Engine {
         done
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_claimed_in_span<S: Store>(
         &self,
         store: &S,
         claimed: ClaimedAttempt,
         opts: &ExecuteOptions,
         chain: Option<batch::Chain>,
-        trace: Option<crate::telemetry::TraceParent>,
         labels: &StepLabels,
-        started: std::time::Instant,
     ) -> Result<Completed> {
         use tracing::Instrument as _;
         let span = tracing::Span::current();
@@ -253,7 +251,7 @@ impl Engine {
                     runnable_key: attempt.runnable_key.clone(),
                     idempotency_key: attempt.runnable_key.clone(),
                     step_idempotency_key: StepContext::step_key(&attempt.run_id, &attempt.step),
-                    trace_parent: crate::telemetry::current_or(trace.as_ref())
+                    trace_parent: crate::telemetry::current_or(labels.trace.as_ref())
                         .map(|t| t.to_string()),
                 };
                 let action_label = match &target {
@@ -267,7 +265,7 @@ impl Engine {
                 metrics::counter!(telemetry::STEPS_STARTED, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "queue" => labels.queue.clone())
                     .increment(1);
                 metrics::histogram!(telemetry::START_DELAY, "queue" => labels.queue.clone())
-                    .record(started.elapsed().as_secs_f64());
+                    .record(labels.started.elapsed().as_secs_f64());
                 let invoked = std::time::Instant::now();
                 let input: Map<String, Value> =
                     serde_json::from_str(&attempt.input).map_err(|e| EngineError::Corrupt {
@@ -331,10 +329,11 @@ impl Engine {
             after_record: opts.after_record(),
             chain: chain.filter(|_| !stopping),
         };
-        let (result, code) = match &unit.outcome {
-            StepOutcome::Failed(e) => ("failed", e.code.clone()),
-            StepOutcome::Suspended(_) => ("suspended", String::new()),
-            StepOutcome::Succeeded { .. } => ("succeeded", String::new()),
+        // (label, slot in `outcomes`, error code)
+        let (result, slot, code) = match &unit.outcome {
+            StepOutcome::Succeeded { .. } => ("succeeded", 0, String::new()),
+            StepOutcome::Failed(e) => ("failed", 1, e.code.clone()),
+            StepOutcome::Suspended(_) => ("suspended", 2, String::new()),
         };
         let run_id = unit.attempt.run_id.clone();
         let done = batch::complete(store, unit)
@@ -344,11 +343,6 @@ impl Engine {
             // The chain stopped: the run may have ended.
             self.run_may_have_ended(&run_id);
         }
-        let slot = match result {
-            "succeeded" => 0,
-            "failed" => 1,
-            _ => 2,
-        };
         self.inner.outcomes[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         span.record("outcome", result);
         if !code.is_empty() {
@@ -357,7 +351,7 @@ impl Engine {
         metrics::counter!(telemetry::STEPS_FINISHED, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "queue" => labels.queue.clone(), "outcome" => result, "error_code" => code)
             .increment(1);
         metrics::histogram!(telemetry::STEP_DURATION, "workflow" => labels.workflow.clone(), "step" => labels.step.clone(), "outcome" => result)
-            .record(started.elapsed().as_secs_f64());
+            .record(labels.started.elapsed().as_secs_f64());
         Ok(done)
     }
 
@@ -1134,11 +1128,14 @@ fn stale(runnable_key: &str, s: decide::Stale) -> EngineError {
 }
 
 /// What a claimed step runs.
-/// The labels of a step's metrics.
+/// The labels of a step's metrics, the trace its span continues, and when its claim came
+/// back.
 pub(super) struct StepLabels {
     workflow: String,
     step: String,
     queue: String,
+    trace: Option<crate::telemetry::TraceParent>,
+    started: std::time::Instant,
 }
 
 pub(super) enum Target {

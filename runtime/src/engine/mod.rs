@@ -275,15 +275,13 @@ impl Engine {
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let status = with_store!(self, s => s.run_status(&waiter.run_id).await?);
-            match status.as_deref().and_then(RunStatus::parse) {
-                None if status.is_none() => {
-                    return Err(EngineError::RunNotFound {
-                        run_id: waiter.run_id.clone(),
-                    });
-                }
-                Some(s) if s.is_terminal() => break,
-                _ => {}
+            let Some(status) = with_store!(self, s => s.run_status(&waiter.run_id).await?) else {
+                return Err(EngineError::RunNotFound {
+                    run_id: waiter.run_id.clone(),
+                });
+            };
+            if RunStatus::parse(&status).is_some_and(RunStatus::is_terminal) {
+                break;
             }
             if tokio::time::Instant::now() >= deadline {
                 break;

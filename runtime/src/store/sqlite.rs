@@ -283,7 +283,7 @@ impl Store for SqliteStore {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader
             .get()
-            .prepare_cached(&sqlite_tx::sqlite_text(sql::CATALOG_VERSION))?
+            .prepare_cached(&sqlite_tx::sqlite_cached(sql::CATALOG_VERSION))?
             .query_row([], |r| r.get::<_, i64>(0))
             .optional()?
             .unwrap_or(0))
@@ -293,7 +293,7 @@ impl Store for SqliteStore {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader
             .get()
-            .prepare_cached(&sqlite_tx::sqlite_text(sql::RUN_STATUS))?
+            .prepare_cached(&sqlite_tx::sqlite_cached(sql::RUN_STATUS))?
             .query_row([run_id], |r| r.get(0))
             .optional()?)
     }
@@ -313,7 +313,7 @@ impl Store for SqliteStore {
         );
         let (_, done) = sqlite_tx::off_workers(self.writer().await, move |c| {
             let n = c
-                .prepare_cached(&sqlite_tx::sqlite_text(sql::HEARTBEAT_SQL))?
+                .prepare_cached(&sqlite_tx::sqlite_cached(sql::HEARTBEAT_SQL))?
                 .execute(params![args.0, args.1, args.2, now, lease_until])?;
             Ok(n == 1)
         })

@@ -238,6 +238,29 @@ fn ours(ident: &str) -> bool {
     SQLITE_NAMES.contains(&ident)
 }
 
+thread_local! {
+    /// [`sqlite_text`] of the statements this thread ran: the runtime's statements are a
+    /// small fixed set, so each is rewritten once, not at every execution.
+    static REWRITTEN: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<str>>> =
+        std::cell::RefCell::default();
+}
+
+/// [`sqlite_text`], remembered per thread (at most 1,024 texts; past that it starts over).
+pub(crate) fn sqlite_cached(sql: &str) -> std::rc::Rc<str> {
+    REWRITTEN.with(|cache| {
+        if let Some(text) = cache.borrow().get(sql) {
+            return text.clone();
+        }
+        let text: std::rc::Rc<str> = sqlite_text(sql).into();
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), text.clone());
+        text
+    })
+}
+
 /// SQL text shared with Postgres as SQLite runs it: `$n` parameters become numbered `?n` (so
 /// arguments bind by number whatever order the text names them in), and the runtime's table
 /// and index names get [`SQLITE_PREFIX`]. A name is left alone inside string literals, quoted
@@ -327,7 +350,7 @@ impl SqliteTx {
     }
 
     fn stmt(&self, sql: &str) -> StoreResult<CachedStatement<'_>> {
-        Ok(self.conn().prepare_cached(&sqlite_text(sql))?)
+        Ok(self.conn().prepare_cached(&sqlite_cached(sql))?)
     }
 }
 
