@@ -149,6 +149,9 @@ enum Command {
     /// Cron schedules: workers fire them, once per window across all processes.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Serve the dashboard and the workflow editor over the database (read-only unless
+    /// `--tokens` gives tokens that may act).
+    Dashboard(DashboardArgs),
     /// Print a shell completion script (`squid-mesh completions bash > /etc/bash_completion.d/squid-mesh`).
     Completions {
         /// The shell.
@@ -421,6 +424,28 @@ struct StartArgs {
     /// how it ended; exit 1 if it failed or was cancelled, 4 if it is still going.
     #[arg(long, value_name = "SECS")]
     wait: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct DashboardArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "SQUID_MESH_DASHBOARD_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: std::net::SocketAddr,
+    /// TOML file of `[[tokens]]` entries (`token`, `actor`, `scope`, `can_act`): viewers
+    /// sign in with a token, see its scope and, with `can_act`, issue commands as its actor.
+    #[arg(long, env = "SQUID_MESH_DASHBOARD_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// What viewers who have not signed in see: `external`, `operator`, `auditor`, or
+    /// `none` to send them to the sign-in page.
+    #[arg(long, default_value = "operator", value_parser = ["external", "operator", "auditor", "none"])]
+    anonymous_scope: String,
+    /// Seconds between live refreshes of the runs list (0: off).
+    #[arg(long, default_value_t = 5)]
+    refresh_secs: u32,
 }
 
 #[derive(Debug, Args)]
@@ -856,6 +881,7 @@ async fn run(cli: Cli, telemetry: &telemetry::Guard) -> Result<u8, Failure> {
         Command::Start(args) => start(&cli, args).await,
         Command::Worker(args) => worker(&cli, args, telemetry).await,
         Command::Completions { .. } => Ok(0),
+        Command::Dashboard(args) => dashboard(&cli, args).await,
         Command::Runs(cmd) => runs(&cli, cmd).await,
         Command::Schedules(cmd) => schedules(&cli, cmd).await,
         Command::Resume(a) | Command::Approve(a) | Command::Reject(a) => {
@@ -1982,5 +2008,61 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
             }
         }
     }
+    Ok(0)
+}
+
+async fn dashboard(cli: &Cli, args: &DashboardArgs) -> Result<u8, Failure> {
+    use squid_mesh_dashboard::{Dashboard, TokenTable};
+    let e = engine(cli).await?;
+    let anonymous = match args.anonymous_scope.as_str() {
+        "none" => None,
+        other => Some(parse_scope(other).map_err(anyhow::Error::msg)?),
+    };
+    let tokens = match &args.tokens {
+        Some(path) => Some(TokenTable::from_file(path).map_err(anyhow::Error::from)?),
+        None => None,
+    };
+    if anonymous.is_none() && tokens.is_none() {
+        return Err(anyhow::anyhow!(
+            "--anonymous-scope none needs --tokens: nobody could see anything"
+        )
+        .into());
+    }
+    let mode = match &tokens {
+        Some(t) => format!(
+            "{} token(s); anonymous viewers: {}",
+            t.len(),
+            args.anonymous_scope
+        ),
+        None => format!("read-only, {} view (no --tokens)", args.anonymous_scope),
+    };
+    let mut d = Dashboard::new(e.clone())
+        .anonymous_scope(anonymous)
+        .refresh_secs(args.refresh_secs);
+    if let Some(t) = tokens {
+        d = d.tokens(t);
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    eprintln!(
+        "squid-mesh dashboard on http://{addr}/ over {} ({mode})",
+        shown_database(&cli.database)
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    axum::serve(listener, d.router())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+        .context("serving the dashboard")?;
+    e.close().await;
     Ok(0)
 }

@@ -254,6 +254,51 @@ pub struct RunPage {
     pub next_page: Option<String>,
 }
 
+/// Runs by status, from [`Engine::count_runs`](crate::Engine::count_runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    /// Every status with its count (at most `cap`), in [`RunStatus::ALL`] order.
+    pub by_status: Vec<StatusCount>,
+    /// Where counting stopped.
+    pub cap: u32,
+}
+
+/// The count of one status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCount {
+    /// The status.
+    pub status: RunStatus,
+    /// Runs counted, at most the cap.
+    pub runs: u64,
+    /// More runs than the cap have this status.
+    pub more: bool,
+}
+
+impl RunCounts {
+    pub(crate) fn from_rows(rows: Vec<(String, i64)>, cap: u32) -> Self {
+        let by_status = RunStatus::ALL
+            .iter()
+            .map(|s| {
+                let n = rows
+                    .iter()
+                    .find(|(name, _)| name == s.as_str())
+                    .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+                StatusCount {
+                    status: *s,
+                    runs: n.min(u64::from(cap)),
+                    more: n > u64::from(cap),
+                }
+            })
+            .collect();
+        Self { by_status, cap }
+    }
+
+    /// The count of `status`.
+    pub fn of(&self, status: RunStatus) -> Option<&StatusCount> {
+        self.by_status.iter().find(|c| c.status == status)
+    }
+}
+
 /// Builds a page from the rows (one more than `limit` means there is a next page).
 pub(crate) fn page(
     mut rows: Vec<SummaryRow>,

@@ -30,7 +30,7 @@ pub use graph::{
     ChildLink, DynamicOverlay, EdgeKind, EdgeStatus, GraphEdge, GraphNode, NodeKind, NodeStatus,
     RunGraph,
 };
-pub use list::{Page, RunFilter, RunPage, RunSummary};
+pub use list::{Page, RunCounts, RunFilter, RunPage, RunSummary, StatusCount};
 pub use visibility::{Redact, Scope, ScopeTable, VisibilityError, VisibilityPolicy, redact};
 
 use crate::actions::{StepError, StepOutcome, Suspension};

@@ -3,7 +3,8 @@
 
 use super::list::page;
 use super::{
-    Explanation, InspectOptions, Page, RunFilter, RunGraph, RunInspection, RunPage, RunRef, RunRows,
+    Explanation, InspectOptions, Page, RunCounts, RunFilter, RunGraph, RunInspection, RunPage,
+    RunRef, RunRows,
 };
 use crate::engine::{Engine, Result, existing_run, with_store};
 use crate::inspect;
@@ -132,6 +133,41 @@ impl Engine {
             limit: i64::from(page.limit) + 1,
         };
         with_store!(self, s => self.list_on(s, &query, page.limit as usize, now).await)
+    }
+
+    /// How many runs match `filter` (its statuses ignored), by status, each count stopping
+    /// at `cap` (1 to 1,000,000): every count is one bounded index range, so a page can show
+    /// them over any number of runs ("10,000+").
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidOption`](crate::EngineError::InvalidOption) for an invalid
+    /// filter or cap, or a store error.
+    pub async fn count_runs(&self, filter: &RunFilter, cap: u32) -> Result<RunCounts> {
+        filter.validate()?;
+        if cap == 0 || cap > 1_000_000 {
+            return Err(crate::EngineError::invalid_option(
+                "cap",
+                &format!("cap must be between 1 and 1000000, got {cap}"),
+            ));
+        }
+        let query = ListQuery {
+            workflow: filter.workflow.clone(),
+            statuses: Vec::new(),
+            queue: filter.queue.clone(),
+            created_from: filter.created_from.map(|t| t.0),
+            created_before: filter.created_before.map(|t| t.0),
+            search: filter.search.as_deref().map(like_pattern),
+            after: None,
+            limit: i64::from(cap) + 1,
+        };
+        let rows = with_store!(self, s => {
+            let mut tx = s.begin_read().await?;
+            let rows = tx.count_runs(&query).await?;
+            drop(tx);
+            rows
+        });
+        Ok(RunCounts::from_rows(rows, cap))
     }
 
     async fn list_on<S: Store>(

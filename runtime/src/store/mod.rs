@@ -367,6 +367,12 @@ pub trait StoreTx: Send {
         &mut self,
         query: &ListQuery,
     ) -> impl Future<Output = StoreResult<Vec<SummaryRow>>> + Send;
+    /// Runs matching the query's filters (its statuses ignored), by status, each count
+    /// stopping at the query's limit: (status, count).
+    fn count_runs(
+        &mut self,
+        query: &ListQuery,
+    ) -> impl Future<Output = StoreResult<Vec<(String, i64)>>> + Send;
     /// The deadlines of the open attempts of these runs.
     fn open_deadlines(
         &mut self,

@@ -387,47 +387,7 @@ impl ListQuery {
     /// The SQL and its arguments; the same text for both databases.
     pub(super) fn sql(&self) -> (String, Vec<Arg<'_>>) {
         let mut args = Vec::new();
-        let mut clauses: Vec<String> = Vec::new();
-        fn push<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
-            args.push(a);
-            format!("${}", args.len())
-        }
-        if let Some(w) = &self.workflow {
-            let p = push(&mut args, Arg::Text(w));
-            clauses.push(format!("workflow = {p}"));
-        }
-        if !self.statuses.is_empty() {
-            let ps: Vec<String> = self
-                .statuses
-                .iter()
-                .map(|s| push(&mut args, Arg::Text(s.as_str())))
-                .collect();
-            clauses.push(format!("status IN ({})", ps.join(", ")));
-        }
-        if let Some(q) = &self.queue {
-            let p = push(&mut args, Arg::Text(q));
-            clauses.push(format!("queue = {p}"));
-        }
-        if let Some(t) = self.created_from {
-            let p = push(&mut args, Arg::Int(t));
-            clauses.push(format!("created_at >= {p}"));
-        }
-        if let Some(t) = self.created_before {
-            let p = push(&mut args, Arg::Int(t));
-            clauses.push(format!("created_at < {p}"));
-        }
-        if let Some(pattern) = &self.search {
-            let mut ors = Vec::new();
-            for col in ["run_id", "workflow", "trigger_name"] {
-                let p = push(&mut args, Arg::Text(pattern));
-                ors.push(format!("LOWER({col}) LIKE {p} ESCAPE '\\'"));
-            }
-            let p = push(&mut args, Arg::Text(pattern));
-            ors.push(format!(
-                "EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = runs.run_id AND LOWER(a.step) LIKE {p} ESCAPE '\\')"
-            ));
-            clauses.push(format!("({})", ors.join(" OR ")));
-        }
+        let mut clauses = self.clauses(&mut args);
         if let Some((at, id)) = &self.after {
             let pa = push(&mut args, Arg::Int(*at));
             let pb = push(&mut args, Arg::Text(id));
@@ -447,4 +407,73 @@ impl ListQuery {
             args,
         )
     }
+
+    /// Runs matching the filters (but for statuses and the page), by status, each count
+    /// stopping at `limit`: one bounded index range per status, whatever the table's size.
+    pub(super) fn count_sql(&self) -> (String, Vec<Arg<'_>>) {
+        let mut args = Vec::new();
+        let clauses = self.clauses(&mut args);
+        let limit = push(&mut args, Arg::Int(self.limit));
+        let parts: Vec<String> = RunStatus::ALL
+            .iter()
+            .map(|s| {
+                let mut c = clauses.clone();
+                c.insert(0, format!("status = '{}'", s.as_str()));
+                format!(
+                    "SELECT '{}' AS status, COUNT(*) AS runs FROM (SELECT 1 AS one FROM runs WHERE {} LIMIT {limit}) c{}",
+                    s.as_str(),
+                    c.join(" AND "),
+                    s.as_str()
+                )
+            })
+            .collect();
+        (parts.join(" UNION ALL "), args)
+    }
+
+    /// The filters but for statuses and the page, as SQL conditions.
+    fn clauses<'a>(&'a self, args: &mut Vec<Arg<'a>>) -> Vec<String> {
+        let mut clauses: Vec<String> = Vec::new();
+        if let Some(w) = &self.workflow {
+            let p = push(args, Arg::Text(w));
+            clauses.push(format!("workflow = {p}"));
+        }
+        if !self.statuses.is_empty() {
+            let ps: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|s| push(args, Arg::Text(s.as_str())))
+                .collect();
+            clauses.push(format!("status IN ({})", ps.join(", ")));
+        }
+        if let Some(q) = &self.queue {
+            let p = push(args, Arg::Text(q));
+            clauses.push(format!("queue = {p}"));
+        }
+        if let Some(t) = self.created_from {
+            let p = push(args, Arg::Int(t));
+            clauses.push(format!("created_at >= {p}"));
+        }
+        if let Some(t) = self.created_before {
+            let p = push(args, Arg::Int(t));
+            clauses.push(format!("created_at < {p}"));
+        }
+        if let Some(pattern) = &self.search {
+            let mut ors = Vec::new();
+            for col in ["run_id", "workflow", "trigger_name"] {
+                let p = push(args, Arg::Text(pattern));
+                ors.push(format!("LOWER({col}) LIKE {p} ESCAPE '\\'"));
+            }
+            let p = push(args, Arg::Text(pattern));
+            ors.push(format!(
+                "EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = runs.run_id AND LOWER(a.step) LIKE {p} ESCAPE '\\')"
+            ));
+            clauses.push(format!("({})", ors.join(" OR ")));
+        }
+        clauses
+    }
+}
+
+fn push<'a>(args: &mut Vec<Arg<'a>>, a: Arg<'a>) -> String {
+    args.push(a);
+    format!("${}", args.len())
 }

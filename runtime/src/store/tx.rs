@@ -444,6 +444,12 @@ impl<T: Statements> StoreTx for T {
         self.fetch_all(&sql, &args).await
     }
 
+    async fn count_runs(&mut self, query: &ListQuery) -> StoreResult<Vec<(String, i64)>> {
+        let (sql, args) = query.count_sql();
+        let rows: Vec<StatusCountRow> = self.fetch_all(&sql, &args).await?;
+        Ok(rows.into_iter().map(|r| (r.status, r.runs)).collect())
+    }
+
     async fn open_deadlines(&mut self, run_ids: &[String]) -> StoreResult<Vec<DeadlineRow>> {
         if run_ids.is_empty() {
             return Ok(Vec::new());
