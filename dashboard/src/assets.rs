@@ -5,17 +5,16 @@ use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 
+const JS: &str = "text/javascript; charset=utf-8";
+
 const FILES: &[(&str, &str, &str)] = &[
     (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../assets/style.css"),
     ),
-    (
-        "dashboard.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/dashboard.js"),
-    ),
+    ("dashboard.js", JS, include_str!("../assets/dashboard.js")),
+    ("editor.js", JS, include_str!("../assets/editor.js")),
 ];
 
 pub(crate) async fn serve(Path(file): Path<String>) -> Response {

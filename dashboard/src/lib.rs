@@ -29,6 +29,7 @@
 
 mod assets;
 mod auth;
+mod editor;
 mod error;
 mod pages;
 mod svg;
@@ -130,6 +131,8 @@ impl Dashboard {
             .route("/actions", get(pages::actions))
             .route("/actions/{key}", get(pages::action))
             .route("/schedules", get(pages::schedules))
+            .route("/editor", get(editor::page))
+            .route("/editor/api/{op}", post(editor::api))
             .route("/login", get(auth::login_page).post(auth::login))
             .route("/logout", post(auth::logout))
             .route("/assets/{file}", get(assets::serve))

@@ -568,7 +568,232 @@ async fn signing_in_sets_a_cookie_and_signing_out_clears_it(db: Db) {
     engine.close().await;
 }
 
+async fn editor_call(
+    app: &axum::Router,
+    op: &str,
+    body: serde_json::Value,
+    token: Option<&str>,
+    csrf: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut b = axum::http::Request::post(format!("/editor/api/{op}"))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(c) = csrf {
+        b = b.header("x-csrf-token", c);
+    }
+    let r = send(
+        app,
+        b.body(axum::body::Body::from(body.to_string())).unwrap(),
+    )
+    .await;
+    let v = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body));
+    (r.status, v)
+}
+
+async fn the_editor_validates_registers_and_starts(db: Db) {
+    use serde_json::json;
+    let engine = db.engine(None).await;
+    approve_charge(&engine).await;
+    let app = Dashboard::new(engine.clone()).tokens(tokens()).router();
+    let r = get(&app, "/editor", Some(AUDITOR)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("id=\"editor-boot\"") && r.body.contains("pay.charge"));
+    let csrf = r.csrf().unwrap();
+    assert_eq!(
+        get(&app, "/editor?workflow=nothing", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let mut doc = json!({
+        "name": "shop",
+        "triggers": [{"name": "manual", "type": "manual", "payload": [
+            {"name": "order_id", "type": "string"}, {"name": "amount_cents", "type": "integer"}]}],
+        "steps": [
+            {"name": "charge", "action": "pay.nothing", "input": ["order_id", "amount_cents"]},
+            {"name": "done", "builtin": {"kind": "log", "message": "done"}}
+        ],
+        "editor": {"nodes": {"charge": {"position": {"x": 40, "y": 40}}}}
+    });
+    // Unknown action: a problem at the step's action, no registration.
+    let (status, v) = editor_call(&app, "validate", json!({"document": doc}), None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["valid"], json!(false));
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["path"] == "/steps/0/action"),
+        "{v}"
+    );
+    // Two entry steps and no route: the preview shows both as entries.
+    doc["steps"][0]["action"] = json!("pay.charge");
+    let (_, v) = editor_call(&app, "validate", json!({"document": doc}), None, None).await;
+    assert_eq!(v["preview"]["nodes"].as_array().unwrap().len(), 2, "{v}");
+    doc["transitions"] = json!([{"from": "charge", "on": "ok", "to": "done"}]);
+    let (_, v) = editor_call(&app, "validate", json!({"document": doc}), None, None).await;
+    assert_eq!(v["valid"], json!(true), "{v}");
+    assert_eq!(v["diff"], json!(null));
+    assert!(
+        v["preview"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == "charge:ok:done"),
+        "{v}"
+    );
+
+    // Registering needs a token that may act and its CSRF token.
+    let body = json!({"document": doc});
+    assert_eq!(
+        editor_call(&app, "register", body.clone(), None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, v) = editor_call(&app, "register", body.clone(), Some(VIEWER), Some(&csrf)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("read_only"))
+    );
+    let (status, v) = editor_call(&app, "register", body.clone(), Some(AUDITOR), None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("csrf_missing"))
+    );
+    let (status, v) = editor_call(&app, "register", body.clone(), Some(AUDITOR), Some(&csrf)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["version"].clone(), v["changed"].clone()),
+        (json!(1), json!(true))
+    );
+    let (_, v) = editor_call(&app, "register", body.clone(), Some(AUDITOR), Some(&csrf)).await;
+    assert_eq!(
+        (v["version"].clone(), v["changed"].clone()),
+        (json!(1), json!(false))
+    );
+    doc["editor"]["nodes"]["done"] = json!({"position": {"x": 260, "y": 40}});
+    let (_, v) = editor_call(
+        &app,
+        "register",
+        json!({"document": doc}),
+        Some(AUDITOR),
+        Some(&csrf),
+    )
+    .await;
+    assert_eq!(
+        v["version"],
+        json!(2),
+        "a moved node is a new version of the document"
+    );
+    let (_, v) = editor_call(&app, "validate", json!({"document": doc}), None, None).await;
+    assert_eq!(v["registered_version"], json!(2));
+    assert!(v["diff"].is_object(), "{v}");
+    // An invalid document is refused whole.
+    let mut broken = doc.clone();
+    broken["transitions"] = json!([{"from": "charge", "on": "ok", "to": "nowhere"}]);
+    let (status, v) = editor_call(
+        &app,
+        "register",
+        json!({"document": broken}),
+        Some(AUDITOR),
+        Some(&csrf),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(!v["error"]["problems"].as_array().unwrap().is_empty());
+    assert_eq!(
+        engine
+            .workflow_store()
+            .versions("shop")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, v) = editor_call(
+        &app,
+        "register",
+        json!({"document": 42}),
+        Some(AUDITOR),
+        Some(&csrf),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // Another process sees the stored workflow; the page opens it with its positions.
+    let other = db.engine(None).await;
+    let listed = other.workflow_store().list().await.unwrap();
+    assert_eq!(
+        (
+            listed[0].name.as_str(),
+            listed[0].version,
+            listed[0].registered_by.as_str()
+        ),
+        ("shop", 2, "ana")
+    );
+    let r = get(&app, "/editor?workflow=shop", Some(AUDITOR)).await;
+    assert!(r.body.contains("\"x\":260"), "{}", r.body);
+
+    // Starting runs the stored version, as the actor; bad payloads are refused.
+    let (status, v) = editor_call(
+        &app,
+        "start",
+        json!({"workflow": "shop", "payload": {"order_id": "o-9", "amount_cents": 300}}),
+        Some(OPERATOR),
+        Some(&get(&app, "/runs", Some(OPERATOR)).await.csrf().unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let run: squid_mesh::RunId = v["run_id"].as_str().unwrap().parse().unwrap();
+    drain(&engine).await;
+    assert_eq!(
+        engine.snapshot(run).await.unwrap().status,
+        RunStatus::Completed
+    );
+    let (status, v) = editor_call(
+        &app,
+        "start",
+        json!({"workflow": "shop", "payload": {"order_id": 9}}),
+        Some(AUDITOR),
+        Some(&csrf),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], json!("invalid_payload"));
+    assert!(!v["error"]["problems"].as_array().unwrap().is_empty());
+    let (status, _) = editor_call(
+        &app,
+        "start",
+        json!({"workflow": "elsewhere"}),
+        Some(AUDITOR),
+        Some(&csrf),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, v) = editor_call(&app, "validate", json!({"documnt": {}}), None, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let r = send(
+        &app,
+        axum::http::Request::post("/editor/api/validate")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{not json"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("malformed_body"));
+    other.close().await;
+    engine.close().await;
+}
+
 on_each_backend!(
+    the_editor_validates_registers_and_starts,
     every_read_page_renders_and_filters,
     bad_input_gets_a_status_and_a_readable_page,
     commands_need_a_token_that_may_act_and_its_csrf_token,

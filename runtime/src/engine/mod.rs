@@ -32,6 +32,7 @@ mod schedule;
 pub mod signal;
 mod snapshot;
 mod start;
+mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -80,6 +81,7 @@ pub use schedule::{
 };
 pub use signal::{ManualAttrs, Signal, SignalKind};
 pub use snapshot::{AttemptView, RunSnapshot};
+pub use workflows::{StoredWorkflow, WorkflowStore};
 
 use crate::decide::{self, AttemptRef, CompletedStep, Event, Refusal, decide};
 use crate::vocab::Suspension;

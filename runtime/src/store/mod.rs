@@ -42,6 +42,7 @@ mod sql;
 mod sqlite;
 mod sqlite_tx;
 mod tx;
+mod workflows;
 
 use std::future::Future;
 
@@ -57,6 +58,7 @@ pub use catalog::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
+pub use workflows::{WorkflowRow, WorkflowTx};
 
 /// Whether a read locks the rows it returns until the transaction ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +83,7 @@ impl Lock {
 /// A database holding Squid Mesh's tables.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The transaction type.
-    type Tx: StoreTx + ScheduleTx + CatalogTx;
+    type Tx: StoreTx + ScheduleTx + CatalogTx + WorkflowTx;
 
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;

@@ -214,6 +214,7 @@ pub(crate) const SQLITE_NAMES: &[&str] = &[
     "action_events",
     "catalog_version",
     "action_waits",
+    "workflow_versions",
     // Indexes.
     "runs_by_created",
     "runs_by_workflow",
