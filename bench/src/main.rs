@@ -22,6 +22,7 @@
 
 mod catalog;
 mod chaos;
+mod dashboard;
 mod dynamic;
 mod langs;
 mod read;
@@ -93,8 +94,9 @@ fn main() -> Result<()> {
             "dynamic" => figures.extend(runtime.block_on(dynamic::dynamic(smoke))?),
             "chaos" => figures.extend(runtime.block_on(chaos::chaos(smoke))?),
             "telemetry" => figures.extend(runtime.block_on(telemetry::telemetry(smoke))?),
+            "dashboard" => figures.extend(runtime.block_on(dashboard::dashboard(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos, telemetry"
+                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos, telemetry, dashboard"
             ),
         }
     }

@@ -440,9 +440,13 @@ struct DashboardArgs {
     #[arg(long, env = "SQUID_MESH_DASHBOARD_TOKENS")]
     tokens: Option<PathBuf>,
     /// What viewers who have not signed in see: `external`, `operator`, `auditor`, or
-    /// `none` to send them to the sign-in page.
-    #[arg(long, default_value = "operator", value_parser = ["external", "operator", "auditor", "none"])]
-    anonymous_scope: String,
+    /// `none` to send them to the sign-in page. Default: `operator` without `--tokens`,
+    /// `none` with them.
+    #[arg(long, value_parser = ["external", "operator", "auditor", "none"])]
+    anonymous_scope: Option<String>,
+    /// Mark the sign-in cookie `Secure` (HTTPS only): set it behind a TLS proxy.
+    #[arg(long)]
+    secure_cookies: bool,
     /// Seconds between live refreshes of the runs list (0: off).
     #[arg(long, default_value_t = 5)]
     refresh_secs: u32,
@@ -2014,7 +2018,15 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
 async fn dashboard(cli: &Cli, args: &DashboardArgs) -> Result<u8, Failure> {
     use squid_mesh_dashboard::{Dashboard, TokenTable};
     let e = engine(cli).await?;
-    let anonymous = match args.anonymous_scope.as_str() {
+    let anonymous_name = args.anonymous_scope.clone().unwrap_or_else(|| {
+        if args.tokens.is_some() {
+            "none"
+        } else {
+            "operator"
+        }
+        .to_owned()
+    });
+    let anonymous = match anonymous_name.as_str() {
         "none" => None,
         other => Some(parse_scope(other).map_err(anyhow::Error::msg)?),
     };
@@ -2029,19 +2041,16 @@ async fn dashboard(cli: &Cli, args: &DashboardArgs) -> Result<u8, Failure> {
         .into());
     }
     let mode = match &tokens {
-        Some(t) => format!(
-            "{} token(s); anonymous viewers: {}",
-            t.len(),
-            args.anonymous_scope
-        ),
-        None => format!("read-only, {} view (no --tokens)", args.anonymous_scope),
+        Some(t) => format!("{} token(s); anonymous viewers: {anonymous_name}", t.len()),
+        None => format!("read-only, {anonymous_name} view (no --tokens)"),
     };
     let mut d = Dashboard::new(e.clone())
-        .anonymous_scope(anonymous)
-        .refresh_secs(args.refresh_secs);
+        .refresh_secs(args.refresh_secs)
+        .secure_cookies(args.secure_cookies);
     if let Some(t) = tokens {
         d = d.tokens(t);
     }
+    let d = d.anonymous_scope(anonymous);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -1750,3 +1750,162 @@ fn start_and_wait_for_the_end() {
     assert!(said.contains("is still running after 1 s"), "{said}");
     terminate(worker);
 }
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: (status, headers and body as text).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+#[test]
+fn the_dashboard_command_serves_pages_and_acts_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let cli = Cli::sqlite(dir.path());
+    write_napper(&cli);
+    let run = cli.json(&["start", "nap.json", "--payload", r#"{"sleep_ms": 10}"#]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+
+    // Refused configurations.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[tokens]]\ntoken = \"short\"\nactor = \"a\"\nscope = \"auditor\"\n",
+    )
+    .unwrap();
+    let (_, err) = cli.fails(&[
+        "dashboard",
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        "bad.toml",
+    ]);
+    assert!(
+        err.contains("token entry 1") && err.contains("16 characters"),
+        "{err}"
+    );
+    let (_, err) = cli.fails(&[
+        "dashboard",
+        "--listen",
+        "127.0.0.1:0",
+        "--anonymous-scope",
+        "none",
+    ]);
+    assert!(
+        err.contains("--anonymous-scope none needs --tokens"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("tokens.toml"),
+        "[[tokens]]\ntoken = \"cli-dashboard-token-0001\"\nactor = \"ana\"\nscope = \"auditor\"\ncan_act = true\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let server = Command::new(BIN)
+        .current_dir(&cli.dir)
+        .env_remove("SQUID_MESH_DATABASE")
+        .args([
+            "--database",
+            &cli.database,
+            "dashboard",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tokens",
+            "tokens.toml",
+            "--anonymous-scope",
+            "operator",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dashboard starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http(port, "GET", "/health", &[], "").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, page) = http(port, "GET", "/runs", &[], "").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&run_id) && page.contains("Read-only until you sign in"),
+        "{page}"
+    );
+    let bearer = ("Authorization", "Bearer cli-dashboard-token-0001");
+    let (_, page) = http(port, "GET", &format!("/runs/{run_id}"), &[bearer], "").unwrap();
+    assert!(page.contains("id=\"control-cancel\""), "{page}");
+    let at = page.find("data-csrf=\"").unwrap() + "data-csrf=\"".len();
+    let csrf = &page[at..at + 64];
+    let form = format!("csrf={csrf}&comment=from+the+dashboard");
+    let (status, _) = http(
+        port,
+        "POST",
+        &format!("/runs/{run_id}/cancel"),
+        &[
+            bearer,
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        "csrf=00",
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    let (status, reply) = http(
+        port,
+        "POST",
+        &format!("/runs/{run_id}/cancel"),
+        &[
+            bearer,
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &form,
+    )
+    .unwrap();
+    assert_eq!(status, 303, "{reply}");
+    let shown = cli.json(&["runs", "show", &run_id]);
+    assert_eq!(shown["status"], "cancelled");
+    let cancel = shown["commands"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (cancel["actor"].as_str(), cancel["comment"].as_str()),
+        (Some("ana"), Some("from the dashboard"))
+    );
+
+    let out = terminate(server);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("dashboard on http://127.0.0.1:{port}/"))
+            && stderr.contains("1 token(s)"),
+        "{stderr}"
+    );
+}

@@ -12,7 +12,8 @@
     busy = true;
     try {
       const r = await fetch(href, { headers: { Accept: "text/html" }, credentials: "same-origin" });
-      if (r.ok) live.innerHTML = await r.text();
+      // A redirect means the session ended (sign-in page): keep the list as it was.
+      if (r.ok && !r.redirected) live.innerHTML = await r.text();
     } catch (_) {
       // A failed refresh keeps the last list; the next tick tries again.
     } finally {

@@ -226,7 +226,7 @@
       }
       changed(); stepForm();
     });
-    box.appendChild(field("Runs", at, kind));
+    box.appendChild(field("Runs", at + "/builtin/kind", kind));
     if (!s.builtin) {
       const sel = document.createElement("select");
       sel.id = "step-action";

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use axum::extract::State as AxState;
-use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, extract::FromRequestParts};
 use hmac::{Hmac, KeyInit, Mac};
@@ -316,19 +316,18 @@ impl Viewer {
         self.principal.as_ref().map(|p| p.actor.as_str())
     }
 
-    /// Checks that the viewer may act and that `token` is their CSRF token.
+    /// Checks that the viewer may act, that the request comes from the dashboard's own
+    /// pages and that `token` is their CSRF token.
     pub(crate) fn check_act(
         &self,
         state: &State,
+        headers: &HeaderMap,
         token: Option<&str>,
     ) -> Result<&Principal, PageError> {
         let Some(p) = &self.principal else {
-            return Err(PageError::new(
-                StatusCode::UNAUTHORIZED,
-                "sign_in_required",
-                "Sign in with a token that may act to do this.",
-            ));
+            return Err(sign_in_required());
         };
+        check_same_origin(headers)?;
         if !p.can_act {
             return Err(PageError::new(
                 StatusCode::FORBIDDEN,
@@ -363,8 +362,16 @@ impl FromRequestParts<Shared> for Viewer {
         let scope = match (&principal, state.anonymous) {
             (Some(p), _) => p.scope,
             (None, Some(s)) => s,
-            (None, None) => {
+            (None, None) if parts.method == Method::GET => {
                 return Err(Redirect::to(&format!("{}/login", state.base)).into_response());
+            }
+            (None, None) => {
+                let e = sign_in_required();
+                return Err(if parts.uri.path().contains("/editor/api/") {
+                    e.json()
+                } else {
+                    e.page(&Chrome::bare(state))
+                });
             }
         };
         let csrf = principal
@@ -378,6 +385,45 @@ impl FromRequestParts<Shared> for Viewer {
             csrf,
         })
     }
+}
+
+fn sign_in_required() -> PageError {
+    PageError::new(
+        StatusCode::UNAUTHORIZED,
+        "sign_in_required",
+        "Sign in with a token that may act to do this.",
+    )
+}
+
+/// Refuses a POST another site made the browser send: `Sec-Fetch-Site: cross-site`, or an
+/// `Origin` whose host is not the `Host` the request went to. (Browsers send at least one of
+/// them on POSTs; programs that send neither are not browsers acting for someone else.)
+pub(crate) fn check_same_origin(headers: &HeaderMap) -> Result<(), PageError> {
+    let refused = || {
+        PageError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site_request",
+            "This request came from another site. Use the dashboard's own pages.",
+        )
+    };
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site")
+    {
+        return Err(refused());
+    }
+    if let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin == "null" || origin_host != host {
+            return Err(refused());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -396,8 +442,12 @@ pub(crate) async fn login_page(AxState(state): AxState<Shared>, headers: HeaderM
 
 pub(crate) async fn login(
     AxState(state): AxState<Shared>,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if let Err(e) = check_same_origin(&headers) {
+        return e.page(&Chrome::bare(&state));
+    }
     let Some(authorizer) = &state.authorizer else {
         return PageError::new(
             StatusCode::NOT_FOUND,
@@ -417,8 +467,9 @@ pub(crate) async fn login(
             } else {
                 &state.base
             };
+            let secure = if state.secure_cookies { "; Secure" } else { "" };
             let cookie = format!(
-                "{COOKIE_NAME}={}; Path={path}; HttpOnly; SameSite=Strict",
+                "{COOKIE_NAME}={}; Path={path}; HttpOnly; SameSite=Strict{secure}",
                 token.trim()
             );
             tracing::info!(actor = %p.actor, "dashboard sign-in");
@@ -437,7 +488,10 @@ pub(crate) async fn login(
     }
 }
 
-pub(crate) async fn logout(AxState(state): AxState<Shared>) -> Response {
+pub(crate) async fn logout(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_same_origin(&headers) {
+        return e.page(&Chrome::bare(&state));
+    }
     let path = if state.base.is_empty() {
         "/"
     } else {

@@ -107,7 +107,11 @@ pub(crate) async fn page(
             workflows: stored.iter().map(|w| (w.name.clone(), w.version)).collect(),
             current: q.workflow.clone().unwrap_or_default(),
             // `</` cannot end the script element the JSON sits in.
-            boot: boot.to_string().replace("</", "<\\/"),
+            boot: boot
+                .to_string()
+                .replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
         })
     }
     .await;
@@ -174,7 +178,7 @@ pub(crate) async fn api(
         "validate" => validate(&state, &call).await,
         "register" | "start" => {
             let token = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-            match viewer.check_act(&state, token) {
+            match viewer.check_act(&state, &headers, token) {
                 Err(e) => Err(e),
                 Ok(p) if op == "register" => register(&state, &call, &p.actor).await,
                 Ok(p) => start(&state, &call, &p.actor).await,

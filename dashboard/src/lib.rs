@@ -20,6 +20,7 @@
 //!
 //! let engine = Engine::builder().sqlite("app.db").build().await?;
 //! let tokens = TokenTable::new().token("s3cret-ops-token", "ana", Scope::Operator, true);
+//! // Signed-in viewers only: nobody sees anything before signing in.
 //! let app = axum::Router::new().nest("/ops", Dashboard::new(engine).tokens(tokens).base_path("/ops").router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
@@ -50,8 +51,10 @@ pub struct Dashboard {
     engine: Engine,
     authorizer: Option<Arc<dyn Authorizer>>,
     anonymous: Option<Scope>,
+    anonymous_chosen: bool,
     base: String,
     refresh_secs: u32,
+    secure_cookies: bool,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -66,14 +69,18 @@ impl std::fmt::Debug for Dashboard {
 }
 
 impl Dashboard {
-    /// A read-only dashboard over `engine`; anonymous viewers see the `operator` scope.
+    /// A read-only dashboard over `engine`; viewers see the `operator` scope. Once tokens or
+    /// an authorizer are given, viewers who have not signed in see nothing (they are sent to
+    /// the sign-in page) unless [`Dashboard::anonymous_scope`] says otherwise.
     pub fn new(engine: Engine) -> Self {
         Self {
             engine,
             authorizer: None,
             anonymous: Some(Scope::Operator),
+            anonymous_chosen: false,
             base: String::new(),
             refresh_secs: 5,
+            secure_cookies: false,
         }
     }
 
@@ -88,6 +95,9 @@ impl Dashboard {
     #[must_use]
     pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
         self.authorizer = Some(Arc::new(authorizer));
+        if !self.anonymous_chosen {
+            self.anonymous = None;
+        }
         self
     }
 
@@ -95,13 +105,28 @@ impl Dashboard {
     #[must_use]
     pub fn anonymous_scope(mut self, scope: Option<Scope>) -> Self {
         self.anonymous = scope;
+        self.anonymous_chosen = true;
         self
     }
 
-    /// The path the router is nested under (`/ops`), for the links it writes.
+    /// The path the router is nested under (`/ops`), for the links, redirects and cookie
+    /// paths it writes.
     #[must_use]
     pub fn base_path(mut self, base: &str) -> Self {
-        self.base = base.trim_end_matches('/').to_owned();
+        let trimmed = base.trim().trim_matches('/');
+        self.base = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        };
+        self
+    }
+
+    /// Marks the sign-in cookie `Secure` (sent over HTTPS only): set it when a TLS proxy
+    /// serves the dashboard.
+    #[must_use]
+    pub fn secure_cookies(mut self, secure: bool) -> Self {
+        self.secure_cookies = secure;
         self
     }
 
@@ -120,6 +145,7 @@ impl Dashboard {
             anonymous: self.anonymous,
             base: self.base,
             refresh_secs: self.refresh_secs,
+            secure_cookies: self.secure_cookies,
             csrf_key: auth::new_key(),
         });
         Router::new()
@@ -149,6 +175,7 @@ pub(crate) struct State {
     pub(crate) anonymous: Option<Scope>,
     pub(crate) base: String,
     pub(crate) refresh_secs: u32,
+    pub(crate) secure_cookies: bool,
     pub(crate) csrf_key: [u8; 32],
 }
 

@@ -23,8 +23,8 @@ use crate::svg::run_graph_svg;
 use crate::view::{Badge, Chrome, badge, html, iso, pretty, short, time};
 use crate::{Shared, State};
 
-/// Counting stops here: the runs page shows `10000+` beyond.
-const COUNT_CAP: u32 = 10_000;
+/// Counting stops here: the runs page shows `1000+` beyond.
+const COUNT_CAP: u32 = 1_000;
 const MAX_PAGE: u32 = 200;
 
 pub(crate) async fn home(AxState(state): AxState<Shared>) -> Redirect {
@@ -241,6 +241,8 @@ struct RunRowView {
 #[derive(Template)]
 #[template(path = "runs_live.html")]
 struct RunsLive {
+    first_href: Option<String>,
+    next_href: Option<String>,
     counts: Vec<CountView>,
     rows: Vec<RunRowView>,
     as_of: String,
@@ -263,8 +265,6 @@ struct RunsPage<'a> {
     live_html: String,
     live_href: String,
     refresh_secs: u32,
-    first_href: Option<String>,
-    next_href: Option<String>,
 }
 
 pub(crate) async fn runs(
@@ -281,13 +281,18 @@ pub(crate) async fn runs(
         Ok(q) => q,
         Err(problems) => return PageError::bad_request(problems).page(&chrome),
     };
-    match runs_page(&state, &q, &chrome).await {
+    match runs_page(&state, &q, viewer.scope, &chrome).await {
         Ok(r) => r,
         Err(e) => e.page(&chrome),
     }
 }
 
-async fn runs_page(state: &State, q: &RunsQuery, chrome: &Chrome) -> Result<Response, PageError> {
+async fn runs_page(
+    state: &State,
+    q: &RunsQuery,
+    scope: Scope,
+    chrome: &Chrome,
+) -> Result<Response, PageError> {
     let filter = q.filter();
     let page = match &q.after {
         Some(t) => Page::after(q.limit, t),
@@ -297,7 +302,7 @@ async fn runs_page(state: &State, q: &RunsQuery, chrome: &Chrome) -> Result<Resp
         state.engine.list_runs(&filter, &page),
         state.engine.count_runs(&filter, COUNT_CAP)
     );
-    let listed = listed?;
+    let listed = listed?.redacted(scope);
     let counts = counts?;
     let now = state.engine.now();
     let base = &state.base;
@@ -351,6 +356,14 @@ async fn runs_page(state: &State, q: &RunsQuery, chrome: &Chrome) -> Result<Resp
         .collect();
     let live = q.after.is_none() && state.refresh_secs > 0;
     let fragment = RunsLive {
+        first_href: q
+            .after
+            .as_ref()
+            .map(|_| q.href(base, &q.statuses, None, false)),
+        next_href: listed
+            .next_page
+            .as_deref()
+            .map(|t| q.href(base, &q.statuses, Some(t), false)),
         counts,
         rows,
         as_of: time(now),
@@ -369,7 +382,13 @@ async fn runs_page(state: &State, q: &RunsQuery, chrome: &Chrome) -> Result<Resp
         )
     })?;
     let mut workflows = state.engine.workflows();
+    // Names for the filter's suggestions: a stored spec that no longer parses costs its
+    // suggestion, not the page.
+    if let Ok(stored) = state.engine.workflow_store().list().await {
+        workflows.extend(stored.into_iter().map(|w| w.name));
+    }
     workflows.sort();
+    workflows.dedup();
     let page = RunsPage {
         chrome,
         status_options: RunStatus::ALL
@@ -392,14 +411,6 @@ async fn runs_page(state: &State, q: &RunsQuery, chrome: &Chrome) -> Result<Resp
             String::new()
         },
         refresh_secs: if live { state.refresh_secs } else { 0 },
-        first_href: q
-            .after
-            .as_ref()
-            .map(|_| q.href(base, &q.statuses, None, false)),
-        next_href: listed
-            .next_page
-            .as_deref()
-            .map(|t| q.href(base, &q.statuses, Some(t), false)),
     };
     Ok(html(StatusCode::OK, &page))
 }
@@ -480,8 +491,8 @@ struct RunView<'a> {
     next_actions: Vec<String>,
     evidence: String,
     controls: Vec<ControlView>,
-    no_controls: Option<String>,
     csrf: String,
+    nonce: String,
     svg: String,
     children: Vec<LinkView>,
     dynamic: Vec<String>,
@@ -674,10 +685,10 @@ async fn run_page(
     let base = &state.base;
     let href = |r: &str| format!("{base}/runs/{r}");
     let svg = run_graph_svg(&graph, &href);
-    let (controls, no_controls) = if viewer.can_act() {
-        (controls(&insp), None)
+    let controls = if viewer.can_act() {
+        controls(&insp)
     } else {
-        (Vec::new(), chrome.read_only_note.clone())
+        Vec::new()
     };
     let attempts = insp
         .attempts
@@ -746,8 +757,8 @@ async fn run_page(
         next_actions: explanation.next_actions.iter().map(name).collect(),
         evidence: pretty(&explanation.evidence),
         controls,
-        no_controls,
         csrf: viewer.csrf.clone().unwrap_or_default(),
+        nonce: hex::encode(rand::random::<[u8; 16]>()),
         svg,
         children: insp
             .children
@@ -800,6 +811,7 @@ pub(crate) async fn run_svg(
 #[derive(Deserialize)]
 pub(crate) struct CommandForm {
     csrf: Option<String>,
+    nonce: Option<String>,
     comment: Option<String>,
     allow_irreversible: Option<String>,
 }
@@ -808,6 +820,7 @@ pub(crate) async fn command(
     AxState(state): AxState<Shared>,
     viewer: Viewer,
     Path((id, command)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     form: Result<Form<CommandForm>, FormRejection>,
 ) -> Response {
     let chrome = Chrome::new(&state, &viewer, "runs", "Command");
@@ -823,7 +836,13 @@ pub(crate) async fn command(
         let form = form.map_err(|e| {
             PageError::bad_request(vec![problem("form", "malformed_form", e.body_text())])
         })?;
-        let principal = viewer.check_act(&state, form.csrf.as_deref())?;
+        let principal = viewer.check_act(&state, &headers, form.csrf.as_deref())?;
+        // The form's nonce makes a double submission one command.
+        let key = form
+            .nonce
+            .as_deref()
+            .filter(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|n| format!("dashboard:{command}:{n}"));
         let id = run_id(&id)?;
         let comment = form
             .comment
@@ -845,6 +864,7 @@ pub(crate) async fn command(
                 if let Some(c) = comment {
                     attrs = attrs.comment(c);
                 }
+                attrs.idempotency_key = key;
                 match kind {
                     SignalKind::Approve => state.engine.approve(id, attrs).await?,
                     SignalKind::Reject => state.engine.reject(id, attrs).await?,
@@ -853,6 +873,7 @@ pub(crate) async fn command(
             }
             _ => {
                 let mut s = Signal::new(kind, Some(id), state.engine.now());
+                s.idempotency_key = key;
                 s.payload.insert("actor".into(), actor);
                 if let Some(c) = comment {
                     s.payload.insert("comment".into(), Value::String(c));
@@ -871,6 +892,15 @@ pub(crate) async fn command(
     match result {
         Ok(r) => r,
         Err(e) => e.page(&chrome),
+    }
+}
+
+/// When an action was approved, and by whom for auditors.
+fn approved(at: squid_mesh::clock::Timestamp, by: &str, scope: Scope) -> String {
+    if scope == Scope::Auditor {
+        format!("{} UTC by {by}", time(at))
+    } else {
+        format!("{} UTC", time(at))
     }
 }
 
@@ -923,7 +953,7 @@ pub(crate) async fn actions(AxState(state): AxState<Shared>, viewer: Viewer) -> 
                     digest_short: short(&a.digest.to_string()),
                     limits: pairs(&serde_json::to_value(&a.limits).unwrap_or_default()),
                     capabilities: pairs(&serde_json::to_value(&a.capabilities).unwrap_or_default()),
-                    approved: format!("{} by {}", time(a.approved_at), a.approved_by),
+                    approved: approved(a.approved_at, &a.approved_by, viewer.scope),
                 })
                 .collect();
             html(
@@ -985,8 +1015,17 @@ pub(crate) async fn action(
                 kind: name(&e.kind),
                 digest: e.digest.to_string(),
                 digest_short: short(&e.digest.to_string()),
-                actor: e.actor,
-                comment: e.comment.unwrap_or_default(),
+                // Who did what is the auditor's, as for run commands.
+                actor: if viewer.scope == Scope::Auditor {
+                    e.actor
+                } else {
+                    String::new()
+                },
+                comment: if viewer.scope == Scope::Auditor {
+                    e.comment.unwrap_or_default()
+                } else {
+                    String::new()
+                },
             })
             .collect();
         Ok(ActionPage {
@@ -994,7 +1033,7 @@ pub(crate) async fn action(
             key: a.key.to_string(),
             state: name(&a.state),
             digest: a.digest.to_string(),
-            approved: format!("{} UTC by {}", time(a.approved_at), a.approved_by),
+            approved: approved(a.approved_at, &a.approved_by, viewer.scope),
             limits: pretty(&a.limits),
             capabilities: pretty(&a.capabilities),
             description: pretty(&a.description),
@@ -1048,6 +1087,7 @@ pub(crate) async fn schedules(AxState(state): AxState<Shared>, viewer: Viewer) -
                     last_run_href: s
                         .last_run_id
                         .as_ref()
+                        .filter(|_| viewer.scope != Scope::External)
                         .map(|r| format!("{}/runs/{r}", state.base)),
                     workflow: s.workflow,
                     trigger: s.trigger,

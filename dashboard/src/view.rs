@@ -2,7 +2,10 @@
 
 use askama::Template;
 use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
 use axum::response::{IntoResponse, Response};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::inspect::{DeadlineState, DeadlineStatus};
@@ -81,6 +84,11 @@ pub(crate) fn html(status: StatusCode, t: &impl Template) -> Response {
             [
                 (CONTENT_TYPE, "text/html; charset=utf-8"),
                 (CACHE_CONTROL, "no-store"),
+                // No framing (the forms act), no sniffing, no referrer leaving the site.
+                (X_FRAME_OPTIONS, "DENY"),
+                (CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+                (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (REFERRER_POLICY, "same-origin"),
             ],
             body,
         )

@@ -216,10 +216,16 @@ async fn every_read_page_renders_and_filters(db: Db) {
     );
     let r = get(&app, "/actions/pay.charge", None).await;
     assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("order_id"), "schemas");
     assert!(
-        r.body.contains("first release") && r.body.contains("order_id"),
-        "history and schemas"
+        !r.body.contains("first release") && !r.body.contains("by ana"),
+        "the history's comments and actors are the auditor's"
     );
+    let auditors = Dashboard::new(engine.clone())
+        .anonymous_scope(Some(Scope::Auditor))
+        .router();
+    let r = get(&auditors, "/actions/pay.charge", None).await;
+    assert!(r.body.contains("first release") && r.body.contains("by ana"));
     let r = get(&app, "/schedules", None).await;
     assert!(r.body.contains(r#"data-workflow="nightly""#) && r.body.contains("Europe/Paris"));
     assert!(r.body.contains("0 3 * * *"));
@@ -236,7 +242,10 @@ async fn every_read_page_renders_and_filters(db: Db) {
 
 async fn bad_input_gets_a_status_and_a_readable_page(db: Db) {
     let (engine, _clock, s) = setup(&db).await;
-    let app = Dashboard::new(engine.clone()).tokens(tokens()).router();
+    let app = Dashboard::new(engine.clone())
+        .tokens(tokens())
+        .anonymous_scope(Some(Scope::Operator))
+        .router();
     let cases: &[(&str, StatusCode, &str)] = &[
         ("/runs/not-a-run", StatusCode::BAD_REQUEST, "invalid_run_id"),
         (
@@ -402,7 +411,28 @@ async fn commands_need_a_token_that_may_act_and_its_csrf_token(db: Db) {
         "nothing changed"
     );
 
-    // The operator approves; the journal records the authenticated actor.
+    // A POST another site made the browser send is refused, CSRF token or not.
+    let page = get(&app, &format!("/runs/{}", s.waiting), Some(OPERATOR)).await;
+    let forged = axum::http::Request::post(path.clone())
+        .header("authorization", format!("Bearer {OPERATOR}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("host", "dash.example")
+        .header("origin", "https://evil.example")
+        .body(axum::body::Body::from(format!(
+            "csrf={}",
+            page.csrf().unwrap()
+        )))
+        .unwrap();
+    let r = send(&app, forged).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("cross_site_request"));
+    assert_eq!(
+        engine.snapshot(s.waiting).await.unwrap().status,
+        RunStatus::Paused
+    );
+
+    // The operator approves; the journal records the authenticated actor. The form's nonce
+    // makes a second submission of the same form the same command.
     let page = get(&app, &format!("/runs/{}", s.waiting), Some(OPERATOR)).await;
     assert!(
         page.body.contains("id=\"control-approve\"") && page.body.contains("id=\"control-reject\"")
@@ -411,19 +441,34 @@ async fn commands_need_a_token_that_may_act_and_its_csrf_token(db: Db) {
         page.body.contains("id=\"control-cancel\"") && !page.body.contains("id=\"control-replay\"")
     );
     let csrf = page.csrf().unwrap();
-    let r = post(
-        &app,
-        &path,
-        &[("csrf", &csrf), ("comment", "ship it")],
-        Some(OPERATOR),
-    )
-    .await;
+    let at = page.body.find("name=\"nonce\" value=\"").unwrap() + "name=\"nonce\" value=\"".len();
+    let nonce = page.body[at..at + 32].to_owned();
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("nonce", nonce.as_str()),
+        ("comment", "ship it"),
+    ];
+    let r = post(&app, &path, &form, Some(OPERATOR)).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let again = post(&app, &path, &form, Some(OPERATOR)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::SEE_OTHER,
+        "a repeated form is not an error: {}",
+        again.body
+    );
     assert_eq!(r.location(), format!("/runs/{}", s.waiting));
     let insp = engine
         .inspect_run(s.waiting, InspectOptions::default())
         .await
         .unwrap();
+    assert_eq!(
+        insp.commands
+            .iter()
+            .filter(|c| c.command.as_str() == "approve")
+            .count(),
+        1
+    );
     let approve = insp.commands.last().unwrap();
     assert_eq!(approve.actor, Some(serde_json::json!("oscar")));
     assert_eq!(approve.comment.as_deref(), Some("ship it"));
@@ -521,7 +566,7 @@ async fn pages_show_only_what_the_scope_may_see(db: Db) {
 }
 
 async fn signing_in_sets_a_cookie_and_signing_out_clears_it(db: Db) {
-    let (engine, _clock, _s) = setup(&db).await;
+    let (engine, _clock, s) = setup(&db).await;
     let app = Dashboard::new(engine.clone())
         .tokens(tokens())
         .base_path("/ops")
@@ -561,6 +606,49 @@ async fn signing_in_sets_a_cookie_and_signing_out_clears_it(db: Db) {
             .contains("Max-Age=0")
     );
 
+    // A host's own authorizer: here, a header its proxy sets.
+    struct Proxy;
+    impl squid_mesh_dashboard::Authorizer for Proxy {
+        fn authorize(
+            &self,
+            request: &axum::http::request::Parts,
+        ) -> Option<squid_mesh_dashboard::Principal> {
+            let user = request.headers.get("x-proxy-user")?.to_str().ok()?;
+            Some(squid_mesh_dashboard::Principal {
+                actor: user.to_owned(),
+                scope: Scope::Operator,
+                can_act: user == "olga",
+                session: format!("proxy:{user}"),
+            })
+        }
+    }
+    let hosted = Dashboard::new(engine.clone()).authorizer(Proxy).router();
+    let as_user = |user: &str, path: &str| {
+        axum::http::Request::get(path.to_owned())
+            .header("x-proxy-user", user)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let page = send(&hosted, as_user("olga", &format!("/runs/{}", s.waiting))).await;
+    assert!(page.body.contains("olga · operator") && page.body.contains("id=\"control-approve\""));
+    let csrf = page.csrf().unwrap();
+    let page = send(&hosted, as_user("pete", &format!("/runs/{}", s.waiting))).await;
+    assert!(page.csrf().is_none() && page.body.contains("may look but not act"));
+    let approve = axum::http::Request::post(format!("/runs/{}/approve", s.waiting))
+        .header("x-proxy-user", "olga")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(format!("csrf={csrf}")))
+        .unwrap();
+    assert_eq!(send(&hosted, approve).await.status, StatusCode::SEE_OTHER);
+    let insp = engine
+        .inspect_run(s.waiting, InspectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        insp.commands.last().unwrap().actor,
+        Some(serde_json::json!("olga"))
+    );
+
     let ro = Dashboard::new(engine.clone()).router();
     let r = post(&ro, "/login", &[("token", OPERATOR)], None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -596,7 +684,10 @@ async fn the_editor_validates_registers_and_starts(db: Db) {
     use serde_json::json;
     let engine = db.engine(None).await;
     approve_charge(&engine).await;
-    let app = Dashboard::new(engine.clone()).tokens(tokens()).router();
+    let app = Dashboard::new(engine.clone())
+        .tokens(tokens())
+        .anonymous_scope(Some(Scope::Operator))
+        .router();
     let r = get(&app, "/editor", Some(AUDITOR)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("id=\"editor-boot\"") && r.body.contains("pay.charge"));

@@ -57,8 +57,9 @@ impl Engine {
 impl WorkflowStore<'_> {
     /// Checks `spec` against the registry and the action catalog (as
     /// [`Engine::check_spec`]) and stores it as the workflow's next version, unless the
-    /// document equals the newest version (then that version is returned). The spec is
-    /// also registered in this process ([`Engine::register_workflow`]).
+    /// document equals the newest version (then that version is returned). The in-process
+    /// registry ([`Engine::register_workflow`]) is left as the host set it: a stored workflow
+    /// is started with its stored spec.
     ///
     /// # Errors
     ///
@@ -80,9 +81,7 @@ impl WorkflowStore<'_> {
         let text = spec.to_json();
         let e = self.engine;
         let now = now_us(e.now());
-        let saved = with_store!(e, s => self.insert_on(s, spec, &text, actor, comment, now).await)?;
-        e.register_workflow(saved.spec.clone())?;
-        Ok(saved)
+        with_store!(e, s => self.insert_on(s, spec, &text, actor, comment, now).await)
     }
 
     async fn insert_on<S: Store>(

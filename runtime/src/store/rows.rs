@@ -419,8 +419,11 @@ impl ListQuery {
             .map(|s| {
                 let mut c = clauses.clone();
                 c.insert(0, format!("status = '{}'", s.as_str()));
+                // The order is every listing index's own (equality columns, then created_at
+                // DESC, run_id DESC): the planner reads the narrowest index in order and
+                // stops at the limit, instead of filtering a wider one.
                 format!(
-                    "SELECT '{}' AS status, COUNT(*) AS runs FROM (SELECT 1 AS one FROM runs WHERE {} LIMIT {limit}) c{}",
+                    "SELECT '{}' AS status, COUNT(*) AS runs FROM (SELECT 1 AS one FROM runs WHERE {} ORDER BY created_at DESC, run_id DESC LIMIT {limit}) c{}",
                     s.as_str(),
                     c.join(" AND "),
                     s.as_str()
