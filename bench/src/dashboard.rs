@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use axum::body::Body;
 use axum::http::Request;
-use serde_json::json;
 use squid_mesh::actions::ActionRegistry;
-use squid_mesh::{ExecuteOptions, StartOptions};
 use squid_mesh_dashboard::Dashboard;
 use tower::ServiceExt as _;
 
-use crate::{Backend, Figure, drop_schema, echo_action, percentile, pg_backend, three_steps};
+use crate::{Backend, Figure, drop_schema, echo_action, percentile, pg_backend};
 
 async fn page(app: &axum::Router, path: &str) -> Result<String> {
     let r = app
@@ -56,21 +54,7 @@ pub(crate) async fn dashboard(smoke: bool) -> Result<Vec<Figure>> {
     }
     for backend in &backends {
         let engine = backend.engine(&registry, dir.path()).await?;
-        let spec = three_steps();
-        let done = engine
-            .start(&spec, None, json!({"n": 1}), StartOptions::default())
-            .await?;
-        while engine
-            .execute_next(ExecuteOptions::default())
-            .await?
-            .is_some()
-        {}
-        let target = engine
-            .start(&spec, None, json!({"n": 2}), StartOptions::default())
-            .await?
-            .run_id;
-        engine.execute_next(ExecuteOptions::default()).await?;
-        let hash = engine.snapshot(done.run_id).await?.definition_hash;
+        let (target, hash) = crate::read::real_runs(&engine).await?;
         let t = Instant::now();
         crate::read::seed(backend, 1, size, &hash, engine.now().0).await?;
         eprintln!(

@@ -169,6 +169,29 @@ async fn measure(
     Ok(out)
 }
 
+/// Two real runs, one finished and one in flight: the in-flight run's id (the one read) and
+/// the definition hash the seeded runs share.
+pub(crate) async fn real_runs(engine: &Engine) -> Result<(squid_mesh::RunId, String)> {
+    let spec = three_steps();
+    let done = engine
+        .start(&spec, None, json!({"n": 1}), StartOptions::default())
+        .await?;
+    while engine
+        .execute_next(squid_mesh::ExecuteOptions::default())
+        .await?
+        .is_some()
+    {}
+    let target = engine
+        .start(&spec, None, json!({"n": 2}), StartOptions::default())
+        .await?
+        .run_id;
+    engine
+        .execute_next(squid_mesh::ExecuteOptions::default())
+        .await?;
+    let hash = engine.snapshot(done.run_id).await?.definition_hash;
+    Ok((target, hash))
+}
+
 /// `list_runs`, `inspect_run` and `explain_run` latency with 10^4 and 10^6 runs stored.
 pub(crate) async fn read(smoke: bool) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
@@ -190,24 +213,7 @@ pub(crate) async fn read(smoke: bool) -> Result<Vec<Figure>> {
     }
     for backend in &backends {
         let engine = backend.engine(&registry, dir.path()).await?;
-        // Real runs: one finished, one in flight (the one inspected).
-        let spec = three_steps();
-        let done = engine
-            .start(&spec, None, json!({"n": 1}), StartOptions::default())
-            .await?;
-        while engine
-            .execute_next(squid_mesh::ExecuteOptions::default())
-            .await?
-            .is_some()
-        {}
-        let target = engine
-            .start(&spec, None, json!({"n": 2}), StartOptions::default())
-            .await?
-            .run_id;
-        engine
-            .execute_next(squid_mesh::ExecuteOptions::default())
-            .await?;
-        let hash = engine.snapshot(done.run_id).await?.definition_hash;
+        let (target, hash) = real_runs(&engine).await?;
         let base = engine.now().0;
         let mut stored = 0u64;
         let mut at_size = Vec::new();
