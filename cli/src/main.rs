@@ -2017,6 +2017,18 @@ async fn schedules(cli: &Cli, cmd: &SchedulesCommand) -> Result<u8, Failure> {
 
 async fn dashboard(cli: &Cli, args: &DashboardArgs) -> Result<u8, Failure> {
     use squid_mesh_dashboard::{Dashboard, TokenTable};
+    // A dashboard over a file that does not exist would create an empty database and show
+    // nothing: a mistyped path is an error here.
+    let sqlite = cli
+        .database
+        .strip_prefix("sqlite://")
+        .unwrap_or(&cli.database);
+    if !is_postgres(&cli.database) && !Path::new(sqlite).exists() {
+        return Err(anyhow::anyhow!(
+            "no database at {sqlite}: give --database the SQLite file (or Postgres URL) the workers use, or create it with `squid-mesh migrate`"
+        )
+        .into());
+    }
     let e = engine(cli).await?;
     let anonymous_name = args.anonymous_scope.clone().unwrap_or_else(|| {
         if args.tokens.is_some() {

@@ -1814,6 +1814,14 @@ fn the_dashboard_command_serves_pages_and_acts_with_tokens() {
         err.contains("--anonymous-scope none needs --tokens"),
         "{err}"
     );
+    let missing = Cli {
+        dir: cli.dir.clone(),
+        database: "mistyped.db".into(),
+        schema: cli.schema.clone(),
+    };
+    let (_, err) = missing.fails(&["dashboard", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("no database at mistyped.db"), "{err}");
+    assert!(!cli.dir.join("mistyped.db").exists(), "nothing was created");
 
     std::fs::write(
         dir.path().join("tokens.toml"),

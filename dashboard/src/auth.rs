@@ -216,6 +216,12 @@ impl TokenTable {
                 return Err(entry("the same token is listed twice".into()));
             }
         }
+        if table.is_empty() {
+            return Err(TokenFileError::Parse {
+                path: path.to_owned(),
+                message: "it lists no token: add [[tokens]] entries".into(),
+            });
+        }
         Ok(table)
     }
 
@@ -345,7 +351,7 @@ impl Viewer {
             None => Err(PageError::new(
                 StatusCode::FORBIDDEN,
                 "csrf_missing",
-                "The form carries no CSRF token. Reload the page and try again.",
+                "The request carries no CSRF token (the form's csrf field, or the X-CSRF-Token header of the editor's calls). Reload the page and try again.",
             )),
         }
     }
@@ -391,7 +397,7 @@ fn sign_in_required() -> PageError {
     PageError::new(
         StatusCode::UNAUTHORIZED,
         "sign_in_required",
-        "Sign in with a token that may act to do this.",
+        "Sign in to do this (with a token that may act, to change anything).",
     )
 }
 
@@ -536,6 +542,11 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("root")
+        );
+        assert_eq!(
+            TokenTable::from_toml("", "t.toml").unwrap_err().code(),
+            "invalid_token_file",
+            "an empty file would lock everyone out"
         );
         let extra = "[[tokens]]\ntoken = \"0123456789abcdef\"\nactor = \"a\"\nscope = \"auditor\"\nadmin = true\n";
         assert_eq!(

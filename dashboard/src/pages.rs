@@ -837,12 +837,21 @@ pub(crate) async fn command(
             PageError::bad_request(vec![problem("form", "malformed_form", e.body_text())])
         })?;
         let principal = viewer.check_act(&state, &headers, form.csrf.as_deref())?;
-        // The form's nonce makes a double submission one command.
-        let key = form
-            .nonce
-            .as_deref()
-            .filter(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(|n| format!("dashboard:{command}:{n}"));
+        // The form's nonce makes a double submission one command. The pages' forms always
+        // carry one; a program may leave it out (and then repeats are repeated commands).
+        let key = match form.nonce.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n) if n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(format!("dashboard:{command}:{n}"))
+            }
+            Some(_) => {
+                return Err(PageError::bad_request(vec![problem(
+                    "nonce",
+                    "invalid_nonce",
+                    "the form's nonce must be 32 hexadecimal digits (reload the page)",
+                )]));
+            }
+        };
         let id = run_id(&id)?;
         let comment = form
             .comment

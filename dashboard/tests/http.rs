@@ -351,6 +351,16 @@ async fn bad_input_gets_a_status_and_a_readable_page(db: Db) {
         "a completed run has no gate: {}",
         r.body
     );
+    let path = format!("/runs/{}/approve", s.waiting);
+    let r = post(
+        &app,
+        &path,
+        &[("csrf", &csrf), ("nonce", "x")],
+        Some(AUDITOR),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("invalid_nonce"));
     let r = post(
         &app,
         &format!("/runs/{}/approve", s.waiting),
