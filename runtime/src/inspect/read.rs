@@ -6,7 +6,7 @@ use super::{
     Explanation, InspectOptions, Page, RunCounts, RunFilter, RunGraph, RunInspection, RunPage,
     RunRef, RunRows,
 };
-use crate::engine::{Engine, Result, existing_run, with_store};
+use crate::engine::{Engine, EngineError, Result, existing_run, with_store};
 use crate::inspect;
 use crate::store::{CatalogTx, ListQuery, Lock, Store, StoreTx};
 use crate::vocab::Timestamp;
@@ -141,12 +141,12 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`EngineError::InvalidOption`](crate::EngineError::InvalidOption) for an invalid
+    /// [`EngineError::InvalidOption`] for an invalid
     /// filter or cap, or a store error.
     pub async fn count_runs(&self, filter: &RunFilter, cap: u32) -> Result<RunCounts> {
         filter.validate()?;
         if cap == 0 || cap > 1_000_000 {
-            return Err(crate::EngineError::invalid_option(
+            return Err(EngineError::invalid_option(
                 "cap",
                 &format!("cap must be between 1 and 1000000, got {cap}"),
             ));
