@@ -365,6 +365,26 @@ impl FromRequestParts<Shared> for Viewer {
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
         let principal = state.authorizer.as_ref().and_then(|a| a.authorize(parts));
+        // A bearer token nobody accepts is an error, not an anonymous visit: a program with a
+        // wrong token must not quietly get the anonymous view.
+        if principal.is_none()
+            && parts
+                .headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("Bearer "))
+        {
+            let e = PageError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "The bearer token is not valid here.",
+            );
+            return Err(if parts.uri.path().contains("/editor/api/") {
+                e.json()
+            } else {
+                e.page(&Chrome::bare(state))
+            });
+        }
         let scope = match (&principal, state.anonymous) {
             (Some(p), _) => p.scope,
             (None, Some(s)) => s,

@@ -162,8 +162,10 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// An element the page redrew (or was redrawing) under the driver: worth finding again.
 fn stale(err: &fantoccini::error::CmdError) -> bool {
-    format!("{err:?}").contains("StaleElementReference")
+    let text = format!("{err:?}");
+    text.contains("StaleElementReference") || text.contains("not interactable")
 }
 
 /// Types into a field and leaves it (so its `change` event fires).

@@ -312,6 +312,13 @@ async fn bad_input_gets_a_status_and_a_readable_page(db: Db) {
         assert!(r.body.contains("<html"), "{path} is a page");
         assert!(r.body.contains(code), "{path} names {code}: {}", r.body);
     }
+    let r = get(&app, "/runs", Some("wrong-token-0123456789")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "a wrong token is not an anonymous visit"
+    );
+    assert!(r.body.contains("invalid_credentials"));
     let long = "x".repeat(300);
     let r = get(&app, &format!("/runs?q={long}"), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
