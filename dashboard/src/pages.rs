@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use squid_mesh::clock::Timestamp;
 use squid_mesh::engine::{ManualAttrs, Signal, SignalKind};
+use squid_mesh::inspect::render::status_text;
 use squid_mesh::inspect::{
     Explanation, InspectOptions, Page, Redact, RunFilter, RunInspection, Scope,
 };
@@ -504,13 +505,6 @@ struct RunView<'a> {
     context: Option<String>,
 }
 
-fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// The commands the run accepts now, for a viewer who may act.
 fn controls(insp: &RunInspection) -> Vec<ControlView> {
     let mut out = Vec::new();
@@ -614,7 +608,7 @@ fn timeline(insp: &RunInspection) -> Vec<TimelineItem> {
                 TimelineItem {
                     at: time(a.updated_at),
                     iso: iso(a.updated_at),
-                    kind: format!("attempt {}", name(&a.status)),
+                    kind: format!("attempt {}", status_text(&a.status)),
                     text: format!("{} #{}", a.step, a.attempt),
                     class: "fact",
                 },
@@ -696,7 +690,7 @@ async fn run_page(
         .map(|a| AttemptRowView {
             step: a.step.clone(),
             attempt: a.attempt,
-            status: name(&a.status),
+            status: status_text(&a.status),
             visible: time(a.visible_at),
             owner: a.owner.clone().unwrap_or_default(),
             claims: a.claims,
@@ -713,7 +707,7 @@ async fn run_page(
             format!(
                 "{} ({}) from {}: {} node(s){}",
                 w.key,
-                name(&w.status),
+                status_text(&w.status),
                 w.origin_step,
                 w.nodes.len(),
                 w.reason
@@ -754,7 +748,7 @@ async fn run_page(
         reason: explanation.reason.as_str(),
         reason_step: explanation.step.clone(),
         summary: explanation.summary.clone(),
-        next_actions: explanation.next_actions.iter().map(name).collect(),
+        next_actions: explanation.next_actions.iter().map(status_text).collect(),
         evidence: pretty(&explanation.evidence),
         controls,
         csrf: viewer.csrf.clone().unwrap_or_default(),
@@ -957,7 +951,7 @@ pub(crate) async fn actions(AxState(state): AxState<Shared>, viewer: Viewer) -> 
                 .map(|a| ActionRowView {
                     key: a.key.to_string(),
                     href: format!("{}/actions/{}", state.base, a.key),
-                    state: name(&a.state),
+                    state: status_text(&a.state),
                     digest: a.digest.to_string(),
                     digest_short: short(&a.digest.to_string()),
                     limits: pairs(&serde_json::to_value(&a.limits).unwrap_or_default()),
@@ -1021,7 +1015,7 @@ pub(crate) async fn action(
             .map(|e| EventView {
                 seq: e.seq,
                 at: time(e.at),
-                kind: name(&e.kind),
+                kind: status_text(&e.kind),
                 digest: e.digest.to_string(),
                 digest_short: short(&e.digest.to_string()),
                 // Who did what is the auditor's, as for run commands.
@@ -1040,7 +1034,7 @@ pub(crate) async fn action(
         Ok(ActionPage {
             chrome: &chrome,
             key: a.key.to_string(),
-            state: name(&a.state),
+            state: status_text(&a.state),
             digest: a.digest.to_string(),
             approved: approved(a.approved_at, &a.approved_by, viewer.scope),
             limits: pretty(&a.limits),
@@ -1102,7 +1096,7 @@ pub(crate) async fn schedules(AxState(state): AxState<Shared>, viewer: Viewer) -
                     trigger: s.trigger,
                     cron: s.cron,
                     timezone: s.timezone,
-                    state: name(&s.state),
+                    state: status_text(&s.state),
                     missed: s.missed,
                     queue: s.queue,
                 })

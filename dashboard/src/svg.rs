@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use squid_mesh::inspect::{EdgeKind, EdgeStatus, NodeKind, RunGraph};
+use squid_mesh::inspect::render::status_text;
+use squid_mesh::inspect::{EdgeKind, NodeKind, RunGraph};
 use squid_mesh::spec::Outcome;
 
 const NODE_W: i64 = 170;
@@ -67,13 +68,6 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-fn status_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// The graph as an `<svg>` element. Nodes are `<g class="node status-…">` with
 /// `data-node-id` and `data-status`; edges are `<path class="edge edge-…">` with
 /// `data-edge-id`, `data-status` and `data-kind`. `run_href` links child runs.
@@ -132,8 +126,8 @@ pub fn run_graph_svg(g: &RunGraph, run_href: &dyn Fn(&str) -> String) -> String 
                 x1 + GAP_X / 2
             )
         };
-        let status = status_name(&e.status);
-        let kind = status_name(&e.kind);
+        let status = status_text(&e.status);
+        let kind = status_text(&e.kind);
         let outcome = match e.outcome {
             Some(Outcome::Error) => " outcome-error",
             _ => "",
@@ -158,7 +152,6 @@ pub fn run_graph_svg(g: &RunGraph, run_href: &dyn Fn(&str) -> String) -> String 
                 esc(&clip(&label, 14))
             );
         }
-        let _ = matches!(e.status, EdgeStatus::Selected);
     }
     if ends_run {
         let status = if g.terminal && g.status == squid_mesh::RunStatus::Completed {
@@ -186,8 +179,8 @@ pub fn run_graph_svg(g: &RunGraph, run_href: &dyn Fn(&str) -> String) -> String 
         let Some(&(x, y)) = pos.get(n.id.as_str()) else {
             continue;
         };
-        let status = status_name(&n.status);
-        let kind = status_name(&n.kind);
+        let status = status_text(&n.status);
+        let kind = status_text(&n.kind);
         let current = if n.current { " current" } else { "" };
         let _ = write!(
             s,
