@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         match w {
             "wasm" => figures.extend(runtime.block_on(wasm(smoke))?),
             "durable" => figures.extend(runtime.block_on(durable(smoke))?),
+            "closed" => figures.extend(runtime.block_on(closed(smoke))?),
             "read" => figures.extend(runtime.block_on(read::read(smoke))?),
             "wakeup" => figures.extend(runtime.block_on(wakeup::wakeup(smoke))?),
             "latency" => figures.extend(runtime.block_on(shapes::latency(smoke))?),
@@ -96,7 +97,7 @@ fn main() -> Result<()> {
             "telemetry" => figures.extend(runtime.block_on(telemetry::telemetry(smoke))?),
             "dashboard" => figures.extend(runtime.block_on(dashboard::dashboard(smoke))?),
             other => bail!(
-                "unknown workload {other:?}; known: wasm, durable, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos, telemetry, dashboard"
+                "unknown workload {other:?}; known: wasm, durable, closed, latency, fanout, scale, read, wakeup, langs, schedules, catalog, dynamic, chaos, telemetry, dashboard"
             ),
         }
     }
@@ -664,17 +665,64 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
             target: (*workers == 8).then(|| ">= 1".to_owned()),
         });
     }
-    // The closed loop: 8 callers, 8 workers, fresh database.
+    figures.extend(closed_loops(&registry, dir.path(), pg.as_ref(), &floors, runs).await?);
+    for backend in backends.iter().map(|(_, b)| b).chain(pg.as_ref()) {
+        drop_schema(backend).await;
+    }
+    Ok(figures)
+}
+
+/// The closed loop alone, with the 1-committer floors (quicker than `durable`, for
+/// comparing builds).
+async fn closed(smoke: bool) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let registry = ActionRegistry::new();
+    registry.register(echo_action()?)?;
+    let pg = pg_backend().await;
+    let floor_n = if smoke { 40 } else { 2_000 };
+    let runs = if smoke { 16 } else { 2_000 };
+    let mut floors = std::collections::HashMap::new();
+    for b in [Backend::Sqlite(dir.path().join("floor-dir.db"))]
+        .into_iter()
+        .chain(pg.clone())
+    {
+        let rate = commit_floor(&b, 1, floor_n).await?;
+        floors.insert((b.name(), 1), rate);
+        figures.push(Figure {
+            name: format!("{} commit floor, 1 committer(s)", b.name()),
+            value: rate,
+            unit: "tx/s",
+            target: None,
+        });
+    }
+    figures.extend(closed_loops(&registry, dir.path(), pg.as_ref(), &floors, runs).await?);
+    if let Some(pg) = &pg {
+        drop_schema(pg).await;
+    }
+    Ok(figures)
+}
+
+/// The closed loop (8 callers, 8 workers, fresh database) on each backend, with its ratio
+/// to the backend's 1-committer floor.
+async fn closed_loops(
+    registry: &ActionRegistry,
+    dir: &std::path::Path,
+    pg: Option<&Backend>,
+    floors: &std::collections::HashMap<(&'static str, usize), f64>,
+    runs: usize,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
     let callers = 8;
-    let mut looped = vec![Backend::Sqlite(dir.path().join("closed-loop.db"))];
-    if let Some(Backend::Postgres { url, schema }) = &pg {
+    let mut looped = vec![Backend::Sqlite(dir.join("closed-loop.db"))];
+    if let Some(Backend::Postgres { url, schema }) = pg {
         looped.push(Backend::Postgres {
             url: url.clone(),
             schema: format!("{schema}_closed"),
         });
     }
     for backend in &looped {
-        let engine = backend.engine(&registry, dir.path()).await?;
+        let engine = backend.engine(registry, dir).await?;
         let steps = closed_loop(&engine, runs, callers, 8).await?;
         let name = backend.name();
         let floor = floors.get(&(name, 1)).copied().unwrap_or(f64::NAN);
@@ -691,9 +739,6 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
             target: None,
         });
         engine.close().await;
-        drop_schema(backend).await;
-    }
-    for backend in backends.iter().map(|(_, b)| b).chain(pg.as_ref()) {
         drop_schema(backend).await;
     }
     Ok(figures)

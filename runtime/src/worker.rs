@@ -453,11 +453,23 @@ impl WorkerBuilder {
                 looking();
             }
             match self.engine.execute_step(opts).await {
-                Ok(Some(steps)) => {
+                Ok(Some((steps, false))) => {
                     stats
                         .executed
                         .fetch_add(u64::from(steps), Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
+                }
+                // Ran steps, and the last claim saw the queue empty: wait as if idle.
+                Ok(Some((steps, true))) => {
+                    stats
+                        .executed
+                        .fetch_add(u64::from(steps), Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                        _ = stopped.changed() => {}
+                    }
                 }
                 Ok(None) => {
                     tokio::select! {

@@ -47,12 +47,13 @@ pub(super) fn run_state(run: &RunRow) -> Result<RunState> {
 /// Writes a decision: closes open attempts if it says so, inserts the planned attempts,
 /// updates the run row, and adds the facts to `journal` (the caller appends it). With `take`
 /// (a queue), the first planned attempt on that queue that is visible now is not inserted
-/// but returned, for the caller to claim and insert.
+/// but returned, for the caller to claim and insert. The attempts inserted are added to
+/// `inserted`.
 pub(super) async fn write_decision<T: StoreTx>(
     tx: &mut T,
     run: &mut RunRow,
     decision: Decision,
-    journal: &mut Vec<(String, String)>,
+    (journal, inserted): (&mut Vec<(String, String)>, &mut Vec<AttemptRow>),
     take: Option<&str>,
     now: Timestamp,
 ) -> Result<Option<AttemptRow>> {
@@ -79,6 +80,7 @@ pub(super) async fn write_decision<T: StoreTx>(
                 taken = Some(row);
             } else {
                 tx.insert_attempt(&row).await?;
+                inserted.push(row);
             }
         }
         // Other workers hear of what this transaction leaves for them.
@@ -101,17 +103,18 @@ pub(super) async fn write_decision<T: StoreTx>(
     Ok(taken)
 }
 
-/// Writes a decision and appends its facts.
+/// Writes a decision and appends its facts; returns the attempts it inserted.
 pub(super) async fn write_all<T: StoreTx>(
     tx: &mut T,
     run: &mut RunRow,
     decision: Decision,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Vec<AttemptRow>> {
     let mut journal = Vec::new();
-    write_decision(tx, run, decision, &mut journal, None, now).await?;
+    let mut inserted = Vec::new();
+    write_decision(tx, run, decision, (&mut journal, &mut inserted), None, now).await?;
     tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
-    Ok(())
+    Ok(inserted)
 }
 
 /// The lease state of an attempt row, for [`crate::decide::decide_lease`]: the claim's

@@ -46,8 +46,12 @@ pub(crate) struct ClaimedAttempt {
 
 /// How a completion ended.
 pub(crate) enum Completed {
-    /// Recorded and applied; with the run's next step when the completion chained a claim.
+    /// Recorded and applied; with the next step when the completion chained a claim (the
+    /// run's next step, or with [`Chain::across_runs`] the queue's oldest due one).
     Applied(Option<Box<ClaimedAttempt>>),
+    /// Recorded and applied; the chained claim found nothing due on the queue (as of the
+    /// completion's transaction), so the worker can wait for a wake-up instead of looking.
+    Drained,
     /// Not run: its action cannot run yet, and the attempt was given back to wait for it.
     Waiting,
     /// Recorded only (the `crash_after_record` test hook).
@@ -61,6 +65,10 @@ pub(crate) struct Chain {
     pub(crate) queue: String,
     pub(crate) owner: String,
     pub(crate) lease_for: Duration,
+    /// When the run has no next step for this worker, claim the queue's oldest due step
+    /// (of any run) in the same transaction: a worker pool's slot goes from one run to the
+    /// next without a claim transaction of its own.
+    pub(crate) across_runs: bool,
 }
 
 enum Job {
@@ -94,15 +102,28 @@ pub(crate) struct Completion {
 impl Completion {
     /// Records and applies it in the caller's transaction.
     async fn within<T: StoreTx>(&self, tx: &mut T) -> Result<Completed> {
-        self.engine.complete_in(tx, self).await
+        self.engine.complete_in(tx, self, true).await
     }
 
-    /// Records and applies it in a transaction of its own.
+    /// Records and applies it in a transaction of its own. When that fails and the unit
+    /// would claim across runs, it runs once more without: a claim of another run's step
+    /// that cannot be made must not cost this step its outcome.
     async fn alone<W: WriteSource>(&self, source: &mut W) -> Result<Completed> {
+        match self.alone_as(source, true).await {
+            Err(_) if self.chain.as_ref().is_some_and(|c| c.across_runs) => {
+                self.alone_as(source, false).await
+            }
+            done => done,
+        }
+    }
+
+    async fn alone_as<W: WriteSource>(&self, source: &mut W, across: bool) -> Result<Completed> {
         let mut tx = source.begin().await?;
-        match self.within(&mut tx).await {
+        match self.engine.complete_in(&mut tx, self, across).await {
             Ok(done) => {
+                let left = tx.left_for_workers();
                 tx.commit().await?;
+                self.engine.wake_for(left);
                 Ok(done)
             }
             Err(e) => {
@@ -310,7 +331,9 @@ async fn claim_alone<W: WriteSource>(
     let mut tx = source.begin().await?;
     match engine.claim_in(&mut tx, queue, owner, lease_for).await {
         Ok(claim) => {
+            let left = tx.left_for_workers();
             tx.commit().await?;
+            engine.wake_for(left);
             Ok(claim)
         }
         Err(e) => {
@@ -415,16 +438,28 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
             }
         }
     }
-    let backend = units.first().map_or("unknown", |u| match u {
-        Unit::Claim { engine, .. } => engine.inner.store.backend(),
-        Unit::Complete(c) => c.engine.inner.store.backend(),
+    let engine = units.first().map(|u| match u {
+        Unit::Claim { engine, .. } => engine.clone(),
+        Unit::Complete(c) => c.engine.clone(),
     });
+    let backend = engine
+        .as_ref()
+        .map_or("unknown", |e| e.inner.store.backend());
     let started = std::time::Instant::now();
     // None: the batch could not be written as one (no transaction, or a unit failed and the
     // transaction is dropped, rolling it back).
     let committed = match source.begin().await {
         Ok(mut tx) => match batched(&mut tx, &units).await {
-            Some(answers) => Some((answers, tx.commit().await)),
+            Some(answers) => {
+                let left = tx.left_for_workers();
+                let commit = tx.commit().await;
+                if commit.is_ok()
+                    && let Some(engine) = &engine
+                {
+                    engine.wake_for(left);
+                }
+                Some((answers, commit))
+            }
             None => {
                 tx.rollback().await;
                 None

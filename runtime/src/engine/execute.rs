@@ -8,6 +8,8 @@ use crate::telemetry::names as telemetry;
 pub(super) struct Progress {
     /// Steps run (more than one when chained).
     pub(super) steps: u32,
+    /// The last chained claim found nothing due on the queue.
+    pub(super) drained: bool,
     /// The run's snapshot afterwards, when asked for.
     pub(super) snapshot: Option<RunSnapshot>,
 }
@@ -26,16 +28,20 @@ impl Engine {
     /// released), [`EngineError::InvalidOption`], or a store error.
     pub async fn execute_next(&self, opts: ExecuteOptions) -> Result<Option<RunSnapshot>> {
         let queue = self.checked_queue(&opts)?;
-        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, true).await)?;
+        let progress =
+            with_store!(self, s => self.execute_next_on(s, &queue, &opts, true, false).await)?;
         Ok(progress.and_then(|p| p.snapshot))
     }
 
-    /// [`Engine::execute_next`] without reading the snapshot afterwards (worker pools ignore
-    /// it): returns how many steps ran (more than one when chained), if any work was due.
-    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<u32>> {
+    /// [`Engine::execute_next`] for a worker pool's slot: chains across runs, and does not
+    /// read the snapshot afterwards. Returns how many steps ran (more than one when
+    /// chained) and whether the last chained claim found the queue empty, if any work was
+    /// due.
+    pub(crate) async fn execute_step(&self, opts: ExecuteOptions) -> Result<Option<(u32, bool)>> {
         let queue = self.checked_queue(&opts)?;
-        let progress = with_store!(self, s => self.execute_next_on(s, &queue, &opts, false).await)?;
-        Ok(progress.map(|p| p.steps))
+        let progress =
+            with_store!(self, s => self.execute_next_on(s, &queue, &opts, false, true).await)?;
+        Ok(progress.map(|p| (p.steps, p.drained)))
     }
 
     pub(super) fn checked_queue(&self, opts: &ExecuteOptions) -> Result<String> {
@@ -81,7 +87,11 @@ impl Engine {
         } else {
             None
         };
-        Ok(Some(Progress { steps, snapshot }))
+        Ok(Some(Progress {
+            steps,
+            snapshot,
+            drained: false,
+        }))
     }
 
     pub(super) async fn execute_next_on<S: Store>(
@@ -90,12 +100,12 @@ impl Engine {
         queue: &str,
         opts: &ExecuteOptions,
         want: bool,
+        across_runs: bool,
     ) -> Result<Option<Progress>> {
         let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
         let mut claimed = match claim {
             None => return Ok(None),
             Some(Claim::Applied(run_id)) => {
-                self.wake();
                 return self.progress(store, run_id, 1, want).await;
             }
             Some(Claim::Claimed(c)) => c,
@@ -123,13 +133,18 @@ impl Engine {
                 queue: queue.to_owned(),
                 owner: opts.owner_id.clone(),
                 lease_for: opts.lease_for,
+                across_runs,
             });
+            // The commit woke the workers its completion left work for.
             let done = self.run_claimed(store, *claimed, opts, chain).await?;
-            self.wake();
             match done {
                 #[cfg(feature = "test-hooks")]
                 Completed::Crashed => return Err(EngineError::SimulatedCrash),
                 Completed::Applied(None) => return self.progress(store, run_id, steps, want).await,
+                Completed::Drained => {
+                    let progress = self.progress(store, run_id, steps, want).await?;
+                    return Ok(progress.map(|p| Progress { drained: true, ..p }));
+                }
                 Completed::Waiting => return self.progress(store, run_id, steps - 1, want).await,
                 Completed::Applied(Some(next)) => {
                     remaining -= 1;
@@ -339,8 +354,10 @@ impl Engine {
         let done = batch::complete(store, unit)
             .instrument(tracing::info_span!("squid_mesh.complete"))
             .await?;
-        if matches!(done, Completed::Applied(None)) {
-            // The chain stopped: the run may have ended.
+        let same_run =
+            matches!(&done, Completed::Applied(Some(next)) if next.attempt.run_id == run_id);
+        if !same_run {
+            // The run's chain stopped: it may have ended.
             self.run_may_have_ended(&run_id);
         }
         self.inner.outcomes[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -809,6 +826,7 @@ impl Engine {
         &self,
         tx: &mut T,
         unit: &batch::Completion,
+        across: bool,
     ) -> Result<Completed> {
         let attempt = &unit.attempt;
         let token_hash = unit.token_hash.as_str();
@@ -890,6 +908,17 @@ impl Engine {
         };
         let (Some(chain), Some((next, placement))) = (chain, next) else {
             tx.append_facts(&run.run_id, &journal, at).await?;
+            // Nothing more of this run for the worker: the queue's oldest due step.
+            if let Some(chain) = chain.filter(|c| c.across_runs && across) {
+                let claimed = self
+                    .claim_in(tx, &chain.queue, &chain.owner, chain.lease_for)
+                    .await?;
+                return Ok(match claimed {
+                    None => Completed::Drained,
+                    Some(Claim::Applied(_)) => Completed::Applied(None),
+                    Some(Claim::Claimed(next)) => Completed::Applied(Some(next)),
+                });
+            }
             return Ok(Completed::Applied(None));
         };
         let run_id: RunId = run.run_id.parse().map_err(|_| EngineError::Corrupt {
@@ -968,7 +997,8 @@ impl Engine {
         attempt.due_at = None;
         attempt.updated_at = now_us(now);
         tx.update_attempt(attempt).await?;
-        apply::write_decision(tx, run, decision, journal, take, now).await
+        let mut inserted = Vec::new();
+        apply::write_decision(tx, run, decision, (journal, &mut inserted), take, now).await
     }
 
     /// The run's succeeded step attempts (not compensations), newest first.

@@ -273,10 +273,18 @@ impl Engine {
             notify,
         };
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut woken = false;
         loop {
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if woken {
+                // Told the run may have ended: read it whole at once, not its status first.
+                let snapshot = self.snapshot(run_id).await?;
+                if snapshot.is_terminal() {
+                    return Ok(snapshot);
+                }
+            }
             let Some(status) = with_store!(self, s => s.run_status(&waiter.run_id).await?) else {
                 return Err(EngineError::RunNotFound {
                     run_id: waiter.run_id.clone(),
@@ -288,11 +296,11 @@ impl Engine {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(POLL) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
+            woken = tokio::select! {
+                () = notified => true,
+                () = tokio::time::sleep(POLL) => false,
+                () = tokio::time::sleep_until(deadline) => false,
+            };
         }
         drop(waiter);
         self.snapshot(run_id).await
@@ -402,6 +410,18 @@ impl Engine {
 
     pub(crate) fn wake(&self) {
         self.inner.wakeup.notify_waiters();
+    }
+
+    /// Wakes as many idle workers as a committed transaction left attempts for: one (or
+    /// the next to look) for one attempt, all for more, none for none. Waking all for
+    /// every write would send every idle worker to claim, and all but one would find
+    /// nothing, at a transaction each.
+    pub(crate) fn wake_for(&self, attempts: u32) {
+        match attempts {
+            0 => {}
+            1 => self.inner.wakeup.notify_one(),
+            _ => self.inner.wakeup.notify_waiters(),
+        }
     }
 
     /// The default queue.

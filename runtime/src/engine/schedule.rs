@@ -1245,7 +1245,7 @@ impl Schedules<'_> {
             )?;
             let run = window.run_id();
             match e.write_new_run(tx, new).await {
-                Ok(Written::New(_) | Written::Existing(_)) => {
+                Ok(Written::New(..) | Written::Existing(_)) => {
                     let f = window.fire_row(FireOutcome::Started, Some(run), now);
                     tx.update_fire(&f).await?;
                     handled.push(fire_view(f));

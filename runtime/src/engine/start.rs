@@ -62,10 +62,10 @@ pub(super) struct NewRun {
 }
 
 /// What [`Engine::write_new_run`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Written {
-    /// Wrote a new run.
-    New(RunId),
+    /// Wrote a new run: its snapshot as written.
+    New(RunId, Box<RunSnapshot>),
     /// Found the run the start repeats; wrote nothing.
     Existing(RunId),
 }
@@ -73,7 +73,7 @@ pub(super) enum Written {
 impl Written {
     pub(super) fn run_id(self) -> RunId {
         match self {
-            Self::New(id) | Self::Existing(id) => id,
+            Self::New(id, _) | Self::Existing(id) => id,
         }
     }
 }
@@ -244,14 +244,19 @@ impl Engine {
 
     pub(super) async fn start_on<S: Store>(&self, store: &S, new: NewRun) -> Result<RunSnapshot> {
         let mut tx = store.begin_write().await?;
-        let written = self.write_new_run(&mut tx, new).await?;
-        if let Written::New(_) = written {
-            tx.commit().await?;
-            self.wake();
-        } else {
-            drop(tx);
+        match self.write_new_run(&mut tx, new).await? {
+            Written::New(_, snapshot) => {
+                let left = tx.left_for_workers();
+                tx.commit().await?;
+                self.wake_for(left);
+                // Built from the rows it wrote: no read after the commit.
+                Ok(*snapshot)
+            }
+            Written::Existing(run_id) => {
+                drop(tx);
+                self.snapshot_on(store, run_id).await
+            }
         }
-        self.snapshot_on(store, written.run_id()).await
     }
 
     /// Writes a new run in `tx` (the caller commits), or finds the run it repeats: the same
@@ -405,8 +410,9 @@ impl Engine {
             tx.insert_command(key, kind, source, &run.run_id, now_us(now))
                 .await?;
         }
-        apply::write_all(tx, &mut run, decision, now).await?;
-        Ok(Written::New(run_id))
+        let attempts = apply::write_all(tx, &mut run, decision, now).await?;
+        let snapshot = RunSnapshot::from_rows(run, attempts)?;
+        Ok(Written::New(run_id, Box::new(snapshot)))
     }
 
     /// The result run of a command already applied with this idempotency key, or a

@@ -168,14 +168,19 @@ pub(crate) trait Statements: Send + Sized {
     const SKIP: &'static str;
     /// Appended to the queue read joined with runs: lock and skip the attempt only.
     const SKIP_ATTEMPT: &'static str;
-    /// Tells workers of other processes that a queue (`$1`) has work, at commit; `None`
-    /// where they poll.
-    const NOTIFY: Option<&'static str>;
     /// Whether the run's next due attempt is found in one ordered index step however many
     /// attempts the run has. Postgres plans by statistics that predate a large fan-out and
     /// may sort all of the run's due attempts instead, so a completion chains only within
     /// the run's declared steps there.
     const ORDERED_RUN_SCAN: bool;
+
+    /// Tells workers of other processes that `queue` has work, at commit (nothing where
+    /// they poll).
+    fn notify(&mut self, queue: &str);
+
+    /// How many attempts this transaction inserted for any worker to claim (not claimed by
+    /// it): after the commit, that many idle workers of this process are worth waking.
+    fn work_left(&mut self) -> &mut u32;
 
     /// Writes a row change: at once, or held back until the next read or the commit.
     fn write(&mut self, write: WriteRef<'_>) -> impl Future<Output = StoreResult<()>> + Send;
@@ -269,6 +274,9 @@ pub trait StoreTx: Send {
         &mut self,
         attempt: &AttemptRow,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// How many attempts this transaction inserted for any worker to claim (not inserted
+    /// claimed): after it commits, that many idle workers of this process are worth waking.
+    fn left_for_workers(&mut self) -> u32;
     /// Loads an attempt, locking it when `lock` is set.
     fn load_attempt(
         &mut self,

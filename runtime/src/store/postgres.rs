@@ -28,6 +28,12 @@ pub struct PgTx {
     held_keys: std::collections::HashSet<(u8, String)>,
     /// The values the held writes bind.
     held_binds: usize,
+    /// Attempts inserted for any worker to claim (see `Statements::work_left`).
+    left: u32,
+    /// Wake-up payloads to send at commit, with the last held writes.
+    notify: Vec<String>,
+    /// This store's name in its wake-up payloads (its own listener ignores them).
+    sender: std::sync::Arc<str>,
 }
 
 /// Most values one statement of held-back writes binds (Postgres allows 65,535).
@@ -77,19 +83,43 @@ impl PgTx {
 
     /// Sends the held-back writes as one statement.
     pub(super) async fn flush(&mut self) -> StoreResult<()> {
-        if self.held.is_empty() {
+        self.flush_and(Vec::new()).await
+    }
+
+    /// Sends the held-back writes and the wake-up notifications as one statement (the
+    /// notifications go out when the transaction commits).
+    async fn flush_with_notify(&mut self) -> StoreResult<()> {
+        let notify = std::mem::take(&mut self.notify);
+        self.flush_and(notify).await
+    }
+
+    async fn flush_and(&mut self, notify: Vec<String>) -> StoreResult<()> {
+        if self.held.is_empty() && notify.is_empty() {
             return Ok(());
         }
         let held = std::mem::take(&mut self.held);
         self.held_keys.clear();
         self.held_binds = 0;
-        let mut parts: Vec<String> = Vec::with_capacity(held.len());
+        let mut parts: Vec<String> = Vec::with_capacity(held.len() + 1);
         let mut binds: Vec<Arg<'_>> = Vec::new();
         for w in &held {
             if let Some((text, args)) = w.as_ref().statement() {
                 parts.push(shifted(&text, binds.len()));
                 binds.extend(args);
             }
+        }
+        if !notify.is_empty() {
+            // Last: a plain SELECT runs only as the statement's main part, not as a CTE.
+            let calls: Vec<String> = (0..notify.len())
+                .map(|i| {
+                    format!(
+                        "pg_notify(current_schema() || '_squid_mesh_wakeup', ${})",
+                        binds.len() + i + 1
+                    )
+                })
+                .collect();
+            parts.push(format!("SELECT {}", calls.join(", ")));
+            binds.extend(notify.iter().map(|n| Arg::Text(n)));
         }
         let Some(last) = parts.pop() else {
             return Ok(());
@@ -134,6 +164,14 @@ pub struct PostgresStore {
     /// The pool belongs to the host, whose connections may have another `search_path`: set
     /// it at the start of every transaction.
     set_path: bool,
+    /// Names this store in the wake-up notifications it sends: its own listener skips
+    /// them (its workers were woken in the process).
+    sender: std::sync::Arc<str>,
+}
+
+/// A name for a new store's wake-up notifications.
+fn new_sender() -> std::sync::Arc<str> {
+    uuid::Uuid::new_v4().simple().to_string().into()
 }
 
 fn check_schema(schema: &str) -> StoreResult<()> {
@@ -194,6 +232,7 @@ impl PostgresStore {
             pool,
             schema: schema.to_owned(),
             set_path: false,
+            sender: new_sender(),
         })
     }
 
@@ -209,6 +248,7 @@ impl PostgresStore {
             pool,
             schema: schema.to_owned(),
             set_path: true,
+            sender: new_sender(),
         })
     }
 
@@ -235,6 +275,9 @@ impl PostgresStore {
             held: Vec::new(),
             held_keys: std::collections::HashSet::new(),
             held_binds: 0,
+            left: 0,
+            notify: Vec::new(),
+            sender: self.sender.clone(),
         })
     }
 
@@ -302,10 +345,16 @@ impl Store for PostgresStore {
                 }
                 loop {
                     let note = listener.recv().await?;
-                    if note.payload() == ":catalog" {
+                    let (sender, queue) = note
+                        .payload()
+                        .split_once(' ')
+                        .unwrap_or(("", note.payload()));
+                    if queue == ":catalog" {
                         wake.catalog_changed.store(true, Ordering::SeqCst);
                     }
-                    wake.work.notify_waiters();
+                    if sender != &*self.sender {
+                        wake.work.notify_waiters();
+                    }
                 }
                 #[allow(unreachable_code)]
                 Ok::<(), sqlx::Error>(())
@@ -368,11 +417,20 @@ impl Store for PostgresStore {
 }
 
 impl Statements for PgTx {
+    fn work_left(&mut self) -> &mut u32 {
+        &mut self.left
+    }
+
+    fn notify(&mut self, queue: &str) {
+        let payload = format!("{} {queue}", self.sender);
+        if !self.notify.contains(&payload) {
+            self.notify.push(payload);
+        }
+    }
+
     const LOCK: &'static str = " FOR UPDATE";
     const SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const SKIP_ATTEMPT: &'static str = " FOR UPDATE OF a SKIP LOCKED";
-    const NOTIFY: Option<&'static str> =
-        Some("SELECT pg_notify(current_schema() || '_squid_mesh_wakeup', $1)");
     const ORDERED_RUN_SCAN: bool = false;
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
@@ -386,7 +444,7 @@ impl Statements for PgTx {
     }
 
     async fn finish(mut self) -> StoreResult<()> {
-        self.flush().await?;
+        self.flush_with_notify().await?;
         self.commit().await
     }
 

@@ -320,6 +320,8 @@ pub(crate) fn sqlite_text(sql: &str) -> String {
 #[derive(Debug)]
 pub struct SqliteTx {
     conn: Option<Conn>,
+    /// Attempts inserted for any worker to claim (see `Statements::work_left`).
+    left: u32,
 }
 
 impl SqliteTx {
@@ -340,7 +342,10 @@ impl SqliteTx {
                 conn
             }
         };
-        Ok(Self { conn: Some(conn) })
+        Ok(Self {
+            conn: Some(conn),
+            left: 0,
+        })
     }
 
     fn conn(&self) -> &Connection {
@@ -364,11 +369,16 @@ impl Drop for SqliteTx {
 }
 
 impl Statements for SqliteTx {
+    fn work_left(&mut self) -> &mut u32 {
+        &mut self.left
+    }
+
+    fn notify(&mut self, _queue: &str) {}
+
     const LOCK: &'static str = "";
     const SKIP: &'static str = "";
     const SKIP_ATTEMPT: &'static str = "";
     /// SQLite's workers poll (and the engine wakes its own).
-    const NOTIFY: Option<&'static str> = None;
     const ORDERED_RUN_SCAN: bool = true;
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {

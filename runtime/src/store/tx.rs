@@ -278,7 +278,14 @@ impl<T: Statements> StoreTx for T {
     }
 
     async fn insert_attempt(&mut self, a: &AttemptRow) -> StoreResult<()> {
+        if a.status != AttemptStatus::Claimed {
+            *self.work_left() += 1;
+        }
         self.write(WriteRef::AttemptInsert(a)).await
+    }
+
+    fn left_for_workers(&mut self) -> u32 {
+        *self.work_left()
     }
 
     async fn load_attempt(
@@ -433,9 +440,7 @@ impl<T: Statements> StoreTx for T {
     }
 
     async fn notify_queue(&mut self, queue: &str) -> StoreResult<()> {
-        if let Some(notify) = T::NOTIFY {
-            self.execute(notify, &[Arg::Text(queue)]).await?;
-        }
+        self.notify(queue);
         Ok(())
     }
 
