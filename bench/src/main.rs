@@ -224,7 +224,7 @@ async fn wasm(smoke: bool) -> Result<Vec<Figure>> {
         name: "warm invocation p50 (store+instantiate+call+JSON)".into(),
         value: percentile(&samples, 0.5),
         unit: "us",
-        target: Some("<= 50 us".into()),
+        target: Some("<= 20 us".into()),
     });
     figures.push(Figure {
         name: "warm invocation p99".into(),

@@ -345,7 +345,11 @@ fn engine_config(config: &HostConfig, pooling: bool) -> Config {
             .total_stacks(n)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             .linear_memory_keep_resident(keep)
-            .table_keep_resident(keep);
+            .table_keep_resident(keep)
+            // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), a slot is reset by restoring
+            // only the pages the last instance touched, instead of a memset of the first
+            // `keep` bytes of every memory.
+            .pagemap_scan(wasmtime::Enabled::Auto);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg
@@ -747,7 +751,10 @@ impl ActionHost {
             idempotency_key: ctx.idempotency_key.clone(),
             step_idempotency_key: ctx.step_idempotency_key.clone(),
         };
-        let input = Value::Object(input.clone()).to_string();
+        let input = serde_json::to_string(input).map_err(|e| ActionError::Instantiate {
+            key: action.key.clone(),
+            message: format!("input does not serialize: {e}"),
+        })?;
         let mut instantiated = false;
         let call = async {
             let instance = prepared.pre.instantiate_async(&mut store).await?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::start::{NewRun, Written};
 use super::{AnyStore, Definition, Engine, EngineError, Result};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
@@ -72,6 +73,11 @@ pub(crate) struct Chain {
 }
 
 enum Job {
+    Start {
+        engine: Engine,
+        new: Box<NewRun>,
+        reply: oneshot::Sender<Result<Written>>,
+    },
     Claim {
         engine: Engine,
         queue: String,
@@ -207,6 +213,7 @@ impl Drop for Batcher {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Job::Start { .. } => "Job::Start",
             Job::Claim { .. } => "Job::Claim",
             Job::Complete { .. } => "Job::Complete",
         })
@@ -233,11 +240,15 @@ impl Batcher {
             AnyStore::Sqlite(_) => 1,
             AnyStore::Postgres(_) => POSTGRES_LANES,
         };
+        let by_run = |run_id: &str| {
+            run_id.bytes().fold(0usize, |h, b| {
+                h.wrapping_mul(31).wrapping_add(usize::from(b))
+            })
+        };
         let lane = match &job {
             Job::Claim { .. } => self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            Job::Complete { unit, .. } => unit.attempt.run_id.bytes().fold(0usize, |h, b| {
-                h.wrapping_mul(31).wrapping_add(usize::from(b))
-            }),
+            Job::Start { new, .. } => by_run(&new.run_id.to_string()),
+            Job::Complete { unit, .. } => by_run(&unit.attempt.run_id),
         } % lanes;
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Box::new(job));
@@ -282,6 +293,48 @@ impl Batcher {
     }
 }
 
+/// Writes a new run through the group commit (or directly when it cannot run). Commits only
+/// a new run; a start that repeats one writes nothing.
+pub(super) async fn start<S: Store>(store: &S, engine: &Engine, new: NewRun) -> Result<Written> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job::Start {
+        engine: engine.clone(),
+        new: Box::new(new),
+        reply,
+    };
+    match engine.inner.batcher.submit(&engine.inner.store, job) {
+        Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
+        Err(job) => match *job {
+            Job::Start { new, .. } => start_alone(engine, &mut Pooled(store.clone()), &new).await,
+            _ => Err(gone()),
+        },
+    }
+}
+
+async fn start_alone<W: WriteSource>(
+    engine: &Engine,
+    source: &mut W,
+    new: &NewRun,
+) -> Result<Written> {
+    let mut tx = source.begin().await?;
+    match engine.write_new_run(&mut tx, new.clone()).await {
+        Ok(written @ Written::New(..)) => {
+            let left = tx.left_for_workers();
+            tx.commit().await?;
+            engine.wake_for(left);
+            Ok(written)
+        }
+        Ok(written) => {
+            tx.rollback().await;
+            Ok(written)
+        }
+        Err(e) => {
+            tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
 /// Claims through the group commit (or directly when it cannot run).
 pub(super) async fn claim<S: Store>(
     engine: &Engine,
@@ -316,7 +369,7 @@ pub(super) async fn complete<S: Store>(store: &S, unit: Completion) -> Result<Co
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
         Err(job) => match *job {
             Job::Complete { unit, .. } => unit.alone(&mut Pooled(store.clone())).await,
-            Job::Claim { .. } => Err(gone()),
+            _ => Err(gone()),
         },
     }
 }
@@ -381,6 +434,10 @@ fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<Job> {
 
 /// A unit as written in a batch, kept so it can run again alone.
 enum Unit {
+    Start {
+        engine: Engine,
+        new: Box<NewRun>,
+    },
     Claim {
         engine: Engine,
         queue: String,
@@ -394,6 +451,7 @@ impl Unit {
     /// Runs the unit in a transaction of its own.
     async fn alone<W: WriteSource>(&self, source: &mut W) -> Answered {
         match self {
+            Unit::Start { engine, new } => Answered::Start(start_alone(engine, source, new).await),
             Unit::Claim {
                 engine,
                 queue,
@@ -407,6 +465,7 @@ impl Unit {
 
 /// A unit's result before it is sent.
 enum Answered {
+    Start(Result<Written>),
     Claim(Result<Option<Claim>>),
     Complete(Result<Completed>),
 }
@@ -417,6 +476,10 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
         match job {
+            Job::Start { engine, new, reply } => {
+                units.push(Unit::Start { engine, new });
+                replies.push(Reply::Start(reply));
+            }
             Job::Claim {
                 engine,
                 queue,
@@ -439,7 +502,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
         }
     }
     let engine = units.first().map(|u| match u {
-        Unit::Claim { engine, .. } => engine.clone(),
+        Unit::Start { engine, .. } | Unit::Claim { engine, .. } => engine.clone(),
         Unit::Complete(c) => c.engine.clone(),
     });
     let backend = engine
@@ -485,6 +548,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
                         (_, Answered::Complete(Err(x))) => Answered::Complete(Err(x)),
                         (_, Answered::Complete(Ok(_))) => Answered::Complete(Err(batch_error(&e))),
                         (_, Answered::Claim(_)) => Answered::Claim(Err(batch_error(&e))),
+                        (_, Answered::Start(_)) => Answered::Start(Err(batch_error(&e))),
                     };
                     reply.send(answer);
                 }
@@ -501,6 +565,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
 
 /// Where a unit's answer goes.
 enum Reply {
+    Start(oneshot::Sender<Result<Written>>),
     Claim(oneshot::Sender<Result<Option<Claim>>>),
     Complete(oneshot::Sender<Result<Completed>>),
 }
@@ -509,16 +574,22 @@ impl Reply {
     /// Sends a unit's result to its caller (units and replies are paired by construction).
     fn send(self, answered: Answered) {
         match (self, answered) {
+            (Reply::Start(r), Answered::Start(a)) => {
+                let _ = r.send(a);
+            }
+            (Reply::Start(r), _) => {
+                let _ = r.send(Err(gone()));
+            }
             (Reply::Claim(r), Answered::Claim(a)) => {
                 let _ = r.send(a);
             }
             (Reply::Complete(r), Answered::Complete(a)) => {
                 let _ = r.send(a);
             }
-            (Reply::Claim(r), Answered::Complete(_)) => {
+            (Reply::Claim(r), _) => {
                 let _ = r.send(Err(gone()));
             }
-            (Reply::Complete(r), Answered::Claim(_)) => {
+            (Reply::Complete(r), _) => {
                 let _ = r.send(Err(gone()));
             }
         }
@@ -532,6 +603,11 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
     let mut answers = Vec::with_capacity(units.len());
     for unit in units {
         let answered = match unit {
+            // A start that repeats a run has nothing to commit but the definition it may
+            // have written, which is harmless to keep.
+            Unit::Start { engine, new } => {
+                Answered::Start(engine.write_new_run(tx, (**new).clone()).await)
+            }
             Unit::Claim {
                 engine,
                 queue,
@@ -541,6 +617,7 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
             Unit::Complete(u) => Answered::Complete(u.within(tx).await),
         };
         let failed = match &answered {
+            Answered::Start(r) => r.is_err(),
             Answered::Claim(r) => r.is_err(),
             Answered::Complete(r) => r.is_err(),
         };

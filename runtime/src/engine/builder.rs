@@ -231,6 +231,7 @@ impl EngineBuilder {
                 default_queue: self.default_queue,
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
+                stored_definitions: Mutex::new(std::collections::HashSet::new()),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
                 redaction: self.redaction,
                 max_dynamic_nodes: self.max_dynamic_nodes,

@@ -431,6 +431,7 @@ impl Engine {
                 .unwrap_or_default(),
             now,
             trace: None,
+            trace_resolved: None,
         };
         self.start_new(new).await
     }

@@ -141,6 +141,9 @@ struct Inner {
     default_queue: String,
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
+    /// Definition hashes known to be stored (a start that wrote one committed; stored
+    /// definitions are never deleted): later starts skip writing them again.
+    stored_definitions: Mutex<std::collections::HashSet<String>>,
     wakeup: Arc<tokio::sync::Notify>,
     /// What counts as a secret in command metadata and step errors.
     redaction: RedactionPolicy,

@@ -426,6 +426,7 @@ impl Engine {
             context: window.context(now),
             now,
             trace: None,
+            trace_resolved: None,
         })
     }
 

@@ -41,6 +41,7 @@ impl ChildRunStarter for StepChildren {
 }
 
 /// Everything a new run is created from.
+#[derive(Clone)]
 pub(super) struct NewRun {
     pub(super) definition: Arc<Definition>,
     pub(super) trigger: String,
@@ -59,6 +60,9 @@ pub(super) struct NewRun {
     /// The trace a child run continues (its parent step's), when OpenTelemetry gives no
     /// current span.
     pub(super) trace: Option<crate::telemetry::TraceParent>,
+    /// The run's trace parent when it is settled before the run is written (by the caller,
+    /// whose span the run continues, when the write happens on a group-commit lane).
+    pub(super) trace_resolved: Option<crate::telemetry::TraceParent>,
 }
 
 /// What [`Engine::write_new_run`] did.
@@ -235,6 +239,7 @@ impl Engine {
             context: Map::new(),
             now,
             trace: None,
+            trace_resolved: None,
         })
     }
 
@@ -242,20 +247,38 @@ impl Engine {
         with_store!(self, s => self.start_on(s, new).await)
     }
 
-    pub(super) async fn start_on<S: Store>(&self, store: &S, new: NewRun) -> Result<RunSnapshot> {
-        let mut tx = store.begin_write().await?;
-        match self.write_new_run(&mut tx, new).await? {
-            Written::New(_, snapshot) => {
+    pub(super) async fn start_on<S: Store>(
+        &self,
+        store: &S,
+        mut new: NewRun,
+    ) -> Result<RunSnapshot> {
+        // A plain start joins the group commit. One that links a child to its parent writes
+        // the link before it can tell it repeats a start: it commits alone, or not at all.
+        let written = if new.parent.is_none() {
+            // The trace of the caller's span, read here: the lane runs outside it.
+            new.trace_resolved = Some(crate::telemetry::for_new_run(new.trace.as_ref()));
+            super::batch::start(store, self, new).await?
+        } else {
+            let mut tx = store.begin_write().await?;
+            let written = self.write_new_run(&mut tx, new).await?;
+            if matches!(written, Written::New(..)) {
                 let left = tx.left_for_workers();
                 tx.commit().await?;
                 self.wake_for(left);
+            }
+            written
+        };
+        match written {
+            Written::New(_, snapshot) => {
+                self.inner
+                    .stored_definitions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(snapshot.definition_hash.clone());
                 // Built from the rows it wrote: no read after the commit.
                 Ok(*snapshot)
             }
-            Written::Existing(run_id) => {
-                drop(tx);
-                self.snapshot_on(store, run_id).await
-            }
+            Written::Existing(run_id) => self.snapshot_on(store, run_id).await,
         }
     }
 
@@ -285,6 +308,7 @@ impl Engine {
             context,
             now,
             trace,
+            trace_resolved,
         } = new;
         let body = definition.body();
         let hash = sha256_hex(&body);
@@ -314,7 +338,11 @@ impl Engine {
             updated_at: now_us(now),
             revision: 0,
             dynamic: None,
-            trace_parent: Some(crate::telemetry::for_new_run(trace.as_ref()).to_string()),
+            trace_parent: Some(
+                trace_resolved
+                    .unwrap_or_else(|| crate::telemetry::for_new_run(trace.as_ref()))
+                    .to_string(),
+            ),
         };
         let started = Fact::RunStarted {
             workflow: definition.spec.name.clone(),
@@ -383,14 +411,16 @@ impl Engine {
             )
             .await?;
         }
-        tx.insert_definition(
-            &hash,
-            &definition.spec.name,
-            &run.fingerprint,
-            &body,
-            now_us(now),
-        )
-        .await?;
+        if !self.definition_stored(&hash) {
+            tx.insert_definition(
+                &hash,
+                &definition.spec.name,
+                &run.fingerprint,
+                &body,
+                now_us(now),
+            )
+            .await?;
+        }
         if !tx.insert_run(&run).await? {
             let existing = tx.load_run(&run.run_id, Lock::None).await?.ok_or_else(|| {
                 EngineError::Corrupt {
@@ -432,6 +462,15 @@ impl Engine {
                 message: format!("idempotency key {key:?} was used for {k} on run {r}"),
             }),
         }
+    }
+
+    /// Whether definition `hash` is known to be stored.
+    fn definition_stored(&self, hash: &str) -> bool {
+        self.inner
+            .stored_definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(hash)
     }
 
     pub(super) fn cache_definition(&self, hash: &str, def: Arc<Definition>) {

@@ -319,7 +319,7 @@ pub trait StoreTx: Send {
         run_id: &str,
         status: AttemptStatus,
         now: i64,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Records a command's idempotency key; false when the key exists already.
     fn insert_command(
         &mut self,

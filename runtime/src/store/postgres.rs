@@ -434,8 +434,29 @@ impl Statements for PgTx {
     const ORDERED_RUN_SCAN: bool = false;
 
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
-        let binds = write.bind_count();
-        let write = write.to_owned();
+        let mut write = write.to_owned();
+        if let Write::CloseOpen { run_id, except, .. } = &mut write {
+            // One statement's parts all read the rows as they were before it: the run's
+            // attempts that held writes leave settled are left to those writes, and one they
+            // leave open (which the close must see settle) is sent first.
+            let mut open = false;
+            for held in &self.held {
+                if let Write::AttemptUpdate(a) | Write::AttemptInsert(a) = held
+                    && a.run_id == *run_id
+                {
+                    if a.status.is_open() {
+                        open = true;
+                    } else {
+                        except.push(a.runnable_key.clone());
+                    }
+                }
+            }
+            if open {
+                self.flush().await?;
+                except.clear();
+            }
+        }
+        let binds = write.as_ref().bind_count();
         if self.must_flush_before(&write, binds) {
             self.flush().await?;
         }

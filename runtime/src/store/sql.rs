@@ -25,7 +25,17 @@ pub(super) fn facts_of_kind() -> String {
     )
 }
 pub(super) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET status = $2, visible_at = $3, due_at = $4, claim_id = $5, claim_token_hash = $6, owner = $7, lease_until = $8, claims = $9, outcome = $10, updated_at = $11 WHERE runnable_key = $1";
-pub(super) const CLOSE_OPEN_ATTEMPTS: &str = "UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')";
+/// Settles a run's open attempts, but not the `except` ones ($4 on).
+pub(super) fn close_open_attempts(except: usize) -> String {
+    let mut sql = String::from(
+        "UPDATE attempts SET status = $2, due_at = NULL, updated_at = $3 WHERE run_id = $1 AND status IN ('scheduled', 'claimed')",
+    );
+    if except > 0 {
+        let keys: Vec<String> = (0..except).map(|i| format!("${}", i + 4)).collect();
+        sql.push_str(&format!(" AND runnable_key NOT IN ({})", keys.join(", ")));
+    }
+    sql
+}
 pub(super) const INSERT_COMMAND: &str = "INSERT INTO commands (idempotency_key, kind, run_id, result_run_id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING";
 pub(super) const LOAD_COMMAND: &str =
     "SELECT kind, run_id, result_run_id FROM commands WHERE idempotency_key = $1";

@@ -18,6 +18,14 @@ pub(crate) enum WriteRef<'a> {
         facts: &'a [(String, String)],
         at: i64,
     },
+    /// Settles the run's open attempts with `status`, but not those named in `except`
+    /// (attempts whose own held write settles them).
+    CloseOpen {
+        run_id: &'a str,
+        status: AttemptStatus,
+        now: i64,
+        except: &'a [String],
+    },
 }
 
 impl<'a> WriteRef<'a> {
@@ -28,6 +36,7 @@ impl<'a> WriteRef<'a> {
             WriteRef::AttemptUpdate(a) => a.update_args().len(),
             WriteRef::AttemptInsert(a) => a.insert_args().len(),
             WriteRef::Facts { facts, .. } => 2 + 2 * facts.len(),
+            WriteRef::CloseOpen { except, .. } => 3 + except.len(),
         }
     }
 
@@ -50,6 +59,16 @@ impl<'a> WriteRef<'a> {
                 }
                 (Cow::Owned(sql::insert_facts(facts.len())), args)
             }
+            WriteRef::CloseOpen {
+                run_id,
+                status,
+                now,
+                except,
+            } => {
+                let mut args = vec![Arg::Text(run_id), Arg::Text(status.as_str()), Arg::Int(now)];
+                args.extend(except.iter().map(|k| Arg::Text(k)));
+                (Cow::Owned(sql::close_open_attempts(except.len())), args)
+            }
         })
     }
 
@@ -63,6 +82,17 @@ impl<'a> WriteRef<'a> {
                 run_id: run_id.to_owned(),
                 facts: facts.to_vec(),
                 at,
+            },
+            WriteRef::CloseOpen {
+                run_id,
+                status,
+                now,
+                except,
+            } => Write::CloseOpen {
+                run_id: run_id.to_owned(),
+                status,
+                now,
+                except: except.to_vec(),
             },
         }
     }
@@ -79,6 +109,12 @@ pub(crate) enum Write {
         facts: Vec<(String, String)>,
         at: i64,
     },
+    CloseOpen {
+        run_id: String,
+        status: AttemptStatus,
+        now: i64,
+        except: Vec<String>,
+    },
 }
 
 impl Write {
@@ -88,6 +124,7 @@ impl Write {
             Write::Run(r) => (0, &r.run_id),
             Write::AttemptUpdate(a) | Write::AttemptInsert(a) => (1, &a.runnable_key),
             Write::Facts { run_id, .. } => (2, run_id),
+            Write::CloseOpen { run_id, .. } => (3, run_id),
         }
     }
 
@@ -100,6 +137,17 @@ impl Write {
                 run_id,
                 facts,
                 at: *at,
+            },
+            Write::CloseOpen {
+                run_id,
+                status,
+                now,
+                except,
+            } => WriteRef::CloseOpen {
+                run_id,
+                status: *status,
+                now: *now,
+                except,
             },
         }
     }
@@ -337,9 +385,14 @@ impl<T: Statements> StoreTx for T {
         run_id: &str,
         status: AttemptStatus,
         now: i64,
-    ) -> StoreResult<u64> {
-        let args = [Arg::Text(run_id), Arg::Text(status.as_str()), Arg::Int(now)];
-        self.execute(sql::CLOSE_OPEN_ATTEMPTS, &args).await
+    ) -> StoreResult<()> {
+        self.write(WriteRef::CloseOpen {
+            run_id,
+            status,
+            now,
+            except: &[],
+        })
+        .await
     }
 
     async fn insert_command(
