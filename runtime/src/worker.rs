@@ -417,6 +417,33 @@ impl WorkerBuilder {
         }
     }
 
+    /// Waits for work on `queue`: a wake-up, the poll interval or the pool stopping, while
+    /// this slot is offered to starts on the queue. Returns the step a start claimed for it.
+    async fn idle(
+        &self,
+        queue: &str,
+        opts: &ExecuteOptions,
+        notified: tokio::sync::futures::Notified<'_>,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<crate::engine::batch::Handed> {
+        let offer = self
+            .engine
+            .offer_idle(queue, &opts.owner_id, opts.lease_for);
+        let mut handed = offer.handed;
+        tokio::select! {
+            h = &mut handed => return h.ok(),
+            _ = notified => {}
+            _ = tokio::time::sleep(self.poll_interval) => {}
+            _ = stopped.changed() => {}
+        }
+        if self.engine.withdraw_idle(offer.id) {
+            None
+        } else {
+            // A start took the offer: its answer comes when it commits.
+            handed.await.ok()
+        }
+    }
+
     async fn run_slot(
         self,
         slot: usize,
@@ -433,14 +460,21 @@ impl WorkerBuilder {
         let mut looking = Some(looking);
         let mut backoff = Duration::from_millis(50);
         let mut turn = slot;
+        // A step a start claimed for this slot while it waited.
+        let mut handed: Option<crate::engine::batch::Handed> = None;
         loop {
             if *stopped.borrow() {
+                if let Some(h) = handed.take()
+                    && let Err(e) = self.engine.give_back_handed(h).await
+                {
+                    tracing::warn!("worker slot {slot}: giving a step back: {e}");
+                }
                 return;
             }
             let queue = self.queues[turn % self.queues.len()].clone();
             turn += 1;
             let opts = ExecuteOptions::default()
-                .queue(queue)
+                .queue(queue.clone())
                 .owner_id(format!("{}/{slot}", self.owner_id))
                 .lease_for(self.lease_for)
                 .heartbeat_interval(self.heartbeat_interval)
@@ -452,31 +486,23 @@ impl WorkerBuilder {
             if let Some(looking) = looking.take() {
                 looking();
             }
-            match self.engine.execute_step(opts).await {
-                Ok(Some((steps, false))) => {
+            let done = match handed.take() {
+                Some(h) => self.engine.execute_handed(h, opts.clone()).await,
+                None => self.engine.execute_step(opts.clone()).await,
+            };
+            match done {
+                Ok(Some((steps, drained))) => {
                     stats
                         .executed
                         .fetch_add(u64::from(steps), Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
-                }
-                // Ran steps, and the last claim saw the queue empty: wait as if idle.
-                Ok(Some((steps, true))) => {
-                    stats
-                        .executed
-                        .fetch_add(u64::from(steps), Ordering::Relaxed);
-                    backoff = Duration::from_millis(50);
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep(self.poll_interval) => {}
-                        _ = stopped.changed() => {}
+                    // The last claim saw the queue empty: wait as if idle.
+                    if drained {
+                        handed = self.idle(&queue, &opts, notified, &mut stopped).await;
                     }
                 }
                 Ok(None) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep(self.poll_interval) => {}
-                        _ = stopped.changed() => {}
-                    }
+                    handed = self.idle(&queue, &opts, notified, &mut stopped).await;
                 }
                 Err(EngineError::GivenBack { runnable_key }) => {
                     tracing::info!("worker slot {slot}: gave {runnable_key} back while stopping");

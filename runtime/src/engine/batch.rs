@@ -317,7 +317,7 @@ async fn start_alone<W: WriteSource>(
     new: &NewRun,
 ) -> Result<Written> {
     let mut tx = source.begin().await?;
-    match engine.write_new_run(&mut tx, new.clone()).await {
+    match engine.write_new_run(&mut tx, new.clone(), None).await {
         Ok(written @ Written::New(..)) => {
             let left = tx.left_for_workers();
             tx.commit().await?;
@@ -451,7 +451,9 @@ impl Unit {
     /// Runs the unit in a transaction of its own.
     async fn alone<W: WriteSource>(&self, source: &mut W) -> Answered {
         match self {
-            Unit::Start { engine, new } => Answered::Start(start_alone(engine, source, new).await),
+            Unit::Start { engine, new } => {
+                Answered::Start(start_alone(engine, source, new).await, None)
+            }
             Unit::Claim {
                 engine,
                 queue,
@@ -465,7 +467,8 @@ impl Unit {
 
 /// A unit's result before it is sent.
 enum Answered {
-    Start(Result<Written>),
+    /// With the idle worker slot the start claimed its first step for.
+    Start(Result<Written>, Option<IdleSlot>),
     Claim(Result<Option<Claim>>),
     Complete(Result<Completed>),
 }
@@ -535,7 +538,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
             Ok(()) => {
                 crate::telemetry::commit(backend, units.len(), started.elapsed().as_secs_f64());
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    reply.send(answer);
+                    reply.send(answer.hand_over());
                 }
             }
             // The commit failed: nothing was claimed; completions are worth keeping.
@@ -548,7 +551,7 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
                         (_, Answered::Complete(Err(x))) => Answered::Complete(Err(x)),
                         (_, Answered::Complete(Ok(_))) => Answered::Complete(Err(batch_error(&e))),
                         (_, Answered::Claim(_)) => Answered::Claim(Err(batch_error(&e))),
-                        (_, Answered::Start(_)) => Answered::Start(Err(batch_error(&e))),
+                        (_, Answered::Start(..)) => Answered::Start(Err(batch_error(&e)), None),
                     };
                     reply.send(answer);
                 }
@@ -563,6 +566,93 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     }
 }
 
+impl Answered {
+    /// After the commit: gives a start's claimed first step to the worker slot it was
+    /// claimed for. (A slot whose worker is gone leaves the step to its lease.)
+    fn hand_over(self) -> Self {
+        match self {
+            Answered::Start(Ok(Written::New(run_id, snapshot, Some(claimed))), Some(slot)) => {
+                if slot.give.send(Handed(claimed)).is_err() {
+                    tracing::debug!(%run_id, "a worker slot left before its step was handed over");
+                }
+                Answered::Start(Ok(Written::New(run_id, snapshot, None)), None)
+            }
+            other => other,
+        }
+    }
+}
+
+/// A worker slot waiting for work on a queue, offered to starts: a start that plans a
+/// step on that queue claims it for the slot in its own transaction and hands it over, so
+/// the slot needs no claim transaction of its own.
+#[derive(Debug)]
+pub(crate) struct IdleSlot {
+    id: u64,
+    queue: String,
+    owner: String,
+    lease_for: Duration,
+    give: oneshot::Sender<Handed>,
+}
+
+/// A step claimed for a worker slot by a start, handed over after the start committed.
+pub(crate) struct Handed(pub(crate) Box<ClaimedAttempt>);
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Handed")
+            .field(&self.0.attempt.runnable_key)
+            .finish()
+    }
+}
+
+/// An offer of an idle worker slot (see [`Engine::offer_idle`]).
+pub(crate) struct IdleOffer {
+    pub(crate) id: u64,
+    pub(crate) handed: oneshot::Receiver<Handed>,
+}
+
+impl Engine {
+    /// Offers an idle worker slot of `owner` to starts on `queue`.
+    pub(crate) fn offer_idle(&self, queue: &str, owner: &str, lease_for: Duration) -> IdleOffer {
+        let (give, handed) = oneshot::channel();
+        let id = self
+            .inner
+            .next_idle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|s| !s.give.is_closed());
+        idle.push(IdleSlot {
+            id,
+            queue: queue.to_owned(),
+            owner: owner.to_owned(),
+            lease_for,
+            give,
+        });
+        IdleOffer { id, handed }
+    }
+
+    /// Withdraws an offer; false when a start took it (its answer is on the way: a step, or
+    /// nothing if the start did not commit or planned nothing on the queue).
+    pub(crate) fn withdraw_idle(&self, id: u64) -> bool {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match idle.iter().position(|s| s.id == id) {
+            Some(i) => {
+                idle.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the slot that has waited longest on `queue`, if any.
+    fn take_idle(&self, queue: &str) -> Option<IdleSlot> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|s| !s.give.is_closed());
+        let i = idle.iter().position(|s| s.queue == queue)?;
+        Some(idle.remove(i))
+    }
+}
+
 /// Where a unit's answer goes.
 enum Reply {
     Start(oneshot::Sender<Result<Written>>),
@@ -574,7 +664,7 @@ impl Reply {
     /// Sends a unit's result to its caller (units and replies are paired by construction).
     fn send(self, answered: Answered) {
         match (self, answered) {
-            (Reply::Start(r), Answered::Start(a)) => {
+            (Reply::Start(r), Answered::Start(a, _)) => {
                 let _ = r.send(a);
             }
             (Reply::Start(r), _) => {
@@ -605,8 +695,13 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
         let answered = match unit {
             // A start that repeats a run has nothing to commit but the definition it may
             // have written, which is harmless to keep.
+            // A start on a queue where a worker slot waits claims the run's first step for
+            // that slot in the same transaction, and hands it over once committed.
             Unit::Start { engine, new } => {
-                Answered::Start(engine.write_new_run(tx, (**new).clone()).await)
+                let slot = engine.take_idle(&new.queue);
+                let hand = slot.as_ref().map(|s| (s.owner.as_str(), s.lease_for));
+                let written = engine.write_new_run(tx, (**new).clone(), hand).await;
+                Answered::Start(written, slot)
             }
             Unit::Claim {
                 engine,
@@ -617,7 +712,7 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
             Unit::Complete(u) => Answered::Complete(u.within(tx).await),
         };
         let failed = match &answered {
-            Answered::Start(r) => r.is_err(),
+            Answered::Start(r, _) => r.is_err(),
             Answered::Claim(r) => r.is_err(),
             Answered::Complete(r) => r.is_err(),
         };

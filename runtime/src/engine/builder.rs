@@ -232,6 +232,8 @@ impl EngineBuilder {
                 workflows: RwLock::new(BTreeMap::new()),
                 definitions: Mutex::new(HashMap::new()),
                 stored_definitions: Mutex::new(std::collections::HashSet::new()),
+                idle: Mutex::new(Vec::new()),
+                next_idle: std::sync::atomic::AtomicU64::new(0),
                 wakeup: Arc::new(tokio::sync::Notify::new()),
                 redaction: self.redaction,
                 max_dynamic_nodes: self.max_dynamic_nodes,

@@ -103,7 +103,7 @@ impl Engine {
         across_runs: bool,
     ) -> Result<Option<Progress>> {
         let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
-        let mut claimed = match claim {
+        let claimed = match claim {
             None => return Ok(None),
             Some(Claim::Applied(run_id)) => {
                 return self.progress(store, run_id, 1, want).await;
@@ -125,6 +125,47 @@ impl Engine {
         {
             return self.progress(store, claimed.run_id, 1, want).await;
         }
+        self.run_chain(store, claimed, queue, opts, want, across_runs)
+            .await
+    }
+
+    /// Runs a step a start claimed for this worker slot (and what its completions chain),
+    /// as [`Engine::execute_step`] does for one it claims: the start's transaction saw the
+    /// run alive, so there is no cancel check. Returns (steps, drained).
+    pub(crate) async fn execute_handed(
+        &self,
+        handed: batch::Handed,
+        opts: ExecuteOptions,
+    ) -> Result<Option<(u32, bool)>> {
+        let queue = handed.0.attempt.queue.clone();
+        let progress =
+            with_store!(self, s => self.run_chain(s, handed.0, &queue, &opts, false, true).await)?;
+        Ok(progress.map(|p| (p.steps, p.drained)))
+    }
+
+    /// Gives a handed step back, due at once (its worker slot is stopping).
+    pub(crate) async fn give_back_handed(&self, handed: batch::Handed) -> Result<()> {
+        let attempt = &handed.0.attempt;
+        with_store!(self, s => {
+            let mut tx = s.begin_write().await?;
+            let now = self.inner.clock.now();
+            self.release_in(&mut tx, attempt, &handed.0.token_hash, now).await?;
+            tx.commit().await?;
+        });
+        self.wake();
+        Ok(())
+    }
+
+    /// Runs `claimed` and the steps its completions chain, up to `opts.chain` more.
+    async fn run_chain<S: Store>(
+        &self,
+        store: &S,
+        mut claimed: Box<ClaimedAttempt>,
+        queue: &str,
+        opts: &ExecuteOptions,
+        want: bool,
+        across_runs: bool,
+    ) -> Result<Option<Progress>> {
         let mut remaining = opts.chain;
         let mut steps = 1;
         loop {

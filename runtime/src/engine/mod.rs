@@ -20,7 +20,7 @@ macro_rules! with_store {
 pub(crate) use with_store;
 
 mod apply;
-mod batch;
+pub(crate) mod batch;
 mod builder;
 mod catalog;
 mod control;
@@ -141,6 +141,9 @@ struct Inner {
     default_queue: String,
     workflows: RwLock<BTreeMap<String, WorkflowSpec>>,
     definitions: Mutex<HashMap<String, Arc<Definition>>>,
+    /// Idle worker slots offered to starts (see [`batch::IdleSlot`]).
+    idle: Mutex<Vec<batch::IdleSlot>>,
+    next_idle: std::sync::atomic::AtomicU64,
     /// Definition hashes known to be stored (a start that wrote one committed; stored
     /// definitions are never deleted): later starts skip writing them again.
     stored_definitions: Mutex<std::collections::HashSet<String>>,

@@ -446,7 +446,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        match self.write_new_run(tx, new).await {
+        match self.write_new_run(tx, new, None).await {
             Ok(written) => Ok(Some(written.run_id())),
             Err(EngineError::IdempotencyConflict { message, .. }) => {
                 tracing::warn!(
@@ -1245,7 +1245,7 @@ impl Schedules<'_> {
                 now,
             )?;
             let run = window.run_id();
-            match e.write_new_run(tx, new).await {
+            match e.write_new_run(tx, new, None).await {
                 Ok(Written::New(..) | Written::Existing(_)) => {
                     let f = window.fire_row(FireOutcome::Started, Some(run), now);
                     tx.update_fire(&f).await?;

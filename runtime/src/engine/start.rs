@@ -66,10 +66,14 @@ pub(super) struct NewRun {
 }
 
 /// What [`Engine::write_new_run`] did.
-#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Written {
-    /// Wrote a new run: its snapshot as written.
-    New(RunId, Box<RunSnapshot>),
+    /// Wrote a new run: its snapshot as written, and its first step when the start claimed
+    /// it for a worker slot.
+    New(
+        RunId,
+        Box<RunSnapshot>,
+        Option<Box<super::batch::ClaimedAttempt>>,
+    ),
     /// Found the run the start repeats; wrote nothing.
     Existing(RunId),
 }
@@ -77,7 +81,7 @@ pub(super) enum Written {
 impl Written {
     pub(super) fn run_id(self) -> RunId {
         match self {
-            Self::New(id, _) | Self::Existing(id) => id,
+            Self::New(id, ..) | Self::Existing(id) => id,
         }
     }
 }
@@ -260,7 +264,7 @@ impl Engine {
             super::batch::start(store, self, new).await?
         } else {
             let mut tx = store.begin_write().await?;
-            let written = self.write_new_run(&mut tx, new).await?;
+            let written = self.write_new_run(&mut tx, new, None).await?;
             if matches!(written, Written::New(..)) {
                 let left = tx.left_for_workers();
                 tx.commit().await?;
@@ -269,7 +273,7 @@ impl Engine {
             written
         };
         match written {
-            Written::New(_, snapshot) => {
+            Written::New(_, snapshot, _) => {
                 self.inner
                     .stored_definitions
                     .lock()
@@ -289,10 +293,14 @@ impl Engine {
     ///
     /// [`EngineError::IdempotencyConflict`] when the id names a run with another payload,
     /// [`EngineError::InvalidTransition`] for a child of an ended parent, store errors.
+    ///
+    /// With `hand` (owner, lease), the run's first step due now on its queue is inserted
+    /// claimed by that owner and returned with the new run.
     pub(super) async fn write_new_run<T: StoreTx>(
         &self,
         tx: &mut T,
         new: NewRun,
+        hand: Option<(&str, Duration)>,
     ) -> Result<Written> {
         let NewRun {
             definition,
@@ -440,9 +448,40 @@ impl Engine {
             tx.insert_command(key, kind, source, &run.run_id, now_us(now))
                 .await?;
         }
-        let attempts = apply::write_all(tx, &mut run, decision, now).await?;
+        let mut journal = Vec::new();
+        let mut attempts = Vec::new();
+        let queue = run.queue.clone();
+        let take = hand.map(|_| queue.as_str());
+        let taken = apply::write_decision(
+            tx,
+            &mut run,
+            decision,
+            (&mut journal, &mut attempts),
+            take,
+            now,
+        )
+        .await?;
+        let claimed = match (taken, hand) {
+            (Some(row), Some((owner, lease_for))) => {
+                let req = super::execute::ClaimRequest {
+                    run_id,
+                    attempt: row,
+                    run: run.clone(),
+                    now,
+                    owner,
+                    lease_for,
+                    placement: super::execute::Placement::Insert,
+                };
+                let claimed = self.claim_row(tx, req, &mut journal).await?;
+                attempts.push(claimed.attempt.clone());
+                attempts.sort_by(|a, b| (a.seq, &a.runnable_key).cmp(&(b.seq, &b.runnable_key)));
+                Some(Box::new(claimed))
+            }
+            _ => None,
+        };
+        tx.append_facts(&run.run_id, &journal, now_us(now)).await?;
         let snapshot = RunSnapshot::from_rows(run, attempts)?;
-        Ok(Written::New(run_id, Box::new(snapshot)))
+        Ok(Written::New(run_id, Box::new(snapshot), claimed))
     }
 
     /// The result run of a command already applied with this idempotency key, or a

@@ -315,3 +315,81 @@ async fn waiting_for_a_run_to_end(db: Db, clock: ManualClock) {
     worker.shutdown(Duration::from_secs(5)).await;
 }
 on_each_backend!(waiting_for_a_run_to_end);
+
+/// A start on a queue where a pool slot waits claims the run's first step for that slot in
+/// the start's own transaction (the snapshot `start` returns shows it claimed), and the slot
+/// runs it to the end; a start while every slot is busy leaves the step due, and a pool slot
+/// that finishes a run claims the next due one in its last completion's transaction.
+async fn an_idle_slot_is_handed_the_first_step_of_a_start(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&engine)
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(30))
+        .start()
+        .expect("starts");
+    worker.ready().await;
+    let mut handed = 0;
+    for i in 0..20 {
+        let run = engine
+            .start(
+                &nap(),
+                None,
+                json!({"sleep_ms": 0}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        if run.attempts[0].status == squid_mesh::vocab::AttemptStatus::Claimed {
+            handed += 1;
+        }
+        // The poll interval is 30 s: only a hand-over or a wake-up gets the run done.
+        let s = engine
+            .wait_for_run(run.run_id, Duration::from_secs(20))
+            .await
+            .expect("waits");
+        assert_eq!(s.status, RunStatus::Completed, "run {i} on {}", db.name());
+        crate::engine::assert_consistent(&engine, &s).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        handed >= 10,
+        "{handed} of 20 starts handed over on {}",
+        db.name()
+    );
+
+    // Busy slot: the second run's step stays due and is chained after the first run.
+    let slow = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 300}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    assert!(wait_for_first_claim(&engine, slow.run_id).await);
+    let next = engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 0}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    assert_eq!(
+        next.attempts[0].status,
+        squid_mesh::vocab::AttemptStatus::Scheduled,
+        "{}",
+        db.name()
+    );
+    for run in [slow.run_id, next.run_id] {
+        let s = engine
+            .wait_for_run(run, Duration::from_secs(20))
+            .await
+            .expect("waits");
+        assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+on_each_backend!(an_idle_slot_is_handed_the_first_step_of_a_start);
