@@ -493,11 +493,10 @@ impl Engine {
     }
 
     async fn snapshot_on<S: Store>(&self, store: &S, run_id: RunId) -> Result<RunSnapshot> {
-        let mut tx = store.begin_read().await?;
         let id = run_id.to_string();
-        let run = existing_run(&mut tx, &id, Lock::None).await?;
-        let attempts = tx.run_attempts(&id).await?;
-        drop(tx);
+        let Some((run, attempts)) = store.run_with_attempts(&id).await? else {
+            return Err(EngineError::RunNotFound { run_id: id });
+        };
         RunSnapshot::from_rows(run, attempts)
     }
 

@@ -109,6 +109,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The stored status of a run, read outside any transaction (one statement).
     fn run_status(&self, run_id: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 
+    /// A run's row and its attempts (by `seq`, `runnable_key`), as of one moment.
+    fn run_with_attempts(
+        &self,
+        run_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<(RunRow, Vec<AttemptRow>)>>> + Send;
+
     /// Extends a claim's lease if the claim still holds; returns whether it did.
     fn heartbeat(
         &self,

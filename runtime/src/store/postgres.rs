@@ -9,8 +9,8 @@ use sqlx::{PgPool, Postgres};
 use sqlx::PgConnection;
 
 use super::{
-    Arg, FromColumns, HEARTBEAT_SQL, Statements, Store, StoreError, StoreResult, Write, WriteRef,
-    sql,
+    Arg, AttemptRow, FromColumns, HEARTBEAT_SQL, RunRow, Statements, Store, StoreError,
+    StoreResult, Write, WriteRef, sql,
 };
 
 /// How long a first connection to Postgres may take.
@@ -392,6 +392,36 @@ impl Store for PostgresStore {
             query.fetch_optional(&self.pool).await?
         };
         Ok(row.map(|r| r.0))
+    }
+
+    async fn run_with_attempts(
+        &self,
+        run_id: &str,
+    ) -> StoreResult<Option<(RunRow, Vec<AttemptRow>)>> {
+        // One statement reads both as of one moment, outside any transaction: one round trip
+        // instead of a read transaction's four.
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql::RUN_WITH_ATTEMPTS.as_str())).bind(run_id);
+        let row = if self.set_path {
+            let mut tx = self.begin().await?;
+            query.fetch_optional(&mut *tx).await?
+        } else {
+            query.fetch_optional(&self.pool).await?
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let run = RunRow::from_columns(&row)?;
+        let attempts: Vec<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_str(&crate::store::rows::Columns::text(&row, "attempts_json")?)
+                .map_err(|e| StoreError::Corrupt {
+                    what: format!("attempts of run {run_id}"),
+                    message: e.to_string(),
+                })?;
+        let attempts = attempts
+            .iter()
+            .map(AttemptRow::from_columns)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some((run, attempts)))
     }
 
     async fn heartbeat(

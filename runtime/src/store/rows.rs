@@ -5,6 +5,7 @@
 //! one decoder, which reads any driver's row through [`Columns`] (SQLite's embedded writer,
 //! sqlx on SQLite and on Postgres).
 
+use super::StoreError;
 use crate::vocab::{
     ActionState, AttemptStatus, CatalogEventKind, FireOrigin, FireOutcome, RunStatus,
     ScheduleEventKind, ScheduleState,
@@ -115,6 +116,58 @@ macro_rules! sqlx_columns {
 }
 
 sqlx_columns!(sqlx::postgres::PgRow);
+
+/// A row as a JSON object (Postgres `row_to_json` / `json_agg` of a table's rows): columns
+/// by name, integers as numbers, text as strings, NULL as null.
+impl Columns for serde_json::Map<String, serde_json::Value> {
+    type Error = StoreError;
+
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        self.opt_text(name)?
+            .ok_or_else(|| json_column(name, "is null"))
+    }
+
+    fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(json_column(name, "is not text")),
+        }
+    }
+
+    fn int(&self, name: &str) -> Result<i64, StoreError> {
+        self.opt_int(name)?
+            .ok_or_else(|| json_column(name, "is null"))
+    }
+
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        match self.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| json_column(name, "is not an integer")),
+        }
+    }
+
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        Err(json_column(
+            name,
+            "holds bytes, which a JSON row does not carry",
+        ))
+    }
+
+    fn unknown(name: &str, text: &str) -> StoreError {
+        json_column(name, &format!("holds the unknown status {text:?}"))
+    }
+}
+
+fn json_column(name: &str, problem: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("column {name}"),
+        message: problem.to_owned(),
+    }
+}
 
 /// A row type decodable from any driver's row (every [`stored_row!`] type).
 pub(crate) trait FromColumns: Sized {

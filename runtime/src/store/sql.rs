@@ -10,6 +10,14 @@ pub(super) const ATTEMPT_COLUMNS: &str = AttemptRow::COLUMNS;
 pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
 pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
 pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+
+/// Postgres: a run's columns and its attempts as one JSON array (`attempts_json`), in one
+/// statement.
+pub(super) static RUN_WITH_ATTEMPTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {RUN_COLUMNS}, (SELECT coalesce(json_agg(a ORDER BY a.seq, a.runnable_key), '[]')::text FROM attempts a WHERE a.run_id = r.run_id) AS attempts_json FROM runs r WHERE r.run_id = $1"
+    )
+});
 pub(super) const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1";
 pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9, dynamic = $10 WHERE run_id = $1";
 pub(super) fn facts() -> String {

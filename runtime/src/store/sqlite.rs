@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Mutex;
 
 use super::sqlite_tx::{self, Conn, Readers};
-use super::{Store, StoreError, StoreResult, sql};
+use super::{AttemptRow, Lock, RunRow, Store, StoreError, StoreResult, StoreTx, sql};
 
 pub use super::sqlite_tx::SqliteTx;
 
@@ -296,6 +296,19 @@ impl Store for SqliteStore {
             .prepare_cached(&sqlite_tx::sqlite_cached(sql::RUN_STATUS))?
             .query_row([run_id], |r| r.get(0))
             .optional()?)
+    }
+
+    async fn run_with_attempts(
+        &self,
+        run_id: &str,
+    ) -> StoreResult<Option<(RunRow, Vec<AttemptRow>)>> {
+        // A read transaction: one snapshot for both statements.
+        let mut tx = self.begin_read().await?;
+        let Some(run) = tx.load_run(run_id, Lock::None).await? else {
+            return Ok(None);
+        };
+        let attempts = tx.run_attempts(run_id).await?;
+        Ok(Some((run, attempts)))
     }
 
     async fn heartbeat(

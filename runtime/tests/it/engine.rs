@@ -128,6 +128,13 @@ async fn a_linear_run_completes_with_outputs_under_their_keys(db: Db, clock: Man
         .expect("starts");
     assert_eq!(run.status, RunStatus::Running, "{}", db.name());
     assert_eq!(run.attempts.len(), 1);
+    // The snapshot `start` builds from the rows it wrote is the one a read returns.
+    assert_eq!(
+        engine.snapshot(run.run_id).await.expect("snapshot"),
+        run,
+        "{}",
+        db.name()
+    );
     assert_eq!(run.version.as_deref(), Some("v1"));
 
     let after_validate = engine
