@@ -58,11 +58,24 @@ fn sqlite_normal() -> bool {
     SQLITE_NORMAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `--fanout-width=N`: the `fanout` workload's width (default 500).
+static FANOUT_WIDTH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(500);
+
+fn fanout_width() -> usize {
+    FANOUT_WIDTH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
     if args.iter().any(|a| a == "--sqlite-normal") {
         SQLITE_NORMAL.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(w) = args.iter().find_map(|a| a.strip_prefix("--fanout-width=")) {
+        let w: usize = w
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--fanout-width takes a number, not {w:?}"))?;
+        FANOUT_WIDTH.store(w.max(1), std::sync::atomic::Ordering::Relaxed);
     }
     let workloads: Vec<&str> = args
         .iter()

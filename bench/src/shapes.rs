@@ -146,12 +146,13 @@ pub(crate) async fn latency(smoke: bool) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// One run whose 500 steps depend on nothing, joined by one step, drained by 8 workers.
+/// One run whose 500 steps (`--fanout-width`) depend on nothing, joined by one step, drained
+/// by 8 workers; the end is awaited with `wait_for_run` (woken, not polled).
 pub(crate) async fn fanout(smoke: bool) -> Result<Vec<Figure>> {
     let dir = tempfile::tempdir()?;
     let registry = ActionRegistry::new();
     registry.register(echo_action()?)?;
-    let width = if smoke { 20 } else { 500 };
+    let width = if smoke { 20 } else { crate::fanout_width() };
     let mut figures = Vec::new();
     for backend in backends(dir.path(), "fanout").await {
         let name = backend.name();
@@ -165,11 +166,11 @@ pub(crate) async fn fanout(smoke: bool) -> Result<Vec<Figure>> {
             .await?;
         let planned = t.elapsed();
         let pool = Worker::builder(&engine).concurrency(8).start()?;
-        while !engine.snapshot(run.run_id).await?.is_terminal() {
-            if t.elapsed() > Duration::from_secs(600) {
-                bail!("fan-out did not finish in 10 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let end = engine
+            .wait_for_run(run.run_id, Duration::from_secs(1800))
+            .await?;
+        if !end.is_terminal() {
+            bail!("fan-out did not finish in 30 minutes");
         }
         let total = t.elapsed();
         pool.shutdown(Duration::from_secs(5)).await;
