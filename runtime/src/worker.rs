@@ -496,8 +496,9 @@ impl WorkerBuilder {
                         .executed
                         .fetch_add(u64::from(steps), Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
-                    // The last claim saw the queue empty: wait as if idle.
-                    if drained {
+                    // The last claim saw the slot's only queue empty: wait as if idle. (With
+                    // several queues, the slot looks at its next one first.)
+                    if drained && self.queues.len() == 1 {
                         handed = self.idle(&queue, &opts, notified, &mut stopped).await;
                     }
                 }

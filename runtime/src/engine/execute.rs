@@ -190,6 +190,18 @@ impl Engine {
                 Completed::Applied(Some(next)) => {
                     remaining -= 1;
                     steps += 1;
+                    // A step of another run was claimed without locking that run: as after
+                    // a fresh claim, a run cancelled meanwhile never runs it.
+                    if next.run_id != run_id {
+                        let status = store.run_status(&next.attempt.run_id).await?;
+                        if status
+                            .as_deref()
+                            .and_then(RunStatus::parse)
+                            .is_some_and(RunStatus::is_terminal)
+                        {
+                            return self.progress(store, next.run_id, steps - 1, want).await;
+                        }
+                    }
                     claimed = next;
                 }
             }

@@ -418,15 +418,14 @@ impl Engine {
         self.inner.wakeup.notify_waiters();
     }
 
-    /// Wakes as many idle workers as a committed transaction left attempts for: one (or
-    /// the next to look) for one attempt, all for more, none for none. Waking all for
-    /// every write would send every idle worker to claim, and all but one would find
-    /// nothing, at a transaction each.
+    /// Wakes the idle workers when a committed transaction left attempts for any worker to
+    /// claim, and nobody when it left none (a step it claimed for a worker, or nothing new).
+    /// All of them: waiters may look at other queues, so waking one could miss the one that
+    /// looks at the right queue. (A start whose step an idle slot could take was handed to
+    /// that slot instead, and left nothing.)
     pub(crate) fn wake_for(&self, attempts: u32) {
-        match attempts {
-            0 => {}
-            1 => self.inner.wakeup.notify_one(),
-            _ => self.inner.wakeup.notify_waiters(),
+        if attempts > 0 {
+            self.inner.wakeup.notify_waiters();
         }
     }
 

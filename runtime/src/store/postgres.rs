@@ -452,7 +452,12 @@ impl Statements for PgTx {
     }
 
     fn notify(&mut self, queue: &str) {
-        let payload = format!("{} {queue}", self.sender);
+        // Catalog changes (`:catalog`) go out bare, as every version's listener reads them.
+        let payload = if queue.starts_with(':') {
+            queue.to_owned()
+        } else {
+            format!("{} {queue}", self.sender)
+        };
         if !self.notify.contains(&payload) {
             self.notify.push(payload);
         }
