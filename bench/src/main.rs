@@ -675,7 +675,7 @@ async fn durable(smoke: bool) -> Result<Vec<Figure>> {
             name: format!("{name} steps/s / 1-committer floor, {workers} worker(s)"),
             value: steps / floor,
             unit: "x",
-            target: (*workers == 8).then(|| ">= 1".to_owned()),
+            target: Some(if *workers == 8 { ">= 1.5" } else { ">= 1" }.to_owned()),
         });
     }
     figures.extend(closed_loops(&registry, dir.path(), pg.as_ref(), &floors, runs).await?);

@@ -139,7 +139,7 @@ pub(crate) async fn latency(smoke: bool) -> Result<Vec<Figure>> {
             name: format!("{name} per-step latency / one commit"),
             value: per_step / commit_ms,
             unit: "x",
-            target: Some("<= 2".into()),
+            target: Some("<= 1.5".into()),
         });
         drop_schema(&backend).await;
     }
@@ -188,7 +188,7 @@ pub(crate) async fn fanout(smoke: bool) -> Result<Vec<Figure>> {
             name: format!("{name} fan-out {width}+join: start to completed, 8 workers"),
             value: total.as_secs_f64() * 1e3,
             unit: "ms",
-            target: None,
+            target: (width == 500).then(|| "<= 300".to_owned()),
         });
         figures.push(Figure {
             name: format!("{name} fan-out {width}+join: steps/s"),
