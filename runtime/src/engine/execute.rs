@@ -115,14 +115,10 @@ impl Engine {
             hook.claimed.notify_one();
             hook.proceed.notified().await;
         }
-        // A run cancelled after the claim never runs the claimed attempt's action. (A chained
-        // claim is made in the transaction that saw the run alive, and runs at once.)
-        let status = store.run_status(&claimed.attempt.run_id).await?;
-        if status
-            .as_deref()
-            .and_then(RunStatus::parse)
-            .is_some_and(RunStatus::is_terminal)
-        {
+        // A run cancelled after the claim never runs the claimed attempt's action. (A claim
+        // chained within a run is made in the transaction that saw the run alive, and runs at
+        // once.)
+        if run_ended(store, &claimed.attempt.run_id).await? {
             return self.progress(store, claimed.run_id, 1, want).await;
         }
         self.run_chain(store, claimed, queue, opts, want, across_runs)
@@ -192,15 +188,8 @@ impl Engine {
                     steps += 1;
                     // A step of another run was claimed without locking that run: as after
                     // a fresh claim, a run cancelled meanwhile never runs it.
-                    if next.run_id != run_id {
-                        let status = store.run_status(&next.attempt.run_id).await?;
-                        if status
-                            .as_deref()
-                            .and_then(RunStatus::parse)
-                            .is_some_and(RunStatus::is_terminal)
-                        {
-                            return self.progress(store, next.run_id, steps - 1, want).await;
-                        }
+                    if next.run_id != run_id && run_ended(store, &next.attempt.run_id).await? {
+                        return self.progress(store, next.run_id, steps - 1, want).await;
                     }
                     claimed = next;
                 }
@@ -1181,6 +1170,15 @@ pub(super) struct ClaimRequest<'a> {
     pub(super) owner: &'a str,
     pub(super) lease_for: Duration,
     pub(super) placement: Placement,
+}
+
+/// Whether run `run_id` has ended, as stored now (one statement, outside any transaction).
+async fn run_ended<S: Store>(store: &S, run_id: &str) -> Result<bool> {
+    let status = store.run_status(run_id).await?;
+    Ok(status
+        .as_deref()
+        .and_then(RunStatus::parse)
+        .is_some_and(RunStatus::is_terminal))
 }
 
 /// One invocation of a claimed step.
