@@ -393,3 +393,61 @@ async fn an_idle_slot_is_handed_the_first_step_of_a_start(db: Db, clock: ManualC
     worker.shutdown(Duration::from_secs(5)).await;
 }
 on_each_backend!(an_idle_slot_is_handed_the_first_step_of_a_start);
+
+/// Starts share group-commit transactions with each other and with completions. One that
+/// conflicts (its run id names a run with another payload) fails alone with its own error;
+/// the starts batched with it are written once each, and every run completes.
+async fn concurrent_starts_with_a_conflict_in_the_batch(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let worker = Worker::builder(&engine)
+        .concurrency(4)
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .expect("starts");
+    let taken = squid_mesh::RunId::random();
+    engine
+        .start(
+            &nap(),
+            None,
+            json!({"sleep_ms": 0}),
+            StartOptions::default().run_id(taken),
+        )
+        .await
+        .expect("starts");
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let opts = if i == 12 {
+                StartOptions::default().run_id(taken)
+            } else {
+                StartOptions::default()
+            };
+            engine
+                .start(&nap(), None, json!({"sleep_ms": i}), opts)
+                .await
+        }));
+    }
+    let mut started = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(run) => started.push(run.run_id),
+            Err(e) => {
+                assert_eq!(i, 12, "{e}");
+                assert_eq!(e.code(), "idempotency_conflict", "{}", db.name());
+            }
+        }
+    }
+    assert_eq!(started.len(), 23, "{}", db.name());
+    for run in started.into_iter().chain([taken]) {
+        let s = engine
+            .wait_for_run(run, Duration::from_secs(30))
+            .await
+            .expect("waits");
+        assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+        assert_eq!(s.attempts.len(), 2);
+        crate::engine::assert_consistent(&engine, &s).await;
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+on_each_backend!(concurrent_starts_with_a_conflict_in_the_batch);
