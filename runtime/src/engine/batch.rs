@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::start::{NewRun, Written};
-use super::{AnyStore, Definition, Engine, EngineError, Result};
+use super::{AnyStore, Definition, Engine, EngineError, NewRun, Result, Written};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
 use crate::store::{

@@ -69,11 +69,7 @@ pub(super) struct NewRun {
 pub(super) enum Written {
     /// Wrote a new run: its snapshot as written, and its first step when the start claimed
     /// it for a worker slot.
-    New(
-        RunId,
-        Box<RunSnapshot>,
-        Option<Box<super::batch::ClaimedAttempt>>,
-    ),
+    New(RunId, Box<RunSnapshot>, Option<Box<super::ClaimedAttempt>>),
     /// Found the run the start repeats; wrote nothing.
     Existing(RunId),
 }
