@@ -16,6 +16,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from urllib.parse import urlsplit, urlunsplit
+
 import psycopg
 from dbos import DBOS
 
@@ -53,8 +55,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="dbos-bench-")
     dbname = f"dbos_bench_{os.getpid()}"
     if args.db == "postgres":
-        base = args.pg_url.rsplit("/", 1)[0]
-        url = f"{base}/{dbname}"
+        # The same server and options, another database (DBOS creates it on launch).
+        url = urlunsplit(urlsplit(args.pg_url)._replace(path=f"/{dbname}"))
     else:
         url = f"sqlite:///{tmp}/dbos.sqlite"
     DBOS(config={"name": "dbos-bench", "system_database_url": url, "run_admin_server": False})

@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo run --release -p squid-mesh-bench -- wasm          # full workload
-//! cargo run --release -p squid-mesh-bench -- durable       # commit floor and steps/s
+//! cargo run --release -p squid-mesh-bench -- durable       # commit floor, drain and closed loop
+//! cargo run --release -p squid-mesh-bench -- closed        # the closed loop alone (see bench/dbos)
 //! cargo run --release -p squid-mesh-bench -- read          # list/inspect with 10^4 and 10^6 runs
 //! cargo run --release -p squid-mesh-bench -- latency       # one run at a time: 1, 5, 10 steps
 //! cargo run --release -p squid-mesh-bench -- fanout        # 500 parallel steps and a join
@@ -13,6 +14,10 @@
 //! cargo run --release -p squid-mesh-bench -- catalog       # approval -> first step, first use, claims
 //! cargo run --release -p squid-mesh-bench -- dynamic       # schedule and drain 10^3, 10^4 dynamic nodes
 //! cargo run --release -p squid-mesh-bench -- chaos         # minutes of SIGKILLs (build e2e-worker too)
+//! cargo run --release -p squid-mesh-bench -- telemetry     # steps/s with and without OpenTelemetry
+//! cargo run --release -p squid-mesh-bench -- dashboard     # dashboard pages with 10^6 runs
+//! cargo run --release -p squid-mesh-bench -- durable --sqlite-normal     # SQLite synchronous=NORMAL
+//! cargo run --release -p squid-mesh-bench -- fanout --fanout-width=2000  # a wider fan-out
 //! cargo run --release -p squid-mesh-bench -- wasm --smoke  # tiny workload, for CI
 //! ```
 //!
@@ -503,6 +508,21 @@ async fn closed_loop(
         .owner_id("bench")
         .start()?;
     pool.ready().await;
+    // Untimed warm-up, as DBOS' harness has: the action loaded, connections open.
+    let spec = three_steps();
+    for i in 0..callers {
+        let run = engine
+            .start(
+                &spec,
+                None,
+                json!({"n": -1 - i as i64}),
+                squid_mesh::StartOptions::default(),
+            )
+            .await?;
+        engine
+            .wait_for_run(run.run_id, Duration::from_secs(120))
+            .await?;
+    }
     let per = runs / callers;
     let t = Instant::now();
     let tasks: Vec<_> = (0..callers)
