@@ -386,8 +386,10 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Signalled after every write that may have made work due in this process; workers wait
-    /// on it (and poll, for work planned by other processes).
+    /// Signalled (`notify_waiters`) after a write of this process leaves work due for any
+    /// worker to claim; workers wait on it (and poll, for work planned by other processes).
+    /// A step a start hands straight to an idle pool slot, or one a completion chains for
+    /// its own worker, signals nothing.
     pub fn wakeups(&self) -> Arc<tokio::sync::Notify> {
         self.inner.wakeup.clone()
     }
