@@ -126,9 +126,7 @@ impl Completion {
         let mut tx = source.begin().await?;
         match self.engine.complete_in(&mut tx, self, across).await {
             Ok(done) => {
-                let left = tx.left_for_workers();
-                tx.commit().await?;
-                self.engine.wake_for(left);
+                self.engine.commit_and_wake(tx).await?;
                 Ok(done)
             }
             Err(e) => {
@@ -318,9 +316,7 @@ async fn start_alone<W: WriteSource>(
     let mut tx = source.begin().await?;
     match engine.write_new_run(&mut tx, new.clone(), None).await {
         Ok(written @ Written::New(..)) => {
-            let left = tx.left_for_workers();
-            tx.commit().await?;
-            engine.wake_for(left);
+            engine.commit_and_wake(tx).await?;
             Ok(written)
         }
         Ok(written) => {
@@ -383,9 +379,7 @@ async fn claim_alone<W: WriteSource>(
     let mut tx = source.begin().await?;
     match engine.claim_in(&mut tx, queue, owner, lease_for).await {
         Ok(claim) => {
-            let left = tx.left_for_workers();
-            tx.commit().await?;
-            engine.wake_for(left);
+            engine.commit_and_wake(tx).await?;
             Ok(claim)
         }
         Err(e) => {
@@ -514,18 +508,9 @@ async fn write<W: WriteSource>(source: &mut W, jobs: Vec<Job>) {
     // None: the batch could not be written as one (no transaction, or a unit failed and the
     // transaction is dropped, rolling it back).
     let committed = match source.begin().await {
-        Ok(mut tx) => match batched(&mut tx, &units).await {
-            Some(answers) => {
-                let left = tx.left_for_workers();
-                let commit = tx.commit().await;
-                if commit.is_ok()
-                    && let Some(engine) = &engine
-                {
-                    engine.wake_for(left);
-                }
-                Some((answers, commit))
-            }
-            None => {
+        Ok(mut tx) => match (batched(&mut tx, &units).await, &engine) {
+            (Some(answers), Some(engine)) => Some((answers, engine.commit_and_wake(tx).await)),
+            _ => {
                 tx.rollback().await;
                 None
             }
@@ -692,10 +677,9 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
     let mut answers = Vec::with_capacity(units.len());
     for unit in units {
         let answered = match unit {
-            // A start that repeats a run has nothing to commit but the definition it may
-            // have written, which is harmless to keep.
             // A start on a queue where a worker slot waits claims the run's first step for
-            // that slot in the same transaction, and hands it over once committed.
+            // that slot in the same transaction, and hands it over once committed. (One that
+            // repeats a run has written nothing but, perhaps, its definition: harmless.)
             Unit::Start { engine, new } => {
                 let slot = engine.take_idle(&new.queue);
                 let hand = slot.as_ref().map(|s| (s.owner.as_str(), s.lease_for));

@@ -141,13 +141,22 @@ impl Engine {
 
     /// Gives a handed step back, due at once (its worker slot is stopping).
     pub(crate) async fn give_back_handed(&self, handed: batch::Handed) -> Result<()> {
-        let attempt = &handed.0.attempt;
-        with_store!(self, s => {
-            let mut tx = s.begin_write().await?;
-            let now = self.inner.clock.now();
-            self.release_in(&mut tx, attempt, &handed.0.token_hash, now).await?;
-            tx.commit().await?;
-        });
+        let batch::Handed(claimed) = handed;
+        with_store!(self, s => self.release_now(s, &claimed.attempt, &claimed.token_hash).await)
+    }
+
+    /// Gives a claimed attempt back in a transaction of its own, due at once, and wakes the
+    /// workers.
+    async fn release_now<S: Store>(
+        &self,
+        store: &S,
+        attempt: &AttemptRow,
+        token_hash: &str,
+    ) -> Result<()> {
+        let now = self.inner.clock.now();
+        let mut tx = store.begin_write().await?;
+        self.release_in(&mut tx, attempt, token_hash, now).await?;
+        tx.commit().await?;
         self.wake();
         Ok(())
     }
@@ -752,11 +761,7 @@ impl Engine {
             }
         };
         let given_back = || async {
-            let now = self.inner.clock.now();
-            let mut tx = store.begin_write().await?;
-            self.release_in(&mut tx, attempt, token_hash, now).await?;
-            tx.commit().await?;
-            self.wake();
+            self.release_now(store, attempt, token_hash).await?;
             Err(EngineError::GivenBack {
                 runnable_key: attempt.runnable_key.clone(),
             })

@@ -54,7 +54,7 @@ use crate::plan;
 use crate::redact::RedactionPolicy;
 use crate::spec::{SpecProblem, WorkflowSpec, valid_name};
 use crate::store::{
-    AttemptRow, Lock, PostgresStore, RunRow, SqliteStore, Store, StoreTx, Synchronous,
+    AttemptRow, Lock, PostgresStore, RunRow, SqliteStore, Store, StoreResult, StoreTx, Synchronous,
 };
 use crate::vocab::AttemptStatus;
 use crate::vocab::{Clock, SystemClock, Timestamp};
@@ -290,14 +290,16 @@ impl Engine {
                 if snapshot.is_terminal() {
                     return Ok(snapshot);
                 }
-            }
-            let Some(status) = with_store!(self, s => s.run_status(&waiter.run_id).await?) else {
-                return Err(EngineError::RunNotFound {
-                    run_id: waiter.run_id.clone(),
-                });
-            };
-            if RunStatus::parse(&status).is_some_and(RunStatus::is_terminal) {
-                break;
+            } else {
+                let Some(status) = with_store!(self, s => s.run_status(&waiter.run_id).await?)
+                else {
+                    return Err(EngineError::RunNotFound {
+                        run_id: waiter.run_id.clone(),
+                    });
+                };
+                if RunStatus::parse(&status).is_some_and(RunStatus::is_terminal) {
+                    break;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 break;
@@ -429,6 +431,15 @@ impl Engine {
         if attempts > 0 {
             self.inner.wakeup.notify_waiters();
         }
+    }
+
+    /// Commits `tx`, then wakes the workers for the attempts it left (see
+    /// [`Engine::wake_for`]).
+    pub(crate) async fn commit_and_wake<T: StoreTx>(&self, mut tx: T) -> StoreResult<()> {
+        let left = tx.left_for_workers();
+        tx.commit().await?;
+        self.wake_for(left);
+        Ok(())
     }
 
     /// The default queue.

@@ -262,9 +262,7 @@ impl Engine {
             let mut tx = store.begin_write().await?;
             let written = self.write_new_run(&mut tx, new, None).await?;
             if matches!(written, Written::New(..)) {
-                let left = tx.left_for_workers();
-                tx.commit().await?;
-                self.wake_for(left);
+                self.commit_and_wake(tx).await?;
             }
             written
         };
