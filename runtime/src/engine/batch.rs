@@ -17,8 +17,9 @@ use super::{AnyStore, Definition, Engine, EngineError, NewRun, Result, Written};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
 use crate::store::{
-    AttemptRow, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx, WriteSource,
+    AttemptRow, Fence, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx, WriteSource,
 };
+use crate::vocab::{RunStatus, StepState};
 
 /// Most units per transaction.
 const MAX_BATCH: usize = 64;
@@ -102,12 +103,72 @@ pub(crate) struct Completion {
     pub(crate) after_record: super::AfterRecord,
     /// Claim the run's next step for the same worker in the same transaction.
     pub(crate) chain: Option<Chain>,
+    /// The run row as the worker's claim (or the completion before it) left it: on
+    /// Postgres the completion is first tried from it, fenced (see [`Completion::fenced`]).
+    pub(crate) in_hand: Option<RunRow>,
 }
 
 impl Completion {
     /// Records and applies it in the caller's transaction.
     async fn within<T: StoreTx>(&self, tx: &mut T) -> Result<Completed> {
-        self.engine.complete_in(tx, self, true).await
+        self.engine.complete_in(tx, self, true, None).await
+    }
+
+    /// On Postgres, records and applies it from the rows in hand as one statement outside
+    /// any transaction, fenced by the run's revision and the claim: one round trip where the
+    /// locking path takes four (`BEGIN`, the locking read, the writes, `COMMIT`). Tried only
+    /// for a run with this step alone in flight and no gate, compensation or dynamic work
+    /// (where other writers rarely come between claim and completion). `None` when it was
+    /// not written (a step that needs a read, such as the run's history for compensation;
+    /// a run or claim that changed; any failure): nothing was written then, and the
+    /// completion takes the locking path, which sees what changed.
+    async fn fenced(&self) -> Option<Completed> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let run = self.in_hand.as_ref()?;
+        let AnyStore::Postgres(pg) = &self.engine.inner.store else {
+            return None;
+        };
+        #[cfg(feature = "test-hooks")]
+        if self.after_record == super::AfterRecord::Stop {
+            return None;
+        }
+        if !alone_in_flight(run) {
+            return None;
+        }
+        let mut tx = pg.fenced(Fence {
+            run_id: run.run_id.clone(),
+            revision: run.revision,
+            updated_at: run.updated_at,
+            runnable_key: self.attempt.runnable_key.clone(),
+            claim_id: self.attempt.claim_id.clone(),
+            token_hash: self.token_hash.clone(),
+        })?;
+        let in_hand = (self.attempt.clone(), run.clone());
+        // Decided in memory: a step that needs a read gives up here, before any round trip.
+        // It does not claim another run's step (a read): when its run has nothing more for
+        // the worker, the worker claims on its own, and the run's end is durable sooner.
+        let done = self
+            .engine
+            .complete_in(&mut tx, self, false, Some(in_hand))
+            .await
+            .ok()?;
+        let started = std::time::Instant::now();
+        let written = self.engine.commit_and_wake(tx).await;
+        let result = if written.is_ok() { "written" } else { "missed" };
+        metrics::counter!(crate::telemetry::names::FENCED_COMPLETIONS, "result" => result)
+            .increment(1);
+        match written {
+            Ok(()) => {
+                crate::telemetry::commit("postgres", 1, started.elapsed().as_secs_f64());
+                self.engine.inner.fenced[0].fetch_add(1, Relaxed);
+                Some(done)
+            }
+            Err(e) => {
+                tracing::debug!(runnable_key = %self.attempt.runnable_key, error = %e, "fenced completion not written; writing it under lock");
+                self.engine.inner.fenced[1].fetch_add(1, Relaxed);
+                None
+            }
+        }
     }
 
     /// Records and applies it in a transaction of its own. When that fails and the unit
@@ -124,7 +185,7 @@ impl Completion {
 
     async fn alone_as<W: WriteSource>(&self, source: &mut W, across: bool) -> Result<Completed> {
         let mut tx = source.begin().await?;
-        match self.engine.complete_in(&mut tx, self, across).await {
+        match self.engine.complete_in(&mut tx, self, across, None).await {
             Ok(done) => {
                 self.engine.commit_and_wake(tx).await?;
                 Ok(done)
@@ -352,8 +413,11 @@ pub(super) async fn claim<S: Store>(
     }
 }
 
-/// Completes through the group commit (or directly when it cannot run).
+/// Completes fenced, else through the group commit (or directly when it cannot run).
 pub(super) async fn complete<S: Store>(store: &S, unit: Completion) -> Result<Completed> {
+    if let Some(done) = unit.fenced().await {
+        return Ok(done);
+    }
     let (reply, answer) = oneshot::channel();
     let engine = unit.engine.clone();
     let job = Job::Complete {
@@ -705,4 +769,22 @@ async fn batched<T: StoreTx>(tx: &mut T, units: &[Unit]) -> Option<Vec<Answered>
         answers.push(answered);
     }
     Some(answers)
+}
+
+/// Whether a run in this state has one step in flight and nothing that other writers (a
+/// sibling's completion, a gate's command, compensation, dynamic work) change while it runs.
+fn alone_in_flight(run: &RunRow) -> bool {
+    if run.status != RunStatus::Running
+        || run.manual.is_some()
+        || run.compensation.is_some()
+        || run.dynamic.is_some()
+    {
+        return false;
+    }
+    let Ok(steps) =
+        serde_json::from_str::<std::collections::BTreeMap<String, StepState>>(&run.steps)
+    else {
+        return false;
+    };
+    steps.values().filter(|s| **s == StepState::Planned).count() == 1
 }

@@ -242,6 +242,7 @@ impl EngineBuilder {
                 catalog: catalog::CatalogCache::default(),
                 next_requeue: std::sync::atomic::AtomicI64::new(i64::MIN),
                 outcomes: Default::default(),
+                fenced: Default::default(),
                 sampled_queues: Mutex::new(Vec::new()),
                 run_waiters: Mutex::new(HashMap::new()),
             }),

@@ -394,6 +394,7 @@ impl Engine {
             #[cfg(feature = "test-hooks")]
             after_record: opts.after_record(),
             chain: chain.filter(|_| !stopping),
+            in_hand: Some(run),
         };
         // (label, slot in `outcomes`, error code)
         let (result, slot, code) = match &unit.outcome {
@@ -868,12 +869,15 @@ impl Engine {
     }
 
     /// Records and applies a step's outcome in the caller's transaction, fenced by the
-    /// claim. One unit of a group commit.
+    /// claim. One unit of a group commit. `in_hand`: the attempt and its run as the worker
+    /// holds them, used instead of reading them under lock (by a transaction that writes
+    /// only if they are still so).
     pub(super) async fn complete_in<T: StoreTx>(
         &self,
         tx: &mut T,
         unit: &batch::Completion,
         across: bool,
+        in_hand: Option<(AttemptRow, RunRow)>,
     ) -> Result<Completed> {
         let attempt = &unit.attempt;
         let token_hash = unit.token_hash.as_str();
@@ -881,10 +885,14 @@ impl Engine {
         let def = unit.def.as_deref();
         let chain = unit.chain.as_ref();
         let now = self.inner.clock.now();
-        let (mut cur, mut run) = match tx
-            .load_attempt_and_run(&attempt.runnable_key, Lock::Update)
-            .await?
-        {
+        let loaded = match in_hand {
+            Some(both) => Some(both),
+            None => {
+                tx.load_attempt_and_run(&attempt.runnable_key, Lock::Update)
+                    .await?
+            }
+        };
+        let (mut cur, mut run) = match loaded {
             Some(both) => both,
             None => {
                 // Say which one is missing.

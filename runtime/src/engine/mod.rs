@@ -163,6 +163,9 @@ struct Inner {
     next_requeue: std::sync::atomic::AtomicI64,
     /// Step outcomes this engine recorded: succeeded, failed, suspended.
     outcomes: [std::sync::atomic::AtomicU64; 3],
+    /// Completions written fenced by the rows in hand, and those that then went under lock
+    /// (see `batch::Completion::fenced`).
+    fenced: [std::sync::atomic::AtomicU64; 2],
     /// Queues the last metrics sample saw (a queue that empties is set to zero).
     sampled_queues: Mutex<Vec<String>>,
     /// Callers of [`Engine::wait_for_run`], by run id: (their wake-up, how many wait).
@@ -335,6 +338,18 @@ impl Engine {
             failed: self.inner.outcomes[1].load(Relaxed),
             suspended: self.inner.outcomes[2].load(Relaxed),
         }
+    }
+
+    /// Completions written as one fenced statement, and those that went under lock after
+    /// trying (Postgres; see `squid_mesh_fenced_completions_total`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn fenced_totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.fenced[0].load(Relaxed),
+            self.inner.fenced[1].load(Relaxed),
+        )
     }
 
     /// Samples the gauges of [`crate::telemetry`] from the database: due attempts and the

@@ -38,6 +38,11 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// A completion fenced by the rows in hand was not written (the step needs a read, or
+    /// the run or its claim changed since): the engine writes it under lock instead, so
+    /// callers never see this.
+    #[error("fenced write not made: {0}")]
+    Unfenced(&'static str),
     /// A stored value could not be decoded.
     #[error("corrupt stored value in {what}: {message}")]
     Corrupt {
@@ -69,7 +74,7 @@ impl StoreError {
             Self::Database(e) => sqlx_retryable(e),
             Self::Sqlite { code, .. } => code.is_none_or(sqlite_retryable),
             Self::GroupCommit { retryable, .. } => *retryable,
-            Self::LaneGone => true,
+            Self::LaneGone | Self::Unfenced(_) => true,
             Self::Migrate(_) | Self::InvalidSetting(_) | Self::Corrupt { .. } => false,
         }
     }

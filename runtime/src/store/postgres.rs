@@ -94,51 +94,237 @@ impl PgTx {
     }
 
     async fn flush_and(&mut self, notify: Vec<String>) -> StoreResult<()> {
-        if self.held.is_empty() && notify.is_empty() {
-            return Ok(());
-        }
         let held = std::mem::take(&mut self.held);
         self.held_keys.clear();
         self.held_binds = 0;
-        let mut parts: Vec<String> = Vec::with_capacity(held.len() + 1);
-        let mut binds: Vec<Arg<'_>> = Vec::new();
-        for w in &held {
-            if let Some((text, args)) = w.as_ref().statement() {
-                parts.push(shifted(&text, binds.len()));
-                binds.extend(args);
-            }
-        }
-        if !notify.is_empty() {
-            // Last: a plain SELECT runs only as the statement's main part, not as a CTE.
-            let calls: Vec<String> = (0..notify.len())
-                .map(|i| {
-                    format!(
-                        "pg_notify(current_schema() || '_squid_mesh_wakeup', ${})",
-                        binds.len() + i + 1
-                    )
-                })
-                .collect();
-            parts.push(format!("SELECT {}", calls.join(", ")));
-            binds.extend(notify.iter().map(|n| Arg::Text(n)));
-        }
-        let Some(last) = parts.pop() else {
+        let Some((text, binds)) = held_statement(&held, &notify, None) else {
             return Ok(());
-        };
-        // Writes of distinct rows: the order the CTEs run in does not matter.
-        let text = if parts.is_empty() {
-            last
-        } else {
-            let ctes: Vec<String> = parts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| format!("w{i} AS ({p})"))
-                .collect();
-            format!("WITH {} {last}", ctes.join(", "))
         };
         bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), binds)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+}
+
+/// One statement of held-back writes (data-modifying CTEs of distinct rows, so the order
+/// they run in does not matter) and wake-up notifications; `None` when there is nothing to
+/// send.
+///
+/// With a `fence` (its `SELECT … FOR UPDATE` text and values), the fence is the first CTE,
+/// `g`: every write and notification happens only if it finds its row, and the statement
+/// returns that one row (rows affected: 1 when written, 0 when not).
+fn held_statement<'a>(
+    held: &'a [Write],
+    notify: &'a [String],
+    fence: Option<(&str, Vec<Arg<'a>>)>,
+) -> Option<(String, Vec<Arg<'a>>)> {
+    let mut parts: Vec<String> = Vec::with_capacity(held.len() + 2);
+    let mut binds: Vec<Arg<'a>> = Vec::new();
+    let fenced = fence.is_some();
+    if let Some((text, args)) = fence {
+        parts.push(text.to_owned());
+        binds.extend(args);
+    }
+    for w in held {
+        if let Some((text, args)) = w.as_ref().statement() {
+            let text = if fenced {
+                fenced_write(&text)?
+            } else {
+                text.into_owned()
+            };
+            parts.push(shifted(&text, binds.len()));
+            binds.extend(args);
+        }
+    }
+    let calls: Vec<String> = (0..notify.len())
+        .map(|i| {
+            format!(
+                "pg_notify(current_schema() || '_squid_mesh_wakeup', ${})",
+                binds.len() + i + 1
+            )
+        })
+        .collect();
+    binds.extend(notify.iter().map(|n| Arg::Text(n)));
+    // Last: a plain SELECT runs only as the statement's main part, not as a CTE.
+    if fenced {
+        let select = if calls.is_empty() {
+            "1".to_owned()
+        } else {
+            calls.join(", ")
+        };
+        parts.push(format!("SELECT {select} FROM g"));
+    } else if !calls.is_empty() {
+        parts.push(format!("SELECT {}", calls.join(", ")));
+    }
+    let last = parts.pop()?;
+    if parts.is_empty() {
+        return Some((last, binds));
+    }
+    let ctes: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if fenced && i == 0 {
+                format!("g AS ({p})")
+            } else {
+                format!("w{i} AS ({p})")
+            }
+        })
+        .collect();
+    Some((format!("WITH {} {last}", ctes.join(", ")), binds))
+}
+
+/// A held write made to depend on the fence `g`: an `UPDATE` gains `AND EXISTS (SELECT 1
+/// FROM g)`, an `INSERT … VALUES` selects its rows only if `g` has one. `None` for any
+/// other shape.
+fn fenced_write(sql: &str) -> Option<String> {
+    const ONLY_IF: &str = "EXISTS (SELECT 1 FROM g)";
+    if sql.contains(" RETURNING ") || sql.contains(" ON CONFLICT ") {
+        return None;
+    }
+    if sql.starts_with("UPDATE ") && sql.contains(" WHERE ") {
+        return Some(format!("{sql} AND {ONLY_IF}"));
+    }
+    if sql.starts_with("INSERT INTO ") {
+        let (head, rows) = sql.split_once(" VALUES ")?;
+        return Some(format!(
+            "{head} SELECT * FROM (VALUES {rows}) AS v WHERE {ONLY_IF}"
+        ));
+    }
+    None
+}
+
+/// What a worker holds of the step it completes: the run row as its claim (or the
+/// completion before) left it, and its claim. A completion made from them is written only
+/// if the run and the claim are still so.
+#[derive(Debug, Clone)]
+pub(crate) struct Fence {
+    pub(crate) run_id: String,
+    pub(crate) revision: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) runnable_key: String,
+    pub(crate) claim_id: Option<String>,
+    pub(crate) token_hash: String,
+}
+
+/// The fence, as the first CTE of the statement: it locks the run, then the attempt (the
+/// order of every writer), and finds them only if neither changed. Every run write changes
+/// `updated_at` (and a decision's `revision`); another claim or a cancel changes the
+/// attempt's claim or status; a heartbeat only lengthens the lease.
+const FENCE: &str = "SELECT 1 FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE r.run_id = $1 AND r.revision = $2 AND r.updated_at = $3 AND a.runnable_key = $4 AND a.status = 'claimed' AND a.claim_id IS NOT DISTINCT FROM $5 AND a.claim_token_hash = $6 FOR UPDATE";
+
+impl Fence {
+    fn args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.run_id),
+            Arg::Int(self.revision),
+            Arg::Int(self.updated_at),
+            Arg::Text(&self.runnable_key),
+            Arg::OptText(self.claim_id.as_deref()),
+            Arg::Text(&self.token_hash),
+        ]
+    }
+}
+
+/// A completion written as one statement outside any transaction, from the rows in hand
+/// instead of rows read under lock, fenced (see [`Fence`]): no `BEGIN`, no locking read, no
+/// `COMMIT`, one round trip. It cannot read: any read, or a write the one statement cannot
+/// carry, fails with [`StoreError::Unfenced`], as does a fence that finds the run or the
+/// claim changed; nothing is written then, and the engine takes the locking path.
+#[derive(Debug)]
+pub(crate) struct PgFenced {
+    pool: PgPool,
+    fence: Fence,
+    held: Vec<Write>,
+    held_keys: std::collections::HashSet<(u8, String)>,
+    held_binds: usize,
+    left: u32,
+    notify: Vec<String>,
+    sender: std::sync::Arc<str>,
+}
+
+impl Statements for PgFenced {
+    fn work_left(&mut self) -> &mut u32 {
+        &mut self.left
+    }
+
+    fn notify(&mut self, queue: &str) {
+        let payload = wakeup_payload(&self.sender, queue);
+        if !self.notify.contains(&payload) {
+            self.notify.push(payload);
+        }
+    }
+
+    const LOCK: &'static str = PgTx::LOCK;
+    const SKIP: &'static str = PgTx::SKIP;
+    const SKIP_ATTEMPT: &'static str = PgTx::SKIP_ATTEMPT;
+    const ORDERED_RUN_SCAN: bool = PgTx::ORDERED_RUN_SCAN;
+
+    async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
+        let mut write = write.to_owned();
+        if let Write::CloseOpen { run_id, except, .. } = &mut write {
+            // As in `PgTx::write`, but there is no earlier statement to send first.
+            for held in &self.held {
+                if let Write::AttemptUpdate(a) | Write::AttemptInsert(a) = held
+                    && a.run_id == *run_id
+                {
+                    if a.status.is_open() {
+                        return Err(StoreError::Unfenced("an attempt left open is closed"));
+                    }
+                    except.push(a.runnable_key.clone());
+                }
+            }
+        }
+        let binds = write.as_ref().bind_count();
+        let (kind, key) = write.key();
+        if self.held.len() >= MAX_HELD
+            || self.held_binds + binds > MAX_BINDS
+            || !self.held_keys.insert((kind, key.to_owned()))
+        {
+            return Err(StoreError::Unfenced("the writes need two statements"));
+        }
+        self.held_binds += binds;
+        self.held.push(write);
+        Ok(())
+    }
+
+    async fn finish(self) -> StoreResult<()> {
+        let fence = Some((FENCE, self.fence.args()));
+        let (text, binds) = held_statement(&self.held, &self.notify, fence)
+            .ok_or(StoreError::Unfenced("a write has no fenced form"))?;
+        let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), binds)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Unfenced("the run or the claim changed"))
+        }
+    }
+
+    async fn abort(self) {}
+
+    async fn execute(&mut self, _sql: &str, _args: &[Arg<'_>]) -> StoreResult<u64> {
+        Err(StoreError::Unfenced("a statement with its own result"))
+    }
+
+    async fn fetch_all<T: FromColumns + Send>(
+        &mut self,
+        _sql: &str,
+        _args: &[Arg<'_>],
+    ) -> StoreResult<Vec<T>> {
+        Err(StoreError::Unfenced("a read"))
+    }
+}
+
+/// A wake-up notification's payload: `<store> <queue>` (its own listener skips it), but
+/// catalog changes (`:catalog`) bare, as every version's listener reads them.
+fn wakeup_payload(sender: &str, queue: &str) -> String {
+    if queue.starts_with(':') {
+        queue.to_owned()
+    } else {
+        format!("{sender} {queue}")
     }
 }
 
@@ -254,6 +440,21 @@ impl PostgresStore {
 
     async fn begin(&self) -> StoreResult<PgTx> {
         self.begin_as(None).await
+    }
+
+    /// A completion to write fenced by `fence` (see [`PgFenced`]); `None` on a host's pool,
+    /// whose connections need the schema set inside a transaction.
+    pub(crate) fn fenced(&self, fence: Fence) -> Option<PgFenced> {
+        (!self.set_path).then(|| PgFenced {
+            pool: self.pool.clone(),
+            fence,
+            held: Vec::new(),
+            held_keys: std::collections::HashSet::new(),
+            held_binds: 0,
+            left: 0,
+            notify: Vec::new(),
+            sender: self.sender.clone(),
+        })
     }
 
     /// A transaction begun by `begin` (a `BEGIN` with its mode), else a plain `BEGIN`.
@@ -452,12 +653,7 @@ impl Statements for PgTx {
     }
 
     fn notify(&mut self, queue: &str) {
-        // Catalog changes (`:catalog`) go out bare, as every version's listener reads them.
-        let payload = if queue.starts_with(':') {
-            queue.to_owned()
-        } else {
-            format!("{} {queue}", self.sender)
-        };
+        let payload = wakeup_payload(&self.sender, queue);
         if !self.notify.contains(&payload) {
             self.notify.push(payload);
         }
@@ -542,7 +738,29 @@ impl Statements for PgTx {
 
 #[cfg(test)]
 mod tests {
-    use super::shifted;
+    use super::{fenced_write, shifted};
+
+    #[test]
+    fn a_fenced_write_depends_on_the_fence() {
+        assert_eq!(
+            fenced_write("UPDATE runs SET a = $2 WHERE run_id = $1").as_deref(),
+            Some("UPDATE runs SET a = $2 WHERE run_id = $1 AND EXISTS (SELECT 1 FROM g)")
+        );
+        assert_eq!(
+            fenced_write("INSERT INTO journal (a, b) VALUES ($1, $2), ($1, $3)").as_deref(),
+            Some(
+                "INSERT INTO journal (a, b) SELECT * FROM (VALUES ($1, $2), ($1, $3)) AS v WHERE EXISTS (SELECT 1 FROM g)"
+            )
+        );
+        for other in [
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO NOTHING",
+            "UPDATE t SET a = $1 WHERE k = $2 RETURNING a",
+            "DELETE FROM t WHERE k = $1",
+            "UPDATE t SET a = $1",
+        ] {
+            assert_eq!(fenced_write(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn shifted_parameters_keep_their_order() {

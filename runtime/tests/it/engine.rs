@@ -542,6 +542,85 @@ async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, c
 }
 on_each_backend!(an_expired_lease_is_redelivered_and_the_late_worker_is_fenced);
 
+/// On Postgres a completion is first written as one statement fenced by the run and the
+/// claim its worker holds. When either changed while the step ran, that statement writes
+/// nothing and the completion goes under lock, which sees the change (on SQLite every
+/// completion goes under lock: the same outcomes, nothing fenced).
+async fn a_completion_is_fenced_by_the_run_and_the_claim_it_holds(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let fenced = |written: u64, missed: u64| match db {
+        Db::Postgres { .. } => (written, missed),
+        Db::Sqlite(_) => (0, 0),
+    };
+    // Nothing comes between claim and completion: each completion is one statement.
+    let run = engine
+        .start(&linear(), None, order(), StartOptions::default())
+        .await
+        .expect("starts");
+    assert_eq!(drain(&engine).await, 2);
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    assert!(s.context.contains_key("payment"), "{:?}", s.context);
+    assert_consistent(&engine, &s).await;
+    assert_eq!(engine.fenced_totals(), fenced(2, 0), "{}", db.name());
+
+    // The run changed while its step ran: the change is kept.
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 300}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let worker = invoking_in_background(&engine, opts("w")).await;
+    db.execute(&format!(
+        "UPDATE runs SET context = '{{\"noted\": true}}', revision = revision + 1, updated_at = updated_at + 1 WHERE run_id = '{}'",
+        run.run_id
+    ))
+    .await;
+    let s = worker
+        .await
+        .expect("task")
+        .expect("completes")
+        .expect("progress");
+    assert_eq!(s.status, RunStatus::Completed, "{}", db.name());
+    assert_eq!(
+        s.context.get("noted"),
+        Some(&json!(true)),
+        "{:?}",
+        s.context
+    );
+    assert!(s.context.contains_key("nap"), "{:?}", s.context);
+    assert_eq!(engine.fenced_totals(), fenced(2, 1), "{}", db.name());
+
+    // Another claim took the attempt while its step ran: the late completion is refused
+    // and writes nothing.
+    let run = engine
+        .start(
+            &slow(),
+            None,
+            json!({"sleep_ms": 300}),
+            StartOptions::default(),
+        )
+        .await
+        .expect("starts");
+    let worker = invoking_in_background(&engine, opts("w")).await;
+    db.execute(&format!(
+        "UPDATE attempts SET claim_id = 'another' WHERE run_id = '{}'",
+        run.run_id
+    ))
+    .await;
+    let err = worker.await.expect("task").expect_err("refused");
+    assert!(matches!(err, EngineError::StaleClaim { .. }), "{err}");
+    let s = engine.snapshot(run.run_id).await.expect("snapshot");
+    assert_eq!(s.status, RunStatus::Running, "{}", db.name());
+    assert!(s.attempts[0].outcome.is_none(), "nothing recorded");
+    assert_eq!(engine.fenced_totals(), fenced(2, 2), "{}", db.name());
+}
+on_each_backend!(a_completion_is_fenced_by_the_run_and_the_claim_it_holds);
+
 /// An expired claim goes before the backlog that arrived while its step ran.
 async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
