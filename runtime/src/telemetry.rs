@@ -214,8 +214,8 @@ metric_names! {
         "Claims and completions written by one group-commit transaction.";
     COMMIT_DURATION = "squid_mesh_commit_duration_seconds", Histogram, ["backend"],
         "Duration of one group-commit transaction, begin to commit.";
-    FENCED_COMPLETIONS = "squid_mesh_fenced_completions_total", Counter, ["result"],
-        "Postgres completions tried as one statement fenced by the rows the worker holds: result written, or missed (the run or the claim had changed, or the statement failed; the completion was then written under lock).";
+    FENCED_WRITES = "squid_mesh_fenced_writes_total", Counter, ["kind", "result"],
+        "Postgres writes tried as one statement outside any transaction: kind completion (fenced by the run and the claim the worker holds) or start (fenced by the new run's insert); result written, or missed (the run or the claim had changed, the run existed, or the statement failed: it was then written in a transaction).";
     QUEUE_DEPTH = "squid_mesh_queue_depth", Gauge, ["queue"],
         "Attempts due now and not claimed (sampled by worker pools).";
     QUEUE_OLDEST = "squid_mesh_queue_oldest_due_age_seconds", Gauge, ["queue"],

@@ -17,7 +17,8 @@ use super::{AnyStore, Definition, Engine, EngineError, NewRun, Result, Written};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
 use crate::store::{
-    AttemptRow, Fence, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx, WriteSource,
+    AttemptRow, Fence, HeldRows, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx,
+    WriteSource,
 };
 use crate::vocab::{RunStatus, StepState};
 
@@ -135,14 +136,14 @@ impl Completion {
         if !alone_in_flight(run) {
             return None;
         }
-        let mut tx = pg.fenced(Fence {
+        let mut tx = pg.fenced(Fence::Held(HeldRows {
             run_id: run.run_id.clone(),
             revision: run.revision,
             updated_at: run.updated_at,
             runnable_key: self.attempt.runnable_key.clone(),
             claim_id: self.attempt.claim_id.clone(),
             token_hash: self.token_hash.clone(),
-        })?;
+        }))?;
         let in_hand = (self.attempt.clone(), run.clone());
         // Decided in memory: a step that needs a read gives up here, before any round trip.
         // It does not claim another run's step (a read): when its run has nothing more for
@@ -155,7 +156,7 @@ impl Completion {
         let started = std::time::Instant::now();
         let written = self.engine.commit_and_wake(tx).await;
         let result = if written.is_ok() { "written" } else { "missed" };
-        metrics::counter!(crate::telemetry::names::FENCED_COMPLETIONS, "result" => result)
+        metrics::counter!(crate::telemetry::names::FENCED_WRITES, "kind" => "completion", "result" => result)
             .increment(1);
         match written {
             Ok(()) => {
@@ -351,9 +352,12 @@ impl Batcher {
     }
 }
 
-/// Writes a new run through the group commit (or directly when it cannot run). Commits only
-/// a new run; a start that repeats one writes nothing.
+/// Writes a new run: fenced, else through the group commit (or directly when it cannot
+/// run). Commits only a new run; a start that repeats one writes nothing.
 pub(super) async fn start<S: Store>(store: &S, engine: &Engine, new: NewRun) -> Result<Written> {
+    if let Some(written) = start_fenced(engine, &new).await {
+        return Ok(written);
+    }
     let (reply, answer) = oneshot::channel();
     let job = Job::Start {
         engine: engine.clone(),
@@ -366,6 +370,50 @@ pub(super) async fn start<S: Store>(store: &S, engine: &Engine, new: NewRun) -> 
             Job::Start { new, .. } => start_alone(engine, &mut Pooled(store.clone()), &new).await,
             _ => Err(gone()),
         },
+    }
+}
+
+/// On Postgres, a start as one statement outside any transaction, its run's insert the
+/// fence: a run of its id exists (a repeated start), and nothing is written. One round trip
+/// where the group commit's transaction takes four (`BEGIN`, the insert, the other writes,
+/// `COMMIT`). Like a start in a batch, it claims the first step for a waiting worker slot
+/// and hands it over once written. `None` when it was not written (a start that needs a
+/// read: a child run, a keyed command, a definition this engine has not stored yet; a run
+/// that exists; any failure): the start then goes through the group commit, which sees why.
+async fn start_fenced(engine: &Engine, new: &NewRun) -> Option<Written> {
+    let AnyStore::Postgres(pg) = &engine.inner.store else {
+        return None;
+    };
+    if new.parent.is_some() || new.command_key.is_some() {
+        return None;
+    }
+    let mut tx = pg.fenced(Fence::NewRun)?;
+    // A slot taken here and not used is dropped: its worker then claims as usual.
+    let slot = engine.take_idle(&new.queue);
+    let hand = slot.as_ref().map(|s| (s.owner.as_str(), s.lease_for));
+    let written = engine
+        .write_new_run(&mut tx, new.clone(), hand)
+        .await
+        .ok()?;
+    if !matches!(written, Written::New(..)) {
+        return None;
+    }
+    let committed = engine.commit_and_wake(tx).await;
+    let result = if committed.is_ok() {
+        "written"
+    } else {
+        "missed"
+    };
+    metrics::counter!(crate::telemetry::names::FENCED_WRITES, "kind" => "start", "result" => result)
+        .increment(1);
+    if let Err(e) = committed {
+        tracing::debug!(run_id = %new.run_id, error = %e, "fenced start not written; writing it in a transaction");
+        return None;
+    }
+    engine.inner.fenced[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match Answered::Start(Ok(written), slot).hand_over() {
+        Answered::Start(Ok(written), _) => Some(written),
+        _ => None,
     }
 }
 
@@ -391,7 +439,7 @@ async fn start_alone<W: WriteSource>(
     }
 }
 
-/// Claims through the group commit (or directly when it cannot run).
+/// Claims through the group commit (or directly when it cannot run), if anything is due.
 pub(super) async fn claim<S: Store>(
     engine: &Engine,
     store: &S,
@@ -399,6 +447,13 @@ pub(super) async fn claim<S: Store>(
     owner: &str,
     lease_for: Duration,
 ) -> Result<Option<Claim>> {
+    // A claim that would find nothing costs one read, not a write transaction (and, on
+    // SQLite, not a trip through the writer). Expired leases and recorded outcomes waiting
+    // to be applied are due too, so nothing a claim would act on is skipped.
+    let now = super::now_us(engine.inner.clock.now());
+    if !store.any_due(queue, now).await? {
+        return Ok(None);
+    }
     let (reply, answer) = oneshot::channel();
     let job = Job::Claim {
         engine: engine.clone(),

@@ -163,9 +163,10 @@ struct Inner {
     next_requeue: std::sync::atomic::AtomicI64,
     /// Step outcomes this engine recorded: succeeded, failed, suspended.
     outcomes: [std::sync::atomic::AtomicU64; 3],
-    /// Completions written fenced by the rows in hand, and those that then went under lock
-    /// (see `batch::Completion::fenced`).
-    fenced: [std::sync::atomic::AtomicU64; 2],
+    /// Writes outside any transaction (Postgres): completions fenced by the rows in hand
+    /// written, completions that then went under lock, starts written (see
+    /// `batch::Completion::fenced` and `batch::start_fenced`).
+    fenced: [std::sync::atomic::AtomicU64; 3],
     /// Queues the last metrics sample saw (a queue that empties is set to zero).
     sampled_queues: Mutex<Vec<String>>,
     /// Callers of [`Engine::wait_for_run`], by run id: (their wake-up, how many wait).
@@ -340,15 +341,17 @@ impl Engine {
         }
     }
 
-    /// Completions written as one fenced statement, and those that went under lock after
-    /// trying (Postgres; see `squid_mesh_fenced_completions_total`).
+    /// Completions written as one fenced statement, those that went under lock after
+    /// trying, and starts written as one statement (Postgres; see
+    /// `squid_mesh_fenced_writes_total`).
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
-    pub fn fenced_totals(&self) -> (u64, u64) {
+    pub fn fenced_totals(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
             self.inner.fenced[0].load(Relaxed),
             self.inner.fenced[1].load(Relaxed),
+            self.inner.fenced[2].load(Relaxed),
         )
     }
 

@@ -55,7 +55,7 @@ use sql::HEARTBEAT_SQL;
 pub(crate) use tx::{Write, WriteRef};
 
 pub use catalog::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
-pub(crate) use postgres::Fence;
+pub(crate) use postgres::{Fence, HeldRows};
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};
@@ -106,6 +106,11 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// The action catalog's version, read outside any transaction (one statement).
     fn catalog_version(&self) -> impl Future<Output = StoreResult<i64>> + Send;
+
+    /// Whether `queue` has an attempt due by `now` (engine clock, microseconds), read
+    /// outside any transaction (one statement): a claim that would find nothing is not
+    /// worth a write transaction.
+    fn any_due(&self, queue: &str, now: i64) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// The stored status of a run, read outside any transaction (one statement).
     fn run_status(&self, run_id: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
@@ -188,6 +193,11 @@ pub(crate) trait Statements: Send + Sized {
     /// How many attempts this transaction inserted for any worker to claim (not claimed by
     /// it): after the commit, that many idle workers of this process are worth waking.
     fn work_left(&mut self) -> &mut u32;
+
+    /// Inserts a run unless one of its id exists; whether it did.
+    fn insert_new_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<bool>> + Send {
+        async move { Ok(self.execute(&sql::insert_run(), &run.insert_args()).await? == 1) }
+    }
 
     /// Writes a row change: at once, or held back until the next read or the commit.
     fn write(&mut self, write: WriteRef<'_>) -> impl Future<Output = StoreResult<()>> + Send;

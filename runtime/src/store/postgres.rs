@@ -195,11 +195,21 @@ fn fenced_write(sql: &str) -> Option<String> {
     None
 }
 
+/// What a statement written outside any transaction depends on (see [`PgFenced`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Fence {
+    /// A completion: the run and the claim as the worker holds them.
+    Held(HeldRows),
+    /// A start: its run is new. The run's insert is the fence (a run of its id exists:
+    /// nothing is written), and carries the run as the start's writes leave it.
+    NewRun,
+}
+
 /// What a worker holds of the step it completes: the run row as its claim (or the
 /// completion before) left it, and its claim. A completion made from them is written only
 /// if the run and the claim are still so.
 #[derive(Debug, Clone)]
-pub(crate) struct Fence {
+pub(crate) struct HeldRows {
     pub(crate) run_id: String,
     pub(crate) revision: i64,
     pub(crate) updated_at: i64,
@@ -214,7 +224,7 @@ pub(crate) struct Fence {
 /// attempt's claim or status; a heartbeat only lengthens the lease.
 const FENCE: &str = "SELECT 1 FROM runs r JOIN attempts a ON a.run_id = r.run_id WHERE r.run_id = $1 AND r.revision = $2 AND r.updated_at = $3 AND a.runnable_key = $4 AND a.status = 'claimed' AND a.claim_id IS NOT DISTINCT FROM $5 AND a.claim_token_hash = $6 FOR UPDATE";
 
-impl Fence {
+impl HeldRows {
     fn args(&self) -> Vec<Arg<'_>> {
         vec![
             Arg::Text(&self.run_id),
@@ -236,6 +246,8 @@ impl Fence {
 pub(crate) struct PgFenced {
     pool: PgPool,
     fence: Fence,
+    /// The new run of a start ([`Fence::NewRun`]), as its last write left it.
+    new_run: Option<RunRow>,
     held: Vec<Write>,
     held_keys: std::collections::HashSet<(u8, String)>,
     held_binds: usize,
@@ -261,7 +273,25 @@ impl Statements for PgFenced {
     const SKIP_ATTEMPT: &'static str = PgTx::SKIP_ATTEMPT;
     const ORDERED_RUN_SCAN: bool = PgTx::ORDERED_RUN_SCAN;
 
+    async fn insert_new_run(&mut self, run: &RunRow) -> StoreResult<bool> {
+        match (&self.fence, &self.new_run) {
+            (Fence::NewRun, None) => {
+                self.new_run = Some(run.clone());
+                Ok(true)
+            }
+            _ => Err(StoreError::Unfenced("a run insert")),
+        }
+    }
+
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
+        // The parts of one statement do not see each other's rows: a start's update of its
+        // new run goes into the run's insert.
+        if let (WriteRef::Run(r), Some(new)) = (write, &mut self.new_run)
+            && r.run_id == new.run_id
+        {
+            new.clone_from(r);
+            return Ok(());
+        }
         let mut write = write.to_owned();
         if let Write::CloseOpen { run_id, except, .. } = &mut write {
             // As in `PgTx::write`, but there is no earlier statement to send first.
@@ -290,8 +320,15 @@ impl Statements for PgFenced {
     }
 
     async fn finish(self) -> StoreResult<()> {
-        let fence = Some((FENCE, self.fence.args()));
-        let (text, binds) = held_statement(&self.held, &self.notify, fence)
+        let fence = match (&self.fence, &self.new_run) {
+            (Fence::Held(held), _) => (FENCE.to_owned(), held.args()),
+            (Fence::NewRun, Some(run)) => (
+                format!("{} RETURNING 1", sql::insert_run()),
+                run.insert_args(),
+            ),
+            (Fence::NewRun, None) => return Err(StoreError::Unfenced("a start without its run")),
+        };
+        let (text, binds) = held_statement(&self.held, &self.notify, Some((&fence.0, fence.1)))
             .ok_or(StoreError::Unfenced("a write has no fenced form"))?;
         let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), binds)
             .execute(&self.pool)
@@ -299,7 +336,10 @@ impl Statements for PgFenced {
         if done.rows_affected() == 1 {
             Ok(())
         } else {
-            Err(StoreError::Unfenced("the run or the claim changed"))
+            Err(StoreError::Unfenced(match self.fence {
+                Fence::Held(_) => "the run or the claim changed",
+                Fence::NewRun => "a run of this id exists",
+            }))
         }
     }
 
@@ -448,6 +488,7 @@ impl PostgresStore {
         (!self.set_path).then(|| PgFenced {
             pool: self.pool.clone(),
             fence,
+            new_run: None,
             held: Vec::new(),
             held_keys: std::collections::HashSet::new(),
             held_binds: 0,
@@ -581,6 +622,17 @@ impl Store for PostgresStore {
             query.fetch_optional(&self.pool).await?
         };
         Ok(row.map_or(0, |r| r.0))
+    }
+
+    async fn any_due(&self, queue: &str, now: i64) -> StoreResult<bool> {
+        let query = sqlx::query_as(sql::ANY_DUE).bind(queue).bind(now);
+        let row: (bool,) = if self.set_path {
+            let mut tx = self.begin().await?;
+            query.fetch_one(&mut *tx).await?
+        } else {
+            query.fetch_one(&self.pool).await?
+        };
+        Ok(row.0)
     }
 
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {

@@ -10,6 +10,8 @@ pub(super) const ATTEMPT_COLUMNS: &str = AttemptRow::COLUMNS;
 pub(super) const INSERT_DEFINITION: &str = "INSERT INTO definitions (hash, workflow, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING";
 pub(super) const LOAD_DEFINITION: &str = "SELECT body FROM definitions WHERE hash = $1";
 pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE run_id = $1";
+/// Whether a queue has an attempt due (what a claim would look for).
+pub(super) const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2)";
 
 /// Postgres: a run's columns and its attempts as one JSON array (`attempts_json`), in one
 /// statement.

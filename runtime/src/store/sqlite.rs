@@ -289,6 +289,15 @@ impl Store for SqliteStore {
             .unwrap_or(0))
     }
 
+    async fn any_due(&self, queue: &str, now: i64) -> StoreResult<bool> {
+        let reader = Conn::Reader(self.readers.get()?);
+        let due: i64 = reader
+            .get()
+            .prepare_cached(&sqlite_tx::sqlite_cached(sql::ANY_DUE))?
+            .query_row(rusqlite::params![queue, now], |r| r.get(0))?;
+        Ok(due != 0)
+    }
+
     async fn run_status(&self, run_id: &str) -> StoreResult<Option<String>> {
         let reader = Conn::Reader(self.readers.get()?);
         Ok(reader

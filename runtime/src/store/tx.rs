@@ -285,8 +285,7 @@ impl<T: Statements> StoreTx for T {
     }
 
     async fn insert_run(&mut self, run: &RunRow) -> StoreResult<bool> {
-        let n = self.execute(&sql::insert_run(), &run.insert_args()).await?;
-        Ok(n == 1)
+        self.insert_new_run(run).await
     }
 
     async fn load_run(&mut self, run_id: &str, lock: Lock) -> StoreResult<Option<RunRow>> {
