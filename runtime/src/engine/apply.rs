@@ -88,6 +88,7 @@ pub(super) async fn write_decision<T: StoreTx>(
             tx.notify_queue(&run.queue).await?;
         }
     }
+    let same_status = run.status == state.status;
     run.status = state.status;
     run.context = to_json(&state.context);
     run.steps = to_json(&state.steps);
@@ -98,7 +99,11 @@ pub(super) async fn write_decision<T: StoreTx>(
         .then(|| to_json(&state.dynamic));
     run.updated_at = now;
     run.revision += i64::try_from(facts.len()).unwrap_or(0);
-    tx.update_run(run).await?;
+    if same_status {
+        tx.update_run_same_status(run).await?;
+    } else {
+        tx.update_run(run).await?;
+    }
     journal.extend(facts.iter().map(|f| (f.kind().to_owned(), to_json(f))));
     Ok(taken)
 }

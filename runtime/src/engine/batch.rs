@@ -153,14 +153,12 @@ impl Completion {
             .complete_in(&mut tx, self, false, Some(in_hand))
             .await
             .ok()?;
-        let started = std::time::Instant::now();
         let written = self.engine.commit_and_wake(tx).await;
         let result = if written.is_ok() { "written" } else { "missed" };
         metrics::counter!(crate::telemetry::names::FENCED_WRITES, "kind" => "completion", "result" => result)
             .increment(1);
         match written {
             Ok(()) => {
-                crate::telemetry::commit("postgres", 1, started.elapsed().as_secs_f64());
                 self.engine.inner.fenced[0].fetch_add(1, Relaxed);
                 Some(done)
             }

@@ -405,7 +405,7 @@ impl Engine {
             };
             parent_row.revision += 1;
             parent_row.updated_at = now_us(now);
-            tx.update_run(&parent_row).await?;
+            tx.update_run_same_status(&parent_row).await?;
             tx.append_facts(
                 &link.run_id,
                 &[(fact.kind().into(), to_json(&fact))],

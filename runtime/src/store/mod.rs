@@ -271,6 +271,12 @@ pub trait StoreTx: Send {
     ) -> impl Future<Output = StoreResult<Option<(AttemptRow, RunRow)>>> + Send;
     /// Writes the mutable columns of a run.
     fn update_run(&mut self, run: &RunRow) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Writes the mutable columns of a run whose status is the stored one (the status
+    /// indexes are left alone).
+    fn update_run_same_status(
+        &mut self,
+        run: &RunRow,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Appends facts to a run's journal.
     fn append_facts(
         &mut self,

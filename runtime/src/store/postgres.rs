@@ -286,7 +286,8 @@ impl Statements for PgFenced {
     async fn write(&mut self, write: WriteRef<'_>) -> StoreResult<()> {
         // The parts of one statement do not see each other's rows: a start's update of its
         // new run goes into the run's insert.
-        if let (WriteRef::Run(r), Some(new)) = (write, &mut self.new_run)
+        if let (WriteRef::Run(r) | WriteRef::RunSameStatus(r), Some(new)) =
+            (write, &mut self.new_run)
             && r.run_id == new.run_id
         {
             new.clone_from(r);

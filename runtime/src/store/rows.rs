@@ -376,9 +376,15 @@ impl RunRow {
 
     /// The values of `sql::UPDATE_RUN`.
     pub(super) fn update_args(&self) -> Vec<Arg<'_>> {
+        let mut args = self.update_args_same_status();
+        args.insert(1, Arg::Text(self.status.as_str()));
+        args
+    }
+
+    /// The values of `sql::UPDATE_RUN_SAME_STATUS`.
+    pub(super) fn update_args_same_status(&self) -> Vec<Arg<'_>> {
         vec![
             Arg::Text(&self.run_id),
-            Arg::Text(self.status.as_str()),
             Arg::Text(&self.context),
             Arg::Text(&self.steps),
             Arg::OptText(self.manual.as_deref()),

@@ -22,6 +22,7 @@ pub(super) static RUN_WITH_ATTEMPTS: std::sync::LazyLock<String> = std::sync::La
 });
 pub(super) const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1";
 pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9, dynamic = $10 WHERE run_id = $1";
+pub(super) const UPDATE_RUN_SAME_STATUS: &str = "UPDATE runs SET context = $2, steps = $3, manual = $4, error = $5, updated_at = $6, revision = $7, compensation = $8, dynamic = $9 WHERE run_id = $1";
 pub(super) fn facts() -> String {
     format!(
         "SELECT {} FROM journal WHERE run_id = $1 ORDER BY id",

@@ -11,6 +11,10 @@ use super::*;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum WriteRef<'a> {
     Run(&'a RunRow),
+    /// The run's mutable columns but its status, which did not change: on SQLite, an
+    /// update that names an indexed column rewrites that index's entry even when its value
+    /// is the same (three status indexes, a page each), so this one leaves them alone.
+    RunSameStatus(&'a RunRow),
     AttemptUpdate(&'a AttemptRow),
     AttemptInsert(&'a AttemptRow),
     Facts {
@@ -33,6 +37,7 @@ impl<'a> WriteRef<'a> {
     pub(crate) fn bind_count(&self) -> usize {
         match self {
             WriteRef::Run(r) => r.update_args().len(),
+            WriteRef::RunSameStatus(r) => r.update_args_same_status().len(),
             WriteRef::AttemptUpdate(a) => a.update_args().len(),
             WriteRef::AttemptInsert(a) => a.insert_args().len(),
             WriteRef::Facts { facts, .. } => 2 + 2 * facts.len(),
@@ -44,6 +49,10 @@ impl<'a> WriteRef<'a> {
     pub(crate) fn statement(self) -> Option<(Cow<'static, str>, Vec<Arg<'a>>)> {
         Some(match self {
             WriteRef::Run(r) => (Cow::Borrowed(sql::UPDATE_RUN), r.update_args()),
+            WriteRef::RunSameStatus(r) => (
+                Cow::Borrowed(sql::UPDATE_RUN_SAME_STATUS),
+                r.update_args_same_status(),
+            ),
             WriteRef::AttemptUpdate(a) => (Cow::Borrowed(sql::UPDATE_ATTEMPT), a.update_args()),
             WriteRef::AttemptInsert(a) => (Cow::Owned(sql::insert_attempt()), a.insert_args()),
             WriteRef::Facts { run_id, facts, at } => {
@@ -76,6 +85,7 @@ impl<'a> WriteRef<'a> {
     pub(crate) fn to_owned(self) -> Write {
         match self {
             WriteRef::Run(r) => Write::Run(r.clone()),
+            WriteRef::RunSameStatus(r) => Write::RunSameStatus(r.clone()),
             WriteRef::AttemptUpdate(a) => Write::AttemptUpdate(a.clone()),
             WriteRef::AttemptInsert(a) => Write::AttemptInsert(a.clone()),
             WriteRef::Facts { run_id, facts, at } => Write::Facts {
@@ -102,6 +112,7 @@ impl<'a> WriteRef<'a> {
 #[derive(Debug)]
 pub(crate) enum Write {
     Run(RunRow),
+    RunSameStatus(RunRow),
     AttemptUpdate(AttemptRow),
     AttemptInsert(AttemptRow),
     Facts {
@@ -121,7 +132,7 @@ impl Write {
     /// The row (or journal) it writes: two writes of one key never share a statement.
     pub(crate) fn key(&self) -> (u8, &str) {
         match self {
-            Write::Run(r) => (0, &r.run_id),
+            Write::Run(r) | Write::RunSameStatus(r) => (0, &r.run_id),
             Write::AttemptUpdate(a) | Write::AttemptInsert(a) => (1, &a.runnable_key),
             Write::Facts { run_id, .. } => (2, run_id),
             Write::CloseOpen { run_id, .. } => (3, run_id),
@@ -131,6 +142,7 @@ impl Write {
     pub(crate) fn as_ref(&self) -> WriteRef<'_> {
         match self {
             Write::Run(r) => WriteRef::Run(r),
+            Write::RunSameStatus(r) => WriteRef::RunSameStatus(r),
             Write::AttemptUpdate(a) => WriteRef::AttemptUpdate(a),
             Write::AttemptInsert(a) => WriteRef::AttemptInsert(a),
             Write::Facts { run_id, facts, at } => WriteRef::Facts {
@@ -304,6 +316,10 @@ impl<T: Statements> StoreTx for T {
 
     async fn update_run(&mut self, run: &RunRow) -> StoreResult<()> {
         self.write(WriteRef::Run(run)).await
+    }
+
+    async fn update_run_same_status(&mut self, run: &RunRow) -> StoreResult<()> {
+        self.write(WriteRef::RunSameStatus(run)).await
     }
 
     async fn append_facts(
