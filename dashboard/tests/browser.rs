@@ -101,13 +101,21 @@ async fn browser() -> Option<(Driver, Client)> {
     }
 }
 
+/// The attribute `name` of `css`, finding it again if the page redrew it in between.
 async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .attr(name)
-        .await
-        .unwrap()
+    for _ in 0..50 {
+        let e = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match e.attr(name).await {
+            Ok(value) => return value,
+            Err(err) if stale(&err) => {}
+            Err(err) => panic!("{css} {name}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{css} kept being redrawn");
 }
 
 /// Waits until `css` matches an element whose attribute `name` is `value`.
