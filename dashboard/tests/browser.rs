@@ -101,21 +101,24 @@ async fn browser() -> Option<(Driver, Client)> {
     }
 }
 
-/// The attribute `name` of `css`, finding it again if the page redrew it in between.
+/// The attribute `name` of `css`, finding it again if the page redrew it in between (or
+/// is still loading after a form was sent): up to 5 s.
 async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
-    for _ in 0..50 {
-        let e = c
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        match e.attr(name).await {
-            Ok(value) => return value,
-            Err(err) if stale(&err) => {}
-            Err(err) => panic!("{css} {name}: {err}"),
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.attr(name).await {
+                Ok(value) => return value,
+                Err(err) if stale(&err) => err,
+                Err(err) => panic!("{css} {name}: {err}"),
+            },
+            Err(err) => err,
+        };
+        if Instant::now() > deadline {
+            panic!("{css}: {err}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{css} kept being redrawn");
 }
 
 /// Waits until `css` matches an element whose attribute `name` is `value`.
