@@ -28,12 +28,42 @@ pub struct PgTx {
     held_keys: std::collections::HashSet<(u8, String)>,
     /// The values the held writes bind.
     held_binds: usize,
+    /// Whom the commit wakes.
+    out: Outgoing,
+}
+
+/// What a transaction's commit wakes: idle workers of this process, and workers of others.
+#[derive(Debug)]
+struct Outgoing {
     /// Attempts inserted for any worker to claim (see `Statements::work_left`).
     left: u32,
     /// Wake-up payloads to send at commit, with the last held writes.
     notify: Vec<String>,
     /// This store's name in its wake-up payloads (its own listener ignores them).
     sender: std::sync::Arc<str>,
+}
+
+impl Outgoing {
+    fn new(sender: &std::sync::Arc<str>) -> Self {
+        Self {
+            left: 0,
+            notify: Vec::new(),
+            sender: sender.clone(),
+        }
+    }
+
+    /// Queues a wake-up for `queue`: `<store> <queue>`, but catalog changes (`:catalog`)
+    /// bare, as every version's listener reads them.
+    fn notify(&mut self, queue: &str) {
+        let payload = if queue.starts_with(':') {
+            queue.to_owned()
+        } else {
+            format!("{} {queue}", self.sender)
+        };
+        if !self.notify.contains(&payload) {
+            self.notify.push(payload);
+        }
+    }
 }
 
 /// Most values one statement of held-back writes binds (Postgres allows 65,535).
@@ -89,7 +119,7 @@ impl PgTx {
     /// Sends the held-back writes and the wake-up notifications as one statement (the
     /// notifications go out when the transaction commits).
     async fn flush_with_notify(&mut self) -> StoreResult<()> {
-        let notify = std::mem::take(&mut self.notify);
+        let notify = std::mem::take(&mut self.out.notify);
         self.flush_and(notify).await
     }
 
@@ -251,21 +281,16 @@ pub(crate) struct PgFenced {
     held: Vec<Write>,
     held_keys: std::collections::HashSet<(u8, String)>,
     held_binds: usize,
-    left: u32,
-    notify: Vec<String>,
-    sender: std::sync::Arc<str>,
+    out: Outgoing,
 }
 
 impl Statements for PgFenced {
     fn work_left(&mut self) -> &mut u32 {
-        &mut self.left
+        &mut self.out.left
     }
 
     fn notify(&mut self, queue: &str) {
-        let payload = wakeup_payload(&self.sender, queue);
-        if !self.notify.contains(&payload) {
-            self.notify.push(payload);
-        }
+        self.out.notify(queue);
     }
 
     const LOCK: &'static str = PgTx::LOCK;
@@ -329,7 +354,7 @@ impl Statements for PgFenced {
             ),
             (Fence::NewRun, None) => return Err(StoreError::Unfenced("a start without its run")),
         };
-        let (text, binds) = held_statement(&self.held, &self.notify, Some((&fence.0, fence.1)))
+        let (text, binds) = held_statement(&self.held, &self.out.notify, Some((&fence.0, fence.1)))
             .ok_or(StoreError::Unfenced("a write has no fenced form"))?;
         let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), binds)
             .execute(&self.pool)
@@ -356,16 +381,6 @@ impl Statements for PgFenced {
         _args: &[Arg<'_>],
     ) -> StoreResult<Vec<T>> {
         Err(StoreError::Unfenced("a read"))
-    }
-}
-
-/// A wake-up notification's payload: `<store> <queue>` (its own listener skips it), but
-/// catalog changes (`:catalog`) bare, as every version's listener reads them.
-fn wakeup_payload(sender: &str, queue: &str) -> String {
-    if queue.starts_with(':') {
-        queue.to_owned()
-    } else {
-        format!("{sender} {queue}")
     }
 }
 
@@ -493,9 +508,7 @@ impl PostgresStore {
             held: Vec::new(),
             held_keys: std::collections::HashSet::new(),
             held_binds: 0,
-            left: 0,
-            notify: Vec::new(),
-            sender: self.sender.clone(),
+            out: Outgoing::new(&self.sender),
         })
     }
 
@@ -518,9 +531,7 @@ impl PostgresStore {
             held: Vec::new(),
             held_keys: std::collections::HashSet::new(),
             held_binds: 0,
-            left: 0,
-            notify: Vec::new(),
-            sender: self.sender.clone(),
+            out: Outgoing::new(&self.sender),
         })
     }
 
@@ -702,14 +713,11 @@ impl Store for PostgresStore {
 
 impl Statements for PgTx {
     fn work_left(&mut self) -> &mut u32 {
-        &mut self.left
+        &mut self.out.left
     }
 
     fn notify(&mut self, queue: &str) {
-        let payload = wakeup_payload(&self.sender, queue);
-        if !self.notify.contains(&payload) {
-            self.notify.push(payload);
-        }
+        self.out.notify(queue);
     }
 
     const LOCK: &'static str = " FOR UPDATE";
