@@ -153,10 +153,8 @@ impl Engine {
         attempt: &AttemptRow,
         token_hash: &str,
     ) -> Result<()> {
-        let now = self.inner.clock.now();
-        let mut tx = store.begin_write().await?;
-        self.release_in(&mut tx, attempt, token_hash, now).await?;
-        tx.commit().await?;
+        self.release_after(store, attempt, token_hash, Duration::ZERO)
+            .await?;
         self.wake();
         Ok(())
     }
@@ -827,15 +825,22 @@ impl Engine {
         attempt: &AttemptRow,
         token_hash: &str,
     ) -> Result<()> {
+        self.release_after(store, attempt, token_hash, Duration::from_secs(1))
+            .await
+    }
+
+    /// Gives a claimed attempt back in a transaction of its own, due again `after` now.
+    async fn release_after<S: Store>(
+        &self,
+        store: &S,
+        attempt: &AttemptRow,
+        token_hash: &str,
+        after: Duration,
+    ) -> Result<()> {
         let now = self.inner.clock.now();
         let mut tx = store.begin_write().await?;
-        self.release_in(
-            &mut tx,
-            attempt,
-            token_hash,
-            now.plus(Duration::from_secs(1)),
-        )
-        .await?;
+        self.release_in(&mut tx, attempt, token_hash, now.plus(after))
+            .await?;
         tx.commit().await?;
         Ok(())
     }

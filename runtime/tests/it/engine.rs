@@ -565,17 +565,22 @@ async fn a_completion_is_fenced_by_the_run_and_the_claim_it_holds(db: Db, clock:
     assert_consistent(&engine, &s).await;
     assert_eq!(engine.fenced_totals(), fenced(2, 0, 0), "{}", db.name());
 
+    // A 300 ms step, being run by a worker in the background.
+    let running = || async {
+        let run = engine
+            .start(
+                &slow(),
+                None,
+                json!({"sleep_ms": 300}),
+                StartOptions::default(),
+            )
+            .await
+            .expect("starts");
+        (run, invoking_in_background(&engine, opts("w")).await)
+    };
+
     // The run changed while its step ran: the change is kept.
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 300}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
-    let worker = invoking_in_background(&engine, opts("w")).await;
+    let (run, worker) = running().await;
     db.execute(&format!(
         "UPDATE runs SET context = '{{\"noted\": true}}', revision = revision + 1, updated_at = updated_at + 1 WHERE run_id = '{}'",
         run.run_id
@@ -599,16 +604,7 @@ async fn a_completion_is_fenced_by_the_run_and_the_claim_it_holds(db: Db, clock:
     // Another claim took the attempt while its step ran: the late completion is refused
     // and writes nothing. (A start of a definition this engine has stored is one
     // statement too; the first start of each definition stores it in a transaction.)
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 300}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
-    let worker = invoking_in_background(&engine, opts("w")).await;
+    let (run, worker) = running().await;
     db.execute(&format!(
         "UPDATE attempts SET claim_id = 'another' WHERE run_id = '{}'",
         run.run_id
