@@ -463,12 +463,9 @@ impl WorkerBuilder {
         // A step a start claimed for this slot while it waited.
         let mut handed: Option<crate::engine::batch::Handed> = None;
         loop {
-            if *stopped.borrow() {
-                if let Some(h) = handed.take()
-                    && let Err(e) = self.engine.give_back_handed(h).await
-                {
-                    tracing::warn!("worker slot {slot}: giving a step back: {e}");
-                }
+            // A step handed over before the stop is already claimed: it is in flight and
+            // runs to its end like any other (the stop keeps it from chaining further).
+            if *stopped.borrow() && handed.is_none() {
                 return;
             }
             let queue = self.queues[turn % self.queues.len()].clone();

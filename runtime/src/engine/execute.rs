@@ -139,12 +139,6 @@ impl Engine {
         Ok(progress.map(|p| (p.steps, p.drained)))
     }
 
-    /// Gives a handed step back, due at once (its worker slot is stopping).
-    pub(crate) async fn give_back_handed(&self, handed: batch::Handed) -> Result<()> {
-        let batch::Handed(claimed) = handed;
-        with_store!(self, s => self.release_now(s, &claimed.attempt, &claimed.token_hash).await)
-    }
-
     /// Gives a claimed attempt back in a transaction of its own, due at once, and wakes the
     /// workers.
     async fn release_now<S: Store>(
