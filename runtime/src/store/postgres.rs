@@ -513,11 +513,26 @@ impl PostgresStore {
     }
 
     /// A transaction begun by `begin` (a `BEGIN` with its mode), else a plain `BEGIN`.
+    ///
+    /// The `BEGIN` runs on a task of its own. A caller that goes away while it waits for
+    /// the answer (a timeout, an aborted task) would otherwise leave the server inside a
+    /// transaction the driver does not count (sqlx raises its depth only after the answer):
+    /// the connection would go back to the pool with it open, and writes sent later outside
+    /// any transaction, such as fenced completions, would join it and never commit. On its
+    /// own task the `BEGIN` finishes, and the unused transaction is rolled back.
     async fn begin_as(&self, begin: Option<&'static str>) -> StoreResult<PgTx> {
-        let mut tx = match begin {
-            Some(statement) => self.pool.begin_with(statement).await?,
-            None => self.pool.begin().await?,
-        };
+        let pool = self.pool.clone();
+        let begun = tokio::spawn(async move {
+            match begin {
+                Some(statement) => pool.begin_with(statement).await,
+                None => pool.begin().await,
+            }
+        });
+        let mut tx = begun.await.map_err(|e| {
+            sqlx::Error::Io(std::io::Error::other(format!(
+                "the task beginning a transaction ended: {e}"
+            )))
+        })??;
         if self.set_path {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SET LOCAL search_path TO \"{}\"",
@@ -697,16 +712,21 @@ impl Store for PostgresStore {
         now: i64,
         lease_until: i64,
     ) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(HEARTBEAT_SQL)
+        let query = sqlx::query(HEARTBEAT_SQL)
             .bind(runnable_key)
             .bind(claim_id)
             .bind(token_hash)
             .bind(now)
-            .bind(lease_until)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .bind(lease_until);
+        let done = if self.set_path {
+            // A host's connection: its search_path is set in a transaction.
+            let mut tx = self.begin().await?;
+            let done = query.execute(&mut *tx).await?;
+            tx.commit().await?;
+            done
+        } else {
+            query.execute(&self.pool).await?
+        };
         Ok(done.rows_affected() == 1)
     }
 }

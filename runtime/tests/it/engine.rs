@@ -619,6 +619,55 @@ async fn a_completion_is_fenced_by_the_run_and_the_claim_it_holds(db: Db, clock:
 }
 on_each_backend!(a_completion_is_fenced_by_the_run_and_the_claim_it_holds);
 
+/// A transaction's `BEGIN` whose caller goes away before the answer (a timeout, an aborted
+/// task) leaves no transaction open on the pooled connection: a write sent later outside
+/// any transaction, as fenced completions are, commits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_cut_off_leaves_no_transaction_open() {
+    use squid_mesh::store::{PostgresStore, Store as _};
+    crate::backends::on_postgres(|db, _clock| async move {
+        let Db::Postgres { url, schema } = &db else {
+            unreachable!("on_postgres gives a Postgres database")
+        };
+        db.execute(&format!("CREATE SCHEMA {schema}")).await;
+        db.execute("CREATE TABLE probe (n integer)").await;
+        let store = PostgresStore::connect(url, schema, 2)
+            .await
+            .expect("connects");
+        let rounds = 20;
+        for n in 0..rounds {
+            let begin = store.begin_write();
+            // Polled once: the BEGIN goes out, and the caller leaves before its answer.
+            tokio::select! {
+                biased;
+                _ = begin => {}
+                () = std::future::ready(()) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sqlx::query("INSERT INTO probe VALUES ($1)")
+                .bind(n)
+                .execute(store.pool())
+                .await
+                .expect("inserts");
+        }
+        let seen: (i64,) = {
+            use sqlx::Connection as _;
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connects");
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {schema}.probe"
+            )))
+            .fetch_one(&mut c)
+            .await
+            .expect("counts")
+        };
+        assert_eq!(
+            seen.0, rounds,
+            "every write sent outside a transaction is committed and seen"
+        );
+    })
+    .await;
+}
+
 /// An expired claim goes before the backlog that arrived while its step ran.
 async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;

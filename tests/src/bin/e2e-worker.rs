@@ -130,7 +130,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EffectLog {
             use std::io::Write as _;
             let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
             // One write per line (O_APPEND): a kill never leaves half a line.
-            let _ = file.write_all(format!("{} {} {}\n", f.run_id, f.step, f.attempt).as_bytes());
+            let line = format!(
+                "{} {} {} {}\n",
+                f.run_id,
+                f.step,
+                f.attempt,
+                std::process::id()
+            );
+            let _ = file.write_all(line.as_bytes());
         }
     }
 }
@@ -300,7 +307,12 @@ async fn verify_chaos(engine: &Engine, effects: &str) -> Result<serde_json::Valu
         let id: RunId = summary.run_id.parse()?;
         let snap = engine.snapshot(id).await?;
         if snap.status != squid_mesh::RunStatus::Completed {
-            violations.push(format!("run {id} ended {:?}", snap.status));
+            let why = snap
+                .error
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            violations.push(format!("run {id} ended {:?} {why}", snap.status));
         }
         let diff = engine.verify_run(id).await?;
         if !diff.is_empty() {
@@ -345,6 +357,15 @@ async fn verify_chaos(engine: &Engine, effects: &str) -> Result<serde_json::Valu
                     "{} had its effect {times} times in {} claims",
                     a.runnable_key, a.claims
                 ));
+                // What the journal says about the run, to tell how the step ran twice.
+                for line in std::fs::read_to_string(effects).unwrap_or_default().lines() {
+                    if line.starts_with(&id.to_string()) {
+                        eprintln!("{id} effect (run step attempt pid): {line}");
+                    }
+                }
+                for (at, fact) in engine.journal(id).await? {
+                    eprintln!("{id} {at}: {}", serde_json::to_string(&fact)?);
+                }
             }
         }
     }
