@@ -17,7 +17,7 @@ use super::{AnyStore, Definition, Engine, EngineError, NewRun, Result, Written};
 use crate::actions::StepOutcome;
 use crate::journal::RunId;
 use crate::store::{
-    AttemptRow, Fence, HeldRows, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx,
+    AttemptRow, DueRows, Fence, HeldRows, Pooled, RunRow, SqliteStore, Store, StoreError, StoreTx,
     WriteSource,
 };
 use crate::vocab::{RunStatus, StepState};
@@ -31,6 +31,9 @@ pub(crate) enum Claim {
     Applied(RunId),
     /// An attempt was claimed for this worker.
     Claimed(Box<ClaimedAttempt>),
+    /// An attempt was claimed by a statement that also saw its run alive (a fenced
+    /// claim): it runs without a separate check that the run was not cancelled meanwhile.
+    Alive(Box<ClaimedAttempt>),
 }
 
 /// An attempt claimed for a worker, with what running it needs.
@@ -445,12 +448,20 @@ pub(super) async fn claim<S: Store>(
     owner: &str,
     lease_for: Duration,
 ) -> Result<Option<Claim>> {
-    // A claim that would find nothing costs one read, not a write transaction (and, on
-    // SQLite, not a trip through the writer). Expired leases and recorded outcomes waiting
-    // to be applied are due too, so nothing a claim would act on is skipped.
-    let now = super::now_us(engine.inner.clock.now());
-    if !store.any_due(queue, now).await? {
-        return Ok(None);
+    match claim_fenced(engine, queue, owner, lease_for).await {
+        Tried::Claimed(claim) => return Ok(Some(claim)),
+        Tried::NothingDue => return Ok(None),
+        Tried::SomethingDue => {}
+        Tried::Skipped => {
+            // A claim that would find nothing costs one read, not a write transaction (and,
+            // on SQLite, not a trip through the writer). Expired leases and recorded
+            // outcomes waiting to be applied are due too, so nothing a claim would act on
+            // is skipped.
+            let now = super::now_us(engine.inner.clock.now());
+            if !store.any_due(queue, now).await? {
+                return Ok(None);
+            }
+        }
     }
     let (reply, answer) = oneshot::channel();
     let job = Job::Claim {
@@ -463,6 +474,137 @@ pub(super) async fn claim<S: Store>(
     match engine.inner.batcher.submit(&engine.inner.store, job) {
         Ok(()) => answer.await.unwrap_or_else(|_| Err(gone())),
         Err(_) => claim_alone(engine, &mut Pooled(store.clone()), queue, owner, lease_for).await,
+    }
+}
+
+/// What a fenced claim did.
+enum Tried {
+    Claimed(Claim),
+    /// The read found nothing due: there is nothing to claim.
+    NothingDue,
+    /// Something is due, but the claim was not written: the locking claim takes it.
+    SomethingDue,
+    /// Not tried (not Postgres, a host's pool, or expired leases to put back first).
+    Skipped,
+}
+
+/// Oldest due attempts concurrent fenced claims of one engine spread over.
+const CLAIM_SPREAD: u32 = 8;
+
+/// The place in the queue's head a fenced claim reads, held while it is under way: the
+/// first place no other claim of this engine holds (the last when all are held).
+struct Claiming<'a> {
+    taken: &'a std::sync::atomic::AtomicU64,
+    bit: u64,
+    place: u32,
+}
+
+impl<'a> Claiming<'a> {
+    fn take(taken: &'a std::sync::atomic::AtomicU64) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut seen = taken.load(Relaxed);
+        loop {
+            let place = (!seen).trailing_zeros();
+            if place >= CLAIM_SPREAD {
+                return Self {
+                    taken,
+                    bit: 0,
+                    place: CLAIM_SPREAD - 1,
+                };
+            }
+            let bit = 1 << place;
+            match taken.compare_exchange_weak(seen, seen | bit, Relaxed, Relaxed) {
+                Ok(_) => return Self { taken, bit, place },
+                Err(now) => seen = now,
+            }
+        }
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.taken
+            .fetch_and(!self.bit, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// On Postgres, claims as two statements outside any transaction instead of a locking
+/// claim's four or more: a read of a due attempt and its run without a lock, then the claim
+/// decided from them and written as one statement fenced by them ([`Fence::Due`]). Only for
+/// a scheduled attempt of a run that has not ended, when expired leases are not to be put
+/// back first; recorded outcomes to apply and expired leases to take over go through the
+/// locking claim, which sees what changed, as does a claim whose fence missed.
+async fn claim_fenced(engine: &Engine, queue: &str, owner: &str, lease_for: Duration) -> Tried {
+    use std::sync::atomic::Ordering::Relaxed;
+    let AnyStore::Postgres(pg) = &engine.inner.store else {
+        return Tried::Skipped;
+    };
+    let now = engine.inner.clock.now();
+    if !pg.fences() || engine.requeue_due(now) {
+        return Tried::Skipped;
+    }
+    // A claim alone takes the oldest due attempt; concurrent claims of this engine read the
+    // ones after it, instead of all reading one row that only one of them can claim.
+    let claiming = Claiming::take(&engine.inner.claiming);
+    let spread = i64::from(claiming.place) + 1;
+    let at = super::now_us(now);
+    let (attempt, run, catalog_version) = match pg.peek_due(queue, at, spread).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Tried::NothingDue,
+        Err(_) => return Tried::Skipped,
+    };
+    if attempt.status != crate::vocab::AttemptStatus::Scheduled || run.status.is_terminal() {
+        return Tried::SomethingDue;
+    }
+    let Ok(run_id) = attempt.run_id.parse::<RunId>() else {
+        return Tried::SomethingDue;
+    };
+    let Some(mut tx) = pg.fenced(Fence::Due(DueRows {
+        runnable_key: attempt.runnable_key.clone(),
+        claims: attempt.claims,
+        attempt_updated_at: attempt.updated_at,
+        run_id: run.run_id.clone(),
+        revision: run.revision,
+        run_updated_at: run.updated_at,
+    })) else {
+        return Tried::SomethingDue;
+    };
+    let mut journal = Vec::new();
+    let req = super::execute::ClaimRequest {
+        run_id,
+        attempt,
+        run,
+        now,
+        owner,
+        lease_for,
+        placement: super::execute::Placement::Update,
+    };
+    // Decided in memory: a claim that needs a read (a definition not cached) gives up here.
+    let Ok(mut claimed) = engine.claim_row(&mut tx, req, &mut journal).await else {
+        return Tried::SomethingDue;
+    };
+    claimed.catalog_version = Some(catalog_version);
+    if tx
+        .append_facts(&claimed.attempt.run_id, &journal, at)
+        .await
+        .is_err()
+    {
+        return Tried::SomethingDue;
+    }
+    let written = engine.commit_and_wake(tx).await;
+    let result = if written.is_ok() { "written" } else { "missed" };
+    metrics::counter!(crate::telemetry::names::FENCED_WRITES, "kind" => "claim", "result" => result)
+        .increment(1);
+    match written {
+        Ok(()) => {
+            engine.inner.fenced[3].fetch_add(1, Relaxed);
+            Tried::Claimed(Claim::Alive(Box::new(claimed)))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "fenced claim not written; claiming under lock");
+            engine.inner.fenced[4].fetch_add(1, Relaxed);
+            Tried::SomethingDue
+        }
     }
 }
 

@@ -243,6 +243,7 @@ impl EngineBuilder {
                 next_requeue: std::sync::atomic::AtomicI64::new(i64::MIN),
                 outcomes: Default::default(),
                 fenced: Default::default(),
+                claiming: std::sync::atomic::AtomicU64::new(0),
                 sampled_queues: Mutex::new(Vec::new()),
                 run_waiters: Mutex::new(HashMap::new()),
             }),

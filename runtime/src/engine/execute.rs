@@ -108,17 +108,21 @@ impl Engine {
             Some(Claim::Applied(run_id)) => {
                 return self.progress(store, run_id, 1, want).await;
             }
-            Some(Claim::Claimed(c)) => c,
+            Some(Claim::Claimed(c)) => (c, false),
+            Some(Claim::Alive(c)) => (c, true),
         };
+        let (claimed, seen_alive) = claimed;
+        #[cfg(feature = "test-hooks")]
+        let seen_alive = seen_alive && opts.after_claim.is_none();
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &opts.after_claim {
             hook.claimed.notify_one();
             hook.proceed.notified().await;
         }
         // A run cancelled after the claim never runs the claimed attempt's action. (A claim
-        // chained within a run is made in the transaction that saw the run alive, and runs at
-        // once.)
-        if run_ended(store, &claimed.attempt.run_id).await? {
+        // whose own statement saw the run alive runs at once, as does a claim chained within
+        // a run, made in the transaction that saw the run alive.)
+        if !seen_alive && run_ended(store, &claimed.attempt.run_id).await? {
             return self.progress(store, claimed.run_id, 1, want).await;
         }
         self.run_chain(store, claimed, queue, opts, want, across_runs)
@@ -436,6 +440,16 @@ impl Engine {
     /// At most once per [`REQUEUE_EVERY`] per engine, before a claim: attempts whose lease
     /// expired become due at the time they first became visible, ahead of the work that
     /// arrived while their step ran, instead of at their lease end behind it.
+    /// Whether the next claim is to put expired leases back first (its turn has come): a
+    /// claim that cannot do so (a fenced one) leaves this one to the locking path.
+    pub(super) fn requeue_due(&self, now: Timestamp) -> bool {
+        now_us(now)
+            >= self
+                .inner
+                .next_requeue
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn requeue_expired<T: StoreTx>(&self, tx: &mut T, now: Timestamp) -> Result<()> {
         use std::sync::atomic::Ordering;
         let next = &self.inner.next_requeue;
@@ -970,7 +984,9 @@ impl Engine {
                 return Ok(match claimed {
                     None => Completed::Drained,
                     Some(Claim::Applied(_)) => Completed::Applied(None),
-                    Some(Claim::Claimed(next)) => Completed::Applied(Some(next)),
+                    Some(Claim::Claimed(next) | Claim::Alive(next)) => {
+                        Completed::Applied(Some(next))
+                    }
                 });
             }
             return Ok(Completed::Applied(None));

@@ -164,9 +164,13 @@ struct Inner {
     /// Step outcomes this engine recorded: succeeded, failed, suspended.
     outcomes: [std::sync::atomic::AtomicU64; 3],
     /// Writes outside any transaction (Postgres): completions fenced by the rows in hand
-    /// written, completions that then went under lock, starts written (see
-    /// `batch::Completion::fenced` and `batch::start_fenced`).
-    fenced: [std::sync::atomic::AtomicU64; 3],
+    /// written, completions that then went under lock, starts written, claims written,
+    /// claims that then went under lock (see `batch::Completion::fenced`,
+    /// `batch::start_fenced` and `batch::claim_fenced`).
+    fenced: [std::sync::atomic::AtomicU64; 5],
+    /// Which of the queue's oldest due attempts fenced claims of this engine under way are
+    /// reading, one bit each (see `batch::claim_fenced`).
+    claiming: std::sync::atomic::AtomicU64,
     /// Queues the last metrics sample saw (a queue that empties is set to zero).
     sampled_queues: Mutex<Vec<String>>,
     /// Callers of [`Engine::wait_for_run`], by run id: (their wake-up, how many wait).
@@ -352,6 +356,18 @@ impl Engine {
             self.inner.fenced[0].load(Relaxed),
             self.inner.fenced[1].load(Relaxed),
             self.inner.fenced[2].load(Relaxed),
+        )
+    }
+
+    /// Claims written as one fenced statement, and those that went under lock after trying
+    /// (Postgres; see `squid_mesh_fenced_writes_total`).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn fenced_claims(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.fenced[3].load(Relaxed),
+            self.inner.fenced[4].load(Relaxed),
         )
     }
 

@@ -55,7 +55,7 @@ use sql::HEARTBEAT_SQL;
 pub(crate) use tx::{Write, WriteRef};
 
 pub use catalog::{ActionVersionRow, ActionWaitRow, CatalogEventRow, CatalogTx};
-pub(crate) use postgres::{Fence, HeldRows};
+pub(crate) use postgres::{DueRows, Fence, HeldRows};
 pub use postgres::{PgTx, PostgresStore};
 pub use schedules::{FireRow, ScheduleEventRow, ScheduleRow, ScheduleTx};
 pub use sqlite::{SqliteStore, SqliteTx, Synchronous};

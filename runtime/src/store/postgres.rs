@@ -233,6 +233,38 @@ pub(crate) enum Fence {
     /// A start: its run is new. The run's insert is the fence (a run of its id exists:
     /// nothing is written), and carries the run as the start's writes leave it.
     NewRun,
+    /// A claim: the due attempt and its run as read without a lock.
+    Due(DueRows),
+}
+
+/// What a claim read, without a lock, of the attempt it claims: the claim is written only
+/// if neither the attempt nor its run changed since.
+#[derive(Debug, Clone)]
+pub(crate) struct DueRows {
+    pub(crate) runnable_key: String,
+    pub(crate) claims: i64,
+    pub(crate) attempt_updated_at: i64,
+    pub(crate) run_id: String,
+    pub(crate) revision: i64,
+    pub(crate) run_updated_at: i64,
+}
+
+/// The fence of a claim: the attempt is still scheduled as read (every claim counts in
+/// `claims`, every attempt write sets `updated_at`) and its run is unchanged. Like the
+/// locking claim it locks the attempt alone, and skips it when another claimer holds it.
+const DUE_FENCE: &str = "SELECT 1 FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.runnable_key = $1 AND a.status = 'scheduled' AND a.claims = $2 AND a.updated_at = $3 AND r.run_id = $4 AND r.revision = $5 AND r.updated_at = $6 FOR UPDATE OF a SKIP LOCKED";
+
+impl DueRows {
+    fn args(&self) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Text(&self.runnable_key),
+            Arg::Int(self.claims),
+            Arg::Int(self.attempt_updated_at),
+            Arg::Text(&self.run_id),
+            Arg::Int(self.revision),
+            Arg::Int(self.run_updated_at),
+        ]
+    }
 }
 
 /// What a worker holds of the step it completes: the run row as its claim (or the
@@ -348,6 +380,7 @@ impl Statements for PgFenced {
     async fn finish(self) -> StoreResult<()> {
         let fence = match (&self.fence, &self.new_run) {
             (Fence::Held(held), _) => (FENCE.to_owned(), held.args()),
+            (Fence::Due(due), _) => (DUE_FENCE.to_owned(), due.args()),
             (Fence::NewRun, Some(run)) => (
                 format!("{} RETURNING 1", sql::insert_run()),
                 run.insert_args(),
@@ -365,6 +398,7 @@ impl Statements for PgFenced {
             Err(StoreError::Unfenced(match self.fence {
                 Fence::Held(_) => "the run or the claim changed",
                 Fence::NewRun => "a run of this id exists",
+                Fence::Due(_) => "the attempt was claimed or changed",
             }))
         }
     }
@@ -498,6 +532,12 @@ impl PostgresStore {
         self.begin_as(None).await
     }
 
+    /// Whether writes go outside a transaction, fenced ([`PgFenced`]): not on a host's
+    /// pool, whose connections need the schema set inside a transaction.
+    pub(crate) fn fences(&self) -> bool {
+        !self.set_path
+    }
+
     /// A completion to write fenced by `fence` (see [`PgFenced`]); `None` on a host's pool,
     /// whose connections need the schema set inside a transaction.
     pub(crate) fn fenced(&self, fence: Fence) -> Option<PgFenced> {
@@ -510,6 +550,31 @@ impl PostgresStore {
             held_binds: 0,
             out: Outgoing::new(&self.sender),
         })
+    }
+
+    /// The due attempt a fenced claim tries (see [`Fence::Due`]), with its run and the
+    /// action catalog's version: the `spread`-th oldest due on `queue` (the newest of fewer),
+    /// read without a lock in one statement. `None` when nothing is due. Only on the
+    /// engine's own pool (see [`PostgresStore::fences`]).
+    pub(crate) async fn peek_due(
+        &self,
+        queue: &str,
+        now: i64,
+        spread: i64,
+    ) -> StoreResult<Option<(AttemptRow, RunRow, i64)>> {
+        if self.set_path {
+            return Err(StoreError::Unfenced("a host's pool"));
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql::PEEK_DUE_WITH_RUN.as_str()))
+            .bind(queue)
+            .bind(now)
+            .bind(spread)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(<(AttemptRow, RunRow, i64)>::from_columns(&row)?)),
+            None => Ok(None),
+        }
     }
 
     /// A transaction begun by `begin` (a `BEGIN` with its mode), else a plain `BEGIN`.

@@ -20,6 +20,15 @@ pub(super) static RUN_WITH_ATTEMPTS: std::sync::LazyLock<String> = std::sync::La
         "SELECT {RUN_COLUMNS}, (SELECT coalesce(json_agg(a ORDER BY a.seq, a.runnable_key), '[]')::text FROM attempts a WHERE a.run_id = r.run_id) AS attempts_json FROM runs r WHERE r.run_id = $1"
     )
 });
+/// Postgres: the due attempt a fenced claim tries, with its run and the catalog's version,
+/// read without a lock: the `$3`-th oldest due on the queue (the newest of fewer), so
+/// concurrent claimers spread over the queue's head instead of all reading one row.
+pub(super) static PEEK_DUE_WITH_RUN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS (SELECT runnable_key, due_at FROM attempts WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2 ORDER BY due_at, runnable_key LIMIT $3) SELECT {}, (SELECT version FROM catalog_version WHERE id = 1) AS catalog_version FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE a.runnable_key = (SELECT runnable_key FROM c ORDER BY due_at DESC, runnable_key DESC LIMIT 1)",
+        attempt_and_run_columns()
+    )
+});
 pub(super) const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1";
 pub(super) const UPDATE_RUN: &str = "UPDATE runs SET status = $2, context = $3, steps = $4, manual = $5, error = $6, updated_at = $7, revision = $8, compensation = $9, dynamic = $10 WHERE run_id = $1";
 pub(super) const UPDATE_RUN_SAME_STATUS: &str = "UPDATE runs SET context = $2, steps = $3, manual = $4, error = $5, updated_at = $6, revision = $7, compensation = $8, dynamic = $9 WHERE run_id = $1";

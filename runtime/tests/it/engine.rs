@@ -1323,14 +1323,18 @@ to = "echo"
 }
 on_each_backend!(a_spec_file_is_a_workflow);
 
+/// Two engines on one database (two hosts), four claimers each. On Postgres a claim reads
+/// a due attempt without a lock and writes the claim fenced by what it read; claimers that
+/// read the same attempt get one claim between them, and the others claim under lock.
 async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
+    let other = db.engine(&registry(), &clock).await;
     let spec = WorkflowSpec::builder("one_step")
         .trigger(Trigger::manual("m"))
         .step(Step::action("echo", "echo"))
         .build();
     let mut runs = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..80 {
         runs.push(
             engine
                 .start(&spec, None, json!({}), StartOptions::default())
@@ -1339,9 +1343,13 @@ async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: Manu
                 .run_id,
         );
     }
-    let workers: Vec<_> = (0..4)
+    let workers: Vec<_> = (0..8)
         .map(|i| {
-            let engine = engine.clone();
+            let engine = if i % 2 == 0 {
+                engine.clone()
+            } else {
+                other.clone()
+            };
             tokio::spawn(async move {
                 let mut n = 0;
                 while engine
@@ -1360,11 +1368,28 @@ async fn concurrent_workers_claim_every_attempt_exactly_once(db: Db, clock: Manu
     for w in workers {
         total += w.await.expect("worker");
     }
-    assert_eq!(total, 40, "{}", db.name());
+    assert_eq!(total, 80, "{}", db.name());
     for run in runs {
         let s = engine.snapshot(run).await.expect("snapshot");
         assert_eq!(s.status, RunStatus::Completed);
         assert_eq!(s.attempts[0].claims, 1, "claimed once");
+        let claimed = engine
+            .journal(run)
+            .await
+            .expect("journal")
+            .iter()
+            .filter(|(_, f)| matches!(f, Fact::AttemptClaimed { .. }))
+            .count();
+        assert_eq!(claimed, 1, "one claim journaled");
+    }
+    let (a, b) = (engine.fenced_claims(), other.fenced_claims());
+    let (written, missed) = (a.0 + b.0, a.1 + b.1);
+    match db {
+        Db::Postgres { .. } => {
+            assert!(written > 0, "claims written fenced: {written}");
+            eprintln!("fenced claims: {written} written, {missed} went under lock");
+        }
+        Db::Sqlite(_) => assert_eq!((written, missed), (0, 0)),
     }
 }
 on_each_backend!(concurrent_workers_claim_every_attempt_exactly_once);
