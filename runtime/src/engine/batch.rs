@@ -569,28 +569,16 @@ async fn claim_fenced(engine: &Engine, queue: &str, owner: &str, lease_for: Dura
     })) else {
         return Tried::SomethingDue;
     };
-    let mut journal = Vec::new();
-    let req = super::execute::ClaimRequest {
+    let due = super::execute::DueAttempt {
         run_id,
         attempt,
         run,
-        now,
-        owner,
-        lease_for,
-        placement: super::execute::Placement::Update,
+        catalog_version,
     };
     // Decided in memory: a claim that needs a read (a definition not cached) gives up here.
-    let Ok(mut claimed) = engine.claim_row(&mut tx, req, &mut journal).await else {
+    let Ok(claimed) = engine.claim_due(&mut tx, due, now, owner, lease_for).await else {
         return Tried::SomethingDue;
     };
-    claimed.catalog_version = Some(catalog_version);
-    if tx
-        .append_facts(&claimed.attempt.run_id, &journal, at)
-        .await
-        .is_err()
-    {
-        return Tried::SomethingDue;
-    }
     let written = engine.commit_and_wake(tx).await;
     let result = if written.is_ok() { "written" } else { "missed" };
     metrics::counter!(crate::telemetry::names::FENCED_WRITES, "kind" => "claim", "result" => result)

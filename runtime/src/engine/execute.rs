@@ -437,9 +437,6 @@ impl Engine {
         }
     }
 
-    /// At most once per [`REQUEUE_EVERY`] per engine, before a claim: attempts whose lease
-    /// expired become due at the time they first became visible, ahead of the work that
-    /// arrived while their step ran, instead of at their lease end behind it.
     /// Whether the next claim is to put expired leases back first (its turn has come): a
     /// claim that cannot do so (a fenced one) leaves this one to the locking path.
     pub(super) fn requeue_due(&self, now: Timestamp) -> bool {
@@ -450,6 +447,9 @@ impl Engine {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// At most once per [`REQUEUE_EVERY`] per engine, before a claim: attempts whose lease
+    /// expired become due at the time they first became visible, ahead of the work that
+    /// arrived while their step ran, instead of at their lease end behind it.
     async fn requeue_expired<T: StoreTx>(&self, tx: &mut T, now: Timestamp) -> Result<()> {
         use std::sync::atomic::Ordering;
         let next = &self.inner.next_requeue;
@@ -513,6 +513,32 @@ impl Engine {
             self.fail_undelivered(tx, attempt, error, now).await?;
             return Ok(Some(Claim::Applied(run_id)));
         }
+        let due = DueAttempt {
+            run_id,
+            attempt,
+            run,
+            catalog_version,
+        };
+        let claimed = self.claim_due(tx, due, now, owner, lease_for).await?;
+        Ok(Some(Claim::Claimed(Box::new(claimed))))
+    }
+
+    /// Claims a due attempt found by a claim's read (not a chained claim), with its claim
+    /// fact, in the caller's transaction.
+    pub(super) async fn claim_due<T: StoreTx>(
+        &self,
+        tx: &mut T,
+        due: DueAttempt,
+        now: Timestamp,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<ClaimedAttempt> {
+        let DueAttempt {
+            run_id,
+            attempt,
+            run,
+            catalog_version,
+        } = due;
         let mut journal = Vec::new();
         let req = ClaimRequest {
             run_id,
@@ -527,7 +553,7 @@ impl Engine {
         claimed.catalog_version = Some(catalog_version);
         tx.append_facts(&claimed.attempt.run_id, &journal, now_us(now))
             .await?;
-        Ok(Some(Claim::Claimed(Box::new(claimed))))
+        Ok(claimed)
     }
 
     /// Records `error` as the outcome of an attempt whose claim expired and applies it, in
@@ -1198,6 +1224,14 @@ pub(super) struct ClaimRequest<'a> {
     pub(super) owner: &'a str,
     pub(super) lease_for: Duration,
     pub(super) placement: Placement,
+}
+
+/// A due attempt a claim's read found, with its run and the action catalog's version.
+pub(super) struct DueAttempt {
+    pub(super) run_id: RunId,
+    pub(super) attempt: AttemptRow,
+    pub(super) run: RunRow,
+    pub(super) catalog_version: i64,
 }
 
 /// Whether run `run_id` has ended, as stored now (one statement, outside any transaction).
