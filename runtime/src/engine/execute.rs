@@ -103,7 +103,7 @@ impl Engine {
         across_runs: bool,
     ) -> Result<Option<Progress>> {
         let claim = batch::claim(self, store, queue, &opts.owner_id, opts.lease_for).await?;
-        let claimed = match claim {
+        let (claimed, seen_alive) = match claim {
             None => return Ok(None),
             Some(Claim::Applied(run_id)) => {
                 return self.progress(store, run_id, 1, want).await;
@@ -111,7 +111,6 @@ impl Engine {
             Some(Claim::Claimed(c)) => (c, false),
             Some(Claim::Alive(c)) => (c, true),
         };
-        let (claimed, seen_alive) = claimed;
         #[cfg(feature = "test-hooks")]
         let seen_alive = seen_alive && opts.after_claim.is_none();
         #[cfg(feature = "test-hooks")]

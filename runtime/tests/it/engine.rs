@@ -492,17 +492,22 @@ fn slow() -> WorkflowSpec {
         .build()
 }
 
-async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, clock: ManualClock) {
-    let engine = db.engine(&registry(), &clock).await;
-    let run = engine
+/// Starts a run of [`slow`] whose one step sleeps `sleep_ms`.
+async fn start_nap(engine: &Engine, sleep_ms: u64) -> RunSnapshot {
+    engine
         .start(
             &slow(),
             None,
-            json!({"sleep_ms": 400}),
+            json!({ "sleep_ms": sleep_ms }),
             StartOptions::default(),
         )
         .await
-        .expect("starts");
+        .expect("starts")
+}
+
+async fn an_expired_lease_is_redelivered_and_the_late_worker_is_fenced(db: Db, clock: ManualClock) {
+    let engine = db.engine(&registry(), &clock).await;
+    let run = start_nap(&engine, 400).await;
     let short = ExecuteOptions::default()
         .owner_id("late")
         .lease_for(Duration::from_secs(1));
@@ -567,15 +572,7 @@ async fn a_completion_is_fenced_by_the_run_and_the_claim_it_holds(db: Db, clock:
 
     // A 300 ms step, being run by a worker in the background.
     let running = || async {
-        let run = engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 300}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
+        let run = start_nap(&engine, 300).await;
         (run, invoking_in_background(&engine, opts("w")).await)
     };
 
@@ -671,15 +668,7 @@ async fn a_begin_cut_off_leaves_no_transaction_open() {
 /// An expired claim goes before the backlog that arrived while its step ran.
 async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
-    let crashed = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 300}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
+    let crashed = start_nap(&engine, 300).await;
     let short = ExecuteOptions::default()
         .owner_id("crashed")
         .lease_for(Duration::from_secs(1));
@@ -687,15 +676,7 @@ async fn a_redelivery_is_claimed_before_fresh_work(db: Db, clock: ManualClock) {
     // A backlog arrives while the step runs; then the worker's lease ends.
     clock.advance(Duration::from_millis(1));
     for _ in 0..5 {
-        engine
-            .start(
-                &slow(),
-                None,
-                json!({"sleep_ms": 0}),
-                StartOptions::default(),
-            )
-            .await
-            .expect("starts");
+        start_nap(&engine, 0).await;
     }
     clock.advance(Duration::from_secs(2));
     let next = engine
@@ -715,15 +696,7 @@ on_each_backend!(a_redelivery_is_claimed_before_fresh_work);
 
 async fn a_step_delivered_too_often_fails_instead_of_running_again(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 300}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
+    let run = start_nap(&engine, 300).await;
     let short = ExecuteOptions::default()
         .owner_id("dying")
         .lease_for(Duration::from_secs(1));
@@ -757,15 +730,7 @@ on_each_backend!(a_step_delivered_too_often_fails_instead_of_running_again);
 
 async fn an_outcome_that_cannot_be_read_back_fails_its_step_once(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 0}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
+    let run = start_nap(&engine, 0).await;
     let err = engine
         .execute_next(opts("doomed").crash_after_record(true))
         .await
@@ -797,15 +762,7 @@ on_each_backend!(an_outcome_that_cannot_be_read_back_fails_its_step_once);
 
 async fn heartbeats_keep_a_long_step_alive(db: Db, clock: ManualClock) {
     let engine = db.engine(&registry(), &clock).await;
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 700}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
+    let run = start_nap(&engine, 700).await;
     let beating = ExecuteOptions::default()
         .owner_id("steady")
         .lease_for(Duration::from_millis(1500))
@@ -836,15 +793,7 @@ async fn heartbeats_keep_a_long_step_alive(db: Db, clock: ManualClock) {
     assert_eq!(done.run_id, run.run_id);
 
     // Without heartbeats the same step loses its claim to another worker.
-    let run = engine
-        .start(
-            &slow(),
-            None,
-            json!({"sleep_ms": 700}),
-            StartOptions::default(),
-        )
-        .await
-        .expect("starts");
+    let run = start_nap(&engine, 700).await;
     let lazy = ExecuteOptions::default()
         .owner_id("lazy")
         .lease_for(Duration::from_secs(1));
